@@ -1,0 +1,169 @@
+"""``GradientSurgery``: an identity in the forward pass that edits the gradient in backward."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from .rules import SurgeryRule, drop_nonfinite
+
+__all__ = ["GradientSurgery", "gradient_surgery", "SurgeryStats"]
+
+NonFinite = Literal["raise", "ignore"]
+
+
+class SurgeryStats:
+    """Diagnostics of one surgery, filled during backward and summarised on demand.
+
+    :meth:`record` keeps detached references to the gradient before and after the rule (no
+    copies, no device synchronisation in the backward pass); :meth:`summary` turns them into
+    Python floats:
+
+    * ``grad_norm_in`` / ``grad_norm_out``: mean per-sample L2 norm before / after;
+    * ``removed_fraction``: ``1 - ||g_out||_F / ||g_in||_F``, the fraction of gradient norm
+      the surgery removed (negative when it added more than it removed);
+    * ``cos_<ref>``: for each reference, the mean per-sample cosine between the incoming
+      gradient and that reference's relevant part (the positive part for ``harm``, the
+      negative part for ``help``, the whole vector otherwise); 0 for samples with a zero part.
+    """
+
+    def __init__(self) -> None:
+        self.grad_in: Tensor | None = None
+        self.grad_out: Tensor | None = None
+        self.refs: dict[str, Tensor] = {}
+
+    @property
+    def recorded(self) -> bool:
+        return self.grad_in is not None
+
+    def record(self, grad_in: Tensor, grad_out: Tensor, refs: Mapping[str, Tensor]) -> None:
+        self.grad_in = grad_in.detach()
+        self.grad_out = grad_out.detach()
+        self.refs = {k: v.detach() for k, v in refs.items()}
+
+    def summary(self) -> dict[str, float]:
+        if self.grad_in is None or self.grad_out is None:
+            return {}
+        g_in = self.grad_in.float().flatten(0, -2) if self.grad_in.dim() > 1 else self.grad_in.float()[None]
+        g_out = self.grad_out.float().reshape(g_in.shape)
+        n_in = torch.linalg.vector_norm(g_in, dim=-1)
+        n_out = torch.linalg.vector_norm(g_out, dim=-1)
+        total_in = torch.linalg.vector_norm(g_in)
+        total_out = torch.linalg.vector_norm(g_out)
+        removed = 1.0 - total_out / total_in if total_in > 0 else torch.zeros(())
+        out = {
+            "grad_norm_in": n_in.mean(),
+            "grad_norm_out": n_out.mean(),
+            "removed_fraction": removed,
+        }
+        for key, ref in self.refs.items():
+            r = ref.float().reshape(g_in.shape)
+            if key == "harm":
+                r = r.clamp_min(0)
+            elif key == "help":
+                r = r.clamp_max(0)
+            denom = n_in * torch.linalg.vector_norm(r, dim=-1)
+            cos = torch.where(denom > 0, (g_in * r).sum(-1) / denom.clamp_min(1e-30), 0.0)
+            out[f"cos_{key}"] = cos.mean()
+        return {k: float(v) for k, v in out.items()}
+
+
+class GradientSurgery(torch.autograd.Function):
+    """Identity in the forward pass; ``rule(grad, refs)`` on the gradient in backward.
+
+    ``GradientSurgery.apply(x, rule, refs, stats=None, nonfinite="raise")``
+
+    * ``x``: the features, shape ``(..., D)``; returned as a view (no copy).
+    * ``rule``: a :class:`~dgsnet.surgery.SurgeryRule`.
+    * ``refs``: ``{name: tensor}`` reference gradients of ``x``'s shape. They are detached:
+      no gradient flows into them.
+    * ``stats``: an optional :class:`SurgeryStats` filled during backward.
+    * ``nonfinite``: ``"raise"`` (default) raises a ``ValueError`` in backward when a reference
+      holds NaN/Inf; ``"ignore"`` zeroes the affected samples' references, so those samples'
+      gradients pass unchanged.
+
+    Double backward (``create_graph=True``) is supported: the rule is written in differentiable
+    torch ops, and its references are constants.
+
+    >>> from dgsnet.surgery import OrthogonalSuppression
+    >>> x = torch.ones(2, 3, requires_grad=True)
+    >>> y = GradientSurgery.apply(x, OrthogonalSuppression(eps=0.0), {"harm": torch.eye(3)[:2]})
+    >>> y.sum().backward(); x.grad
+    tensor([[0., 1., 1.],
+            [1., 0., 1.]])
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        rule: SurgeryRule,
+        refs: Mapping[str, Tensor],
+        stats: SurgeryStats | None = None,
+        nonfinite: NonFinite = "raise",
+    ) -> Tensor:
+        if not isinstance(rule, SurgeryRule):
+            raise TypeError(f"GradientSurgery: rule must be a SurgeryRule, got {type(rule).__name__}")
+        if nonfinite not in ("raise", "ignore"):
+            raise ValueError(f"GradientSurgery: nonfinite must be 'raise' or 'ignore', got {nonfinite!r}")
+        if stats is not None and not isinstance(stats, SurgeryStats):
+            raise TypeError(f"GradientSurgery: stats must be a SurgeryStats, got {type(stats).__name__}")
+        # Validate now, with the caller's stack, rather than deep inside backward.
+        _check_refs(x, rule, refs)
+        ctx.rule = rule
+        ctx.refs = {k: refs[k].detach() for k in rule.refs}
+        ctx.stats = stats
+        ctx.nonfinite = nonfinite
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None]:  # type: ignore[override]
+        refs = ctx.refs
+        if ctx.nonfinite == "ignore":
+            refs = drop_nonfinite(refs)
+        out = ctx.rule(grad, refs)
+        if ctx.stats is not None:
+            ctx.stats.record(grad, out, refs)
+        return out, None, None, None, None
+
+
+def _check_refs(x: Tensor, rule: SurgeryRule, refs: Mapping[str, Tensor]) -> None:
+    """Shape, dtype and device checks of the references against the features (no sync)."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"GradientSurgery: features must be a floating-point tensor, got {got}")
+    if not isinstance(refs, Mapping):
+        raise TypeError(f"GradientSurgery: refs must be a mapping name -> tensor, got {type(refs).__name__}")
+    missing = [k for k in rule.refs if k not in refs]
+    if missing:
+        raise ValueError(
+            f"GradientSurgery: {rule!r} needs reference(s) {list(rule.refs)}, got {sorted(refs)}"
+        )
+    for key in rule.refs:
+        ref = refs[key]
+        if not isinstance(ref, Tensor):
+            raise TypeError(f"GradientSurgery: reference {key!r} must be a tensor, got {type(ref).__name__}")
+        if ref.shape != x.shape:
+            raise ValueError(
+                f"GradientSurgery: reference {key!r} has shape {tuple(ref.shape)} but the features "
+                f"have shape {tuple(x.shape)}; they must be equal"
+            )
+        if ref.device != x.device:
+            raise ValueError(
+                f"GradientSurgery: reference {key!r} is on {ref.device}, the features on {x.device}"
+            )
+
+
+def gradient_surgery(
+    x: Tensor,
+    rule: SurgeryRule,
+    refs: Mapping[str, Tensor],
+    *,
+    stats: SurgeryStats | None = None,
+    nonfinite: NonFinite = "raise",
+) -> Tensor:
+    """Keyword-friendly form of ``GradientSurgery.apply``."""
+    return GradientSurgery.apply(x, rule, refs, stats, nonfinite)

@@ -1,0 +1,357 @@
+"""Gradient-surgery rules: pure tensor math on feature gradients.
+
+A rule maps the gradient arriving at a feature tensor, ``grad`` of shape ``(..., D)``, and a
+mapping of named reference gradients of the same shape to a new gradient of that shape. Every
+rule works per sample over the last dimension: the leading dimensions are independent samples.
+
+Writing a rule means subclassing :class:`SurgeryRule` and implementing :meth:`SurgeryRule.forward`
+on tensors that have already been validated (see ``docs/custom-rules.md``)::
+
+    >>> import torch
+    >>> from dgsnet.surgery import OrthogonalSuppression
+    >>> g = torch.tensor([[1.0, 1.0]]); harm = torch.tensor([[2.0, -5.0]])
+    >>> OrthogonalSuppression(eps=0.0)(g, {"harm": harm})
+    tensor([[0., 1.]])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "SurgeryRule",
+    "sign_split",
+    "drop_nonfinite",
+    "OrthogonalSuppression",
+    "PriorAlignment",
+    "ConflictProjection",
+    "Compose",
+]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def sign_split(g: Tensor) -> tuple[Tensor, Tensor]:
+    """Split a gradient into its positive and negative parts.
+
+    ``g_pos = max(g, 0)`` holds the *harmful* coordinates (raising the feature raises the loss),
+    ``g_neg = min(g, 0)`` the *beneficial* ones. Exactly one of the two is zero in every
+    coordinate, so ``g_pos + g_neg == g`` holds bit for bit (NaN stays NaN in both parts).
+
+    >>> sign_split(torch.tensor([1.5, -2.0, 0.0]))
+    (tensor([1.5000, 0.0000, 0.0000]), tensor([ 0., -2.,  0.]))
+    """
+    if not isinstance(g, Tensor):
+        raise TypeError(f"sign_split expects a torch.Tensor, got {type(g).__name__}")
+    return g.clamp_min(0), g.clamp_max(0)
+
+
+def drop_nonfinite(refs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Return ``refs`` with every sample (row over the last dimension) that holds a NaN or an
+    infinity replaced by zeros.
+
+    All rules in this package are a no-op for a zero reference, so this turns "a broken
+    reference gradient" into "no surgery for that sample". Used by
+    ``GradientSurgery(..., nonfinite="ignore")``.
+    """
+    out = {}
+    for key, ref in refs.items():
+        bad = ~torch.isfinite(ref).all(dim=-1, keepdim=True)
+        out[key] = ref.masked_fill(bad, 0.0)
+    return out
+
+
+class SurgeryRule:
+    """Base class of all rules.
+
+    Calling a rule validates its inputs, computes in float32 when the gradient is float16 or
+    bfloat16, and returns a tensor of the gradient's shape and dtype. Subclasses set
+    :attr:`refs` (the names of the reference gradients they read) and implement
+    :meth:`forward`, which receives the gradient and *only its own* references, all of one
+    floating dtype (float32 or float64), already checked for shape, device and finiteness.
+    """
+
+    #: names of the reference gradients this rule reads
+    refs: tuple[str, ...] = ()
+
+    def __call__(self, grad: Tensor, refs: Mapping[str, Tensor] | None = None) -> Tensor:
+        refs = {} if refs is None else refs
+        prepared, used = self.prepare(grad, refs)
+        out = self.forward(prepared, used)
+        return out if out.dtype == grad.dtype else out.to(grad.dtype)
+
+    # -- validation ---------------------------------------------------------------------------
+    def prepare(
+        self, grad: Tensor, refs: Mapping[str, Tensor], check_finite: bool = True
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Validate ``grad`` and the references this rule reads; return them in the compute
+        dtype. Raises ``TypeError``/``ValueError`` naming what was expected and what arrived.
+        ``check_finite=False`` skips the one check that reads the data (the fused path folds it
+        into its kernel)."""
+        name = type(self).__name__
+        if not isinstance(grad, Tensor):
+            raise TypeError(f"{name}: grad must be a torch.Tensor, got {type(grad).__name__}")
+        if not grad.is_floating_point():
+            raise TypeError(f"{name}: grad must be a floating-point tensor, got dtype {grad.dtype}")
+        if grad.dim() < 1:
+            raise ValueError(f"{name}: grad must have at least one dimension (..., D), got a scalar")
+        if not isinstance(refs, Mapping):
+            raise TypeError(
+                f"{name}: refs must be a mapping of name -> tensor, got {type(refs).__name__}"
+            )
+        missing = [k for k in self.refs if k not in refs]
+        if missing:
+            raise ValueError(
+                f"{name}: missing reference gradient(s) {missing}; expected keys {list(self.refs)}, "
+                f"got {sorted(refs)}"
+            )
+        compute = torch.float32 if grad.dtype in _LOW_PRECISION else grad.dtype
+        used: dict[str, Tensor] = {}
+        for key in self.refs:
+            ref = refs[key]
+            if not isinstance(ref, Tensor):
+                raise TypeError(
+                    f"{name}: reference {key!r} must be a torch.Tensor, got {type(ref).__name__}"
+                )
+            if not ref.is_floating_point():
+                raise TypeError(
+                    f"{name}: reference {key!r} must be floating point, got dtype {ref.dtype}"
+                )
+            if ref.shape != grad.shape:
+                raise ValueError(
+                    f"{name}: reference {key!r} has shape {tuple(ref.shape)} but the gradient has "
+                    f"shape {tuple(grad.shape)}; they must be equal"
+                )
+            if ref.device != grad.device:
+                raise ValueError(
+                    f"{name}: reference {key!r} is on {ref.device} but the gradient is on "
+                    f"{grad.device}"
+                )
+            used[key] = ref.detach().to(compute)
+        if used and check_finite:
+            raise_if_nonfinite(self, used, torch.stack([torch.isfinite(r).all() for r in used.values()]).all())
+        return grad.to(compute), used
+
+    # -- math ---------------------------------------------------------------------------------
+    def forward(self, grad: Tensor, refs: dict[str, Tensor]) -> Tensor:
+        """The rule's math on validated tensors; subclasses implement this."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._repr_args().items())
+        return f"{type(self).__name__}({args})"
+
+    def _repr_args(self) -> dict[str, object]:
+        return {}
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self._repr_args() == other._repr_args()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, repr(self)))
+
+
+def raise_if_nonfinite(rule: SurgeryRule, refs: Mapping[str, Tensor], all_finite: Tensor) -> None:
+    """Raise a ``ValueError`` naming the non-finite references unless ``all_finite`` is true."""
+    if bool(all_finite):
+        return
+    bad = [k for k, r in refs.items() if not bool(torch.isfinite(r).all())]
+    raise ValueError(
+        f"{type(rule).__name__}: reference gradient(s) {bad} contain NaN or Inf. Fix the loss "
+        "that produced them, or pass nonfinite='ignore' to GradientSurgery to skip surgery for "
+        "the affected samples"
+    )
+
+
+def _check_ref_name(rule: str, ref: object) -> str:
+    if not isinstance(ref, str) or not ref:
+        raise TypeError(f"{rule}: ref must be a non-empty string, got {ref!r}")
+    return ref
+
+
+def _check_nonneg_float(rule: str, arg: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{rule}: {arg} must be a float, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{rule}: {arg} must be finite and >= 0, got {value}")
+    return value
+
+
+class OrthogonalSuppression(SurgeryRule):
+    r"""Remove the component of the gradient along the normalised harmful direction.
+
+    With ``r`` the reference gradient (by default ``refs["harm"]``, the text classifier's
+    feature gradient in DGS-Net), per sample:
+
+    .. math::
+        u = \frac{\max(r, 0)}{\lVert \max(r, 0) \rVert_2 + \varepsilon}, \qquad
+        g' = g - \langle g, u \rangle\, u
+
+    ``eps=1e-6`` (default) is the released reference code's choice; ``eps=0`` normalises
+    exactly (a zero positive part then gives ``u = 0``, a no-op). With ``conflict_only=True``
+    the component is removed only where ``<g, u> > 0``, that is where a descent step on ``g``
+    would also move the features along the harmful descent direction ``-u``.
+
+    >>> rule = OrthogonalSuppression(eps=0.0)
+    >>> rule(torch.tensor([[3.0, 4.0]]), {"harm": torch.tensor([[1.0, 0.0]])})
+    tensor([[0., 4.]])
+    """
+
+    def __init__(self, eps: float = 1e-6, conflict_only: bool = False, ref: str = "harm") -> None:
+        self.eps = _check_nonneg_float("OrthogonalSuppression", "eps", eps)
+        if not isinstance(conflict_only, bool):
+            raise TypeError(
+                f"OrthogonalSuppression: conflict_only must be a bool, got {conflict_only!r}"
+            )
+        self.conflict_only = conflict_only
+        self.ref = _check_ref_name("OrthogonalSuppression", ref)
+        self.refs = (self.ref,)
+
+    def _repr_args(self) -> dict[str, object]:
+        return {"eps": self.eps, "conflict_only": self.conflict_only, "ref": self.ref}
+
+    def forward(self, grad: Tensor, refs: dict[str, Tensor]) -> Tensor:
+        return suppress(grad, refs[self.ref], self.eps, self.conflict_only)
+
+
+def harmful_direction(ref: Tensor, eps: float) -> Tensor:
+    """``u = relu(ref) / (||relu(ref)|| + eps)`` per sample; ``u = 0`` where ``relu(ref) = 0``."""
+    pos = ref.clamp_min(0)
+    norm = torch.linalg.vector_norm(pos, dim=-1, keepdim=True)
+    if eps > 0:
+        return pos / (norm + eps)
+    return pos / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+
+
+def suppress(grad: Tensor, ref: Tensor, eps: float, conflict_only: bool = False) -> Tensor:
+    """The math of :class:`OrthogonalSuppression` on plain tensors (no validation)."""
+    u = harmful_direction(ref, eps)
+    coef = (grad * u).sum(dim=-1, keepdim=True)
+    if conflict_only:
+        coef = coef.clamp_min(0)
+    return grad - coef * u
+
+
+AlignScale = Literal["reference", "invariant"]
+
+
+class PriorAlignment(SurgeryRule):
+    r"""Add the beneficial (negative) part of a reference gradient.
+
+    With ``r`` the reference (by default ``refs["help"]``, the frozen teacher classifier's
+    feature gradient in DGS-Net) and ``B`` the number of samples (the product of all leading
+    dimensions):
+
+    .. math::
+        g' = g + \lambda\, s\, \min(r, 0), \qquad
+        s = \begin{cases} 1/B & \texttt{scale="reference"} \\ 1 & \texttt{scale="invariant"}
+        \end{cases}
+
+    ``scale="reference"`` reproduces the released code, whose loss term
+    ``mean_b <f_b, min(r_b, 0)>`` puts a second ``1/B`` on a reference gradient that already
+    carries one; the alignment's weight relative to the task gradient then shrinks with the
+    batch size. ``scale="invariant"`` keeps it at ``weight`` for every batch size (and under
+    data parallelism, where each rank sees a share of the batch).
+
+    >>> PriorAlignment(weight=0.5, scale="invariant")(
+    ...     torch.zeros(1, 2), {"help": torch.tensor([[2.0, -4.0]])})
+    tensor([[ 0., -2.]])
+    """
+
+    def __init__(self, weight: float = 0.2, scale: AlignScale = "reference", ref: str = "help"):
+        self.weight = _check_nonneg_float("PriorAlignment", "weight", weight)
+        if scale not in ("reference", "invariant"):
+            raise ValueError(
+                f"PriorAlignment: scale must be 'reference' or 'invariant', got {scale!r}"
+            )
+        self.scale: AlignScale = scale
+        self.ref = _check_ref_name("PriorAlignment", ref)
+        self.refs = (self.ref,)
+
+    def _repr_args(self) -> dict[str, object]:
+        return {"weight": self.weight, "scale": self.scale, "ref": self.ref}
+
+    def factor(self, num_samples: int) -> float:
+        """The multiplier of ``min(r, 0)``: ``weight / B`` or ``weight``."""
+        if self.scale == "reference":
+            return self.weight / num_samples if num_samples else 0.0
+        return self.weight
+
+    def forward(self, grad: Tensor, refs: dict[str, Tensor]) -> Tensor:
+        num_samples = grad.numel() // grad.shape[-1] if grad.shape[-1] else 0
+        return grad + self.factor(num_samples) * refs[self.ref].clamp_max(0)
+
+
+class ConflictProjection(SurgeryRule):
+    r"""Whole-vector conflict projection in the style of PCGrad (Yu et al., 2020).
+
+    Where the gradient and the reference conflict (``<g, r> < 0``), remove from ``g`` its
+    component along ``r``; elsewhere leave ``g`` unchanged:
+
+    .. math:: g' = g - \frac{\min(\langle g, r\rangle, 0)}{\lVert r \rVert^2} r
+
+    A zero reference is a no-op. This is a second, independent example of the rule API: it acts
+    on whole vectors, where DGS-Net's rules act on sign-split coordinates.
+
+    >>> ConflictProjection()(torch.tensor([[1.0, -1.0]]), {"other": torch.tensor([[0.0, 1.0]])})
+    tensor([[1., 0.]])
+    """
+
+    def __init__(self, ref: str = "other") -> None:
+        self.ref = _check_ref_name("ConflictProjection", ref)
+        self.refs = (self.ref,)
+
+    def _repr_args(self) -> dict[str, object]:
+        return {"ref": self.ref}
+
+    def forward(self, grad: Tensor, refs: dict[str, Tensor]) -> Tensor:
+        r = refs[self.ref]
+        dot = (grad * r).sum(dim=-1, keepdim=True).clamp_max(0)
+        sq = (r * r).sum(dim=-1, keepdim=True)
+        return grad - dot / sq.clamp_min(torch.finfo(sq.dtype).tiny) * r
+
+
+class Compose(SurgeryRule):
+    """Apply rules in order: ``Compose([a, b])(g) == b(a(g))``.
+
+    The two DGS-Net orders:
+
+    * ``Compose([PriorAlignment(), OrthogonalSuppression()])``: align, then project the sum.
+      This is what the released reference code computes (its projection hook sees the total
+      gradient, alignment term included).
+    * ``Compose([OrthogonalSuppression(), PriorAlignment()])``: project the task gradient, then
+      add the beneficial direction, as the paper's prose describes.
+    """
+
+    def __init__(self, rules: Sequence[SurgeryRule]) -> None:
+        if isinstance(rules, SurgeryRule) or not isinstance(rules, Sequence):
+            raise TypeError(
+                f"Compose expects a sequence of rules, got {type(rules).__name__}"
+            )
+        for i, rule in enumerate(rules):
+            if not isinstance(rule, SurgeryRule):
+                raise TypeError(
+                    f"Compose: item {i} must be a SurgeryRule, got {type(rule).__name__}"
+                )
+        self.rules: tuple[SurgeryRule, ...] = tuple(rules)
+        names: list[str] = []
+        for rule in self.rules:
+            names.extend(k for k in rule.refs if k not in names)
+        self.refs = tuple(names)
+
+    def __repr__(self) -> str:
+        return f"Compose([{', '.join(repr(r) for r in self.rules)}])"
+
+    def _repr_args(self) -> dict[str, object]:
+        return {"rules": self.rules}
+
+    def forward(self, grad: Tensor, refs: dict[str, Tensor]) -> Tensor:
+        for rule in self.rules:
+            grad = rule.forward(grad, {k: refs[k] for k in rule.refs})
+        return grad
