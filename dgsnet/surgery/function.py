@@ -42,7 +42,7 @@ class SurgeryStats:
     def record(self, grad_in: Tensor, grad_out: Tensor, refs: Mapping[str, Tensor]) -> None:
         self.grad_in = grad_in.detach()
         self.grad_out = grad_out.detach()
-        self.refs = {k: v.detach() for k, v in refs.items()}
+        self.refs.update({k: v.detach() for k, v in refs.items()})
 
     def summary(self) -> dict[str, float]:
         if self.grad_in is None or self.grad_out is None:

@@ -12,6 +12,7 @@ first call warns once and the rule runs eagerly from then on.
 
 from __future__ import annotations
 
+import types
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -55,10 +56,22 @@ class FusedRule(SurgeryRule):
             finite = finite & torch.isfinite(r).all()
         return self.rule.forward(grad, refs), finite
 
+    def _own_kernel(self) -> Callable[..., tuple[Tensor, Tensor]]:
+        """``_eager_kernel`` bound to this instance, with a code object of its own.
+
+        torch.compile keeps its cache, and its recompile limit (8 by default), per code object.
+        Sharing ``_eager_kernel``'s code among all instances would make every rule, dtype and
+        shape variant in the process count against one limit, after which Dynamo silently runs
+        the rule eagerly; a private copy of the code gives each fused rule its own budget.
+        """
+        func = FusedRule._eager_kernel
+        code = func.__code__.replace(co_name=f"fused_{type(self.rule).__name__}_{id(self):x}")
+        return types.MethodType(types.FunctionType(code, func.__globals__, code.co_name), self)
+
     def _run(self, grad: Tensor, refs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         if self.compiled is None:
             try:
-                kernel = torch.compile(self._eager_kernel, **self.compile_kwargs)
+                kernel = torch.compile(self._own_kernel(), **self.compile_kwargs)
                 result = kernel(grad, refs)
             except Exception as exc:  # compilation unavailable: fall back, say so once
                 warnings.warn(

@@ -220,13 +220,29 @@ class OrthogonalSuppression(SurgeryRule):
         return suppress(grad, refs[self.ref], self.eps, self.conflict_only)
 
 
+def unit_vector(v: Tensor) -> Tensor:
+    """``v / ||v||`` per sample (over the last dimension), ``0`` where ``v = 0``.
+
+    The vector is first divided by its largest magnitude, so the squared norm neither underflows
+    (a reference of 1e-25 in float32 would otherwise give ``||v||^2 = 0`` and a huge result) nor
+    overflows (entries above about 1e19 in float32)."""
+    if v.shape[-1] == 0:
+        return v
+    m = v.abs().amax(dim=-1, keepdim=True)
+    s = v / m.masked_fill(m == 0, 1)
+    n = torch.linalg.vector_norm(s, dim=-1, keepdim=True)
+    return s / n.masked_fill(n == 0, 1)
+
+
 def harmful_direction(ref: Tensor, eps: float) -> Tensor:
-    """``u = relu(ref) / (||relu(ref)|| + eps)`` per sample; ``u = 0`` where ``relu(ref) = 0``."""
+    """``u = relu(ref) / (||relu(ref)|| + eps)`` per sample; ``u = 0`` where ``relu(ref) = 0``.
+
+    ``eps = 0`` normalises exactly, without under- or overflow (see :func:`unit_vector`)."""
     pos = ref.clamp_min(0)
-    norm = torch.linalg.vector_norm(pos, dim=-1, keepdim=True)
     if eps > 0:
+        norm = torch.linalg.vector_norm(pos, dim=-1, keepdim=True)
         return pos / (norm + eps)
-    return pos / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+    return unit_vector(pos)
 
 
 def suppress(grad: Tensor, ref: Tensor, eps: float, conflict_only: bool = False) -> Tensor:
@@ -311,10 +327,10 @@ class ConflictProjection(SurgeryRule):
         return {"ref": self.ref}
 
     def forward(self, grad: Tensor, refs: dict[str, Tensor]) -> Tensor:
-        r = refs[self.ref]
-        dot = (grad * r).sum(dim=-1, keepdim=True).clamp_max(0)
-        sq = (r * r).sum(dim=-1, keepdim=True)
-        return grad - dot / sq.clamp_min(torch.finfo(sq.dtype).tiny) * r
+        # <g, r>/||r||^2 r == <g, r_hat> r_hat, with r_hat free of under/overflow
+        r_hat = unit_vector(refs[self.ref])
+        dot = (grad * r_hat).sum(dim=-1, keepdim=True).clamp_max(0)
+        return grad - dot * r_hat
 
 
 class Compose(SurgeryRule):

@@ -1,0 +1,35 @@
+"""dgsnet: DGS-Net (Distillation-Guided Gradient Surgery) for fine-tuning CLIP-like models.
+
+>>> from dgsnet import DGSWrapper, DGSConfig
+>>> from dgsnet.surgery import GradientSurgery, OrthogonalSuppression, PriorAlignment
+"""
+
+from .config import DGSConfig
+from .surgery import (
+    Compose,
+    ConflictProjection,
+    GradientSurgery,
+    OrthogonalSuppression,
+    PriorAlignment,
+    SurgeryRule,
+    SurgeryStats,
+    sign_split,
+)
+from .wrapper import DGSOutput, DGSWrapper
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Compose",
+    "ConflictProjection",
+    "DGSConfig",
+    "DGSOutput",
+    "DGSWrapper",
+    "GradientSurgery",
+    "OrthogonalSuppression",
+    "PriorAlignment",
+    "SurgeryRule",
+    "SurgeryStats",
+    "__version__",
+    "sign_split",
+]

@@ -1,0 +1,42 @@
+"""Encoder adapters: one face for CLIP-like dual encoders (see :mod:`dgsnet.encoders.base`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .base import DualEncoder, Tokens
+from .hf import HFCLIPEncoder
+from .open_clip import OpenCLIPEncoder, SplitAttention, split_attention
+
+__all__ = [
+    "DualEncoder",
+    "HFCLIPEncoder",
+    "OpenCLIPEncoder",
+    "SplitAttention",
+    "Tokens",
+    "split_attention",
+    "wrap_encoder",
+]
+
+
+def wrap_encoder(model: Any, tokenizer: Any = None) -> DualEncoder:
+    """Pick the adapter for ``model``: a :class:`DualEncoder` is used as is; a model with
+    ``get_image_features``/``get_text_features`` is treated as Hugging Face; one with
+    ``encode_image``/``encode_text`` and a ``visual`` tower as open_clip / OpenAI CLIP."""
+    if isinstance(model, DualEncoder):
+        if tokenizer is not None:
+            model.tokenizer = tokenizer
+        return model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a CLIP-like nn.Module or a DualEncoder, got {type(model).__name__}")
+    if hasattr(model, "get_image_features") and hasattr(model, "get_text_features"):
+        return HFCLIPEncoder(model, tokenizer)
+    if hasattr(model, "encode_image") and hasattr(model, "encode_text") and hasattr(model, "visual"):
+        return OpenCLIPEncoder(model, tokenizer)
+    raise TypeError(
+        f"{type(model).__name__} is not a recognised dual encoder: expected open_clip/OpenAI CLIP "
+        "(encode_image, encode_text, visual) or Hugging Face (get_image_features, "
+        "get_text_features); for anything else subclass dgsnet.encoders.DualEncoder"
+    )

@@ -1,0 +1,89 @@
+"""One face for CLIP-like dual encoders.
+
+Anything that is not open_clip/OpenAI CLIP or a Hugging Face CLIP/SigLIP model can be used by
+subclassing :class:`DualEncoder` and passing the instance to ``DGSWrapper``. The contract:
+
+* ``model``: the ``nn.Module`` that owns every weight (the wrapper registers it as a submodule);
+* ``image_tower``: the sub-module LoRA is attached to, whose block list is named by
+  ``block_pattern`` (e.g. ``"resblocks"``) for layer selection;
+* ``encode_image(pixels) -> (B, D)`` and ``encode_text(tokens) -> (B, D)``: the joint-space
+  features (same ``D`` for both towers: the surgery projects image gradients on text gradients);
+* ``tokenize(list[str]) -> tokens`` truncating to the context length;
+* ``image_size``: ``(H, W)`` the image tower expects, or ``None`` when it accepts any size;
+* ``default_lora_targets``: leaf module names LoRA adapts by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+Tokens = Tensor | Mapping[str, Tensor]
+
+
+class DualEncoder:
+    """Base class of the encoder adapters (see the module docstring for the contract)."""
+
+    kind: str = "custom"
+    block_pattern: str = "blocks"
+    default_lora_targets: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module, tokenizer: Any = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+
+    # -- required -----------------------------------------------------------------------------
+    @property
+    def image_tower(self) -> nn.Module:
+        raise NotImplementedError
+
+    def encode_image(self, pixels: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def encode_text(self, tokens: Tokens) -> Tensor:
+        raise NotImplementedError
+
+    def tokenize(self, texts: Sequence[str]) -> Tokens:
+        raise NotImplementedError
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        return None
+
+    # -- optional -----------------------------------------------------------------------------
+    def prepare_for_lora(self, targets: Sequence[str]) -> None:
+        """Restructure the image tower, if needed, so that every target is an ``nn.Linear``."""
+
+    def blocks(self) -> Sequence[nn.Module] | None:
+        """The image tower's transformer blocks in order (for the shared-trunk optimisation)."""
+        return None
+
+    def encode_image_split(
+        self, pixels: Tensor, start: int
+    ) -> tuple[Tensor, Any]:  # pragma: no cover - optional capability
+        """Run the tower up to block ``start`` and return ``(activation, state)``."""
+        raise NotImplementedError
+
+    def encode_image_from(self, hidden: Tensor, state: Any, start: int) -> Tensor:  # pragma: no cover
+        """Continue :meth:`encode_image_split`'s result from block ``start`` to the features."""
+        raise NotImplementedError
+
+    # -- helpers ------------------------------------------------------------------------------
+    def feature_dim(self, device: torch.device | None = None) -> int:
+        """The joint feature dimension, measured by one forward of a tiny batch."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able signature of the model's shape, stored in checkpoints."""
+        return {"kind": self.kind, "image_size": self.image_size}
+
+
+def first_param(module: nn.Module) -> Tensor:
+    for p in module.parameters():
+        return p
+    for b in module.buffers():
+        return b
+    raise ValueError(f"{type(module).__name__} has no parameters or buffers")

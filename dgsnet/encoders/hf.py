@@ -1,0 +1,102 @@
+"""Hugging Face ``CLIPModel`` / ``SiglipModel`` (``get_image_features`` / ``get_text_features``).
+
+In recent transformers releases these methods return a ``BaseModelOutputWithPooling`` whose
+``pooler_output`` holds the projected features; older releases return the tensor itself. Both
+are accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .base import DualEncoder, Tokens
+
+
+def _features(out: Any) -> Tensor:
+    if isinstance(out, Tensor):
+        return out
+    pooled = getattr(out, "pooler_output", None)
+    if isinstance(pooled, Tensor):
+        return pooled
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise TypeError(f"cannot find features in the model output of type {type(out).__name__}")
+
+
+class HFCLIPEncoder(DualEncoder):
+    """Adapter for ``transformers`` CLIP-like models (CLIP, SigLIP and relatives)."""
+
+    kind = "hf"
+    block_pattern = "layers"
+    default_lora_targets = ("q_proj", "k_proj", "v_proj")
+
+    @property
+    def image_tower(self) -> nn.Module:
+        return self.model.vision_model
+
+    @property
+    def _is_siglip(self) -> bool:
+        return "siglip" in type(self.model).__name__.lower()
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        size = getattr(self.model.config.vision_config, "image_size", None)
+        if size is None:
+            return None
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    def encode_image(self, pixels: Tensor) -> Tensor:
+        return _features(self.model.get_image_features(pixel_values=pixels))
+
+    def encode_text(self, tokens: Tokens) -> Tensor:
+        if isinstance(tokens, Tensor):
+            return _features(self.model.get_text_features(input_ids=tokens))
+        if isinstance(tokens, Mapping):
+            keep = {k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask", "position_ids")}
+            return _features(self.model.get_text_features(**keep))
+        raise TypeError(f"text tokens must be a tensor or a mapping, got {type(tokens).__name__}")
+
+    def tokenize(self, texts: Sequence[str]) -> Tokens:
+        if self.tokenizer is None:
+            raise ValueError(
+                "captions were given as strings but no tokenizer was passed: use "
+                "DGSWrapper(model, tokenizer=AutoTokenizer.from_pretrained(path)) or pass token ids"
+            )
+        enc = self.tokenizer(
+            list(texts),
+            padding="max_length" if self._is_siglip else True,
+            truncation=True,
+            max_length=self.context_length,
+            return_tensors="pt",
+        )
+        device = next(self.model.parameters()).device
+        return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    def blocks(self) -> Sequence[nn.Module] | None:
+        enc = getattr(self.image_tower, "encoder", None)
+        return getattr(enc, "layers", None)
+
+    def feature_dim(self, device: torch.device | None = None) -> int:
+        cfg = self.model.config
+        dim = getattr(cfg, "projection_dim", None)
+        if dim is None or self._is_siglip:
+            dim = cfg.vision_config.hidden_size
+        return int(dim)
+
+    def describe(self) -> dict[str, Any]:
+        blocks = self.blocks()
+        return {
+            "kind": self.kind,
+            "model_class": type(self.model).__name__,
+            "image_size": self.image_size,
+            "num_blocks": len(blocks) if blocks is not None else None,
+            "feature_dim": self.feature_dim(),
+        }

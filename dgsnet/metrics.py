@@ -1,0 +1,701 @@
+"""Evaluation metrics of the AI-generated-image detection field, in plain numpy.
+
+The conventions are those of UnivFD, CNNDetection, AIGCDetectBenchmark, NPR and DGS-Net
+(see ``docs/metrics.md``):
+
+* label ``0`` = real, label ``1`` = fake;
+* a *score* is the detector's probability that the image is fake, i.e. ``sigmoid(logit)``;
+* an image is predicted fake iff ``score > threshold`` (strictly greater; ``threshold = 0.5``),
+  exactly as the reference code computes ``accuracy_score(y_true, y_pred > 0.5)``;
+* ``acc`` is the accuracy over the whole subset, ``r_acc`` / ``f_acc`` the same on the real /
+  fake images only, ``ap`` the average precision of scikit-learn's ``average_precision_score``
+  (fake = positive class), ``best_acc`` the oracle accuracy at the best threshold;
+* per-benchmark tables list one row per subset and a final ``mean`` row, the plain mean over
+  subsets, printed x100 with one decimal.
+
+This module imports numpy only (no scikit-learn, no torch); torch tensors are accepted by duck
+typing (``.detach().cpu()``).
+
+>>> from dgsnet.metrics import compute_metrics
+>>> m = compute_metrics([0, 0, 1, 1], [0.2, 0.625, 0.875, 0.9])
+>>> m.acc, m.r_acc, m.f_acc, m.ap
+(0.75, 0.5, 1.0, 1.0)
+>>> m.best_acc, m.best_threshold
+(1.0, 0.75)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import stat
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import IO, Any, NamedTuple, Union
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "TABLE_COLUMNS",
+    "BestThreshold",
+    "DetectionMetrics",
+    "MetricsTable",
+    "accuracy",
+    "average_precision",
+    "best_threshold_accuracy",
+    "compute_metrics",
+    "fake_accuracy",
+    "real_accuracy",
+]
+
+#: The decision threshold of the field: predicted fake iff ``score > 0.5``.
+DEFAULT_THRESHOLD = 0.5
+
+#: The metric columns of a :class:`MetricsTable` (Markdown table and mean row), in order.
+TABLE_COLUMNS = ("acc", "r_acc", "f_acc", "ap", "best_acc")
+
+_TABLE_FORMAT = "dgsnet.metrics_table"
+_TABLE_VERSION = 1
+_CSV_COLUMNS = ("subset", *TABLE_COLUMNS, "best_threshold", "n_real", "n_fake")
+_MEAN_ROW = "mean"
+_MAX_SHOWN = 8  # offending values listed in an error message
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# --------------------------------------------------------------------------------------------
+# input validation
+# --------------------------------------------------------------------------------------------
+
+
+def _as_array(x: Any, name: str) -> np.ndarray:
+    """``np.asarray`` that also takes torch tensors (CUDA, requiring grad, bfloat16)."""
+    if hasattr(x, "detach") and hasattr(x, "cpu") and hasattr(x, "numpy"):
+        t = x.detach().cpu()
+        try:
+            return np.asarray(t.numpy())
+        except (TypeError, RuntimeError):  # dtypes numpy lacks, e.g. torch.bfloat16
+            return np.asarray(t.double().numpy())
+    try:
+        return np.asarray(x)
+    except ValueError as exc:  # ragged nested sequences
+        raise ValueError(f"{name} could not be converted to a 1-D array: {exc}") from None
+
+
+def _check_1d(arr: np.ndarray, name: str) -> None:
+    if arr.ndim == 1:
+        return
+    if arr.ndim == 0:
+        raise ValueError(f"{name} must be a 1-D array (one value per image); got a scalar")
+    hint = ""
+    if arr.ndim == 2 and 1 in arr.shape:
+        hint = " (flatten it first, e.g. with .ravel() or .flatten())"
+    raise ValueError(
+        f"{name} must be a 1-D array (one value per image); got an array of shape "
+        f"{tuple(arr.shape)}{hint}"
+    )
+
+
+def _shown(values: np.ndarray) -> str:
+    vals = values.tolist()
+    text = ", ".join(repr(v) for v in vals[:_MAX_SHOWN])
+    if len(vals) > _MAX_SHOWN:
+        text += f", ... ({len(vals)} distinct values)"
+    return "[" + text + "]"
+
+
+def _numeric(arr: np.ndarray, name: str) -> np.ndarray:
+    """Return a numeric (bool/int/float) view of ``arr`` or raise TypeError."""
+    if arr.dtype.kind in "biuf":
+        return arr
+    if arr.dtype.kind == "O":
+        try:
+            return arr.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"{name} must be numeric; got an array of dtype {arr.dtype}")
+
+
+def _labels(arr: np.ndarray) -> np.ndarray:
+    """Validate labels, return the boolean mask ``is_fake``."""
+    arr = _numeric(arr, "y_true")
+    if arr.dtype.kind == "b":
+        return arr.astype(bool, copy=False)
+    bad = ~((arr == 0) | (arr == 1))  # NaN compares unequal to both, so it is caught here
+    if bad.any():
+        raise ValueError(
+            "y_true must contain only the labels 0 (real) and 1 (fake); got "
+            f"{int(np.count_nonzero(bad))} value(s) outside {{0, 1}}: "
+            f"{_shown(np.unique(arr[bad]))}"
+        )
+    return arr == 1
+
+
+def _scores(arr: np.ndarray, *, probabilities: bool) -> np.ndarray:
+    """Validate scores, return them as float64 (an exact conversion for float16/32)."""
+    arr = _numeric(arr, "scores")
+    finite = np.isfinite(arr) if arr.dtype.kind == "f" else np.ones(arr.shape, dtype=bool)
+    if not finite.all():
+        idx = np.flatnonzero(~finite)
+        raise ValueError(
+            f"scores must be finite; got {idx.size} non-finite value(s), the first "
+            f"{arr[idx[0]].item()!r} at index {int(idx[0])}"
+        )
+    s = arr.astype(np.float64)
+    if probabilities:
+        lo, hi = float(s.min()), float(s.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                "scores must be probabilities in [0, 1] (the sigmoid of the detector's "
+                f"logit); got values in [{lo!r}, {hi!r}]. If these are logits, apply a "
+                "sigmoid first (torch.sigmoid, scipy.special.expit)"
+            )
+    return s
+
+
+def _validate(y_true: Any, scores: Any, *, probabilities: bool) -> tuple[np.ndarray, np.ndarray]:
+    y = _as_array(y_true, "y_true")
+    s = _as_array(scores, "scores")
+    _check_1d(y, "y_true")
+    _check_1d(s, "scores")
+    if y.shape[0] != s.shape[0]:
+        raise ValueError(
+            f"y_true and scores must have the same length; got {y.shape[0]} labels and "
+            f"{s.shape[0]} scores"
+        )
+    if y.shape[0] == 0:
+        raise ValueError("empty input: y_true and scores contain no samples")
+    return _labels(y), _scores(s, probabilities=probabilities)
+
+
+def _threshold(threshold: Any) -> float:
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        raise TypeError(f"threshold must be a real number; got {threshold!r}") from None
+    if not math.isfinite(t):
+        raise ValueError(f"threshold must be finite; got {t!r}")
+    return t
+
+
+# --------------------------------------------------------------------------------------------
+# metric kernels on validated arrays (fake: bool mask, s: float64 scores)
+# --------------------------------------------------------------------------------------------
+
+
+def _ap(fake: np.ndarray, s: np.ndarray) -> float:
+    # The same arithmetic, in the same order, as scikit-learn's precision_recall_curve and
+    # average_precision_score (descending scores, one point per distinct score value).
+    order = np.argsort(s, kind="stable")[::-1]
+    s_desc = s[order]
+    y_desc = fake[order]
+    ends = np.concatenate([np.flatnonzero(np.diff(s_desc)), [s_desc.size - 1]])
+    tps = np.cumsum(y_desc, dtype=np.float64)[ends]
+    if tps[-1] == 0:
+        raise ValueError(
+            f"average precision is undefined without fake images (label 1): y_true holds "
+            f"{s.size} real image(s) and no fakes (scikit-learn would warn and return 0.0)"
+        )
+    fps = 1.0 + ends.astype(np.float64) - tps
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1]
+    precision = np.concatenate([precision[::-1], [1.0]])
+    recall = np.concatenate([recall[::-1], [0.0]])
+    return float(max(0.0, -np.sum(np.diff(recall) * precision[:-1])))
+
+
+def _correct(fake: np.ndarray, s: np.ndarray, t: float) -> np.ndarray:
+    return (s > t) == fake
+
+
+def _rate(correct: np.ndarray) -> float:
+    return int(np.count_nonzero(correct)) / correct.size
+
+
+def _class_rate(correct: np.ndarray, mask: np.ndarray, metric: str, label: str) -> float:
+    n = int(np.count_nonzero(mask))
+    if n == 0:
+        raise ValueError(f"{metric} is undefined: y_true contains no {label}")
+    return int(np.count_nonzero(correct[mask])) / n
+
+
+class BestThreshold(NamedTuple):
+    """Oracle accuracy and a threshold achieving it (``score > threshold`` means fake)."""
+
+    accuracy: float
+    threshold: float
+
+
+def _best(fake: np.ndarray, s: np.ndarray) -> BestThreshold:
+    order = np.argsort(s, kind="stable")
+    s_asc = s[order]
+    y_asc = fake[order]
+    ends = np.concatenate([np.flatnonzero(np.diff(s_asc)), [s_asc.size - 1]])
+    values = s_asc[ends]  # the distinct scores, ascending
+    n_fake = int(np.count_nonzero(fake))
+    # Cut j (0 <= j <= m): the images with score <= values[j-1] are predicted real, the rest
+    # fake. correct[j] = reals at or below the cut + fakes above it; j = 0 predicts all fake.
+    reals_below = np.cumsum(~y_asc)[ends]
+    fakes_below = np.cumsum(y_asc)[ends]
+    correct = np.concatenate([[n_fake], reals_below + (n_fake - fakes_below)])
+    j = int(np.argmax(correct))  # the first maximum: the lowest optimal threshold
+    acc = int(correct[j]) / s.size
+    if j == 0:
+        t = float(np.nextafter(values[0], -np.inf))
+    elif j == values.size:
+        t = float(values[-1])
+    else:
+        lo, hi = float(values[j - 1]), float(values[j])
+        t = (lo + hi) / 2.0
+        if not math.isfinite(t):  # lo + hi overflowed
+            t = lo + (hi - lo) / 2.0
+        if not (math.isfinite(t) and lo <= t < hi):  # rounding or overflow: fall back exactly
+            t = lo
+    return BestThreshold(acc, t)
+
+
+# --------------------------------------------------------------------------------------------
+# public metric functions
+# --------------------------------------------------------------------------------------------
+
+
+def average_precision(y_true: Any, scores: Any) -> float:
+    """Average precision with fake (label 1) as the positive class.
+
+    Equal to scikit-learn's ``average_precision_score(y_true, scores)``: the precision-recall
+    curve has one point per distinct score value (tied scores enter together) and
+    ``AP = sum_n (R_n - R_{n-1}) P_n`` over thresholds in decreasing order (no interpolation).
+
+    Scores may be probabilities or any other finite real scores (AP only uses their order).
+
+    Raises ``ValueError`` when ``y_true`` has no fake image: AP is then undefined (recall is
+    0/0). scikit-learn instead warns and returns 0.0; raising keeps a meaningless 0.0 out of
+    tables and means. With no real image AP is 1.0, as in scikit-learn.
+    """
+    fake, s = _validate(y_true, scores, probabilities=False)
+    return _ap(fake, s)
+
+
+def accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD) -> float:
+    """Fraction of images classified correctly, an image being predicted fake iff
+    ``score > threshold`` (strict), as in ``accuracy_score(y_true, scores > 0.5)`` of the
+    reference evaluation code. A score equal to the threshold counts as real.
+
+    ``scores`` must be probabilities in [0, 1] (the sigmoid of the logit).
+    """
+    fake, s = _validate(y_true, scores, probabilities=True)
+    return _rate(_correct(fake, s, _threshold(threshold)))
+
+
+def real_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD) -> float:
+    """:func:`accuracy` restricted to the real images (label 0): the fraction with
+    ``score <= threshold``. Raises ``ValueError`` when there is no real image."""
+    fake, s = _validate(y_true, scores, probabilities=True)
+    return _class_rate(_correct(fake, s, _threshold(threshold)), ~fake, "r_acc",
+                       "real images (label 0)")
+
+
+def fake_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD) -> float:
+    """:func:`accuracy` restricted to the fake images (label 1): the fraction with
+    ``score > threshold``. Raises ``ValueError`` when there is no fake image."""
+    fake, s = _validate(y_true, scores, probabilities=True)
+    return _class_rate(_correct(fake, s, _threshold(threshold)), fake, "f_acc",
+                       "fake images (label 1)")
+
+
+def best_threshold_accuracy(y_true: Any, scores: Any) -> BestThreshold:
+    """The oracle accuracy: the maximum of :func:`accuracy` over all thresholds, the two
+    extremes (every image fake, every image real) included, and a threshold achieving it.
+
+    Returns ``BestThreshold(accuracy, threshold)`` (a named tuple). Predicting fake iff
+    ``score > threshold`` reproduces ``accuracy`` exactly. Among equally good cuts the lowest
+    is returned; the threshold is the midpoint between the two neighbouring distinct scores
+    of that cut (the lower score itself when the midpoint would round onto the upper one),
+    the largest score when every image is best called real, and the float just below the
+    smallest score when every image is best called fake.
+
+    Scores may be any finite reals (only their order matters); the threshold is in the same
+    units. Works with one class only (the oracle then reaches 1.0).
+    """
+    fake, s = _validate(y_true, scores, probabilities=False)
+    return _best(fake, s)
+
+
+# --------------------------------------------------------------------------------------------
+# per-subset result and tables
+# --------------------------------------------------------------------------------------------
+
+
+def _rate_field(d: Mapping[str, Any], key: str) -> float:
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{key} must be a number; got {v!r}")
+    v = float(v)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{key} must lie in [0, 1]; got {v!r}")
+    return v
+
+
+def _count_field(d: Mapping[str, Any], key: str) -> int:
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{key} must be a non-negative integer; got {v!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class DetectionMetrics:
+    """The metrics of one subset. Rates are fractions in [0, 1] (tables show them x100)."""
+
+    acc: float
+    r_acc: float
+    f_acc: float
+    ap: float
+    best_acc: float
+    best_threshold: float
+    n_real: int
+    n_fake: int
+
+    @property
+    def n(self) -> int:
+        """Number of images."""
+        return self.n_real + self.n_fake
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DetectionMetrics:
+        names = [f.name for f in fields(cls)]
+        missing = [k for k in names if k not in d]
+        unknown = [k for k in d if k not in names]
+        if missing or unknown:
+            raise ValueError(
+                f"not a DetectionMetrics record: missing keys {missing}, unknown keys {unknown}"
+            )
+        t = d["best_threshold"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+            raise ValueError(f"best_threshold must be a finite number; got {t!r}")
+        return cls(
+            **{k: _rate_field(d, k) for k in TABLE_COLUMNS},
+            best_threshold=float(t),
+            n_real=_count_field(d, "n_real"),
+            n_fake=_count_field(d, "n_fake"),
+        )
+
+
+def compute_metrics(
+    y_true: Any, scores: Any, *, threshold: float = DEFAULT_THRESHOLD
+) -> DetectionMetrics:
+    """All metrics of one subset: acc, r_acc, f_acc (at ``score > threshold``), AP, and the
+    oracle accuracy with its threshold.
+
+    ``scores`` must be probabilities in [0, 1] (sigmoid of the logit), ``y_true`` 0 = real and
+    1 = fake. Both classes must be present (r_acc, f_acc and AP are otherwise undefined);
+    a ``ValueError`` says which class is missing.
+    """
+    fake, s = _validate(y_true, scores, probabilities=True)
+    t = _threshold(threshold)
+    n_fake = int(np.count_nonzero(fake))
+    n_real = int(fake.size - n_fake)
+    if n_real == 0 or n_fake == 0:
+        missing = "real images (label 0)" if n_real == 0 else "fake images (label 1)"
+        raise ValueError(
+            f"compute_metrics needs both classes; got {n_real} real and {n_fake} fake "
+            f"image(s), so r_acc/f_acc/AP are undefined (no {missing})"
+        )
+    correct = _correct(fake, s, t)
+    best = _best(fake, s)
+    return DetectionMetrics(
+        acc=_rate(correct),
+        r_acc=int(np.count_nonzero(correct[~fake])) / n_real,
+        f_acc=int(np.count_nonzero(correct[fake])) / n_fake,
+        ap=_ap(fake, s),
+        best_acc=best.accuracy,
+        best_threshold=best.threshold,
+        n_real=n_real,
+        n_fake=n_fake,
+    )
+
+
+def _check_subset_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"subset names must be strings; got {name!r}")
+    if not name.strip():
+        raise ValueError(f"subset names must be non-empty; got {name!r}")
+    if "\n" in name or "\r" in name:
+        raise ValueError(f"subset names must be on one line; got {name!r}")
+    if name == _MEAN_ROW:
+        raise ValueError(f"{_MEAN_ROW!r} is reserved for the mean row; rename that subset")
+    return name
+
+
+def _pairs(items: Mapping[str, Any] | Iterable[tuple[str, Any]], what: str):
+    pairs = items.items() if isinstance(items, Mapping) else items
+    seen: set[str] = set()
+    for pair in pairs:
+        try:
+            name, value = pair
+        except (TypeError, ValueError):
+            raise TypeError(f"{what} must be a mapping or (name, value) pairs; got {pair!r}")
+        name = _check_subset_name(name)
+        if name in seen:
+            raise ValueError(f"duplicate subset name {name!r}")
+        seen.add(name)
+        yield name, value
+
+
+class MetricsTable:
+    """Per-subset :class:`DetectionMetrics` in a fixed order, with a mean row.
+
+    The mean row is the plain (unweighted) mean over subsets of each column of
+    :data:`TABLE_COLUMNS`, computed from the unrounded values.
+
+    >>> t = MetricsTable.from_predictions({"a": ([0, 1], [0.2, 0.9]), "b": ([0, 1], [0.6, 0.7])})
+    >>> print(t.to_markdown())
+    | subset |   acc | r_acc | f_acc |    ap | best_acc |
+    |:-------|------:|------:|------:|------:|---------:|
+    | a      | 100.0 | 100.0 | 100.0 | 100.0 |    100.0 |
+    | b      |  50.0 |   0.0 | 100.0 | 100.0 |    100.0 |
+    | mean   |  75.0 |  50.0 | 100.0 | 100.0 |    100.0 |
+    """
+
+    def __init__(
+        self,
+        rows: Mapping[str, DetectionMetrics] | Iterable[tuple[str, DetectionMetrics]],
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> None:
+        self._rows: dict[str, DetectionMetrics] = {}
+        for name, m in _pairs(rows, "rows"):
+            if not isinstance(m, DetectionMetrics):
+                raise TypeError(f"row {name!r} must be a DetectionMetrics; got {type(m).__name__}")
+            self._rows[name] = m
+        if not self._rows:
+            raise ValueError("a MetricsTable needs at least one subset")
+        self.threshold = _threshold(threshold)
+
+    @classmethod
+    def from_predictions(
+        cls,
+        predictions: Mapping[str, tuple[Any, Any]] | Iterable[tuple[str, tuple[Any, Any]]],
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> MetricsTable:
+        """Build a table from ``{subset: (y_true, scores)}``, keeping the subsets' order.
+        An invalid subset raises with the subset's name in the message."""
+        rows = {}
+        for name, pred in _pairs(predictions, "predictions"):
+            if not (isinstance(pred, (tuple, list)) and len(pred) == 2):
+                raise TypeError(f"subset {name!r}: expected a (y_true, scores) pair")
+            try:
+                rows[name] = compute_metrics(pred[0], pred[1], threshold=threshold)
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"subset {name!r}: {exc}") from exc
+        return cls(rows, threshold=threshold)
+
+    # -- container protocol ------------------------------------------------------------------
+
+    @property
+    def subsets(self) -> tuple[str, ...]:
+        return tuple(self._rows)
+
+    @property
+    def rows(self) -> dict[str, DetectionMetrics]:
+        """A copy of the rows, in order."""
+        return dict(self._rows)
+
+    def __getitem__(self, subset: str) -> DetectionMetrics:
+        return self._rows[subset]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, subset: object) -> bool:
+        return subset in self._rows
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MetricsTable):
+            return NotImplemented
+        return (
+            self.threshold == other.threshold
+            and list(self._rows.items()) == list(other._rows.items())
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"MetricsTable(subsets={list(self._rows)!r}, threshold={self.threshold!r})"
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+    def mean(self) -> dict[str, float]:
+        """The plain mean over subsets of each column of :data:`TABLE_COLUMNS`."""
+        n = len(self._rows)
+        return {
+            c: math.fsum(getattr(m, c) for m in self._rows.values()) / n for c in TABLE_COLUMNS
+        }
+
+    # -- output ------------------------------------------------------------------------------
+
+    def to_markdown(self, path: PathLike | None = None) -> str:
+        """The table as Markdown: columns subset / acc / r_acc / f_acc / ap / best_acc, values
+        x100 with one decimal, a final ``mean`` row. Written atomically to ``path`` if given.
+        A ``|`` in a subset name is escaped as ``\\|``."""
+        body = [
+            [name.replace("|", "\\|"), *(getattr(m, c) for c in TABLE_COLUMNS)]
+            for name, m in self._rows.items()
+        ]
+        mean = self.mean()
+        body.append([_MEAN_ROW, *(mean[c] for c in TABLE_COLUMNS)])
+        cells = [[r[0], *(f"{100.0 * v:.1f}" for v in r[1:])] for r in body]
+        header = ["subset", *TABLE_COLUMNS]
+        widths = [max(len(header[i]), *(len(r[i]) for r in cells)) for i in range(len(header))]
+
+        def line(row: list[str]) -> str:
+            parts = [row[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(row[1:], widths[1:])]
+            return "| " + " | ".join(parts) + " |"
+
+        rule = "|:" + "-" * (widths[0] + 1) + "|" + "|".join("-" * (w + 1) + ":" for w in widths[1:])
+        text = "\n".join([line(header), rule + "|", *(line(r) for r in cells)])
+        if path is not None:
+            _atomic_write_text(path, text + "\n")
+        return text
+
+    def _csv_text(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(_CSV_COLUMNS)
+        for name, m in self._rows.items():
+            w.writerow([name, *(repr(float(getattr(m, c))) for c in _CSV_COLUMNS[1:-2]),
+                        m.n_real, m.n_fake])
+        mean = self.mean()
+        w.writerow([_MEAN_ROW, *(repr(mean[c]) for c in TABLE_COLUMNS), "", "", ""])
+        return buf.getvalue()
+
+    def to_csv(self, path_or_file: PathLike | IO[str]) -> None:
+        """Write the table as CSV: columns subset, acc, r_acc, f_acc, ap, best_acc,
+        best_threshold, n_real, n_fake; rates as fractions in [0, 1] at full precision (not
+        x100); a final ``mean`` row whose best_threshold/n_real/n_fake cells are empty.
+
+        ``path_or_file`` is a path (written atomically) or an open text file (written in
+        place; open it with ``newline=""``)."""
+        text = self._csv_text()
+        if isinstance(path_or_file, (str, os.PathLike)):
+            _atomic_write_text(path_or_file, text)
+        elif hasattr(path_or_file, "write"):
+            path_or_file.write(text)
+        else:
+            raise TypeError(
+                f"to_csv needs a path or an open text file; got {type(path_or_file).__name__}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: format tag, version, threshold, the subsets in order (a list),
+        and the mean row (informative; :meth:`from_dict` recomputes it)."""
+        return {
+            "format": _TABLE_FORMAT,
+            "version": _TABLE_VERSION,
+            "threshold": self.threshold,
+            "subsets": [{"subset": name, **m.to_dict()} for name, m in self._rows.items()],
+            "mean": self.mean(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MetricsTable:
+        if not isinstance(d, Mapping) or d.get("format") != _TABLE_FORMAT:
+            raise ValueError(f"not a dgsnet metrics table (expected format {_TABLE_FORMAT!r})")
+        if d.get("version") != _TABLE_VERSION:
+            raise ValueError(
+                f"unsupported metrics table version {d.get('version')!r} "
+                f"(this dgsnet reads version {_TABLE_VERSION})"
+            )
+        subsets = d.get("subsets")
+        if not isinstance(subsets, list):
+            raise ValueError("metrics table: 'subsets' must be a list of records")
+        rows = []
+        for rec in subsets:
+            if not isinstance(rec, Mapping) or "subset" not in rec:
+                raise ValueError(f"metrics table: bad subset record {rec!r}")
+            rec = dict(rec)
+            name = rec.pop("subset")
+            try:
+                rows.append((name, DetectionMetrics.from_dict(rec)))
+            except ValueError as exc:
+                raise ValueError(f"metrics table, subset {name!r}: {exc}") from exc
+        return cls(rows, threshold=d.get("threshold", DEFAULT_THRESHOLD))
+
+    def to_json(self, path: PathLike, *, indent: int | None = 2) -> None:
+        """Write :meth:`to_dict` as JSON, atomically."""
+        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        _atomic_write_text(path, text + "\n")
+
+    @classmethod
+    def from_json(cls, path: PathLike) -> MetricsTable:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+
+# --------------------------------------------------------------------------------------------
+# atomic file writing
+# --------------------------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask is process-wide and not thread-safe)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for row in f:
+                if row.startswith("Umask:"):
+                    return int(row.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file in the same directory,
+    flushed and fsynced, then ``os.replace``. An existing file keeps its permission bits; a
+    new one gets the usual ``0o666 & ~umask``. Nothing is left behind on failure."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(
+        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+    )
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable (best effort; not possible on every platform)
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)

@@ -1,0 +1,631 @@
+r"""``DGSWrapper``: DGS-Net fine-tuning of a CLIP-like dual encoder inside your own loop.
+
+Per batch of ``B`` images with captions and labels the wrapper computes (see
+``docs/wrapper.md`` and ``../shared/reference/dgs-reference.md``):
+
+* student features ``f = E_img(x)`` (LoRA on), teacher features ``f_T`` (adapters off, no
+  grad), text features ``t`` (frozen text tower, cached per caption);
+* ``L_img = loss(h(f'), y)`` with ``f' = GradientSurgery(f, OrthogonalSuppression, harm=g_text)``,
+  ``L_text = loss(h_t(t), y)``, ``L_T = loss(h_T(f_T), y)`` (value only),
+  ``g_text = dL_text/dt`` and ``g_img = dL_T/df_T`` (closed form for linear heads);
+* the alignment term ``L_align = mean_b <f'_b, min(g_img_b, 0)>`` (``sum`` for the
+  batch-size-invariant scale), attached to ``f'`` so that the projection also sees it (the
+  reference order), or to ``f`` (project first, then align: the paper's order);
+* ``loss = L_img + L_text + align_weight * L_align``.
+
+Realising the alignment as a loss term rather than inside the backward hook gives the same
+gradient as ``PriorAlignment`` and keeps it correct under loss scaling and data parallelism.
+
+>>> import open_clip                                                  # doctest: +SKIP
+>>> model, _, preprocess = open_clip.create_model_and_transforms("ViT-L-14", pretrained="openai")
+>>> dgs = DGSWrapper(model, open_clip.get_tokenizer("ViT-L-14"), DGSConfig.reference())
+>>> out = dgs(images, captions, labels); out.loss.backward()
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import DGSConfig
+from .encoders import DualEncoder, wrap_encoder
+from .heads import LossFn, classification_loss, input_grad
+from .io import CheckpointError, atomic_write_json, load_tensors, save_tensors
+from .lora import LoRASpec, adapters_disabled, attach_lora, check_no_merge
+from .surgery import GradientSurgery, OrthogonalSuppression, SurgeryRule, SurgeryStats, fuse
+
+__all__ = ["DGSWrapper", "DGSOutput", "WEIGHTS_NAME", "CONFIG_NAME"]
+
+WEIGHTS_NAME = "dgs_weights.safetensors"
+CONFIG_NAME = "dgs_config.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class DGSOutput:
+    """What :meth:`DGSWrapper.forward` returns.
+
+    ``loss`` is ready for ``.backward()``; ``logits`` are the student's; ``losses`` holds the
+    detached parts (``image``, ``text``, ``teacher``, ``align``); ``stats`` the surgery
+    diagnostics as floats, available after ``loss.backward()`` (empty before).
+    """
+
+    loss: Tensor
+    logits: Tensor
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    surgery: SurgeryStats | None = None
+
+    @property
+    def stats(self) -> dict[str, float]:
+        return self.surgery.summary() if self.surgery is not None else {}
+
+
+class _IndexCache:
+    """Rows keyed by a non-negative integer dataset index, kept on the CPU; grows on demand."""
+
+    def __init__(self) -> None:
+        self.data: Tensor | None = None
+        self.filled = torch.zeros(0, dtype=torch.bool)
+
+    def __len__(self) -> int:
+        return int(self.filled.sum())
+
+    def clear(self) -> None:
+        self.data = None
+        self.filled = torch.zeros(0, dtype=torch.bool)
+
+    def lookup(self, index: Tensor) -> Tensor | None:
+        """The rows for ``index`` if every one is cached, else ``None``."""
+        if self.data is None:
+            return None
+        idx = index.cpu()
+        if int(idx.max()) >= self.filled.numel() or not bool(self.filled[idx].all()):
+            return None
+        return self.data[idx]
+
+    def store(self, index: Tensor, rows: Tensor) -> None:
+        idx = index.cpu()
+        rows = rows.detach().cpu()
+        need = int(idx.max()) + 1
+        if self.data is None or self.data.shape[1:] != rows.shape[1:] or self.data.dtype != rows.dtype:
+            self.data = rows.new_zeros((max(need, 1024), *rows.shape[1:]))
+            self.filled = torch.zeros(self.data.shape[0], dtype=torch.bool)
+        elif need > self.data.shape[0]:
+            size = max(need, 2 * self.data.shape[0])
+            grown = rows.new_zeros((size, *rows.shape[1:]))
+            grown[: self.data.shape[0]] = self.data
+            filled = torch.zeros(size, dtype=torch.bool)
+            filled[: self.filled.numel()] = self.filled
+            self.data, self.filled = grown, filled
+        self.data[idx] = rows
+        self.filled[idx] = True
+
+
+class DGSWrapper(nn.Module):
+    """DGS-Net around a CLIP-like dual encoder (see the module docstring).
+
+    Args:
+        model: open_clip / OpenAI CLIP model, Hugging Face ``CLIPModel``/``SiglipModel``, or a
+            :class:`~dgsnet.encoders.DualEncoder`. It is modified in place: frozen, LoRA
+            injected into its image tower (and, for open_clip, its attention split into
+            q/k/v projections; the function is unchanged).
+        tokenizer: turns caption strings into tokens (``open_clip.get_tokenizer(name)``, a
+            Hugging Face tokenizer); optional when captions come as tokens or features.
+        config: a :class:`DGSConfig`.
+        loss_fn: optional ``loss_fn(logits, labels) -> scalar`` replacing BCE/CE for all three
+            heads (reference gradients then come from autograd on the heads).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        config: DGSConfig | None = None,
+        loss_fn: LossFn | None = None,
+    ) -> None:
+        super().__init__()
+        config = DGSConfig() if config is None else config
+        if not isinstance(config, DGSConfig):
+            raise TypeError(f"config must be a DGSConfig, got {type(config).__name__}")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        self.config = config
+        self.encoder: DualEncoder = wrap_encoder(model, tokenizer)
+        self.model = self.encoder.model  # registers every weight as a submodule
+        self.loss_fn = loss_fn
+        self.teacher_model: nn.Module | None = None
+        self._teacher_encoder: DualEncoder | None = None
+        if config.teacher == "copy":
+            teacher = copy.deepcopy(self.encoder.model).requires_grad_(False)
+            self.teacher_model = teacher
+            self._teacher_encoder = type(self.encoder)(teacher, tokenizer)
+        spec = LoRASpec(
+            rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
+            targets=tuple(config.lora_targets) if config.lora_targets else None,
+            layers=tuple(config.lora_layers) if config.lora_layers else None,
+        )
+        self.lora_modules: list[str] = attach_lora(self.encoder, spec)
+        dim = self.encoder.feature_dim()
+        self.feature_dim = dim
+        p = next(self.model.parameters())
+        kw = {"device": p.device, "dtype": p.dtype if p.is_floating_point() else None}
+        self.image_head = nn.Linear(dim, config.num_classes, **kw)
+        self.text_head = nn.Linear(dim, config.num_classes, **kw)
+        self.teacher_head = nn.Linear(dim, config.num_classes, **kw)
+        self.teacher_head.requires_grad_(False)
+        self.rule: SurgeryRule | None = None
+        if config.suppression:
+            rule: SurgeryRule = OrthogonalSuppression(eps=config.eps, conflict_only=config.conflict_only)
+            self.rule = fuse(rule) if config.fused else rule
+        self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
+        self._teacher_cache = _IndexCache()
+        self._trunk_start = self._find_trunk_start()
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _find_trunk_start(self) -> int:
+        """First adapted block when every adapted module sits at or after it (0: no sharing)."""
+        pattern = self.encoder.block_pattern
+        starts = []
+        for name in self.lora_modules:
+            parts = name.split(".")
+            if pattern not in parts or parts.index(pattern) + 1 >= len(parts):
+                return 0
+            starts.append(int(parts[parts.index(pattern) + 1]))
+        return min(starts) if starts else 0
+
+    @property
+    def _loss_kind(self) -> str | None:
+        return None if self.loss_fn is not None else self.config.loss_kind
+
+    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        if self.loss_fn is not None:
+            return self.loss_fn(logits, labels)
+        return classification_loss(logits, labels, self.config.loss_kind)
+
+    @property
+    def device(self) -> torch.device:
+        return self.image_head.weight.device
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """LoRA parameters of the image tower, the image head and the text head."""
+        for _, p in self.named_trainable_parameters():
+            yield p
+
+    def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for n, p in self.encoder.image_tower.named_parameters():
+            if "lora_" in n:
+                yield f"lora.{n}", p
+        for prefix, head in (("image_head", self.image_head), ("text_head", self.text_head)):
+            for n, p in head.named_parameters():
+                yield f"{prefix}.{n}", p
+
+    # -- validation ---------------------------------------------------------------------------
+    def _check_images(self, images: Any) -> int:
+        if not isinstance(images, Tensor):
+            raise TypeError(f"images must be a tensor (B, 3, H, W), got {type(images).__name__}")
+        if images.dim() != 4 or not images.is_floating_point():
+            raise ValueError(
+                f"images must be a floating tensor of shape (B, 3, H, W), got shape "
+                f"{tuple(images.shape)} and dtype {images.dtype}"
+            )
+        size = self.encoder.image_size
+        if images.shape[1] != 3 or (size is not None and tuple(images.shape[2:]) != tuple(size)):
+            want = f"(B, 3, {size[0]}, {size[1]})" if size else "(B, 3, H, W)"
+            raise ValueError(f"images must have shape {want} for this model, got {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError("empty batch: images has batch size 0")
+        if images.device != self.device:
+            raise ValueError(f"images are on {images.device} but the model is on {self.device}")
+        return images.shape[0]
+
+    def _check_labels(self, labels: Any, batch: int) -> Tensor:
+        if not isinstance(labels, Tensor):
+            try:
+                labels = torch.as_tensor(labels)
+            except Exception as exc:
+                raise TypeError(f"labels must be a tensor or a sequence of numbers, got {type(labels).__name__}") from exc
+        if labels.dim() == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.dim() != 1 or labels.shape[0] != batch:
+            raise ValueError(
+                f"labels must have shape ({batch},) to match {batch} images, got {tuple(labels.shape)}"
+            )
+        labels = labels.to(self.device)
+        if self.loss_fn is not None:
+            return labels
+        if labels.is_floating_point():
+            if not bool(torch.isfinite(labels).all()) or not bool((labels == labels.round()).all()):
+                raise ValueError(f"labels must be whole class indices, got {labels.tolist()[:8]}")
+        elif labels.dtype == torch.bool:
+            labels = labels.long()
+        high = 1 if self.config.num_classes == 1 else self.config.num_classes - 1
+        bad = (labels < 0) | (labels > high)
+        if bool(bad.any()):
+            vals = sorted({float(v) for v in labels[bad].tolist()})[:8]
+            expected = "{0, 1} (0 = real, 1 = fake)" if high == 1 else f"0..{high}"
+            raise ValueError(f"labels must be in {expected}, got value(s) {vals}")
+        return labels
+
+    # -- encoders -----------------------------------------------------------------------------
+    def _post(self, feats: Tensor) -> Tensor:
+        return F.normalize(feats, dim=-1) if self.config.normalize_features else feats
+
+    def encode_student(self, images: Tensor) -> Tensor:
+        """Student image features (LoRA on), with grad."""
+        return self._post(self.encoder.encode_image(images))
+
+    @torch.no_grad()
+    def encode_teacher(self, images: Tensor) -> Tensor:
+        """Teacher image features: the pre-fine-tuning encoder (adapters off), no grad."""
+        if self._teacher_encoder is not None:
+            return self._post(self._teacher_encoder.encode_image(images))
+        check_no_merge(self.encoder.image_tower)
+        with adapters_disabled(self.encoder.image_tower):
+            return self._post(self.encoder.encode_image(images))
+
+    @torch.no_grad()
+    def encode_text(self, text: Any, batch_size: int | None = None) -> Tensor:
+        """Text features of the frozen text tower, no grad.
+
+        ``text``: a list of caption strings (cached per caption, LRU bounded by
+        ``config.text_cache_size``), token ids (``LongTensor (B, L)`` or a Hugging Face token
+        mapping), or precomputed features (a floating tensor ``(B, D)``)."""
+        if isinstance(text, str):
+            raise TypeError("text must be a list of captions, got a single string")
+        if isinstance(text, Tensor) and text.is_floating_point():
+            if text.dim() != 2 or text.shape[1] != self.feature_dim:
+                raise ValueError(
+                    f"precomputed text features must have shape (B, {self.feature_dim}), got {tuple(text.shape)}"
+                )
+            feats = text.to(self.device)
+        elif isinstance(text, (Tensor, Mapping)):
+            feats = self._post(self.encoder.encode_text(text))
+        elif isinstance(text, Sequence):
+            if len(text) == 0:
+                raise ValueError("empty caption list: expected one caption per image")
+            for i, c in enumerate(text):
+                if not isinstance(c, str):
+                    raise TypeError(f"captions must be strings; item {i} is {type(c).__name__}")
+            feats = self._encode_captions(list(text))
+        else:
+            raise TypeError(
+                f"text must be a list of strings, token ids, or a feature tensor, got {type(text).__name__}"
+            )
+        if batch_size is not None and feats.shape[0] != batch_size:
+            raise ValueError(f"got {feats.shape[0]} captions/text rows for {batch_size} images")
+        if feats.shape[-1] != self.feature_dim:
+            raise ValueError(
+                f"text features have dimension {feats.shape[-1]} but image features {self.feature_dim}: "
+                "the surgery needs a joint embedding space"
+            )
+        return feats
+
+    def _encode_captions(self, captions: list[str]) -> Tensor:
+        size = self.config.text_cache_size
+        if size == 0:
+            return self._post(self.encoder.encode_text(self.encoder.tokenize(captions)))
+        cache = self._text_cache
+        missing = list(dict.fromkeys(c for c in captions if c not in cache))
+        if missing:
+            feats = self._post(self.encoder.encode_text(self.encoder.tokenize(missing)))
+            for c, f in zip(missing, feats):
+                cache[c] = f.detach().clone()
+        rows = []
+        for c in captions:
+            cache.move_to_end(c)
+            rows.append(cache[c])
+        while len(cache) > size:
+            cache.popitem(last=False)
+        return torch.stack(rows).to(self.device)
+
+    def clear_caches(self) -> None:
+        """Forget cached text features and teacher outputs (e.g. after changing the model)."""
+        self._text_cache.clear()
+        self._teacher_cache.clear()
+
+    # -- the step -----------------------------------------------------------------------------
+    def _check_index(self, index: Any, batch: int) -> Tensor | None:
+        if index is None:
+            return None
+        index = torch.as_tensor(index)
+        if index.dim() != 1 or index.shape[0] != batch or index.is_floating_point() or (
+            index.numel() and int(index.min()) < 0
+        ):
+            raise ValueError(
+                f"index must be {batch} non-negative integer dataset indices, got shape "
+                f"{tuple(index.shape)} dtype {index.dtype}"
+            )
+        return index
+
+    def _features(self, images: Tensor, need_teacher: bool) -> tuple[Tensor, Tensor | None]:
+        """Student features (grad) and, if asked, teacher features (no grad), sharing the
+        frozen trunk below the first adapted block when possible."""
+        start = self._trunk_start
+        enc = self.encoder
+        if (need_teacher and start > 0 and self.config.shared_trunk and self._teacher_encoder is None):
+            try:
+                with torch.no_grad():
+                    hidden, state = enc.encode_image_split(images, start)
+            except NotImplementedError:
+                pass
+            else:
+                with torch.no_grad(), adapters_disabled(enc.image_tower):
+                    teacher = self._post(enc.encode_image_from(hidden, state, start))
+                student = self._post(enc.encode_image_from(hidden, state, start))
+                return student, teacher
+        teacher = self.encode_teacher(images) if need_teacher else None
+        return self.encode_student(images), teacher
+
+    def forward(self, images: Tensor, text: Any, labels: Any, index: Any = None) -> DGSOutput:
+        """One DGS training step's loss; call ``.backward()`` on ``out.loss``.
+
+        ``index``: optional dataset indices of the images. Passing them declares that an
+        index always maps to the same preprocessed image (deterministic transforms); the
+        teacher's outputs are then cached per index and later epochs skip its forward.
+        """
+        cfg = self.config
+        batch = self._check_images(images)
+        y = self._check_labels(labels, batch)
+        index = self._check_index(index, batch)
+        if cfg.plain:
+            logits = self.image_head(self.encode_student(images))
+            loss = self._loss(logits, y)
+            return DGSOutput(loss=loss, logits=logits, losses={"image": loss.detach()})
+
+        t = self.encode_text(text, batch_size=batch)
+        kind = self._loss_kind
+        closed = cfg.closed_form_heads and kind is not None
+        # teacher: cached logits (closed form only needs those), or a forward without grad
+        z_teacher = None
+        if cfg.alignment and closed and cfg.teacher_cache and index is not None:
+            cached = self._teacher_cache.lookup(index)
+            z_teacher = cached.to(self.device) if cached is not None else None
+        need_teacher = cfg.alignment and z_teacher is None
+        f, f_teacher = self._features(images, need_teacher)
+        if f_teacher is not None:
+            with torch.no_grad():
+                z_teacher = self.teacher_head(f_teacher)
+            if closed and cfg.teacher_cache and index is not None:
+                self._teacher_cache.store(index, z_teacher)
+
+        # text head: trains on detached text features; its input gradient is the harm reference
+        z_text = self.text_head(t)
+        loss_text = self._loss(z_text, y)
+        g_text = input_grad(self.text_head, t, z_text, y, kind, self._loss, closed)
+
+        losses: dict[str, Tensor] = {"text": loss_text.detach()}
+        stats = SurgeryStats()
+        f_s = f
+        if self.rule is not None:
+            f_s = GradientSurgery.apply(f, self.rule, {"harm": g_text.to(f.dtype)}, stats, cfg.nonfinite)
+        logits = self.image_head(f_s)
+        loss_img = self._loss(logits, y)
+        loss = loss_img + loss_text
+        losses["image"] = loss_img.detach()
+
+        if cfg.alignment:
+            assert z_teacher is not None
+            with torch.no_grad():
+                losses["teacher"] = self._loss(z_teacher, y).detach()
+            g_img = input_grad(self.teacher_head, f_teacher, z_teacher, y, kind, self._loss, closed)
+            g_help = g_img.clamp_max(0).to(f.dtype)
+            if cfg.nonfinite == "ignore":
+                g_help = g_help.masked_fill(~torch.isfinite(g_help).all(-1, keepdim=True), 0.0)
+            elif not bool(torch.isfinite(g_help).all()):
+                raise ValueError(
+                    "the teacher's reference gradient contains NaN or Inf (check the teacher head "
+                    "and the inputs), or set DGSConfig(nonfinite='ignore')"
+                )
+            stats.refs["help"] = g_help
+            target = f_s if cfg.order == "align_then_project" else f
+            inner = (target * g_help).sum(dim=-1)
+            loss_align = inner.mean() if cfg.align_scale == "reference" else inner.sum()
+            loss = loss + cfg.align_weight * loss_align
+            losses["align"] = loss_align.detach()
+        return DGSOutput(loss=loss, logits=logits, losses=losses, surgery=stats)
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        """Student logits only: the cost of the plain fine-tuned model."""
+        self._check_images(images)
+        return self.image_head(self.encode_student(images))
+
+    # -- stage 1 ------------------------------------------------------------------------------
+    def fit_teacher_head(
+        self,
+        loader: Iterable[Any],
+        epochs: int = 3,
+        lr: float = 1e-4,
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        progress: bool = False,
+        cache_features: bool = True,
+    ) -> list[float]:
+        """Stage 1: train ``teacher_head`` as a linear probe on frozen teacher features.
+
+        ``loader`` yields batches ``(images, captions, labels[, index, ...])``, ``(images,
+        labels)`` or mappings with keys ``images``, ``labels`` and optionally ``index``. With
+        indices, the teacher features of the first epoch are kept (on the CPU) for the later
+        epochs (``cache_features``), and the final head's logits fill the teacher cache that
+        stage 2 reads. Returns the mean loss of each epoch."""
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
+        head = self.teacher_head
+        head.requires_grad_(True)
+        self._teacher_cache.clear()
+        opt = torch.optim.Adam(head.parameters(), lr=lr, betas=betas)
+        feature_cache = _IndexCache()
+        history: list[float] = []
+        seen: list[Tensor] = []
+        try:
+            for epoch in range(epochs):
+                total, count = 0.0, 0
+                batches = _progress(loader, progress, f"stage 1 epoch {epoch + 1}/{epochs}")
+                for batch in batches:
+                    images, labels, index = _unpack_stage1(batch)
+                    n = self._check_images(images)
+                    y = self._check_labels(labels, n)
+                    index = self._check_index(index, n)
+                    feats = feature_cache.lookup(index) if (cache_features and index is not None) else None
+                    if feats is None:
+                        feats = self.encode_teacher(images)
+                        if cache_features and index is not None:
+                            feature_cache.store(index, feats)
+                    else:
+                        feats = feats.to(self.device)
+                    if epoch == 0 and index is not None:
+                        seen.append(index.cpu())
+                    loss = self._loss(head(feats), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach()) * n
+                    count += n
+                if count == 0:
+                    raise ValueError("fit_teacher_head: the loader yielded no batches")
+                history.append(total / count)
+        finally:
+            head.requires_grad_(False)
+        if seen and cache_features and self.config.teacher_cache and self._loss_kind is not None:
+            idx = torch.unique(torch.cat(seen))
+            with torch.no_grad():
+                for chunk in idx.split(4096):
+                    rows = feature_cache.lookup(chunk)
+                    if rows is not None:
+                        self._teacher_cache.store(chunk, head(rows.to(self.device)))
+        return history
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _state_tensors(self) -> dict[str, Tensor]:
+        tensors = {n: p.detach() for n, p in self.named_trainable_parameters()}
+        for n, p in self.teacher_head.named_parameters():
+            tensors[f"teacher_head.{n}"] = p.detach()
+        return tensors
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write LoRA weights and the three heads (safetensors) and the config (JSON),
+        each atomically; the JSON, written last, records the weights' sha256."""
+        directory = Path(directory)
+        tensors = self._state_tensors()
+        digest = save_tensors(directory / WEIGHTS_NAME, tensors, metadata={"format": "dgsnet"})
+        meta = {
+            "format": "dgsnet",
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "model": self.encoder.describe(),
+            "lora_modules": self.lora_modules,
+            "tensors": {k: list(v.shape) for k, v in tensors.items()},
+            "weights_sha256": digest,
+        }
+        atomic_write_json(directory / CONFIG_NAME, meta)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, model: Any, tokenizer: Any = None, loss_fn: LossFn | None = None
+    ) -> DGSWrapper:
+        """Rebuild a wrapper around a fresh ``model`` (the same architecture as when saved)
+        and load the LoRA weights and heads. Mismatches raise :class:`CheckpointError`."""
+        directory = Path(directory)
+        meta = _read_meta(directory)
+        config = DGSConfig.from_dict(meta["config"])
+        wrapper = cls(model, tokenizer, config, loss_fn=loss_fn)
+        wrapper.load_checkpoint(directory, _meta=meta)
+        return wrapper
+
+    def load_checkpoint(self, directory: str | Path, _meta: dict[str, Any] | None = None) -> None:
+        """Load weights written by :meth:`save_pretrained` into this wrapper (strict)."""
+        directory = Path(directory)
+        meta = _meta if _meta is not None else _read_meta(directory)
+        saved_model, here = meta.get("model", {}), self.encoder.describe()
+        for key in ("kind", "feature_dim", "num_blocks", "image_size"):
+            a, b = saved_model.get(key), here.get(key)
+            if a is not None and b is not None and _norm(a) != _norm(b):
+                raise CheckpointError(
+                    f"checkpoint {directory} was saved from a model with {key}={a}, but this model "
+                    f"has {key}={b}"
+                )
+        tensors = load_tensors(directory / WEIGHTS_NAME, meta.get("weights_sha256"))
+        own = dict(self.named_trainable_parameters())
+        own.update({f"teacher_head.{n}": p for n, p in self.teacher_head.named_parameters()})
+        missing = sorted(set(own) - set(tensors))
+        unexpected = sorted(set(tensors) - set(own))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint {directory} does not fit this model: missing {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''} ({len(missing)}), unexpected "
+                f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
+            )
+        for name, param in own.items():
+            value = tensors[name]
+            if value.shape != param.shape:
+                raise CheckpointError(
+                    f"checkpoint tensor {name!r} has shape {tuple(value.shape)}, the model's "
+                    f"parameter has shape {tuple(param.shape)}"
+                )
+        with torch.no_grad():
+            for name, param in own.items():
+                param.copy_(tensors[name].to(param.dtype))
+        self.clear_caches()
+
+
+def _norm(value: Any) -> Any:
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{directory} holds no {CONFIG_NAME}: not a dgsnet checkpoint")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}): truncated or damaged") from exc
+    if not isinstance(meta, dict) or meta.get("format") != "dgsnet" or "config" not in meta:
+        raise CheckpointError(f"{path} is not a dgsnet checkpoint config")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {meta['format_version']}; this dgsnet reads up to {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def _unpack_stage1(batch: Any) -> tuple[Tensor, Any, Any]:
+    if isinstance(batch, Mapping):
+        images = batch.get("images", batch.get("image"))
+        labels = batch.get("labels", batch.get("label"))
+        if images is None or labels is None:
+            raise ValueError(f"batch mapping needs 'images' and 'labels' keys, got {sorted(batch)}")
+        return images, labels, batch.get("index", batch.get("indices"))
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 2:
+            return batch[0], batch[1], None
+        if len(batch) >= 3:
+            index = batch[3] if len(batch) >= 4 and isinstance(batch[3], Tensor) else None
+            return batch[0], batch[2], index
+    raise ValueError(
+        "expected batches (images, labels), (images, captions, labels[, index, ...]) or a mapping, "
+        f"got {type(batch).__name__}"
+    )
+
+
+def _progress(it: Iterable[Any], enabled: bool, desc: str) -> Iterable[Any]:
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, leave=False)
+
+
