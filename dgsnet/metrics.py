@@ -296,16 +296,18 @@ def real_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD
     """:func:`accuracy` restricted to the real images (label 0): the fraction with
     ``score <= threshold``. Raises ``ValueError`` when there is no real image."""
     fake, s = _validate(y_true, scores, probabilities=True)
-    return _class_rate(_correct(fake, s, _threshold(threshold)), ~fake, "r_acc",
-                       "real images (label 0)")
+    return _class_rate(
+        _correct(fake, s, _threshold(threshold)), ~fake, "r_acc", "real images (label 0)"
+    )
 
 
 def fake_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD) -> float:
     """:func:`accuracy` restricted to the fake images (label 1): the fraction with
     ``score > threshold``. Raises ``ValueError`` when there is no fake image."""
     fake, s = _validate(y_true, scores, probabilities=True)
-    return _class_rate(_correct(fake, s, _threshold(threshold)), fake, "f_acc",
-                       "fake images (label 1)")
+    return _class_rate(
+        _correct(fake, s, _threshold(threshold)), fake, "f_acc", "fake images (label 1)"
+    )
 
 
 def best_threshold_accuracy(y_true: Any, scores: Any) -> BestThreshold:
@@ -442,7 +444,9 @@ def _pairs(items: Mapping[str, Any] | Iterable[tuple[str, Any]], what: str):
         try:
             name, value = pair
         except (TypeError, ValueError):
-            raise TypeError(f"{what} must be a mapping or (name, value) pairs; got {pair!r}")
+            raise TypeError(
+                f"{what} must be a mapping or (name, value) pairs; got {pair!r}"
+            ) from None
         name = _check_subset_name(name)
         if name in seen:
             raise ValueError(f"duplicate subset name {name!r}")
@@ -525,9 +529,8 @@ class MetricsTable:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MetricsTable):
             return NotImplemented
-        return (
-            self.threshold == other.threshold
-            and list(self._rows.items()) == list(other._rows.items())
+        return self.threshold == other.threshold and list(self._rows.items()) == list(
+            other._rows.items()
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -541,9 +544,7 @@ class MetricsTable:
     def mean(self) -> dict[str, float]:
         """The plain mean over subsets of each column of :data:`TABLE_COLUMNS`."""
         n = len(self._rows)
-        return {
-            c: math.fsum(getattr(m, c) for m in self._rows.values()) / n for c in TABLE_COLUMNS
-        }
+        return {c: math.fsum(getattr(m, c) for m in self._rows.values()) / n for c in TABLE_COLUMNS}
 
     # -- output ------------------------------------------------------------------------------
 
@@ -562,11 +563,14 @@ class MetricsTable:
         widths = [max(len(header[i]), *(len(r[i]) for r in cells)) for i in range(len(header))]
 
         def line(row: list[str]) -> str:
-            parts = [row[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(row[1:], widths[1:])]
+            parts = [row[0].ljust(widths[0])] + [
+                v.rjust(w) for v, w in zip(row[1:], widths[1:], strict=True)
+            ]
             return "| " + " | ".join(parts) + " |"
 
-        rule = "|:" + "-" * (widths[0] + 1) + "|" + "|".join("-" * (w + 1) + ":" for w in widths[1:])
-        text = "\n".join([line(header), rule + "|", *(line(r) for r in cells)])
+        rule = "|:" + "-" * (widths[0] + 1) + "|"
+        rule += "".join("-" * (w + 1) + ":|" for w in widths[1:])
+        text = "\n".join([line(header), rule, *(line(r) for r in cells)])
         if path is not None:
             _atomic_write_text(path, text + "\n")
         return text
@@ -576,8 +580,14 @@ class MetricsTable:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(_CSV_COLUMNS)
         for name, m in self._rows.items():
-            w.writerow([name, *(repr(float(getattr(m, c))) for c in _CSV_COLUMNS[1:-2]),
-                        m.n_real, m.n_fake])
+            w.writerow(
+                [
+                    name,
+                    *(repr(float(getattr(m, c))) for c in _CSV_COLUMNS[1:-2]),
+                    m.n_real,
+                    m.n_fake,
+                ]
+            )
         mean = self.mean()
         w.writerow([_MEAN_ROW, *(repr(mean[c]) for c in TABLE_COLUMNS), "", "", ""])
         return buf.getvalue()
