@@ -32,14 +32,23 @@ def classification_loss(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
     return F.cross_entropy(logits, labels.long())
 
 
-def linear_input_grad(head: nn.Linear, logits: Tensor, labels: Tensor, kind: str) -> Tensor:
-    """``d loss / d input`` of a linear head in closed form (see the module docstring)."""
+def linear_input_grad(
+    head: nn.Linear, logits: Tensor, labels: Tensor, kind: str, per_sample: bool = False
+) -> Tensor:
+    """``d loss / d input`` of a linear head in closed form (see the module docstring).
+
+    ``per_sample=True`` drops the ``1/B`` of the mean reduction: each row is then the
+    gradient of that sample's own loss, independent of the batch size."""
     logits = logits.detach()
     if kind == "bce":
-        dz = (torch.sigmoid(logits) - labels.to(logits.dtype).view_as(logits)) / logits.numel()
+        dz = torch.sigmoid(logits) - labels.to(logits.dtype).view_as(logits)
+        if not per_sample:
+            dz = dz / logits.numel()
     else:
         onehot = F.one_hot(labels.long(), logits.shape[-1]).to(logits.dtype)
-        dz = (torch.softmax(logits, dim=-1) - onehot) / logits.shape[0]
+        dz = torch.softmax(logits, dim=-1) - onehot
+        if not per_sample:
+            dz = dz / logits.shape[0]
     return dz @ head.weight.detach().to(dz.dtype)
 
 
@@ -60,11 +69,14 @@ def input_grad(
     kind: str | None,
     loss_fn: LossFn,
     closed_form: bool = True,
+    per_sample: bool = False,
 ) -> Tensor:
     """The head's input gradient: closed form when the head is ``nn.Linear`` and the loss a
-    built-in one (``kind`` set), autograd otherwise (which needs ``features``)."""
+    built-in one (``kind`` set), autograd otherwise (which needs ``features``).
+    ``per_sample=True`` removes the mean's ``1/B`` (autograd path: assumes a mean-reduced loss)."""
     if closed_form and kind is not None and type(head) is nn.Linear and logits is not None:
-        return linear_input_grad(head, logits, labels, kind)
+        return linear_input_grad(head, logits, labels, kind, per_sample)
     if features is None:
         raise ValueError("the input gradient of this head/loss needs the features (no closed form)")
-    return autograd_input_grad(head, features, labels, loss_fn)
+    grad = autograd_input_grad(head, features, labels, loss_fn)
+    return grad * features.shape[0] if per_sample else grad

@@ -8,9 +8,12 @@ Per batch of ``B`` images with captions and labels the wrapper computes (see
 * ``L_img = loss(h(f'), y)`` with ``f' = GradientSurgery(f, OrthogonalSuppression, harm=g_text)``,
   ``L_text = loss(h_t(t), y)``, ``L_T = loss(h_T(f_T), y)`` (value only),
   ``g_text = dL_text/dt`` and ``g_img = dL_T/df_T`` (closed form for linear heads);
-* the alignment term ``L_align = mean_b <f'_b, min(g_img_b, 0)>`` (``sum`` for the
-  batch-size-invariant scale), attached to ``f'`` so that the projection also sees it (the
-  reference order), or to ``f`` (project first, then align: the paper's order);
+* the alignment term ``L_align = mean_b <f'_b, min(g_img_b, 0)>``, attached to ``f'`` so that
+  the projection also sees it (the reference order), or to ``f`` (project first, then align:
+  the paper's order). With ``align_scale="reference"`` the references are the gradients of the
+  mean-reduced losses (each carries ``1/B``, so the alignment is weighted ``lambda/B``, as in the
+  released code); with ``"invariant"`` they are per-sample gradients (no ``1/B``), which makes
+  the step independent of the batch size, ``eps`` included;
 * ``loss = L_img + L_text + align_weight * L_align``.
 
 Realising the alignment as a loss term rather than inside the backward hook gives the same
@@ -401,7 +404,10 @@ class DGSWrapper(nn.Module):
         # text head: trains on detached text features; its input gradient is the harm reference
         z_text = self.text_head(t)
         loss_text = self._loss(z_text, y)
-        g_text = input_grad(self.text_head, t, z_text, y, kind, self._loss, closed)
+        # "invariant" scale: per-sample reference gradients (no 1/B), so that neither the
+        # alignment weight nor the projection's eps depends on the (per-rank) batch size
+        per_sample = cfg.align_scale == "invariant"
+        g_text = input_grad(self.text_head, t, z_text, y, kind, self._loss, closed, per_sample)
 
         losses: dict[str, Tensor] = {"text": loss_text.detach()}
         stats = SurgeryStats()
@@ -417,7 +423,8 @@ class DGSWrapper(nn.Module):
             assert z_teacher is not None
             with torch.no_grad():
                 losses["teacher"] = self._loss(z_teacher, y).detach()
-            g_img = input_grad(self.teacher_head, f_teacher, z_teacher, y, kind, self._loss, closed)
+            g_img = input_grad(self.teacher_head, f_teacher, z_teacher, y, kind, self._loss, closed,
+                               per_sample)
             g_help = g_img.clamp_max(0).to(f.dtype)
             if cfg.nonfinite == "ignore":
                 g_help = g_help.masked_fill(~torch.isfinite(g_help).all(-1, keepdim=True), 0.0)
@@ -429,7 +436,7 @@ class DGSWrapper(nn.Module):
             stats.refs["help"] = g_help
             target = f_s if cfg.order == "align_then_project" else f
             inner = (target * g_help).sum(dim=-1)
-            loss_align = inner.mean() if cfg.align_scale == "reference" else inner.sum()
+            loss_align = inner.mean()
             loss = loss + cfg.align_weight * loss_align
             losses["align"] = loss_align.detach()
         return DGSOutput(loss=loss, logits=logits, losses=losses, surgery=stats)

@@ -131,7 +131,11 @@ def test_feature_gradient_equals_engine_composition_in_both_orders():
             harm = torch.autograd.grad(F.binary_cross_entropy_with_logits(w.text_head(t), yy), t)[0]
             ft = w.encode_teacher(x).requires_grad_(True)
             help_ = torch.autograd.grad(F.binary_cross_entropy_with_logits(w.teacher_head(ft), yy), ft)[0]
-            rule = make(PriorAlignment(0.2, scale=scale), OrthogonalSuppression())
+            if scale == "invariant":  # per-sample references: the mean's 1/B removed
+                harm, help_ = harm * len(y), help_ * len(y)
+                rule = make(PriorAlignment(0.2 / len(y), scale=scale), OrthogonalSuppression())
+            else:
+                rule = make(PriorAlignment(0.2, scale=scale), OrthogonalSuppression())
             expected = rule(task, {"harm": harm, "help": help_})
             torch.testing.assert_close(captured["g"], expected, rtol=1e-10, atol=1e-14)
 
