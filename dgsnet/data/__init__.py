@@ -1,0 +1,97 @@
+"""Data toolkit: benchmark folder layouts, caption files and generation, transforms.
+
+>>> from dgsnet.data import DetectionFolder, PatchSelection, collate        # doctest: +SKIP
+>>> ds = DetectionFolder("AIGIBench/train", transform=PatchSelection(flip=True),
+...                      captions="auto")                                  # doctest: +SKIP
+
+See ``docs/datasets.md`` and ``docs/captions.md``.
+"""
+
+from ._common import IMAGE_EXTENSIONS, CaptionError, CorruptImageError, DatasetError
+from .captions import (
+    CATEGORY_TEMPLATE,
+    NEUTRAL_CAPTION,
+    BlipCaptioner,
+    Captioner,
+    CaptionFallbackWarning,
+    CaptionReport,
+    CaptionStore,
+    TemplateCaptioner,
+    caption_file_candidates,
+    class_name_caption,
+    find_caption_file,
+    generate_captions,
+    load_captions,
+    read_caption_file,
+    save_captions,
+)
+from .datasets import (
+    FAKE_DIR,
+    REAL_DIR,
+    Batch,
+    DetectionFolder,
+    GenImageFolder,
+    LabeledImageDataset,
+    Sample,
+    collate,
+    detect_layout,
+    list_images,
+    open_dataset,
+)
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    Degrade,
+    PatchSelection,
+    RandomHorizontalFlip,
+    default_transform,
+    spectral_entropy,
+)
+
+__all__ = [
+    # errors and constants
+    "DatasetError",
+    "CorruptImageError",
+    "CaptionError",
+    "CaptionFallbackWarning",
+    "IMAGE_EXTENSIONS",
+    "REAL_DIR",
+    "FAKE_DIR",
+    # datasets
+    "Sample",
+    "Batch",
+    "collate",
+    "LabeledImageDataset",
+    "DetectionFolder",
+    "GenImageFolder",
+    "detect_layout",
+    "open_dataset",
+    "list_images",
+    # captions
+    "CaptionStore",
+    "load_captions",
+    "read_caption_file",
+    "save_captions",
+    "caption_file_candidates",
+    "find_caption_file",
+    "class_name_caption",
+    "NEUTRAL_CAPTION",
+    "CATEGORY_TEMPLATE",
+    "Captioner",
+    "TemplateCaptioner",
+    "BlipCaptioner",
+    "CaptionReport",
+    "generate_captions",
+    # transforms
+    "PatchSelection",
+    "spectral_entropy",
+    "Degrade",
+    "RandomHorizontalFlip",
+    "default_transform",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+]

@@ -1,0 +1,642 @@
+"""Benchmark folder layouts for AI-generated-image detection, as PyTorch datasets.
+
+Two layouts are read (``docs/datasets.md`` has the tree diagrams):
+
+- :class:`DetectionFolder`: ``<root>/<subset>[/<category>]/{0_real,1_fake}/...`` as used by
+  CNNDetection, UnivFD, AIGCDetectBenchmark, AIGIBench and NPR; ``root`` may also hold
+  ``0_real``/``1_fake`` itself (one subset named after the folder).
+- :class:`GenImageFolder`: ``<root>/<generator>[/<inner>]/{train,val}/{nature,ai}/...``.
+
+Label 0 is real, 1 is fake. Files are listed in a sorted, deterministic order. An item is a
+:class:`Sample` ``(image, caption, label, subset, index, path)``; :func:`collate` batches them
+for a :class:`~torch.utils.data.DataLoader`, keeping the dataset ``index`` (the key of teacher
+feature caches) and the subset names.
+
+>>> ds = DetectionFolder("datasets/test", transform=preprocess)        # doctest: +SKIP
+>>> loader = DataLoader(ds, batch_size=32, collate_fn=collate)          # doctest: +SKIP
+>>> for name, part in ds.by_subset().items(): evaluate(name, part)      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+
+from ._common import (
+    IMAGE_EXTENSIONS,
+    CorruptImageError,
+    DatasetError,
+    check_image,
+    is_image_file,
+    load_image,
+    truncated_images_allowed,
+)
+from .captions import CaptionStore, FallbackSpec, load_captions
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "REAL_DIR",
+    "FAKE_DIR",
+    "DatasetError",
+    "CorruptImageError",
+    "Sample",
+    "Batch",
+    "collate",
+    "LabeledImageDataset",
+    "DetectionFolder",
+    "GenImageFolder",
+    "detect_layout",
+    "open_dataset",
+    "list_images",
+]
+
+#: class folders of the detection layout: label 0 (real) and 1 (fake)
+REAL_DIR, FAKE_DIR = "0_real", "1_fake"
+#: class folders of the GenImage layout
+GENIMAGE_REAL_DIR, GENIMAGE_FAKE_DIR = "nature", "ai"
+GENIMAGE_SPLITS = ("train", "val")
+
+_MAX_LISTED = 5
+
+CaptionsArg = CaptionStore | Mapping[str, str] | str | os.PathLike[str] | None
+
+
+class Sample(NamedTuple):
+    """One item of a dataset (a named tuple: unpacks positionally, fields by name)."""
+
+    image: Any
+    """the transformed image (a PIL image when the dataset has no transform)"""
+    caption: str | None
+    """the caption, or ``None`` when the dataset has no captions"""
+    label: int
+    """0 real, 1 fake"""
+    subset: str
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index on purpose
+    """position in the dataset it came from (stable across runs: a cache key)"""
+    path: str
+
+
+class Batch(NamedTuple):
+    """What :func:`collate` returns."""
+
+    images: Any
+    """``(B, C, H, W)`` tensor when the images are equally sized tensors, else a list"""
+    captions: list[str | None]
+    labels: torch.Tensor
+    """``(B,)`` int64, 0 real / 1 fake (``labels.float()`` for a BCE loss)"""
+    indices: torch.Tensor
+    """``(B,)`` int64 dataset indices"""
+    subsets: list[str]
+
+
+def collate(batch: Sequence[Sample | tuple]) -> Batch:
+    """Batch :class:`Sample` items for a :class:`~torch.utils.data.DataLoader`.
+
+    Returns :class:`Batch` ``(images, captions, labels, indices, subsets)``: images stacked
+    into one tensor when they are tensors of one shape (a list otherwise, e.g. PIL images),
+    captions and subsets as lists, labels and indices as int64 tensors.
+    """
+    if len(batch) == 0:
+        raise ValueError("collate got an empty batch")
+    samples = [b if isinstance(b, Sample) else Sample(*b) for b in batch]
+    image_list = [s.image for s in samples]
+    images: Any = image_list
+    if all(isinstance(im, torch.Tensor) for im in image_list):
+        shapes = {tuple(im.shape) for im in image_list}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"cannot stack images of different shapes {sorted(shapes)}: use a transform "
+                "that outputs one size (e.g. the model's preprocess or PatchSelection)"
+            )
+        images = torch.stack(image_list)
+    return Batch(
+        images=images,
+        captions=[s.caption for s in samples],
+        labels=torch.tensor([int(s.label) for s in samples], dtype=torch.long),
+        indices=torch.tensor([int(s.index) for s in samples], dtype=torch.long),
+        subsets=[s.subset for s in samples],
+    )
+
+
+@dataclass(frozen=True)
+class _Record:
+    path: str
+    label: int
+    subset: str
+    category: str | None
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[str]:
+    """All image files under ``folder`` (recursively), sorted by their path components.
+
+    Image = one of :data:`IMAGE_EXTENSIONS` in any case, not hidden. Symlinked files are
+    followed, symlinked sub-folders are not (no cycles).
+    """
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
+    return sorted(out, key=lambda p: Path(p).parts)
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise DatasetError(f"cannot list folder {folder}: {exc}") from exc
+    return [Path(e.path) for e in entries if not e.name.startswith(".") and e.is_dir()]
+
+
+def _check_root(root: str | os.PathLike[str]) -> Path:
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a path, got {type(root).__name__}")
+    p = Path(root)
+    if not p.exists():
+        raise DatasetError(f"dataset root {p} does not exist")
+    if not p.is_dir():
+        raise DatasetError(f"dataset root {p} is not a folder")
+    return p
+
+
+def _folder_name(p: Path) -> str:
+    return Path(os.path.abspath(p)).name
+
+
+# --------------------------------------------------------------------------------------------
+# base dataset
+
+
+class LabeledImageDataset(Dataset):
+    """Base of :class:`DetectionFolder` and :class:`GenImageFolder`: a list of (path, label,
+    subset, category) records with loading, captions, per-subset views and verification.
+
+    Attributes ``paths``, ``labels``, ``subset_names`` and ``categories`` are per-item lists
+    in dataset order.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[_Record],
+        root: Path,
+        transform: Callable[[Image.Image], Any] | None = None,
+        captions: CaptionsArg = None,
+        *,
+        caption_fallback: FallbackSpec = None,
+        verify: bool = False,
+    ) -> None:
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable, got {type(transform).__name__}")
+        self.root = root
+        self.transform = transform
+        self._records = list(records)
+        self.paths: list[str] = [r.path for r in self._records]
+        self.labels: list[int] = [r.label for r in self._records]
+        self.subset_names: list[str] = [r.subset for r in self._records]
+        self.categories: list[str | None] = [r.category for r in self._records]
+        self.caption_store = self._make_store(captions, caption_fallback)
+        self._captions: list[str] | None = None
+        if self.caption_store is not None:
+            self._captions = self.caption_store.captions_for(self.paths, self.categories)
+        if truncated_images_allowed():
+            warnings.warn(
+                "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is switched on (not by dgsnet): truncated "
+                "images will load without an error, their missing part grey",
+                stacklevel=3,
+            )
+        if verify:
+            self.verify()
+
+    def _make_store(self, captions: CaptionsArg, fallback: FallbackSpec) -> CaptionStore | None:
+        if captions is None:
+            if fallback not in (None, False):
+                return CaptionStore({}, root=self.root, fallback=fallback)
+            return None
+        if isinstance(captions, CaptionStore):
+            if fallback not in (None, False):
+                raise ValueError(
+                    "caption_fallback is given twice: set it on the CaptionStore or here"
+                )
+            return captions if captions.root is not None else captions.with_root(self.root)
+        if isinstance(captions, (str, os.PathLike)):
+            src = self.root if os.fspath(captions) == "auto" else captions
+            return load_captions(src, root=self.root, fallback=fallback)
+        if isinstance(captions, Mapping):
+            return CaptionStore(captions, root=self.root, fallback=fallback)
+        raise TypeError(
+            "captions must be None, a CaptionStore, a mapping path -> caption, a caption JSON "
+            f"file or 'auto', got {type(captions).__name__}"
+        )
+
+    # -- items --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _index(self, index: int) -> int:
+        i = operator.index(index)
+        n = len(self._records)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n} images")
+        return i
+
+    def load(self, index: int) -> Image.Image:
+        """The untransformed RGB image at ``index``; :class:`CorruptImageError` names the file
+        when it cannot be decoded."""
+        return load_image(self._records[self._index(index)].path)
+
+    def caption(self, index: int) -> str | None:
+        """The caption of item ``index`` (``None`` without captions)."""
+        i = self._index(index)
+        return None if self._captions is None else self._captions[i]
+
+    def __getitem__(self, index: int) -> Sample:
+        i = self._index(index)
+        rec = self._records[i]
+        image: Any = load_image(rec.path)
+        if self.transform is not None:
+            image = self.transform(image)
+        caption = None if self._captions is None else self._captions[i]
+        return Sample(image, caption, rec.label, rec.subset, i, rec.path)
+
+    # -- subsets ------------------------------------------------------------------------------
+    def subsets(self) -> list[str]:
+        """Subset names in dataset order (sorted)."""
+        return list(dict.fromkeys(self.subset_names))
+
+    def subset_indices(self) -> dict[str, list[int]]:
+        """``{subset: [dataset indices]}``."""
+        out: dict[str, list[int]] = {name: [] for name in self.subsets()}
+        for i, s in enumerate(self.subset_names):
+            out[s].append(i)
+        return out
+
+    def by_subset(self) -> dict[str, Subset]:
+        """``{subset: torch.utils.data.Subset}`` for per-subset evaluation; items keep their
+        global ``index``."""
+        return {name: Subset(self, idx) for name, idx in self.subset_indices().items()}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{subset: {"real": n, "fake": n}}``."""
+        out = {name: {"real": 0, "fake": 0} for name in self.subsets()}
+        for s, y in zip(self.subset_names, self.labels, strict=True):
+            out[s]["fake" if y else "real"] += 1
+        return out
+
+    # -- verification -------------------------------------------------------------------------
+    def verify(
+        self, num_workers: int = 0, raise_error: bool = True, progress: bool = False
+    ) -> list[tuple[str, str]]:
+        """Decode every image once; return ``[(path, reason)]`` for the bad ones.
+
+        With ``raise_error=True`` (default) any bad file raises one :class:`DatasetError`
+        listing *all* of them. ``num_workers > 0`` checks files in that many threads.
+        """
+        paths = self.paths
+        if num_workers > 0:
+            with ThreadPoolExecutor(max_workers=num_workers) as pool:
+                reasons: Iterable[str | None] = pool.map(check_image, paths, chunksize=64)
+                reasons = list(_maybe_progress(reasons, progress, len(paths)))
+        else:
+            reasons = [check_image(p) for p in _maybe_progress(paths, progress, len(paths))]
+        bad = [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
+        if bad and raise_error:
+            lines = "\n  ".join(f"{p}: {r}" for p, r in bad)
+            raise DatasetError(
+                f"{len(bad)} of {len(paths)} images under {self.root} cannot be read:\n  {lines}"
+            )
+        return bad
+
+    def __repr__(self) -> str:
+        parts = ", ".join(
+            f"{k}: {v['real']} real / {v['fake']} fake" for k, v in list(self.counts().items())[:8]
+        )
+        more = ", ..." if len(self.subsets()) > 8 else ""
+        return (
+            f"{type(self).__name__}(root={os.fspath(self.root)!r}, {len(self)} images, "
+            f"{len(self.subsets())} subsets [{parts}{more}])"
+        )
+
+
+def _maybe_progress(it: Iterable[Any], enabled: bool, total: int) -> Iterable[Any]:
+    if not enabled:
+        return it
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return it
+    return tqdm(it, total=total, unit="img", desc="verifying")
+
+
+def _filter_subsets(
+    leaves: list[tuple[str, str | None, Path]], subsets: Iterable[str] | None, root: Path
+) -> list[tuple[str, str | None, Path]]:
+    if subsets is None:
+        return leaves
+    if isinstance(subsets, str):
+        subsets = [subsets]
+    wanted = list(dict.fromkeys(subsets))
+    available = list(dict.fromkeys(name for name, _, _ in leaves))
+    unknown = [s for s in wanted if s not in available]
+    if unknown:
+        raise DatasetError(f"subsets {unknown} not found under {root}; available: {available}")
+    return [leaf for leaf in leaves if leaf[0] in wanted]
+
+
+def _collect(
+    leaves: list[tuple[str, str | None, Path]],
+    class_dirs: tuple[tuple[str, int], ...],
+    allow_single_class: bool,
+    keep_category: bool,
+) -> list[_Record]:
+    records: list[_Record] = []
+    for subset, category, folder in leaves:
+        where = f"subset {subset!r}" + (f" (folder {category!r})" if category else "")
+        leaf_records: list[_Record] = []
+        for dirname, label in class_dirs:
+            cdir = folder / dirname
+            if not cdir.is_dir():
+                if not allow_single_class:
+                    present = [d for d, _ in class_dirs if (folder / d).is_dir()]
+                    raise DatasetError(
+                        f"{where} has no {dirname!r} folder (expected {cdir}; found "
+                        f"{present}); pass allow_single_class=True for a test set that "
+                        "legitimately holds one class"
+                    )
+                continue
+            files = list_images(cdir)
+            if not files and not allow_single_class:
+                raise DatasetError(
+                    f"folder {cdir} contains no images (extensions: "
+                    f"{', '.join(sorted(IMAGE_EXTENSIONS))}, any case)"
+                )
+            cat = category if keep_category else None
+            leaf_records.extend(_Record(f, label, subset, cat) for f in files)
+        if not leaf_records:
+            raise DatasetError(
+                f"{where} contains no images: every class folder under {folder} is empty"
+            )
+        records.extend(leaf_records)
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# detection layout
+
+
+def _has_detection_classes(d: Path) -> bool:
+    return (d / REAL_DIR).is_dir() or (d / FAKE_DIR).is_dir()
+
+
+def _detection_leaves(root: Path) -> tuple[list[tuple[str, str | None, Path]], list[Path]]:
+    """(subset, category, folder holding the class dirs) in sorted order, and ignored dirs."""
+    if _has_detection_classes(root):
+        return [(_folder_name(root), None, root)], []
+    leaves: list[tuple[str, str | None, Path]] = []
+    ignored: list[Path] = []
+    for sub in _subdirs(root):
+        if _has_detection_classes(sub):
+            leaves.append((sub.name, None, sub))
+            continue
+        cats = [c for c in _subdirs(sub) if _has_detection_classes(c)]
+        if cats:
+            leaves.extend((sub.name, c.name, c) for c in cats)
+        else:
+            ignored.append(sub)
+    return leaves, ignored
+
+
+class DetectionFolder(LabeledImageDataset):
+    """The ``{0_real,1_fake}`` layout of CNNDetection, UnivFD, AIGCDetectBenchmark, AIGIBench
+    and NPR::
+
+        root/<subset>/0_real/*.png             root/<subset>/<category>/0_real/*.png
+        root/<subset>/1_fake/*.png     or      root/<subset>/<category>/1_fake/*.png
+
+    or ``root/{0_real,1_fake}`` directly (one subset named after ``root``). Categories (e.g.
+    ProGAN's ``airplane``, ``car``...) are merged into their subset and kept in
+    :attr:`categories`. Folders that hold neither form are ignored (listed in
+    :attr:`ignored_dirs`, e.g. a ``train_text`` caption folder). Class folders are read
+    recursively.
+
+    Args:
+        root: the dataset folder.
+        transform: applied to the RGB PIL image (e.g. an open_clip ``preprocess``,
+            :class:`~dgsnet.data.PatchSelection`); ``None`` returns the PIL image.
+        captions: ``None``; a :class:`~dgsnet.data.CaptionStore` (one without a root is
+            rebased on ``root``); a mapping path -> caption; a caption JSON file; or ``"auto"``
+            to locate ``<split>_text/<split>.json`` with
+            :func:`~dgsnet.data.find_caption_file`. All captions are resolved at construction:
+            missing ones raise :class:`~dgsnet.data.CaptionError` listing a few.
+        subsets: only these subsets (unknown names raise).
+        allow_single_class: accept a subset with only ``0_real`` or only ``1_fake`` (or an
+            empty one of the two).
+        caption_fallback: see :class:`~dgsnet.data.CaptionStore` (``True``: neutral template
+            captions with a warning).
+        verify: decode every image at construction and raise listing all bad files.
+
+    Raises:
+        DatasetError: root missing; no class folders; a subset without one class folder; a
+            class folder with no images; unknown subset names; (with ``verify``) bad images.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        transform: Callable[[Image.Image], Any] | None = None,
+        captions: CaptionsArg = None,
+        subsets: Iterable[str] | None = None,
+        *,
+        allow_single_class: bool = False,
+        caption_fallback: FallbackSpec = None,
+        verify: bool = False,
+    ) -> None:
+        root_p = _check_root(root)
+        leaves, ignored = _detection_leaves(root_p)
+        if not leaves:
+            raise DatasetError(
+                f"no {REAL_DIR}/{FAKE_DIR} folders under {root_p} (looked in root, "
+                f"root/<subset> and root/<subset>/<category>)" + _layout_hint(root_p, "genimage")
+            )
+        self.ignored_dirs: list[Path] = ignored
+        leaves = _filter_subsets(leaves, subsets, root_p)
+        records = _collect(
+            leaves, ((REAL_DIR, 0), (FAKE_DIR, 1)), allow_single_class, keep_category=True
+        )
+        super().__init__(
+            records,
+            root_p,
+            transform,
+            captions,
+            caption_fallback=caption_fallback,
+            verify=verify,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# GenImage layout
+
+
+def _has_genimage_classes(d: Path) -> bool:
+    return (d / GENIMAGE_REAL_DIR).is_dir() or (d / GENIMAGE_FAKE_DIR).is_dir()
+
+
+def _genimage_split_dirs(gen: Path, split: str) -> list[tuple[str | None, Path]]:
+    """Split folders of one generator: ``gen/<split>`` or ``gen/<inner>/<split>``."""
+    if _has_genimage_classes(gen / split):
+        return [(None, gen / split)]
+    return [
+        (inner.name, inner / split)
+        for inner in _subdirs(gen)
+        if _has_genimage_classes(inner / split)
+    ]
+
+
+def _genimage_leaves(root: Path, split: str) -> list[tuple[str, str | None, Path]]:
+    own = _genimage_split_dirs(root, split)
+    if own and own[0][0] is None:
+        return [(_folder_name(root), None, own[0][1])]
+    leaves = []
+    for gen in _subdirs(root):
+        for inner, d in _genimage_split_dirs(gen, split):
+            leaves.append((gen.name, inner, d))
+    return leaves
+
+
+class GenImageFolder(LabeledImageDataset):
+    """The GenImage layout, one subset per generator::
+
+        root/<generator>/<split>/nature/*.JPEG      (real, label 0)
+        root/<generator>/<split>/ai/*.png           (fake, label 1)
+
+    as well as the distributed form with one extra folder per generator
+    (``root/<generator>/<inner>/<split>/...``, e.g. ``ADM/imagenet_ai_0508_adm/val/ai``) and a
+    ``root`` that is a single generator (``root/<split>/{nature,ai}``; a single generator
+    folder that still holds its inner folder is read with the inner folder as subset name,
+    since ``root/X/<split>`` cannot tell a generator ``X`` from an inner folder). ``split`` is
+    ``"train"`` or ``"val"``. Other arguments as :class:`DetectionFolder`; the category
+    recorded for captions is ``None`` (the inner folder name is not an object class).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: Literal["train", "val"] = "train",
+        transform: Callable[[Image.Image], Any] | None = None,
+        captions: CaptionsArg = None,
+        subsets: Iterable[str] | None = None,
+        *,
+        allow_single_class: bool = False,
+        caption_fallback: FallbackSpec = None,
+        verify: bool = False,
+    ) -> None:
+        if split not in GENIMAGE_SPLITS:
+            raise ValueError(f"split must be one of {GENIMAGE_SPLITS}, got {split!r}")
+        root_p = _check_root(root)
+        leaves = _genimage_leaves(root_p, split)
+        if not leaves:
+            raise DatasetError(
+                f"no GenImage '{split}' folders under {root_p} (expected "
+                f"<generator>[/<inner>]/{split}/{{{GENIMAGE_REAL_DIR},{GENIMAGE_FAKE_DIR}}})"
+                + _layout_hint(root_p, "detection")
+            )
+        self.split = split
+        leaves = _filter_subsets(leaves, subsets, root_p)
+        records = _collect(
+            leaves,
+            ((GENIMAGE_REAL_DIR, 0), (GENIMAGE_FAKE_DIR, 1)),
+            allow_single_class,
+            keep_category=False,
+        )
+        super().__init__(
+            records,
+            root_p,
+            transform,
+            captions,
+            caption_fallback=caption_fallback,
+            verify=verify,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# layout detection
+
+
+def _find_dirs(root: Path, depth: int, test: Callable[[Path], bool]) -> bool:
+    """Whether ``test`` holds for ``root`` or a folder at most ``depth`` levels below it."""
+    frontier = [root]
+    for level in range(depth + 1):
+        if any(test(d) for d in frontier):
+            return True
+        if level < depth:
+            frontier = [c for d in frontier for c in _subdirs(d)]
+    return False
+
+
+def _is_detection(root: Path) -> bool:
+    return _find_dirs(root, 2, _has_detection_classes)
+
+
+def _is_genimage(root: Path) -> bool:
+    def split_dir(d: Path) -> bool:
+        return any(_has_genimage_classes(d / s) for s in GENIMAGE_SPLITS)
+
+    return _find_dirs(root, 2, split_dir)
+
+
+def _layout_hint(root: Path, other: Literal["detection", "genimage"]) -> str:
+    """A hint when ``root`` holds the *other* layout."""
+    try:
+        if other == "genimage" and _is_genimage(root):
+            return "; it looks like a GenImage folder: use GenImageFolder"
+        if other == "detection" and _is_detection(root):
+            return f"; it holds {REAL_DIR}/{FAKE_DIR} folders: use DetectionFolder"
+    except DatasetError:
+        pass
+    return ""
+
+
+def detect_layout(root: str | os.PathLike[str]) -> Literal["detection", "genimage"]:
+    """Tell which layout ``root`` holds.
+
+    ``"detection"``: ``{0_real,1_fake}`` folders in ``root``, ``root/*`` or ``root/*/*``;
+    ``"genimage"``: ``{train,val}/{nature,ai}`` in ``root``, ``root/*`` or ``root/*/*``.
+    Raises :class:`DatasetError` when ``root`` is missing, holds neither, or holds both.
+    """
+    root_p = _check_root(root)
+    det, gen = _is_detection(root_p), _is_genimage(root_p)
+    if det and gen:
+        raise DatasetError(
+            f"{root_p} holds both {REAL_DIR}/{FAKE_DIR} and GenImage nature/ai folders; "
+            "open it with DetectionFolder or GenImageFolder explicitly"
+        )
+    if det:
+        return "detection"
+    if gen:
+        return "genimage"
+    raise DatasetError(
+        f"{root_p} is neither dataset layout:\n"
+        f"  detection: <root>/<subset>[/<category>]/{{{REAL_DIR},{FAKE_DIR}}}/<images>\n"
+        f"  GenImage:  <root>/<generator>[/<inner>]/{{train,val}}/"
+        f"{{{GENIMAGE_REAL_DIR},{GENIMAGE_FAKE_DIR}}}/<images>"
+    )
+
+
+def open_dataset(
+    root: str | os.PathLike[str], split: Literal["train", "val"] = "val", **kwargs: Any
+) -> LabeledImageDataset:
+    """Open ``root`` with :class:`DetectionFolder` or :class:`GenImageFolder` according to
+    :func:`detect_layout`; ``split`` is used for GenImage only, ``kwargs`` go to the class."""
+    if detect_layout(root) == "genimage":
+        return GenImageFolder(root, split=split, **kwargs)
+    return DetectionFolder(root, **kwargs)

@@ -1,0 +1,525 @@
+r"""Image transforms: DGS-Net's patch selection, the model's own preprocessing, degradations.
+
+:class:`PatchSelection` reproduces the preprocessing of the released DGS-Net code: cut the image
+into non-overlapping 32x32 patches, score each by spectral entropy, keep the 24 lowest and the
+25 highest, shuffle the 49, tile them into a 7x7 grid (224x224), then (optionally) flip
+horizontally and normalise with the ImageNet mean/std.
+
+Spectral entropy of a patch (:func:`spectral_entropy`), exactly as computed here:
+
+.. math::
+
+    g = 0.299 R + 0.587 G + 0.114 B, \quad
+    F = \mathrm{FFT2}(g), \quad
+    P_{uv} = \frac{|F_{uv}|^2}{\sum_{u'v'} |F_{u'v'}|^2}, \quad
+    H = -\sum_{uv} P_{uv} \log_2 P_{uv}
+
+over all ``p*p`` frequencies (DC included), with :math:`0 \log 0 = 0` and :math:`H = 0` for an
+all-black patch. This is the entropy of the normalised *power* spectrum, as the reference
+code computes it; ``spectrum="magnitude"`` uses :math:`|F|` instead. A flat patch puts all its
+energy in the DC term (``H = 0``); white noise spreads it evenly (``H`` near
+``log2(p*p) = 10`` for 32x32).
+
+:class:`Degrade` applies the JPEG / blur / resize degradations of robustness tables to PIL
+images before the model transform; :func:`default_transform` wraps the model's own
+preprocessing (an open_clip ``preprocess``) with them.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFilter
+from torch import Tensor
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+    "spectral_entropy",
+    "PatchSelection",
+    "Degrade",
+    "RandomHorizontalFlip",
+    "default_transform",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+_WORKER_SEED_STRIDE = 1_000_003
+
+
+def _entropy_np(g: np.ndarray, spectrum: str) -> np.ndarray:
+    mag = np.abs(np.fft.fft2(g.astype(np.float64, copy=False)))
+    s = mag * mag if spectrum == "power" else mag
+    total = s.sum(axis=(-2, -1), keepdims=True)
+    p = s / np.where(total > 0, total, 1.0)  # an all-zero patch gives p = 0 everywhere, H = 0
+    positive = p > 0
+    plogp = np.where(positive, p * np.log2(np.where(positive, p, 1.0)), 0.0)
+    return 0.0 - plogp.sum(axis=(-2, -1))  # 0.0 - x: no negative zero
+
+
+def spectral_entropy(
+    patches: Tensor | np.ndarray, spectrum: Literal["power", "magnitude"] = "power"
+) -> Tensor | np.ndarray:
+    r"""Spectral entropy (bits) of grayscale patches ``(..., p, q)``, returned as ``(...)``.
+
+    :math:`H = -\sum P \log_2 P` with :math:`P = S / \sum S`, :math:`S = |FFT2(x)|^2`
+    (``"power"``, the reference's choice) or :math:`|FFT2(x)|` (``"magnitude"``), over every
+    frequency including DC. Invariant to scaling ``x``; ``0`` for an all-zero patch. Computed
+    in float64 with numpy (single-threaded: it runs in data-loading code, and is not
+    differentiable); a tensor in gives a float64 tensor on the same device out.
+
+    >>> flat = torch.full((1, 8, 8), 0.5)
+    >>> float(spectral_entropy(flat))
+    0.0
+    """
+    if spectrum not in ("power", "magnitude"):
+        raise ValueError(f"spectrum must be 'power' or 'magnitude', got {spectrum!r}")
+    if isinstance(patches, Tensor):
+        if patches.dim() < 2:
+            raise ValueError(f"patches must have shape (..., p, q), got {tuple(patches.shape)}")
+        out = _entropy_np(patches.detach().to("cpu", torch.float64).numpy(), spectrum)
+        return torch.from_numpy(np.asarray(out)).to(patches.device)
+    if isinstance(patches, np.ndarray):
+        if patches.ndim < 2:
+            raise ValueError(f"patches must have shape (..., p, q), got {patches.shape}")
+        return _entropy_np(patches, spectrum)
+    raise TypeError(f"patches must be a tensor or a numpy array, got {type(patches).__name__}")
+
+
+def _gray_np(tiles: np.ndarray) -> np.ndarray:
+    """``(..., 3, H, W)`` -> ``(..., H, W)`` luma (ITU-R BT.601 weights), float64."""
+    w0, w1, w2 = _GRAY_WEIGHTS
+    return w0 * tiles[..., 0, :, :] + w1 * tiles[..., 1, :, :] + w2 * tiles[..., 2, :, :]
+
+
+def _as_chw01(img: Any) -> np.ndarray:
+    """PIL image, ``(H, W[, C])`` numpy array or ``(C, H, W)``/``(H, W)`` tensor -> float64
+    ``(3, H, W)`` array in ``[0, 1]`` (uint8 is divided by 255; floats are taken as [0, 1])."""
+    if isinstance(img, Image.Image):
+        arr = np.asarray(img.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+    elif isinstance(img, np.ndarray):
+        arr = img[None] if img.ndim == 2 else img.transpose(2, 0, 1) if img.ndim == 3 else img
+    elif isinstance(img, Tensor):
+        t = img.detach().cpu()
+        arr = (t[None] if t.dim() == 2 else t).numpy()
+    else:
+        raise TypeError(
+            f"expected a PIL image, a numpy array or a tensor, got {type(img).__name__}"
+        )
+    if arr.ndim != 3 or arr.shape[0] not in (1, 3):
+        raise ValueError(
+            f"expected an image of shape (C, H, W) with C in (1, 3), got {tuple(arr.shape)}"
+        )
+    if arr.dtype == np.uint8:
+        x = arr.astype(np.float64) / 255.0
+    elif np.issubdtype(arr.dtype, np.floating):
+        x = arr.astype(np.float64)
+    else:
+        raise TypeError(f"expected uint8 or floating pixels, got {arr.dtype}")
+    return np.repeat(x, 3, axis=0) if x.shape[0] == 1 else x
+
+
+class PatchSelection:
+    """DGS-Net's patch-selection preprocessing: image -> normalised ``(3, 224, 224)`` tensor.
+
+    1. If the image has fewer than ``n_low + n_high`` whole patches it is scaled up (bicubic,
+       aspect ratio kept) so that its shorter side is the output size (224); with
+       ``upscale=False`` it raises instead. (The released code would tile duplicates and
+       black gaps.)
+    2. The image is cut into non-overlapping ``patch_size`` patches from the top-left corner
+       (a right/bottom remainder is dropped), in raster order.
+    3. Each patch is scored by :func:`spectral_entropy` of its luma.
+    4. The ``n_low`` lowest and ``n_high`` highest scores are kept (stable sort: ties go to the
+       earlier patch).
+    5. The kept patches are shuffled (``shuffle=True``) or left in raster order
+       (``shuffle=False``) and tiled row-major into a ``sqrt(n_low + n_high)`` square grid.
+    6. ``flip=True`` flips the result horizontally with probability 1/2 (training only).
+    7. ``normalize=True`` subtracts ``mean`` and divides by ``std`` (ImageNet by default).
+
+    Randomness (shuffle and flip):
+
+    - ``seed=None``: torch's global RNG (the DataLoader seeds it per worker);
+    - ``seed=s``: a private generator seeded with ``s`` (``s + 1000003 * (worker_id + 1)`` in
+      DataLoader worker ``worker_id``), reproducible run to run;
+    - ``deterministic=True`` (evaluation): a generator re-seeded with ``seed`` (0 if None) on
+      every call, so every image gets the same patch order whatever the call order, batch or
+      worker; incompatible with ``flip=True``.
+
+    Input: a PIL image (any mode), a ``(H, W, C)`` uint8 array or a ``(C, H, W)`` tensor
+    (uint8, or float in ``[0, 1]``). The tiles hold the exact input pixel values.
+
+    >>> t = PatchSelection(deterministic=True)
+    >>> t(Image.new("RGB", (256, 256))).shape
+    torch.Size([3, 224, 224])
+    """
+
+    def __init__(
+        self,
+        patch_size: int = 32,
+        n_low: int = 24,
+        n_high: int = 25,
+        *,
+        shuffle: bool = True,
+        deterministic: bool = False,
+        seed: int | None = None,
+        flip: bool = False,
+        normalize: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        spectrum: Literal["power", "magnitude"] = "power",
+        upscale: bool = True,
+    ) -> None:
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+        if n_low < 0 or n_high < 0 or n_low + n_high < 1:
+            raise ValueError(
+                f"n_low and n_high must be >= 0 with a positive sum, got {n_low} and {n_high}"
+            )
+        n = n_low + n_high
+        grid = math.isqrt(n)
+        if grid * grid != n:
+            raise ValueError(
+                f"n_low + n_high must be a perfect square to tile a square grid, "
+                f"got {n_low} + {n_high} = {n}"
+            )
+        if deterministic and flip:
+            raise ValueError(
+                "deterministic=True is for evaluation and cannot flip randomly; set flip=False"
+            )
+        if spectrum not in ("power", "magnitude"):
+            raise ValueError(f"spectrum must be 'power' or 'magnitude', got {spectrum!r}")
+        if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+            raise ValueError(f"mean and std need 3 values, std > 0; got {mean}, {std}")
+        self.patch_size = int(patch_size)
+        self.n_low, self.n_high = int(n_low), int(n_high)
+        self.num_patches = n
+        self.grid = grid
+        self.output_size = grid * self.patch_size
+        self.shuffle = shuffle
+        self.deterministic = deterministic
+        self.seed = seed
+        self.flip = flip
+        self.normalize = normalize
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.spectrum = spectrum
+        self.upscale = upscale
+        self._generators: dict[int, torch.Generator] = {}
+
+    # generators are process-local state: never pickle them into DataLoader workers
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_generators"] = {}
+        return state
+
+    def __repr__(self) -> str:
+        return (
+            f"PatchSelection(patch_size={self.patch_size}, n_low={self.n_low}, "
+            f"n_high={self.n_high}, shuffle={self.shuffle}, deterministic={self.deterministic}, "
+            f"seed={self.seed}, flip={self.flip}, normalize={self.normalize}, "
+            f"spectrum={self.spectrum!r})"
+        )
+
+    # -- randomness ---------------------------------------------------------------------------
+    def _rng(self) -> torch.Generator | None:
+        if self.deterministic:
+            return torch.Generator().manual_seed(0 if self.seed is None else int(self.seed))
+        if self.seed is None:
+            return None
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info is not None else -1
+        gen = self._generators.get(wid)
+        if gen is None:
+            gen = torch.Generator().manual_seed(int(self.seed) + _WORKER_SEED_STRIDE * (wid + 1))
+            self._generators[wid] = gen
+        return gen
+
+    # -- steps --------------------------------------------------------------------------------
+    def _prepare(self, img: Any) -> np.ndarray:
+        """Input -> float64 ``(3, H, W)`` array in [0, 1], scaled up if it has too few
+        patches."""
+        p = self.patch_size
+        if isinstance(img, Image.Image):
+            w, h = img.size
+            if (h // p) * (w // p) < self.num_patches:
+                nh, nw = self._target_size(h, w)
+                img = img.convert("RGB").resize((nw, nh), Image.Resampling.BICUBIC)
+            return _as_chw01(img)
+        x = _as_chw01(img)
+        h, w = x.shape[-2:]
+        if (h // p) * (w // p) < self.num_patches:
+            nh, nw = self._target_size(h, w)
+            t = F.interpolate(
+                torch.from_numpy(x)[None], size=(nh, nw), mode="bicubic", align_corners=False
+            )
+            x = t[0].clamp_(0.0, 1.0).numpy()
+        return x
+
+    def _target_size(self, h: int, w: int) -> tuple[int, int]:
+        if not self.upscale:
+            raise ValueError(
+                f"a {w}x{h} image has {(h // self.patch_size) * (w // self.patch_size)} whole "
+                f"{self.patch_size}x{self.patch_size} patches, {self.num_patches} are needed "
+                "(upscale=False)"
+            )
+        s = self.output_size / min(h, w)
+        return max(self.output_size, round(h * s)), max(self.output_size, round(w * s))
+
+    def _patches_np(self, img: Any) -> tuple[np.ndarray, tuple[int, int]]:
+        x = self._prepare(img)
+        p = self.patch_size
+        nh, nw = x.shape[-2] // p, x.shape[-1] // p
+        x = x[:, : nh * p, : nw * p]
+        tiles = x.reshape(3, nh, p, nw, p).transpose(1, 3, 0, 2, 4).reshape(nh * nw, 3, p, p)
+        return tiles, (nh, nw)
+
+    def _select_np(self, entropies: np.ndarray) -> np.ndarray:
+        n = entropies.size
+        if n < self.num_patches:
+            raise ValueError(f"{n} patches, {self.num_patches} needed")
+        order = np.argsort(entropies.reshape(-1), kind="stable")
+        return np.concatenate([order[: self.n_low], order[n - self.n_high :]])
+
+    def patches(self, img: Any) -> tuple[Tensor, tuple[int, int]]:
+        """All whole patches in raster order, ``(N, 3, p, p)`` float64 in [0, 1], and the grid
+        ``(rows, cols)`` they came from (after any upscaling)."""
+        tiles, grid = self._patches_np(img)
+        return torch.from_numpy(np.ascontiguousarray(tiles)), grid
+
+    def entropies(self, img: Any) -> Tensor:
+        """Spectral entropy of every patch, raster order, ``(N,)`` float64."""
+        tiles, _ = self._patches_np(img)
+        return torch.from_numpy(_entropy_np(_gray_np(tiles), self.spectrum))
+
+    def select(self, entropies: Tensor | np.ndarray) -> Tensor:
+        """Indices of the kept patches: the ``n_low`` lowest (ascending), then the ``n_high``
+        highest (ascending). Stable: equal scores keep raster order."""
+        e = entropies.detach().cpu().numpy() if isinstance(entropies, Tensor) else entropies
+        return torch.from_numpy(self._select_np(np.asarray(e)))
+
+    def _mosaic(self, img: Any, generator: torch.Generator | None) -> np.ndarray:
+        tiles, _ = self._patches_np(img)
+        keep = self._select_np(_entropy_np(_gray_np(tiles), self.spectrum))
+        if self.shuffle:
+            keep = keep[torch.randperm(keep.size, generator=generator).numpy()]
+        else:
+            keep = np.sort(keep)
+        g, p = self.grid, self.patch_size
+        chosen = tiles[keep].astype(np.float32)
+        return chosen.reshape(g, g, 3, p, p).transpose(2, 0, 3, 1, 4).reshape(3, g * p, g * p)
+
+    def tile(self, img: Any, generator: torch.Generator | None = None) -> Tensor:
+        """Steps 1-5: the ``(3, S, S)`` float32 mosaic in [0, 1], before flip and
+        normalisation."""
+        return torch.from_numpy(np.ascontiguousarray(self._mosaic(img, generator)))
+
+    def __call__(self, img: Any) -> Tensor:
+        gen = self._rng()
+        out = self._mosaic(img, gen)
+        if self.flip and bool(torch.rand((), generator=gen) < 0.5):
+            out = out[:, :, ::-1]
+        if self.normalize:
+            mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
+            std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
+            out = (out - mean) / std
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+# --------------------------------------------------------------------------------------------
+# degradations
+
+
+class Degrade:
+    """Degrade a PIL image for robustness evaluation, in this order:
+
+    1. ``resize_scale``: resize both sides by this factor (rounded, at least 1 pixel) with
+       ``interpolation`` (PIL, antialiased when shrinking); the model transform resizes
+       afterwards as usual;
+    2. ``blur_sigma``: Gaussian blur with this standard deviation (PIL ``GaussianBlur``);
+    3. ``jpeg_quality``: encode as JPEG at this quality (1-100, PIL encoder, default chroma
+       subsampling) and decode again.
+
+    Each step is skipped when its argument is ``None``. Deterministic. Returns an RGB image.
+
+    >>> Degrade(jpeg_quality=75, blur_sigma=1.0).name
+    'blur1_jpeg75'
+    """
+
+    _INTERP = {
+        "nearest": Image.Resampling.NEAREST,
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "lanczos": Image.Resampling.LANCZOS,
+    }
+
+    def __init__(
+        self,
+        jpeg_quality: int | None = None,
+        blur_sigma: float | None = None,
+        resize_scale: float | None = None,
+        *,
+        interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear",
+    ) -> None:
+        if jpeg_quality is not None:
+            if (
+                isinstance(jpeg_quality, bool)
+                or int(jpeg_quality) != jpeg_quality
+                or not (1 <= jpeg_quality <= 100)
+            ):
+                raise ValueError(f"jpeg_quality must be an integer in 1..100, got {jpeg_quality}")
+            jpeg_quality = int(jpeg_quality)
+        if blur_sigma is not None and not (math.isfinite(blur_sigma) and blur_sigma > 0):
+            raise ValueError(f"blur_sigma must be a positive number, got {blur_sigma}")
+        if resize_scale is not None and not (math.isfinite(resize_scale) and resize_scale > 0):
+            raise ValueError(f"resize_scale must be a positive number, got {resize_scale}")
+        if interpolation not in self._INTERP:
+            raise ValueError(
+                f"interpolation must be one of {sorted(self._INTERP)}, got {interpolation!r}"
+            )
+        self.jpeg_quality = jpeg_quality
+        self.blur_sigma = blur_sigma
+        self.resize_scale = resize_scale
+        self.interpolation = interpolation
+
+    @property
+    def is_identity(self) -> bool:
+        return self.jpeg_quality is None and self.blur_sigma is None and self.resize_scale is None
+
+    @property
+    def name(self) -> str:
+        """A short label for result tables, e.g. ``"resize0.5_blur1_jpeg75"`` (``"clean"``)."""
+        parts = []
+        if self.resize_scale is not None:
+            parts.append(f"resize{self.resize_scale:g}")
+        if self.blur_sigma is not None:
+            parts.append(f"blur{self.blur_sigma:g}")
+        if self.jpeg_quality is not None:
+            parts.append(f"jpeg{self.jpeg_quality}")
+        return "_".join(parts) or "clean"
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if not isinstance(img, Image.Image):
+            raise TypeError(
+                f"Degrade works on PIL images, got {type(img).__name__}; apply it "
+                "before the model transform"
+            )
+        img = img.convert("RGB")
+        if self.resize_scale is not None:
+            w, h = img.size
+            size = (max(1, round(w * self.resize_scale)), max(1, round(h * self.resize_scale)))
+            img = img.resize(size, self._INTERP[self.interpolation])
+        if self.blur_sigma is not None:
+            img = img.filter(ImageFilter.GaussianBlur(radius=self.blur_sigma))
+        if self.jpeg_quality is not None:
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=self.jpeg_quality)
+            buf.seek(0)
+            with Image.open(buf) as jpg:
+                img = jpg.convert("RGB")
+        return img
+
+    def __repr__(self) -> str:
+        return (
+            f"Degrade(jpeg_quality={self.jpeg_quality}, blur_sigma={self.blur_sigma}, "
+            f"resize_scale={self.resize_scale})"
+        )
+
+
+class RandomHorizontalFlip:
+    """Flip a PIL image or a ``(..., W)`` tensor left-right with probability ``p`` (torch's
+    global RNG, so DataLoader workers differ)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        self.p = p
+
+    def __call__(self, img: Any) -> Any:
+        if float(torch.rand(())) >= self.p:
+            return img
+        if isinstance(img, Image.Image):
+            return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if isinstance(img, Tensor):
+            return img.flip(-1)
+        raise TypeError(f"cannot flip a {type(img).__name__}")
+
+    def __repr__(self) -> str:
+        return f"RandomHorizontalFlip(p={self.p})"
+
+
+class _Chain:
+    def __init__(self, steps: Sequence[Callable[[Any], Any]]) -> None:
+        self.steps = list(steps)
+
+    def __call__(self, img: Any) -> Any:
+        for step in self.steps:
+            img = step(img)
+        return img
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n    {s!r}," for s in self.steps)
+        return f"Transform({inner}\n)"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    return img.convert("RGB")
+
+
+def _clip_preprocess(image_size: int) -> Callable[[Image.Image], Tensor]:
+    """OpenAI CLIP evaluation preprocessing, as open_clip builds it: RGB, resize the shorter
+    side (bicubic), centre crop, to tensor, CLIP mean/std."""
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [
+            T.Lambda(_to_rgb),
+            T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(image_size),
+            T.ToTensor(),
+            T.Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+        ]
+    )
+
+
+def default_transform(
+    preprocess: Callable[[Image.Image], Any] | None = None,
+    *,
+    train: bool = False,
+    degrade: Degrade | None = None,
+    image_size: int = 224,
+) -> Callable[[Image.Image], Any]:
+    """The dataset transform: ``[degrade] -> [random flip if train] -> preprocess``.
+
+    ``preprocess`` is the model's own preprocessing, typically the third value of
+    ``open_clip.create_model_and_transforms`` (use the *val* one and ``train=True`` for the
+    flip, or the train one with ``train=False``), or a :class:`PatchSelection`. ``None``
+    builds OpenAI CLIP's evaluation preprocessing at ``image_size`` (bicubic resize, centre
+    crop, CLIP mean/std).
+
+    >>> t = default_transform(degrade=Degrade(jpeg_quality=90))
+    >>> t(Image.new("RGB", (300, 256))).shape
+    torch.Size([3, 224, 224])
+    """
+    if preprocess is None:
+        preprocess = _clip_preprocess(image_size)
+    elif not callable(preprocess):
+        raise TypeError(f"preprocess must be callable, got {type(preprocess).__name__}")
+    steps: list[Callable[[Any], Any]] = []
+    if degrade is not None and not degrade.is_identity:
+        steps.append(degrade)
+    if train:
+        steps.append(RandomHorizontalFlip())
+    steps.append(preprocess)
+    return steps[0] if len(steps) == 1 else _Chain(steps)
