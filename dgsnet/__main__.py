@@ -1,0 +1,8 @@
+"""``python -m dgsnet``: the ``dgsnet`` command line (see :mod:`dgsnet.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
