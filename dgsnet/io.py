@@ -28,6 +28,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _default_mode(path))  # mkstemp makes 0600; use what open() would give
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -47,6 +48,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         pass
     finally:
         os.close(dfd)
+
+
+def _default_mode(path: Path) -> int:
+    try:
+        return os.stat(path).st_mode & 0o7777  # keep an existing file's permissions
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -50,6 +50,10 @@ class CorruptImageError(DatasetError):
         self.reason = reason
         super().__init__(f"cannot read image {self.path}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # survive pickling across DataLoader worker processes with path and reason intact
+        return (type(self), (self.path, self.reason))
+
 
 class CaptionError(DatasetError):
     """Captions are missing for some images, ambiguous, or a caption file is malformed.
