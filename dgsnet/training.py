@@ -1485,6 +1485,9 @@ def train(
 
                     for param in wrapper.teacher_head.parameters():
                         dist.broadcast(param.data, src=0)
+                    # each rank filled its teacher cache with its own head: refill from the
+                    # broadcast one during stage 2 instead
+                    wrapper.clear_teacher_cache()
                 ts.stage1_history = [float(h) for h in history]
                 for i, h in enumerate(history):
                     log.write({"event": "stage1_epoch", "epoch": i + 1, "loss": h})

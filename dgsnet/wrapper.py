@@ -49,6 +49,8 @@ from .surgery import GradientSurgery, OrthogonalSuppression, SurgeryRule, Surger
 
 __all__ = ["DGSWrapper", "DGSOutput", "WEIGHTS_NAME", "CONFIG_NAME"]
 
+_MAX_INDEX = 2**31  # dataset indices key a dense cache; larger ones are not positions
+
 WEIGHTS_NAME = "dgs_weights.safetensors"
 CONFIG_NAME = "dgs_config.json"
 FORMAT_VERSION = 1
@@ -71,6 +73,34 @@ class DGSOutput:
     @property
     def stats(self) -> dict[str, float]:
         return self.surgery.summary() if self.surgery is not None else {}
+
+
+def _register_output_pytree() -> None:
+    """Make :class:`DGSOutput` a pytree node, so that ``DistributedDataParallel`` finds its
+    tensors. DDP routes the forward output through its ``_DDPSink`` with ``tree_flatten``
+    (``static_graph=True``, ``find_unused_parameters=True``); an unregistered dataclass is an
+    opaque leaf there, and with ``static_graph=True`` the first step's gradients were then never
+    all-reduced (each rank kept its local gradient). ``tests/test_distributed.py`` checks this."""
+    try:
+        from torch.utils import _pytree as pytree
+    except ImportError:  # pragma: no cover - very old torch
+        return
+    register = getattr(pytree, "register_pytree_node", None) or getattr(
+        pytree, "_register_pytree_node", None
+    )
+    if register is None:  # pragma: no cover
+        return
+    try:
+        register(
+            DGSOutput,
+            lambda o: ([o.loss, o.logits, o.losses, o.surgery], None),
+            lambda values, _ctx: DGSOutput(*values),
+        )
+    except ValueError:  # already registered (module reloaded)
+        pass
+
+
+_register_output_pytree()
 
 
 class _IndexCache:
@@ -229,7 +259,44 @@ class DGSWrapper(nn.Module):
             raise ValueError("empty batch: images has batch size 0")
         if images.device != self.device:
             raise ValueError(f"images are on {images.device} but the model is on {self.device}")
+        want = self._image_dtype()
+        if want is not None and images.dtype != want and not _autocast_enabled(images.device.type):
+            raise ValueError(
+                f"images are {images.dtype} but the image tower's weights are {want}: cast them "
+                f"(images.to({want})) or run under torch.autocast"
+            )
         return images.shape[0]
+
+    def _image_dtype(self) -> torch.dtype | None:
+        for name, p in self.encoder.image_tower.named_parameters():
+            if p.is_floating_point() and "lora_" not in name:
+                return p.dtype
+        return None
+
+    @staticmethod
+    def _inputs_finite(images: Tensor, text: Tensor | None = None) -> Tensor:
+        """A 0-d bool tensor: no NaN/Inf in the images (and text features). No device sync:
+        the caller reads it together with the step's other checks."""
+        ok = torch.isfinite(images).all()
+        return ok if text is None else ok & torch.isfinite(text).all().to(ok.device)
+
+    @staticmethod
+    def _raise_nonfinite_inputs(images: Tensor, text: Tensor | None = None) -> None:
+        """Raise a ``ValueError`` naming the samples whose images (or text features) hold
+        NaN/Inf (``nonfinite="raise"``); return if there are none."""
+        parts = []
+        for what, t in (("images", images), ("text features", text)):
+            if t is None:
+                continue
+            bad = (~torch.isfinite(t).flatten(1).all(dim=1)).nonzero().flatten().tolist()
+            if bad:
+                parts.append(f"{what} in {len(bad)} of {t.shape[0]} samples (batch positions "
+                             f"{bad[:8]}{' ...' if len(bad) > 8 else ''})")
+        if parts:
+            raise ValueError(
+                f"NaN or Inf in the input: {'; '.join(parts)}. Check the data pipeline, or set "
+                "DGSConfig(nonfinite='ignore') to let the non-finite loss through to the trainer"
+            )
 
     def _check_labels(self, labels: Any, batch: int) -> Tensor:
         if not isinstance(labels, Tensor):
@@ -243,18 +310,29 @@ class DGSWrapper(nn.Module):
             raise ValueError(
                 f"labels must have shape ({batch},) to match {batch} images, got {tuple(labels.shape)}"
             )
-        labels = labels.to(self.device)
+        if labels.is_complex():
+            raise TypeError(f"labels must be real class indices, got dtype {labels.dtype}")
+        # labels from a data loader live on the CPU: copy them without blocking and validate
+        # the host copy, so that the check costs no device synchronisation
+        host = labels if labels.device.type == "cpu" else None
+        try:
+            labels = labels.to(self.device, non_blocking=host is not None)
+        except (RuntimeError, NotImplementedError) as exc:  # e.g. a meta tensor: no data
+            raise ValueError(
+                f"labels on {labels.device} cannot be moved to {self.device}: {exc}"
+            ) from None
         if self.loss_fn is not None:
             return labels
-        if labels.is_floating_point():
-            if not bool(torch.isfinite(labels).all()) or not bool((labels == labels.round()).all()):
-                raise ValueError(f"labels must be whole class indices, got {labels.tolist()[:8]}")
+        check = labels if host is None else host
+        if check.is_floating_point():
+            if not bool(torch.isfinite(check).all()) or not bool((check == check.round()).all()):
+                raise ValueError(f"labels must be whole class indices, got {check.tolist()[:8]}")
         elif labels.dtype == torch.bool:
-            labels = labels.long()
+            labels, check = labels.long(), check.long()
         high = 1 if self.config.num_classes == 1 else self.config.num_classes - 1
-        bad = (labels < 0) | (labels > high)
+        bad = (check < 0) | (check > high)
         if bool(bad.any()):
-            vals = sorted({float(v) for v in labels[bad].tolist()})[:8]
+            vals = sorted({float(v) for v in check[bad].tolist()})[:8]
             expected = "{0, 1} (0 = real, 1 = fake)" if high == 1 else f"0..{high}"
             raise ValueError(f"labels must be in {expected}, got value(s) {vals}")
         return labels
@@ -290,8 +368,12 @@ class DGSWrapper(nn.Module):
                 raise ValueError(
                     f"precomputed text features must have shape (B, {self.feature_dim}), got {tuple(text.shape)}"
                 )
-            feats = text.to(self.device)
+            if text.device.type == "meta":
+                raise ValueError("precomputed text features are a meta tensor (no data)")
+            feats = text.to(self.device, self.text_head.weight.dtype)
         elif isinstance(text, (Tensor, Mapping)):
+            if isinstance(text, Tensor):
+                text = self._check_tokens(text)
             feats = self._post(self.encoder.encode_text(text))
         elif isinstance(text, Sequence):
             if len(text) == 0:
@@ -312,6 +394,25 @@ class DGSWrapper(nn.Module):
                 "the surgery needs a joint embedding space"
             )
         return feats
+
+    def _check_tokens(self, ids: Tensor) -> Tensor:
+        """Token ids given by the caller: an integer ``(B, L)`` tensor of ids in the vocabulary
+        (out-of-range ids would fail deep inside the embedding, on CUDA as a device assert)."""
+        if ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f"token ids must be an integer tensor (B, L), got dtype {ids.dtype}")
+        if ids.dim() != 2:
+            raise ValueError(f"token ids must have shape (B, L), got {tuple(ids.shape)}")
+        if ids.device.type == "meta":
+            raise ValueError("token ids are a meta tensor (no data)")
+        if ids.numel():
+            lo, hi = int(ids.min()), int(ids.max())
+            vocab = _vocab_size(self.encoder.model)
+            if lo < 0 or (vocab is not None and hi >= vocab):
+                raise ValueError(
+                    f"token ids must lie in [0, {vocab if vocab is not None else 'vocab'}), got "
+                    f"values in [{lo}, {hi}]"
+                )
+        return ids.to(self.device)
 
     def _encode_captions(self, captions: list[str]) -> Tensor:
         size = self.config.text_cache_size
@@ -336,17 +437,34 @@ class DGSWrapper(nn.Module):
         self._text_cache.clear()
         self._teacher_cache.clear()
 
+    def clear_teacher_cache(self) -> None:
+        """Forget cached teacher outputs (e.g. after changing the teacher head)."""
+        self._teacher_cache.clear()
+
     # -- the step -----------------------------------------------------------------------------
     def _check_index(self, index: Any, batch: int) -> Tensor | None:
         if index is None:
             return None
-        index = torch.as_tensor(index)
-        if index.dim() != 1 or index.shape[0] != batch or index.is_floating_point() or (
-            index.numel() and int(index.min()) < 0
-        ):
+        if not isinstance(index, Tensor):
+            try:
+                index = torch.as_tensor(index)
+            except Exception as exc:
+                raise TypeError(
+                    f"index must be {batch} integer dataset indices, got {type(index).__name__}"
+                ) from exc
+        if (index.dim() != 1 or index.shape[0] != batch or index.is_floating_point()
+                or index.is_complex() or index.dtype == torch.bool):
             raise ValueError(
                 f"index must be {batch} non-negative integer dataset indices, got shape "
                 f"{tuple(index.shape)} dtype {index.dtype}"
+            )
+        if index.device.type == "meta":
+            raise ValueError("index is a meta tensor (no data)")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= _MAX_INDEX):
+            raise ValueError(
+                f"index must hold dataset positions in [0, {_MAX_INDEX}) (the teacher cache is "
+                f"dense, sized by the largest index), got values in [{int(index.min())}, "
+                f"{int(index.max())}]"
             )
         return index
 
@@ -375,24 +493,34 @@ class DGSWrapper(nn.Module):
         ``index``: optional dataset indices of the images. Passing them declares that an
         index always maps to the same preprocessed image (deterministic transforms); the
         teacher's outputs are then cached per index and later epochs skip its forward.
+
+        Bad input raises ``TypeError``/``ValueError`` naming what was expected; with
+        ``config.nonfinite="raise"`` (default) so do NaN/Inf images or text features
+        (``"ignore"`` lets the non-finite loss through for the trainer to handle).
         """
         cfg = self.config
         batch = self._check_images(images)
         y = self._check_labels(labels, batch)
         index = self._check_index(index, batch)
+        check_finite = cfg.nonfinite == "raise"
         if cfg.plain:
+            if check_finite and not bool(self._inputs_finite(images)):
+                self._raise_nonfinite_inputs(images)
             logits = self.image_head(self.encode_student(images))
             loss = self._loss(logits, y)
             return DGSOutput(loss=loss, logits=logits, losses={"image": loss.detach()})
 
         t = self.encode_text(text, batch_size=batch)
+        # read below together with the teacher reference's check: one device sync in all
+        inputs_ok = self._inputs_finite(images, t) if check_finite else None
         kind = self._loss_kind
         closed = cfg.closed_form_heads and kind is not None
         # teacher: cached logits (closed form only needs those), or a forward without grad
         z_teacher = None
         if cfg.alignment and closed and cfg.teacher_cache and index is not None:
             cached = self._teacher_cache.lookup(index)
-            z_teacher = cached.to(self.device) if cached is not None else None
+            # a fresh host tensor of our own: the copy need not block (no device sync)
+            z_teacher = cached.to(self.device, non_blocking=True) if cached is not None else None
         need_teacher = cfg.alignment and z_teacher is None
         f, f_teacher = self._features(images, need_teacher)
         if f_teacher is not None:
@@ -428,17 +556,22 @@ class DGSWrapper(nn.Module):
             g_help = g_img.clamp_max(0).to(f.dtype)
             if cfg.nonfinite == "ignore":
                 g_help = g_help.masked_fill(~torch.isfinite(g_help).all(-1, keepdim=True), 0.0)
-            elif not bool(torch.isfinite(g_help).all()):
+            elif not bool(torch.isfinite(g_help).all() & inputs_ok):
+                self._raise_nonfinite_inputs(images, t)  # the inputs, if they are the cause
                 raise ValueError(
                     "the teacher's reference gradient contains NaN or Inf (check the teacher head "
                     "and the inputs), or set DGSConfig(nonfinite='ignore')"
                 )
+            else:
+                inputs_ok = None  # checked
             stats.refs["help"] = g_help
             target = f_s if cfg.order == "align_then_project" else f
             inner = (target * g_help).sum(dim=-1)
             loss_align = inner.mean()
             loss = loss + cfg.align_weight * loss_align
             losses["align"] = loss_align.detach()
+        if inputs_ok is not None and not bool(inputs_ok):
+            self._raise_nonfinite_inputs(images, t)
         return DGSOutput(loss=loss, logits=logits, losses=losses, surgery=stats)
 
     @torch.no_grad()
@@ -547,7 +680,12 @@ class DGSWrapper(nn.Module):
         and load the LoRA weights and heads. Mismatches raise :class:`CheckpointError`."""
         directory = Path(directory)
         meta = _read_meta(directory)
-        config = DGSConfig.from_dict(meta["config"])
+        try:
+            config = DGSConfig.from_dict(meta["config"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"{directory / CONFIG_NAME} holds an invalid config: {exc}"
+            ) from exc
         wrapper = cls(model, tokenizer, config, loss_fn=loss_fn)
         wrapper.load_checkpoint(directory, _meta=meta)
         return wrapper
@@ -582,10 +720,38 @@ class DGSWrapper(nn.Module):
                     f"checkpoint tensor {name!r} has shape {tuple(value.shape)}, the model's "
                     f"parameter has shape {tuple(param.shape)}"
                 )
+            if not value.is_floating_point():
+                raise CheckpointError(
+                    f"checkpoint tensor {name!r} has dtype {value.dtype}, expected floating point"
+                )
+            if not bool(torch.isfinite(value).all()):
+                raise CheckpointError(
+                    f"checkpoint tensor {name!r} contains NaN or Inf: the run that saved it "
+                    "diverged"
+                )
         with torch.no_grad():
             for name, param in own.items():
                 param.copy_(tensors[name].to(param.dtype))
         self.clear_caches()
+
+
+def _vocab_size(model: Any) -> int | None:
+    """The text tower's vocabulary size (open_clip / OpenAI CLIP / Hugging Face), else None."""
+    for owner in (model, getattr(model, "text", None)):
+        emb = getattr(owner, "token_embedding", None)
+        if isinstance(emb, nn.Embedding):
+            return emb.num_embeddings
+    size = getattr(getattr(getattr(model, "config", None), "text_config", None), "vocab_size", None)
+    return size if isinstance(size, int) else None
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # torch < 2.4: no device argument
+        if device_type == "cpu":
+            return bool(torch.is_autocast_cpu_enabled())
+        return bool(torch.is_autocast_enabled())
 
 
 def _norm(value: Any) -> Any:
@@ -602,7 +768,18 @@ def _read_meta(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not valid JSON ({exc}): truncated or damaged") from exc
     if not isinstance(meta, dict) or meta.get("format") != "dgsnet" or "config" not in meta:
         raise CheckpointError(f"{path} is not a dgsnet checkpoint config")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path}: format_version must be an integer, got {version!r}")
+    if not isinstance(meta.get("model", {}), dict):
+        raise CheckpointError(
+            f"{path}: 'model' must be a JSON object, got {type(meta['model']).__name__}"
+        )
+    if not isinstance(meta.get("weights_sha256", ""), (str, type(None))):
+        raise CheckpointError(
+            f"{path}: 'weights_sha256' must be a hex string, got {meta['weights_sha256']!r}"
+        )
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has format_version {meta['format_version']}; this dgsnet reads up to {FORMAT_VERSION}"
         )

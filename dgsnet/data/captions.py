@@ -246,7 +246,7 @@ def read_caption_file(path: str | os.PathLike[str]) -> dict[str, str]:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CaptionError(f"caption file {p} does not exist") from None
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise CaptionError(f"cannot read caption file {p}: {exc}") from exc
     try:
         data = json.loads(text)

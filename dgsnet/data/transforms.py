@@ -118,14 +118,17 @@ def _as_chw01(img: Any) -> np.ndarray:
         raise TypeError(
             f"expected a PIL image, a numpy array or a tensor, got {type(img).__name__}"
         )
-    if arr.ndim != 3 or arr.shape[0] not in (1, 3):
+    if arr.ndim != 3 or arr.shape[0] not in (1, 3) or 0 in arr.shape:
         raise ValueError(
-            f"expected an image of shape (C, H, W) with C in (1, 3), got {tuple(arr.shape)}"
+            "expected a non-empty image of shape (C, H, W) with C in (1, 3), got "
+            f"{tuple(arr.shape)}"
         )
     if arr.dtype == np.uint8:
         x = arr.astype(np.float64) / 255.0
     elif np.issubdtype(arr.dtype, np.floating):
         x = arr.astype(np.float64)
+        if not np.isfinite(x).all():
+            raise ValueError("expected finite pixel values, got NaN or Inf")
     else:
         raise TypeError(f"expected uint8 or floating pixels, got {arr.dtype}")
     return np.repeat(x, 3, axis=0) if x.shape[0] == 1 else x
@@ -447,13 +450,13 @@ class RandomHorizontalFlip:
         self.p = p
 
     def __call__(self, img: Any) -> Any:
+        if not isinstance(img, (Image.Image, Tensor)):  # checked before the draw: every call
+            raise TypeError(f"cannot flip a {type(img).__name__}")
         if float(torch.rand(())) >= self.p:
             return img
         if isinstance(img, Image.Image):
             return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        if isinstance(img, Tensor):
-            return img.flip(-1)
-        raise TypeError(f"cannot flip a {type(img).__name__}")
+        return img.flip(-1)
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p})"

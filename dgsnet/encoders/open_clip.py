@@ -145,6 +145,11 @@ class OpenCLIPEncoder(DualEncoder):
     def encode_text(self, tokens: Tokens) -> Tensor:
         if not isinstance(tokens, Tensor):
             raise TypeError(f"open_clip text tokens must be a LongTensor, got {type(tokens).__name__}")
+        if tokens.dim() != 2 or tokens.shape[1] != self.context_length:
+            raise ValueError(
+                f"open_clip text tokens must have shape (B, {self.context_length}) (the model's "
+                f"context length), got {tuple(tokens.shape)}"
+            )
         return self.model.encode_text(tokens)
 
     def tokenize(self, texts: Sequence[str]) -> Tokens:

@@ -135,6 +135,10 @@ def _check_refs(x: Tensor, rule: SurgeryRule, refs: Mapping[str, Tensor]) -> Non
     if not isinstance(x, Tensor) or not x.is_floating_point():
         got = x.dtype if isinstance(x, Tensor) else type(x).__name__
         raise TypeError(f"GradientSurgery: features must be a floating-point tensor, got {got}")
+    if x.dim() < 1:
+        raise ValueError(
+            "GradientSurgery: features must have at least one dimension (..., D), got a scalar"
+        )
     if not isinstance(refs, Mapping):
         raise TypeError(f"GradientSurgery: refs must be a mapping name -> tensor, got {type(refs).__name__}")
     missing = [k for k in rule.refs if k not in refs]
@@ -146,6 +150,11 @@ def _check_refs(x: Tensor, rule: SurgeryRule, refs: Mapping[str, Tensor]) -> Non
         ref = refs[key]
         if not isinstance(ref, Tensor):
             raise TypeError(f"GradientSurgery: reference {key!r} must be a tensor, got {type(ref).__name__}")
+        if not ref.is_floating_point():
+            raise TypeError(
+                f"GradientSurgery: reference {key!r} must be a floating-point tensor, got "
+                f"dtype {ref.dtype}"
+            )
         if ref.shape != x.shape:
             raise ValueError(
                 f"GradientSurgery: reference {key!r} has shape {tuple(ref.shape)} but the features "

@@ -42,7 +42,7 @@ class FusedRule(SurgeryRule):
         self.refs = rule.refs
         self.compile_kwargs = compile_kwargs
         self.compiled: bool | None = None
-        self._kernel: Callable[..., tuple[Tensor, Tensor]] | None = None
+        self._kernel: Callable[..., tuple[Tensor, tuple[Tensor, ...]]] | None = None
 
     def __repr__(self) -> str:
         return f"fuse({self.rule!r})"
@@ -50,13 +50,18 @@ class FusedRule(SurgeryRule):
     def _repr_args(self) -> dict[str, object]:
         return {"rule": self.rule}
 
-    def _eager_kernel(self, grad: Tensor, refs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        finite = torch.ones((), dtype=torch.bool, device=grad.device)
-        for r in refs.values():
-            finite = finite & torch.isfinite(r).all()
-        return self.rule.forward(grad, refs), finite
+    def _eager_kernel(
+        self, grad: Tensor, refs: dict[str, Tensor]
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        # Besides the result, max |r| per sample of each reference: finite iff the sample is
+        # (max propagates NaN). These are reductions over the rows the rule reads anyway, and
+        # the compiler folds them into the rule's own loop over the samples; the caller checks
+        # the B maxima. (A global isfinite(r).all() here would cost a second pass over each
+        # reference, and combining the flags inside the kernel splits its loop in two on CPU.)
+        maxima = tuple(r.abs().amax(dim=-1) for r in refs.values() if r.shape[-1])
+        return self.rule.forward(grad, refs), maxima
 
-    def _own_kernel(self) -> Callable[..., tuple[Tensor, Tensor]]:
+    def _own_kernel(self) -> Callable[..., tuple[Tensor, tuple[Tensor, ...]]]:
         """``_eager_kernel`` bound to this instance, with a code object of its own.
 
         torch.compile keeps its cache, and its recompile limit (8 by default), per code object.
@@ -68,7 +73,9 @@ class FusedRule(SurgeryRule):
         code = func.__code__.replace(co_name=f"fused_{type(self.rule).__name__}_{id(self):x}")
         return types.MethodType(types.FunctionType(code, func.__globals__, code.co_name), self)
 
-    def _run(self, grad: Tensor, refs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def _run(
+        self, grad: Tensor, refs: dict[str, Tensor]
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
         if self.compiled is None:
             try:
                 kernel = torch.compile(self._own_kernel(), **self.compile_kwargs)
@@ -92,8 +99,9 @@ class FusedRule(SurgeryRule):
     def __call__(self, grad: Tensor, refs: Mapping[str, Tensor] | None = None) -> Tensor:
         refs = {} if refs is None else refs
         prepared, used = self.rule.prepare(grad, refs, check_finite=False)
-        out, finite = self._run(prepared, used)
-        if used:
+        out, maxima = self._run(prepared, used)
+        if maxima:
+            finite = torch.isfinite(torch.cat([m.reshape(-1) for m in maxima])).all()
             raise_if_nonfinite(self.rule, used, finite)
         return out if out.dtype == grad.dtype else out.to(grad.dtype)
 

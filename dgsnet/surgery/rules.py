@@ -48,6 +48,8 @@ def sign_split(g: Tensor) -> tuple[Tensor, Tensor]:
     """
     if not isinstance(g, Tensor):
         raise TypeError(f"sign_split expects a torch.Tensor, got {type(g).__name__}")
+    if g.is_complex() or g.dtype == torch.bool:
+        raise TypeError(f"sign_split expects a real-valued tensor, got dtype {g.dtype}")
     return g.clamp_min(0), g.clamp_max(0)
 
 
@@ -59,8 +61,16 @@ def drop_nonfinite(refs: Mapping[str, Tensor]) -> dict[str, Tensor]:
     reference gradient" into "no surgery for that sample". Used by
     ``GradientSurgery(..., nonfinite="ignore")``.
     """
+    if not isinstance(refs, Mapping):
+        raise TypeError(
+            f"drop_nonfinite expects a mapping name -> tensor, got {type(refs).__name__}"
+        )
     out = {}
     for key, ref in refs.items():
+        if not isinstance(ref, Tensor):
+            raise TypeError(
+                f"drop_nonfinite: reference {key!r} must be a tensor, got {type(ref).__name__}"
+            )
         bad = ~torch.isfinite(ref).all(dim=-1, keepdim=True)
         out[key] = ref.masked_fill(bad, 0.0)
     return out
@@ -157,8 +167,9 @@ class SurgeryRule:
 
 
 def raise_if_nonfinite(rule: SurgeryRule, refs: Mapping[str, Tensor], all_finite: Tensor) -> None:
-    """Raise a ``ValueError`` naming the non-finite references unless ``all_finite`` is true."""
-    if bool(all_finite):
+    """Raise a ``ValueError`` naming the non-finite references unless ``all_finite`` is true.
+    Meta tensors hold no data: there is nothing to check (shape-only runs pass)."""
+    if all_finite.device.type == "meta" or bool(all_finite):
         return
     bad = [k for k, r in refs.items() if not bool(torch.isfinite(r).all())]
     raise ValueError(
@@ -228,10 +239,13 @@ def unit_vector(v: Tensor) -> Tensor:
     overflows (entries above about 1e19 in float32)."""
     if v.shape[-1] == 0:
         return v
+    # per-sample reciprocals, then multiplications: no division per element. The clamps only
+    # act on zero (or subnormal) vectors, which stay zero (or are scaled up less than fully).
+    tiny = torch.finfo(v.dtype).tiny
     m = v.abs().amax(dim=-1, keepdim=True)
-    s = v / m.masked_fill(m == 0, 1)
+    s = v * (1.0 / m.clamp_min(tiny))
     n = torch.linalg.vector_norm(s, dim=-1, keepdim=True)
-    return s / n.masked_fill(n == 0, 1)
+    return s * (1.0 / n.clamp_min(tiny))
 
 
 def harmful_direction(ref: Tensor, eps: float) -> Tensor:
@@ -240,14 +254,27 @@ def harmful_direction(ref: Tensor, eps: float) -> Tensor:
     ``eps = 0`` normalises exactly, without under- or overflow (see :func:`unit_vector`)."""
     pos = ref.clamp_min(0)
     if eps > 0:
-        norm = torch.linalg.vector_norm(pos, dim=-1, keepdim=True)
-        return pos / (norm + eps)
+        return pos * _inverse_norm(pos, eps)
     return unit_vector(pos)
+
+
+def _inverse_norm(pos: Tensor, eps: float) -> Tensor:
+    """``1 / (||pos|| + eps)`` per sample."""
+    return 1.0 / (torch.linalg.vector_norm(pos, dim=-1, keepdim=True) + eps)
 
 
 def suppress(grad: Tensor, ref: Tensor, eps: float, conflict_only: bool = False) -> Tensor:
     """The math of :class:`OrthogonalSuppression` on plain tensors (no validation)."""
-    u = harmful_direction(ref, eps)
+    if eps > 0:
+        # with u = inv * pos: <g, u> u = (<g, pos> inv) inv pos. Written this way the work per
+        # element is multiply-adds only, and u is never materialised
+        pos = ref.clamp_min(0)
+        inv = _inverse_norm(pos, eps)
+        coef = (grad * pos).sum(dim=-1, keepdim=True) * inv
+        if conflict_only:
+            coef = coef.clamp_min(0)
+        return grad - (coef * inv) * pos
+    u = unit_vector(ref.clamp_min(0))
     coef = (grad * u).sum(dim=-1, keepdim=True)
     if conflict_only:
         coef = coef.clamp_min(0)
