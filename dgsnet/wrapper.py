@@ -349,10 +349,10 @@ class DGSWrapper(nn.Module):
     def encode_teacher(self, images: Tensor) -> Tensor:
         """Teacher image features: the pre-fine-tuning encoder (adapters off), no grad."""
         if self._teacher_encoder is not None:
-            return self._post(self._teacher_encoder.encode_image(images))
+            return self._post(self._teacher_encoder.encode_image_pooled(images))
         check_no_merge(self.encoder.image_tower)
         with adapters_disabled(self.encoder.image_tower):
-            return self._post(self.encoder.encode_image(images))
+            return self._post(self.encoder.encode_image_pooled(images))
 
     @torch.no_grad()
     def encode_text(self, text: Any, batch_size: int | None = None) -> Tensor:
@@ -481,7 +481,7 @@ class DGSWrapper(nn.Module):
                 pass
             else:
                 with torch.no_grad(), adapters_disabled(enc.image_tower):
-                    teacher = self._post(enc.encode_image_from(hidden, state, start))
+                    teacher = self._post(enc.encode_image_from(hidden, state, start, pooled_only=True))
                 student = self._post(enc.encode_image_from(hidden, state, start))
                 return student, teacher
         teacher = self.encode_teacher(images) if need_teacher else None

@@ -87,11 +87,15 @@ def count_calls(w):
     """Wrap the encoder's image/text forwards and every image-tower block with counters."""
     calls = {"image": 0, "text": 0, "text_rows": 0, "blocks": []}
     enc = w.encoder
-    image, text = enc.encode_image, enc.encode_text
+    image, pooled, text = enc.encode_image, enc.encode_image_pooled, enc.encode_text
 
     def encode_image(pixels):
         calls["image"] += 1
         return image(pixels)
+
+    def encode_image_pooled(pixels):  # the teacher's path
+        calls["image"] += 1
+        return pooled(pixels)
 
     def encode_text(tokens):
         calls["text"] += 1
@@ -99,6 +103,7 @@ def count_calls(w):
         return text(tokens)
 
     enc.encode_image, enc.encode_text = encode_image, encode_text
+    enc.encode_image_pooled = encode_image_pooled
     blocks = enc.blocks()
     calls["blocks"] = [0] * len(blocks)
     for i, blk in enumerate(blocks):
@@ -117,7 +122,8 @@ def test_cold_step_runs_each_tower_once_and_text_on_unique_captions():
     w(x, caps, y, index=torch.arange(6)).loss.backward()
     assert calls["image"] == 2  # student + teacher (adapters off), nothing else
     assert calls["text"] == 1 and calls["text_rows"] == len(set(caps))
-    assert calls["blocks"] == [2, 2, 2]
+    # the teacher's last block runs for the class token only (no forward hook fires)
+    assert calls["blocks"] == [2, 2, 1]
 
 
 def test_warm_step_runs_the_student_only_and_equals_the_cold_step():
@@ -160,6 +166,7 @@ def test_shared_trunk_runs_the_trunk_once_and_is_exact(layers, lora_layers, drop
         start = layers + min(lora_layers)
         assert w._trunk_start == start
         expected = [1] * start + [2] * (layers - start) if shared else [2] * layers
+        expected[-1] = 1  # the teacher's last block: class token only, no forward hook
         assert calls["blocks"] == expected
         results[shared] = (grads(w), out.loss.detach())
     for n in results[True][0]:
@@ -210,3 +217,17 @@ def test_labels_checked_on_the_host_give_the_same_step(form):
     if bad is not None:
         with pytest.raises(ValueError, match="labels"):
             w(x, caps, bad)
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_class_token_last_block_equals_the_full_forward(layers):
+    """The teacher evaluates its last block for the class token only; the pooled features are
+    those of the full forward (float64 rounding)."""
+    w, original = build(DGSConfig(lora_dropout=0.0), dtype=torch.float64, layers=layers)
+    assert w.encoder._class_token_pooling()
+    x, _, _ = batch(dtype=torch.float64)
+    torch.testing.assert_close(w.encode_teacher(x), original.encode_image(x).detach(),
+                               rtol=1e-12, atol=1e-14)
+    with torch.no_grad():
+        torch.testing.assert_close(w.encoder.encode_image_pooled(x), w.encoder.encode_image(x),
+                                   rtol=1e-12, atol=1e-14)

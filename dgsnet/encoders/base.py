@@ -67,9 +67,17 @@ class DualEncoder:
         """Run the tower up to block ``start`` and return ``(activation, state)``."""
         raise NotImplementedError
 
-    def encode_image_from(self, hidden: Tensor, state: Any, start: int) -> Tensor:  # pragma: no cover
-        """Continue :meth:`encode_image_split`'s result from block ``start`` to the features."""
+    def encode_image_from(
+        self, hidden: Tensor, state: Any, start: int, pooled_only: bool = False
+    ) -> Tensor:  # pragma: no cover
+        """Continue :meth:`encode_image_split`'s result from block ``start`` to the features.
+        ``pooled_only=True`` allows skipping work the pooled features never read."""
         raise NotImplementedError
+
+    def encode_image_pooled(self, pixels: Tensor) -> Tensor:
+        """Like :meth:`encode_image`, for callers that need no gradient: adapters may skip
+        work the pooled features never read (the teacher's forward uses this)."""
+        return self.encode_image(pixels)
 
     # -- helpers ------------------------------------------------------------------------------
     def feature_dim(self, device: torch.device | None = None) -> int:
