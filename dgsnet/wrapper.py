@@ -576,9 +576,15 @@ class DGSWrapper(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
-        """Student logits only: the cost of the plain fine-tuned model."""
+        """Student logits only: the cost of the plain fine-tuned model. Runs in eval mode
+        (no LoRA dropout), then restores the module's training flag."""
         self._check_images(images)
-        return self.image_head(self.encode_student(images))
+        was_training = self.training
+        self.eval()
+        try:
+            return self.image_head(self.encode_student(images))
+        finally:
+            self.train(was_training)
 
     # -- stage 1 ------------------------------------------------------------------------------
     def fit_teacher_head(

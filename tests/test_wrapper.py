@@ -255,6 +255,16 @@ def test_predict_is_student_only():
     torch.testing.assert_close(w.predict(x), w.image_head(w.encode_student(x)).detach())
 
 
+def test_predict_is_deterministic_in_train_mode_and_keeps_the_mode():
+    w, _ = build(DGSConfig(lora_dropout=0.5))
+    x, _, _ = batch()
+    w.train()
+    a, b = w.predict(x), w.predict(x)
+    assert torch.equal(a, b) and w.training
+    w.eval()
+    assert torch.equal(w.predict(x), a) and not w.training
+
+
 def test_stats_after_backward():
     w, _ = build()
     x, caps, y = batch()
