@@ -16,7 +16,10 @@ Each variant builds its graph once (``retain_graph=True``) and times the backwar
 ``r`` runs the variants in an order rotated by ``r`` (none always first, none always after the
 same neighbour), after ``--warmup`` untimed rounds (they also trigger the fused rules'
 compilation, one fresh static compilation per shape), and the table gives the median over
-``--reps`` rounds.
+``--reps`` rounds. Interleaving has a cost for the small, cache-resident variants: an eager
+variant that runs before a fused one streams tens of MiB of temporaries through the caches,
+so the fused one finds its inputs evicted and dirty lines to write back. ``--only`` times a
+subset; ``--flush-mib 64`` evicts the caches before every call, so that all variants run cold.
 
 The floor: the op must read the gradient and each reference and write the result, so
 ``bytes = (2 + n_refs) * B * D * 4``; ``floor = bytes / bandwidth``, with the bandwidth measured
@@ -172,6 +175,7 @@ def bench_size(
 
     names = list(variants)
     times: dict[str, list[float]] = {k: [] for k in names}
+    flush = torch.ones(args.flush_mib * 2**18, device=device) if args.flush_mib else None
     # the copy bandwidth right before and right after this shape's loop (not inside it: a
     # large copy between the variants would evict their data from the cache and, on a busy
     # machine, use up the time slice of whatever runs next)
@@ -179,6 +183,9 @@ def bench_size(
     for r in range(args.warmup + args.reps):
         order = names[r % len(names) :] + names[: r % len(names)]
         for k in order:
+            if flush is not None:
+                # untimed: evict the caches, reading (clean lines: nothing to write back after)
+                flush.sum()
             t = timer(variants[k][0])
             if r >= args.warmup:
                 times[k].append(t)
@@ -233,6 +240,14 @@ def main(argv: list[str] | None = None) -> int:
         help="torch.compile(dynamic=...) for the fused rules (default: fuse()'s default)",
     )
     parser.add_argument("--only", nargs="*", help="variants to run besides identity")
+    parser.add_argument(
+        "--flush-mib",
+        type=int,
+        default=0,
+        help="before each timed call, read a buffer of this many MiB (untimed) to evict the "
+        "caches: every variant then reads its inputs from memory, as the floor assumes "
+        "(0: off, the default; 64 or more covers a 32 MiB L3)",
+    )
     args = parser.parse_args(argv)
     args.dynamic = {"none": None, "true": True, "false": False}[args.dynamic]
 
@@ -257,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         f"device {dev_name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
         f"float32, {args.reps} timed rounds after {args.warmup} warm-up rounds, "
         f"{'CUDA events' if device.type == 'cuda' else args.clock + ' clock'}"
+        + (f", caches flushed ({args.flush_mib} MiB) before each call" if args.flush_mib else "")
     )
     if device.type == "cpu":
         malloc = {k: os.environ.get(k, "unset") for k in MALLOC_VARS}

@@ -564,7 +564,7 @@ class DGSWrapper(nn.Module):
                 )
             else:
                 inputs_ok = None  # checked
-            stats.refs["help"] = g_help
+            stats.extra_refs["help"] = g_help
             target = f_s if cfg.order == "align_then_project" else f
             inner = (target * g_help).sum(dim=-1)
             loss_align = inner.mean()

@@ -34,6 +34,8 @@ class SurgeryStats:
         self.grad_in: Tensor | None = None
         self.grad_out: Tensor | None = None
         self.refs: dict[str, Tensor] = {}
+        #: references the caller adds for the diagnostics only (kept across :meth:`record`)
+        self.extra_refs: dict[str, Tensor] = {}
 
     @property
     def recorded(self) -> bool:
@@ -42,7 +44,7 @@ class SurgeryStats:
     def record(self, grad_in: Tensor, grad_out: Tensor, refs: Mapping[str, Tensor]) -> None:
         self.grad_in = grad_in.detach()
         self.grad_out = grad_out.detach()
-        self.refs.update({k: v.detach() for k, v in refs.items()})
+        self.refs = {k: v.detach() for k, v in refs.items()}
 
     def summary(self) -> dict[str, float]:
         if self.grad_in is None or self.grad_out is None:
@@ -59,7 +61,7 @@ class SurgeryStats:
             "grad_norm_out": n_out.mean(),
             "removed_fraction": removed,
         }
-        for key, ref in self.refs.items():
+        for key, ref in {**self.extra_refs, **self.refs}.items():
             r = ref.float().reshape(g_in.shape)
             if key == "harm":
                 r = r.clamp_min(0)

@@ -382,3 +382,16 @@ def test_cuda_device_mismatch():
     x = torch.randn(2, 3, device="cuda", requires_grad=True)
     with pytest.raises(ValueError, match="cpu"):
         GradientSurgery.apply(x, OrthogonalSuppression(), {"harm": torch.randn(2, 3)})
+
+
+def test_stats_object_reused_across_surgeries_of_other_shapes():
+    from dgsnet.surgery import GradientSurgery, OrthogonalSuppression, SurgeryStats
+
+    stats = SurgeryStats()
+    for shape in ((4, 8), (3, 5)):
+        x = torch.randn(*shape, requires_grad=True)
+        y = GradientSurgery.apply(x, OrthogonalSuppression(), {"harm": torch.randn(*shape)}, stats)
+        y.sum().backward()
+        s = stats.summary()
+        assert set(s) >= {"grad_norm_in", "removed_fraction", "cos_harm"}
+
