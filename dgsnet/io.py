@@ -38,16 +38,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Best effort: make a rename inside ``directory`` durable (POSIX); skipped where the
+    platform has no directory file descriptors."""
     try:
-        dfd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(directory, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
         return
     try:
-        os.fsync(dfd)
+        os.fsync(fd)
     except OSError:  # pragma: no cover
         pass
     finally:
-        os.close(dfd)
+        os.close(fd)
 
 
 def _default_mode(path: Path) -> int:

@@ -51,7 +51,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .io import CheckpointError, atomic_write_json, load_tensors, save_tensors, sha256_file
+from .io import (
+    CheckpointError,
+    atomic_write_json,
+    fsync_dir,
+    load_tensors,
+    save_tensors,
+    sha256_file,
+)
 from .metrics import MetricsTable
 from .wrapper import CONFIG_NAME, WEIGHTS_NAME, DGSWrapper
 
@@ -813,19 +820,6 @@ def _make_loader(
 # ============================================================================================
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _commit_dir(tmp: Path, target: Path) -> None:
     """Put the complete folder ``tmp`` in place of ``target``: the old ``target`` is renamed
     to ``<target>.prev`` first and deleted only after the new one is in place, so a crash at
@@ -838,7 +832,7 @@ def _commit_dir(tmp: Path, target: Path) -> None:
     # (no target but a prev: a crash came between the renames last time; prev stays until
     # the new target is in place)
     os.replace(tmp, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     shutil.rmtree(prev, ignore_errors=True)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -115,50 +114,17 @@ def check_image(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Best effort: make a rename durable (POSIX); silently skipped where unsupported."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``obj`` as JSON to ``path`` so that ``path`` is always either the old complete file
     or the new complete file, never a partial one.
 
     The JSON goes to a temporary file in the same folder, is flushed and ``fsync``-ed, then
     renamed over ``path`` with :func:`os.replace` (atomic on POSIX and Windows), and the folder
-    is ``fsync``-ed. The file keeps the permission bits of the file it replaces (``0o644`` for
-    a new one).
+    is ``fsync``-ed (:func:`dgsnet.io.atomic_write_text`). The file keeps the permission bits of
+    the file it replaces (the umask's default for a new one).
     """
+    from ..io import atomic_write_text
+
     path = Path(path)
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=True) + "\n")
     return path

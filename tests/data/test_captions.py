@@ -20,7 +20,6 @@ from dgsnet.data import (
     CorruptImageError,
     DetectionFolder,
     TemplateCaptioner,
-    _common,
     caption_file_candidates,
     class_name_caption,
     find_caption_file,
@@ -343,11 +342,12 @@ def test_failed_write_keeps_old_file(images, tmp_path, monkeypatch):
     generate_captions(paths[:2], out, Recorder(), progress=False)
     before = out.read_bytes()
 
-    def broken_dump(obj, f, **kw):
-        f.write('{"half": ')
+    import dgsnet.io
+
+    def broken_fsync(fd):  # the temp file holds the new JSON; flushing it to disk fails
         raise OSError("disk full")
 
-    monkeypatch.setattr(_common.json, "dump", broken_dump)
+    monkeypatch.setattr(dgsnet.io.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         generate_captions(paths, out, Recorder(), progress=False)
     assert out.read_bytes() == before
