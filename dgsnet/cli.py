@@ -135,6 +135,26 @@ def _common(debug_only: bool = False) -> argparse.ArgumentParser:
     return p
 
 
+def _add_scoring_options(p: argparse.ArgumentParser, threshold_group: Any) -> None:
+    """Options shared by `eval` and `predict`: the decision threshold, the model options of a
+    trained checkpoint, and a preprocessing override."""
+    threshold_group.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        metavar="T",
+        help="fake iff score > threshold (default: 0.5)",
+    )
+    g = p.add_argument_group("model")
+    _add_model_options(g, train=False)
+    g.add_argument(
+        "--transform",
+        choices=("model", "patch-selection"),
+        default=None,
+        help="override the preprocessing recorded with the checkpoint",
+    )
+
+
 def _add_model_options(g: argparse._ArgumentGroup, *, train: bool) -> None:
     if train:
         g.add_argument(
@@ -439,21 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--split", choices=("train", "val"), default="val", help="GenImage split (default: val)"
     )
-    g.add_argument(
-        "--threshold",
-        type=float,
-        default=0.5,
-        metavar="T",
-        help="fake iff score > threshold (default: 0.5)",
-    )
-    g = p.add_argument_group("model")
-    _add_model_options(g, train=False)
-    g.add_argument(
-        "--transform",
-        choices=("model", "patch-selection"),
-        default=None,
-        help="override the preprocessing recorded with the checkpoint",
-    )
+    _add_scoring_options(p, g)
     p.set_defaults(func=_cmd_eval)
     parsers["eval"] = p
 
@@ -471,23 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", "-o", metavar="CSV", help="write the CSV here (default: standard output)"
     )
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=0.5,
-        metavar="T",
-        help="fake iff score > threshold (default: 0.5)",
-    )
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="(default: 64)")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="(default: 0)")
-    g = p.add_argument_group("model")
-    _add_model_options(g, train=False)
-    g.add_argument(
-        "--transform",
-        choices=("model", "patch-selection"),
-        default=None,
-        help="override the preprocessing recorded with the checkpoint",
-    )
+    _add_scoring_options(p, p)
     p.set_defaults(func=_cmd_predict)
     parsers["predict"] = p
 

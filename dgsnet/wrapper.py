@@ -203,6 +203,13 @@ class DGSWrapper(nn.Module):
         self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
         self._teacher_cache = _IndexCache()
         self._trunk_start = self._find_trunk_start()
+        # one base weight of the image tower, found once: its dtype is what images must match
+        # (nn.Module.to converts parameters in place, so the reference stays current)
+        self._dtype_probe: Tensor | None = next(
+            (p for n, p in self.encoder.image_tower.named_parameters()
+             if p.is_floating_point() and "lora_" not in n),
+            None,
+        )
 
     # -- plumbing -----------------------------------------------------------------------------
     def _find_trunk_start(self) -> int:
@@ -268,10 +275,7 @@ class DGSWrapper(nn.Module):
         return images.shape[0]
 
     def _image_dtype(self) -> torch.dtype | None:
-        for name, p in self.encoder.image_tower.named_parameters():
-            if p.is_floating_point() and "lora_" not in name:
-                return p.dtype
-        return None
+        return self._dtype_probe.dtype if self._dtype_probe is not None else None
 
     @staticmethod
     def _inputs_finite(images: Tensor, text: Tensor | None = None) -> Tensor:
