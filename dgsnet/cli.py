@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "build_parser", "UsageError"]
+from .presets import DEFAULT_PRESET, TRAIN_PRESETS, get_preset
+
+__all__ = ["main", "build_parser", "train_settings", "UsageError"]
 
 PROG = "dgsnet"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -56,7 +58,11 @@ def _term_width() -> int:
 
 TRAIN_EPILOG = """\
 examples:
-  # the reference recipe (needs the ViT-L/14 OpenAI weights in the local cache):
+  # the paper's whole training setting (ViT-L/14 OpenAI weights in the local cache;
+  # docs/paper-setting.md); flags and --config keys override the preset's values:
+  dgsnet train --preset aigibench-setting2 data/AIGIBench/train --out runs/setting2
+
+  # the reference recipe with the model's own preprocessing:
   dgsnet train data/AIGIBench/train --out runs/dgs --model ViT-L-14@openai
 
   # try the whole pipeline in a minute with a tiny random CLIP:
@@ -86,6 +92,7 @@ examples:
 
 CHECKPOINT is a training folder (its final/, else last/) or a checkpoint folder. Each ROOT is
 <root>/<subset>[/<category>]/{0_real,1_fake} (or GenImage's layout): one table row per subset.
+With several roots a last table gives each root's mean row (one row per benchmark).
 """
 
 PREDICT_EPILOG = """\
@@ -340,10 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("DGS (defaults: the reference preset)")
     g.add_argument(
         "--preset",
-        choices=("reference", "library"),
-        default="reference",
-        help="reference: LoRA on q/k/v as in the released code; library: DGSConfig() "
-        "defaults (default: reference)",
+        choices=tuple(TRAIN_PRESETS),
+        default=None,
+        help="reference: DGS options from DGSConfig.reference() (LoRA on q/k/v, as "
+        "released); library: from DGSConfig(); aigibench-setting2: the whole paper setting "
+        "(ViT-L-14@openai, patch-selection + flip, 3 + 1 epochs, batch 32, lr 1e-4, "
+        "reference DGS; docs/paper-setting.md). Precedence: preset < --config < flags "
+        "(default: reference)",
     )
     g.add_argument(
         "--order",
@@ -591,10 +601,23 @@ _CONFIG_SKIP = {"help", "config", "func", "_subparsers", "debug", "dgs"}
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; for ``train``, layer the option values: parser defaults < the preset's
+    options < the ``--config`` file < command-line flags. The preset is the ``--preset`` flag,
+    else the config file's ``"preset"``, else ``reference``; ``args.preset`` holds it."""
     args = parser.parse_args(argv)
-    if args.command != "train" or not args.config:
+    if args.command != "train":
         return args
-    path = Path(args.config)
+    train_parser = args._subparsers["train"]
+    from_file = _read_config(args.config, train_parser) if args.config else {}
+    name = args.preset or from_file.get("preset") or DEFAULT_PRESET
+    layered = {**get_preset(name).options, **from_file, "preset": name}
+    train_parser.set_defaults(**layered)
+    return parser.parse_args(argv)
+
+
+def _read_config(config: str, train_parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The ``--config`` file's options as ``{dest: value}`` (validated against the parser)."""
+    path = Path(config)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -608,7 +631,6 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         ) from None
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a JSON object of options")
-    train_parser = args._subparsers["train"]
     actions = {a.dest: a for a in train_parser._actions if a.dest not in _CONFIG_SKIP}
     defaults: dict[str, Any] = {}
     for key, value in data.items():
@@ -634,8 +656,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         if action.choices is not None and value is not None and value not in action.choices:
             value = str(value)
         defaults[dest] = value
-    train_parser.set_defaults(**defaults)
-    return parser.parse_args(argv)
+    return defaults
 
 
 # ============================================================================================
@@ -682,8 +703,7 @@ def _check_roots(roots: Sequence[str], what: str = "root") -> None:
 def _dgs_config(args: argparse.Namespace) -> Any:
     from .config import DGSConfig
 
-    base = DGSConfig.reference() if args.preset == "reference" else DGSConfig()
-    data = base.to_dict()
+    data = get_preset(args.preset).dgs_config().to_dict()
     overrides = args.dgs or {}
     unknown = sorted(set(overrides) - set(data))
     if unknown:
@@ -712,6 +732,38 @@ def _dgs_config(args: argparse.Namespace) -> Any:
         return DGSConfig.from_dict(data)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
+
+
+def _preset_overrides(args: argparse.Namespace, config: Any) -> list[str]:
+    """Names of the options (``dgs.<field>`` for DGSConfig fields) whose effective value
+    differs from what the run's preset selects."""
+    preset = get_preset(args.preset)
+    changed = [k for k, v in preset.options.items() if getattr(args, k) != v]
+    base = preset.dgs_config().to_dict()
+    changed += [f"dgs.{k}" for k, v in config.to_dict().items() if base.get(k) != v]
+    return changed
+
+
+def _run_options(args: argparse.Namespace, config: Any) -> dict[str, Any]:
+    """The effective options of a ``train`` run, as recorded in ``OUT/run.json["options"]``:
+    every option after layering (preset < --config < flags), the preset's name, the options
+    that differ from it (``preset_overrides``) and the resulting ``dgs_config``."""
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "_subparsers")}
+    options["preset_overrides"] = _preset_overrides(args, config)
+    options["dgs_config"] = config.to_dict()
+    return _json_safe(options)
+
+
+def train_settings(argv: Sequence[str]) -> dict[str, Any]:
+    """The effective settings of ``dgsnet train ARGV...`` without running it (``argv`` are the
+    arguments after ``train``): the dict that the run records as ``OUT/run.json["options"]``.
+    Reads the ``--config`` file if one is given; builds no model and opens no data.
+
+    >>> train_settings(["--preset", "aigibench-setting2", "data/train", "-o", "runs/x"])["model"]
+    'ViT-L-14@openai'
+    """
+    args = _parse(build_parser(), ["train", *argv])
+    return _run_options(args, _dgs_config(args))
 
 
 def _json_safe(obj: Any) -> Any:
@@ -764,23 +816,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--init-from {args.init_from} does not exist")
     config = _dgs_config(args)
 
-    from .training import build_model, open_datasets, seed_everything, setup_distributed, train
+    from .training import (
+        ModelLoadError,
+        build_model,
+        open_datasets,
+        seed_everything,
+        setup_distributed,
+        train,
+    )
     from .wrapper import DGSWrapper
 
     device = _device(args.device)
     info = setup_distributed(device)
     quiet = args.quiet or not info.is_main
     seed_everything(args.seed)
+    overrides = _preset_overrides(args, config)
     if not quiet:
+        _status(
+            args,
+            f"dgsnet: preset {args.preset}"
+            + (f" (overridden: {', '.join(overrides)})" if overrides else ""),
+        )
         _status(args, f"dgsnet: building model {args.model} on {device}")
-    bundle = build_model(
-        args.model,
-        pretrained=args.pretrained,
-        transform=args.transform,
-        flip=args.flip,
-        device=device,
-        cache_dir=args.cache_dir,
-    )
+    try:
+        bundle = build_model(
+            args.model,
+            pretrained=args.pretrained,
+            transform=args.transform,
+            flip=args.flip,
+            device=device,
+            cache_dir=args.cache_dir,
+        )
+    except ModelLoadError as exc:
+        preset = get_preset(args.preset)
+        chosen = preset.options.get("transform")
+        if args.transform == "patch-selection" and chosen == args.transform:
+            raise ModelLoadError(
+                f"{exc}; --preset {preset.name} selects --transform patch-selection "
+                "(pass --transform model to use the model's own preprocessing)"
+            ) from None
+        raise
     wrapper = DGSWrapper(bundle.model, bundle.tokenizer, config)
     need_captions = args.stage != "1" and not config.plain
     captions: Any = None
@@ -806,6 +881,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         subsets=args.subsets,
         split="train",
     )
+    _check_preset_subsets(args, datasets)
     if args.verify:
         for ds in datasets:
             ds.verify(num_workers=max(1, args.workers), progress=not quiet)
@@ -828,7 +904,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             args,
             f"dgsnet: training transform: {args.transform}, {det}; world size {info.world_size}",
         )
-    run_info = _json_safe({k: v for k, v in vars(args).items() if k not in ("func", "_subparsers")})
+    run_info = _run_options(args, config)
     result = train(
         wrapper,
         datasets,
@@ -876,6 +952,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         dist.destroy_process_group()
     return EXIT_OK
+
+
+def _check_preset_subsets(args: argparse.Namespace, datasets: Sequence[Any]) -> None:
+    """Warn when a whole-setting preset runs on other subsets than it was defined on."""
+    expected = get_preset(args.preset).subsets
+    if not expected:
+        return
+    found: list[str] = []
+    for ds in datasets:
+        found += [s for s in ds.subsets() if s not in found]
+    if set(found) == set(expected):
+        return
+    missing = [s for s in expected if s not in found]
+    extra = [s for s in found if s not in expected]
+    parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+        [f"not in the setting: {', '.join(extra)}"] if extra else []
+    )
+    warnings.warn(
+        f"--preset {args.preset} is defined on the training subsets {', '.join(expected)}; "
+        f"this run's data has {', '.join(found)} ({'; '.join(parts)}). See "
+        "docs/paper-setting.md for the folder layout (--subsets selects subsets)",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 # ============================================================================================
@@ -939,6 +1039,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"## {root} ({degradation})")
         print()
         print(table.to_markdown())
+    if len(tables) > 1:
+        print()
+        print(f"## mean per root ({degradation})")
+        print()
+        print(_roots_summary_markdown(tables))
     sys.stdout.flush()
     if args.csv:
         _write_eval_csv(args.csv, tables, degradation)
@@ -962,6 +1067,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         _plot_accuracy(plot_backend, args.plot, tables, degradation)
         _status(args, f"dgsnet: wrote {args.plot}")
     return EXIT_OK
+
+
+def _roots_summary_markdown(tables: dict[str, Any]) -> str:
+    """One row per root: its number of subsets and its mean row (the plain mean over its
+    subsets, x100, one decimal), i.e. one row per benchmark when each root is one."""
+    from .metrics import TABLE_COLUMNS
+
+    header = ["root", "subsets", *TABLE_COLUMNS]
+    rows = []
+    for root, table in tables.items():
+        mean = table.mean()
+        rows.append(
+            [
+                root.replace("|", "\\|"),
+                str(len(table)),
+                *(f"{100.0 * mean[c]:.1f}" for c in TABLE_COLUMNS),
+            ]
+        )
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        cells = [row[0].ljust(widths[0])] + [
+            v.rjust(w) for v, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        return "| " + " | ".join(cells) + " |"
+
+    rule = "|:" + "-" * (widths[0] + 1) + "|" + "".join("-" * (w + 1) + ":|" for w in widths[1:])
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
 def _write_eval_csv(path: str, tables: dict[str, Any], degradation: str) -> None:

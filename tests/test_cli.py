@@ -196,7 +196,9 @@ def test_eval_degradations_and_two_roots(trained, data, capsys):
     )
     assert rc == 0
     out = capsys.readouterr().out
-    assert out.count("(resize0.5_blur1_jpeg50)") == 2 and out.count("| mean ") == 2
+    # two tables, then the mean row of each root in one summary table
+    assert out.count("(resize0.5_blur1_jpeg50)") == 3 and out.count("| mean ") == 2
+    assert "## mean per root (resize0.5_blur1_jpeg50)" in out
 
 
 def test_entry_point_subprocess(trained, data):
