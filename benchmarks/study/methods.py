@@ -1,0 +1,216 @@
+"""The compared methods, one fine-tuning recipe each, on identical data and budgets.
+
+Every method starts from a fresh copy of the same prior, with the same LoRA (the reference
+preset: q/k/v, rank 6, alpha 6, dropout 0.8), the same seed (so the same LoRA and head
+initialisation and the same batch order), the same optimiser, learning rate, batch size and
+number of steps. Only the training signal differs:
+
+==============  ===================================================================
+``probe``       frozen prior + linear probe (UnivFD-style); this is also stage 1 of DGS
+``lora``        plain LoRA: image-head BCE only
+``lora_fd``     LoRA + global feature distillation: BCE + w * MSE(f_student, f_teacher)
+``dgs``         DGS-Net, reference preset (suppression + alignment, lambda 0.2)
+``dgs_no_os``   DGS without Orthogonal Suppression
+``dgs_no_pa``   DGS without Prior Alignment
+``dgs_inv``     DGS with the batch-size-invariant alignment scale (``align_scale=
+                "invariant"``: lambda per sample instead of the released lambda / B)
+==============  ===================================================================
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dgsnet import DGSConfig, DGSWrapper
+
+from . import prior as prior_mod
+from .world import Split
+
+METHODS = ("probe", "lora", "lora_fd", "dgs", "dgs_no_os", "dgs_no_pa", "dgs_inv")
+LABELS = {
+    "probe": "Frozen prior + linear probe",
+    "lora": "Plain LoRA",
+    "lora_fd": "LoRA + feature distillation",
+    "dgs": "DGS (reference preset)",
+    "dgs_no_os": "DGS w/o suppression",
+    "dgs_no_pa": "DGS w/o alignment",
+    "dgs_inv": "DGS, invariant align scale",
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training settings shared by every method (fixed by the protocol)."""
+
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3
+    probe_epochs: int = 20
+    probe_lr: float = 1e-2
+    fd_weight: float = 1.0
+
+
+def _config(method: str) -> DGSConfig:
+    if method in ("lora", "lora_fd"):
+        return DGSConfig.reference(suppression=False, alignment=False)
+    if method == "dgs":
+        return DGSConfig.reference()
+    if method == "dgs_no_os":
+        return DGSConfig.reference(suppression=False)
+    if method == "dgs_no_pa":
+        return DGSConfig.reference(alignment=False)
+    if method == "dgs_inv":
+        return DGSConfig.reference(align_scale="invariant")
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator):
+    order = torch.randperm(n, generator=gen)
+    for i in range(0, n, batch_size):
+        yield order[i : i + batch_size]
+
+
+class Trained:
+    """A trained detector: ``score(images)`` (probabilities) and ``features(images)``."""
+
+    def __init__(self, dgs: DGSWrapper, frozen: bool) -> None:
+        self.dgs, self.frozen = dgs, frozen
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        self.dgs.eval()
+        x = prior_mod.to_input(images)
+        out = [
+            self.dgs.encode_teacher(c) if self.frozen else self.dgs.encode_student(c)
+            for c in x.split(256)
+        ]
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        head = self.dgs.teacher_head if self.frozen else self.dgs.image_head
+        return torch.sigmoid(head(self.features(images))).flatten()
+
+    @torch.no_grad()
+    def teacher_features(self, images: torch.Tensor) -> torch.Tensor:
+        self.dgs.eval()
+        return torch.cat(
+            [self.dgs.encode_teacher(c) for c in prior_mod.to_input(images).split(256)]
+        )
+
+
+def fit_probe(
+    prior: torch.nn.Module, train: Split, budget: Budget, seed: int
+) -> dict[str, torch.Tensor]:
+    """Stage 1 / the UnivFD-style baseline: the teacher head as a linear probe on frozen
+    prior features. Returns the head's state."""
+    torch.manual_seed(seed)
+    dgs = DGSWrapper(copy.deepcopy(prior), prior_mod.tokenizer(), DGSConfig.reference())
+    gen = torch.Generator().manual_seed(seed)
+    x = prior_mod.to_input(train.images)
+
+    def loader():
+        for idx in _batches(len(train), budget.batch_size, gen):
+            yield {"images": x[idx], "labels": train.labels[idx], "index": idx}
+
+    class Epochs:  # a re-iterable loader (fit_teacher_head iterates once per epoch)
+        def __iter__(self):
+            return loader()
+
+    dgs.fit_teacher_head(Epochs(), epochs=budget.probe_epochs, lr=budget.probe_lr)
+    return {k: v.detach().clone() for k, v in dgs.teacher_head.state_dict().items()}
+
+
+def train_method(
+    method: str,
+    prior: torch.nn.Module,
+    train: Split,
+    probe_head: dict[str, torch.Tensor],
+    budget: Budget,
+    seed: int,
+    log: Callable[[str], None] | None = None,
+) -> Trained:
+    """Fine-tune a fresh copy of ``prior`` with ``method`` on ``train``."""
+    if method == "probe":
+        dgs = DGSWrapper(copy.deepcopy(prior), prior_mod.tokenizer(), DGSConfig.reference())
+        dgs.teacher_head.load_state_dict(probe_head)
+        return Trained(dgs, frozen=True)
+    torch.manual_seed(seed)
+    dgs = DGSWrapper(copy.deepcopy(prior), prior_mod.tokenizer(), _config(method))
+    dgs.teacher_head.load_state_dict(probe_head)
+    x = prior_mod.to_input(train.images)
+    y = train.labels
+    f_teacher = None
+    if method == "lora_fd":
+        with torch.no_grad():
+            f_teacher = torch.cat([dgs.encode_teacher(c) for c in x.split(256)])
+    opt = torch.optim.Adam(list(dgs.trainable_parameters()), lr=budget.lr, betas=(0.9, 0.999))
+    gen = torch.Generator().manual_seed(seed)
+    dgs.train()
+    step = 0
+    for epoch in range(budget.epochs):
+        for idx in _batches(len(train), budget.batch_size, gen):
+            captions = [train.captions[i] for i in idx.tolist()]
+            if method == "lora_fd":
+                f = dgs.encode_student(x[idx])
+                logits = dgs.image_head(f).flatten()
+                loss = F.binary_cross_entropy_with_logits(logits, y[idx].float())
+                loss = loss + budget.fd_weight * F.mse_loss(f, f_teacher[idx])
+            else:
+                loss = dgs(x[idx], captions, y[idx], index=idx).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        if log is not None:
+            log(f"    {method}: epoch {epoch + 1}/{budget.epochs} done ({step} steps)")
+    dgs.eval()
+    return Trained(dgs, frozen=False)
+
+
+def text_only_classifier(
+    prior: torch.nn.Module, train: Split, tests: dict[str, Split], seed: int, steps: int = 300
+) -> dict[str, float]:
+    """The analogue of the paper's caption-only classifier: a logistic regression on frozen
+    text features of the captions, trained on the training captions; accuracy on each split
+    in ``tests``."""
+    torch.manual_seed(seed)
+    tok = prior_mod.tokenizer()
+
+    @torch.no_grad()
+    def feats(captions: list[str]) -> torch.Tensor:
+        return torch.cat(
+            [prior.encode_text(tok(captions[i : i + 512])) for i in range(0, len(captions), 512)]
+        )
+
+    t = feats(train.captions)
+    mu, sd = t.mean(0), t.std(0) + 1e-6
+    head = torch.nn.Linear(t.shape[1], 1)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = F.binary_cross_entropy_with_logits(
+            head((t - mu) / sd).flatten(), train.labels.float()
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out = {}
+    with torch.no_grad():
+        for name, split in tests.items():
+            pred = head((feats(split.captions) - mu) / sd).flatten() > 0
+            out[name] = float((pred.long() == split.labels).float().mean())
+    return out
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA (Kornblith et al., 2019) between two feature matrices of the same inputs."""
+    x = x.double() - x.double().mean(0)
+    y = y.double() - y.double().mean(0)
+    num = (y.T @ x).pow(2).sum()
+    den = (x.T @ x).pow(2).sum().sqrt() * (y.T @ y).pow(2).sum().sqrt()
+    return float(num / den)

@@ -1,0 +1,188 @@
+"""Tables (Markdown) and figures of the study, from its results.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .methods import LABELS, METHODS
+
+
+def _stat(values: list[float], scale: float = 100.0, signed: bool = False) -> str:
+    a = np.asarray(values, dtype=float) * scale
+    sd = a.std(ddof=1) if len(a) > 1 else float("nan")
+    mean = f"{a.mean():+.1f}" if signed else f"{a.mean():.1f}"
+    return f"{mean} ± {sd:.1f}"
+
+
+def _collect(results: dict, method: str, getter) -> list[float]:
+    return [getter(results["seeds"][s][method]) for s in results["seeds"]]
+
+
+def markdown(results: dict) -> str:
+    proto = results["protocol"]
+    fams = results["families"]
+    train_fam = proto["train_family"]
+    held = [f for f in fams if f != train_fam]
+    seeds = list(results["seeds"])
+    lines = [
+        f"Seeds {', '.join(seeds)} (n = {len(seeds)}); every cell is mean ± standard deviation "
+        "over the seeds (sample std), x100.",
+        "",
+        f"**Accuracy (threshold 0.5)**: the training family ({train_fam}) on its own shortcut-free "
+        "test set, each held-out family, their mean; then the held-out mean AP, the geometry "
+        "kept (linear CKA between teacher and student features of held-out real images) and the "
+        "theme effect (predicted-fake rate on warm minus cool scenes, over all test sets; "
+        "0 = the shortcut is not used).",
+        "",
+        "| Method | "
+        + f"{train_fam} (train) | "
+        + " | ".join(held)
+        + " | held-out acc | held-out AP | CKA | theme effect |",
+        "|---|" + "---:|" * (len(held) + 5),
+    ]
+    for m in METHODS:
+        cells = [_stat(_collect(results, m, lambda r: r["train_family_acc"]))]
+        cells += [_stat(_collect(results, m, lambda r, f=f: r["families"][f]["acc"])) for f in held]
+        cells += [
+            _stat(_collect(results, m, lambda r: r["heldout_acc"])),
+            _stat(_collect(results, m, lambda r: r["heldout_ap"])),
+            _stat(_collect(results, m, lambda r: r["cka"])),
+            _stat(_collect(results, m, lambda r: r["theme_effect"]), signed=True),
+        ]
+        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "**Average precision** per family:",
+        "",
+        "| Method | " + " | ".join(fams) + " |",
+        "|---|" + "---:|" * len(fams),
+    ]
+    for m in METHODS:
+        cells = [_stat(_collect(results, m, lambda r, f=f: r["families"][f]["ap"])) for f in fams]
+        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "**Calibration on the held-out families** (means over the held-out families): accuracy "
+        "on their real images (r_acc) and fake images (f_acc) at threshold 0.5, and the oracle "
+        "accuracy at the best threshold per test set (as UnivFD reports it):",
+        "",
+        "| Method | held-out r_acc | held-out f_acc | held-out oracle acc |",
+        "|---|---:|---:|---:|",
+    ]
+    for m in METHODS:
+        cells = [
+            _stat(_collect(results, m, lambda r, k=k: r[f"heldout_{k}"]))
+            for k in ("r_acc", "f_acc", "best_acc")
+        ]
+        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
+    txt = results["text_only"]
+    names = list(next(iter(txt.values())))
+    lines += [
+        "",
+        "**Text-only classifier** (logistic regression on frozen text features of the captions, "
+        "trained on the training captions): accuracy on a fresh draw of the training "
+        "distribution (with the shortcut) and on each shortcut-free test set:",
+        "",
+        "| " + " | ".join(names) + " |",
+        "|" + "---:|" * len(names),
+        "| " + " | ".join(_stat([txt[s][n] for s in txt]) for n in names) + " |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict, out: Path, tsne) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = results["families"]
+    train_fam = results["protocol"]["train_family"]
+    colours = plt.get_cmap("tab10")
+
+    # per-family accuracy, grouped bars with the seed std as error bars
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    width = 0.8 / len(METHODS)
+    x = np.arange(len(fams))
+    for i, m in enumerate(METHODS):
+        vals = (
+            np.array([_collect(results, m, lambda r, f=f: r["families"][f]["acc"]) for f in fams])
+            * 100
+        )
+        ax.bar(
+            x + (i - (len(METHODS) - 1) / 2) * width,
+            vals.mean(1),
+            width,
+            yerr=vals.std(1, ddof=1) if vals.shape[1] > 1 else None,
+            capsize=2,
+            label=LABELS[m],
+            color=colours(i),
+        )
+    ax.set_xticks(x, [f"{f}\n(train)" if f == train_fam else f"{f}\n(held out)" for f in fams])
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(40, 100)
+    ax.axhline(50, color="grey", lw=0.8, ls=":")
+    ax.legend(ncol=3, fontsize=8, loc="upper right")
+    ax.set_title(f"Accuracy per generator family (mean ± std over {len(results['seeds'])} seeds)")
+    fig.tight_layout()
+    fig.savefig(out / "per_family_accuracy.png", dpi=110)
+    plt.close(fig)
+
+    # geometry kept
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    vals = np.array([_collect(results, m, lambda r: r["cka"]) for m in METHODS])
+    ax.barh(
+        np.arange(len(METHODS)),
+        vals.mean(1),
+        xerr=vals.std(1, ddof=1) if vals.shape[1] > 1 else None,
+        capsize=3,
+        color=[colours(i) for i in range(len(METHODS))],
+    )
+    ax.set_yticks(np.arange(len(METHODS)), [LABELS[m] for m in METHODS])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("linear CKA(teacher, student) on held-out real images")
+    fig.tight_layout()
+    fig.savefig(out / "cka.png", dpi=110)
+    plt.close(fig)
+
+    if tsne is None:
+        return
+    from sklearn.manifold import TSNE
+
+    feats, family = tsne
+    family = family.numpy()
+    shown = ["probe"] + [m for m in METHODS if m != "probe"]
+    fig, axes = plt.subplots(2, 4, figsize=(15, 7.4))
+    for ax, m in zip(axes.flat, shown, strict=False):
+        f = feats[m].numpy()
+        emb = TSNE(
+            n_components=2, perplexity=min(30, len(f) // 4), init="pca", random_state=0
+        ).fit_transform(f)
+        real = family < 0
+        ax.scatter(emb[real, 0], emb[real, 1], s=6, c="lightgrey", label="real")
+        for k, fam in enumerate(fams):
+            sel = family == k
+            ax.scatter(
+                emb[sel, 0],
+                emb[sel, 1],
+                s=6,
+                color=colours(k),
+                label=f"{fam} (train)" if fam == train_fam else fam,
+            )
+        title = "Frozen prior (teacher)" if m == "probe" else LABELS[m]
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(shown) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, markerscale=2, loc="best")
+    fig.suptitle(
+        f"t-SNE of image features (seed {next(iter(results['seeds']))}, held-out "
+        "real images and fakes of every family)"
+    )
+    fig.tight_layout()
+    fig.savefig(out / "tsne.png", dpi=110)
+    plt.close(fig)

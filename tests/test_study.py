@@ -1,0 +1,116 @@
+"""The controlled study (benchmarks/study): its world, its measures, and one end-to-end run of
+its quick configuration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+world = pytest.importorskip("benchmarks.study.world")
+methods = pytest.importorskip("benchmarks.study.methods")
+
+
+def test_splits_are_reproducible_and_seed_dependent():
+    a = world.detection_split(20, 20, "upconv", 0.7, seed=3)
+    b = world.detection_split(20, 20, "upconv", 0.7, seed=3)
+    c = world.detection_split(20, 20, "upconv", 0.7, seed=4)
+    assert torch.equal(a.images, b.images) and a.captions == b.captions
+    assert torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, c.images)
+    assert a.images.shape == (40, 3, world.SIZE, world.SIZE)
+    assert float(a.images.min()) >= 0 and float(a.images.max()) <= 1
+    assert int(a.labels.sum()) == 20
+
+
+def test_shortcut_rate_in_training_and_absent_from_tests():
+    train = world.detection_split(600, 600, "upconv", 0.7, seed=0)
+    test = world.detection_split(600, 600, "spectral", 0.5, seed=1)
+    agree = lambda s: float((s.warm.long() == s.labels).float().mean())  # noqa: E731
+    assert abs(agree(train) - 0.7) < 0.04
+    assert abs(agree(test) - 0.5) < 0.04
+
+
+def test_captions_describe_the_scene_content():
+    rng = np.random.default_rng(0)
+    for scene in world.sample_scenes(50, rng):
+        cap = scene.caption()
+        assert cap.startswith("a photo of ") and scene.background in cap
+        for o in scene.objects:
+            assert o.shape in cap and o.colour in cap and o.position in cap
+            assert o.colour in (world.WARM if scene.warm else world.COOL)
+
+
+@pytest.mark.parametrize("family", world.FAMILIES)
+def test_each_family_leaves_a_trace_the_camera_does_not(family):
+    rng = np.random.default_rng(1)
+    hi = world.render_all(world.sample_scenes(8, rng))
+    gen = torch.Generator().manual_seed(0)
+    fake = world.generate(hi, family, gen)
+    clean = world._down(hi)
+    assert fake.shape == clean.shape
+    # the fingerprint is small next to the image but clearly present
+    diff = (fake - clean).abs().mean()
+    assert 0.003 < float(diff) < 0.1
+
+
+def test_unknown_family_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown generator family 'vae'"):
+        world.generate(torch.zeros(1, 3, world.HI, world.HI), "vae", torch.Generator())
+
+
+def test_pretraining_pairs_show_one_scene_in_two_looks():
+    images, captions = world.pretraining_set(8, seed=0)
+    assert images.shape == (8, 3, world.SIZE, world.SIZE)
+    for i in range(0, 8, 2):
+        a, b = captions[i], captions[i + 1]
+        assert a != b
+        assert a.split(" of ", 1)[1] == b.split(" of ", 1)[1]  # same content, other look
+    with pytest.raises(ValueError, match="even"):
+        world.pretraining_set(3, seed=0)
+
+
+def test_linear_cka_properties():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 16, generator=g)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g))
+    assert methods.linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
+    # invariant to rotations and isotropic scaling of either side
+    assert methods.linear_cka(x, 3.0 * x @ q) == pytest.approx(1.0, abs=1e-9)
+    y = torch.randn(200, 16, generator=g)
+    assert methods.linear_cka(x, y) < 0.3
+    assert methods.linear_cka(x, y) == pytest.approx(methods.linear_cka(y, x), abs=1e-12)
+
+
+def test_quick_study_end_to_end(tmp_path):
+    """The whole pipeline in its quick configuration: prior, every method on two seeds, the
+    table, the figures; a second run reuses the prior's saved weights."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("sklearn")
+    from benchmarks.study.__main__ import main
+
+    out = tmp_path / "study"
+    assert main(["--quick", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["quick"] is True and list(res["seeds"]) == ["0", "1"]
+    for seed in res["seeds"].values():
+        assert set(seed) == set(methods.METHODS)
+        for row in seed.values():
+            assert set(row["families"]) == set(world.FAMILIES)
+            for m in row["families"].values():
+                assert 0.0 <= m["acc"] <= 1.0 and 0.0 <= m["ap"] <= 1.0
+            assert -1e-9 <= row["cka"] <= 1 + 1e-9
+    # the frozen probe's features are the teacher's: CKA exactly 1
+    assert res["seeds"]["0"]["probe"]["cka"] == pytest.approx(1.0, abs=1e-9)
+    table = (out / "table.md").read_text()
+    for label in methods.LABELS.values():
+        assert label in table
+    assert " ± " in table
+    for png in ("per_family_accuracy.png", "cka.png", "tsne.png"):
+        assert (out / png).stat().st_size > 1000
+    first = (out / "prior" / "prior.safetensors").read_bytes()
+    assert main(["--quick", "--out", str(out), "--seeds", "0", "--no-plots"]) == 0
+    assert (out / "prior" / "prior.safetensors").read_bytes() == first
+    assert "prior: loaded" in (out / "log.txt").read_text()
