@@ -108,7 +108,7 @@ def test_quick_study_end_to_end(tmp_path):
     for label in methods.LABELS.values():
         assert label in table
     assert " ± " in table
-    for png in ("per_family_accuracy.png", "cka.png", "tsne.png"):
+    for png in ("per_family_accuracy.png", "cka.png", "tsne.png", "world.png"):
         assert (out / png).stat().st_size > 1000
     first = (out / "prior" / "prior.safetensors").read_bytes()
     assert main(["--quick", "--out", str(out), "--seeds", "0", "--no-plots"]) == 0

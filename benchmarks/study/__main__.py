@@ -120,7 +120,8 @@ def run_seed(seed: int, proto: Protocol, model, budget: methods.Budget, log, wan
             f"  seed {seed} {methods.LABELS[method]:<30} "
             f"train-family acc {row['train_family_acc']:.3f} | "
             f"held-out acc {row['heldout_acc']:.3f} AP {row['heldout_ap']:.3f} | "
-            f"CKA {row['cka']:.3f} | theme effect {row['theme_effect']:+.3f} ({row['seconds']:.0f} s)"
+            f"CKA {row['cka']:.3f} | theme effect {row['theme_effect']:+.3f} "
+            f"({row['seconds']:.0f} s)"
         )
         if want_tsne:
             feats[method] = trained.features(tsne_x)
@@ -204,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     log(table)
     if not args.no_plots:
         report.plots(results, out, tsne)
-        log(f"figures: {out}/per_family_accuracy.png, {out}/cka.png, {out}/tsne.png")
+        report.world_figure(out / "world.png")
+        names = ("per_family_accuracy", "cka", "tsne", "world")
+        log("figures: " + ", ".join(f"{out}/{n}.png" for n in names))
     log(f"study done in {elapsed / 60:.1f} min; results in {out}/results.json and {out}/table.md")
     (out / "log.txt").write_text("\n".join(lines) + "\n")
     return 0

@@ -186,3 +186,33 @@ def plots(results: dict, out: Path, tsne) -> None:
     fig.tight_layout()
     fig.savefig(out / "tsne.png", dpi=110)
     plt.close(fig)
+
+
+def world_figure(path: Path, seed: int = 3) -> None:
+    """Eight scenes as the camera takes them and as each generator family makes them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from . import world
+
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    scenes = world.sample_scenes(8, rng)
+    hi = world.render_all(scenes)
+    rows = [("real (camera)", world.camera(hi, gen))]
+    rows += [(fam, world.generate(hi, fam, gen)) for fam in world.FAMILIES]
+    fig, axes = plt.subplots(len(rows), 8, figsize=(10, 1.35 * len(rows)))
+    for r, (name, imgs) in enumerate(rows):
+        for c in range(8):
+            ax = axes[r, c]
+            ax.imshow(imgs[c].permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
