@@ -110,7 +110,24 @@ def test_quick_study_end_to_end(tmp_path):
     assert " ± " in table
     for png in ("per_family_accuracy.png", "cka.png", "tsne.png", "world.png"):
         assert (out / png).stat().st_size > 1000
+    assert "Paired against plain LoRA" in table and "nan" not in table
+    # the table and figures can be rewritten from results.json alone, identically
+    (out / "table.md").unlink()
+    (out / "tsne.png").unlink()
+    assert main(["--out", str(out), "--report-only"]) == 0
+    assert (out / "table.md").read_text() == table
+    assert (out / "tsne.png").stat().st_size > 1000
+    # a second run reuses the saved prior; one seed gives means without a spread
     first = (out / "prior" / "prior.safetensors").read_bytes()
     assert main(["--quick", "--out", str(out), "--seeds", "0", "--no-plots"]) == 0
     assert (out / "prior" / "prior.safetensors").read_bytes() == first
     assert "prior: loaded" in (out / "log.txt").read_text()
+    one = (out / "table.md").read_text()
+    assert "nan" not in one and " ± " not in one.split("\n", 1)[1]
+
+
+def test_report_only_without_results_is_a_clear_error(tmp_path, capsys):
+    from benchmarks.study.__main__ import main
+
+    assert main(["--out", str(tmp_path), "--report-only"]) == 2
+    assert "results.json" in capsys.readouterr().err

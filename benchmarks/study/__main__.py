@@ -6,6 +6,7 @@ See docs/study.md for the protocol, what each number means, and the results.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dgsnet.io import atomic_write_json, save_tensors
+from dgsnet.io import atomic_write_json, load_tensors, save_tensors
 from dgsnet.metrics import compute_metrics
 
 from . import methods, prior, report, world
@@ -128,6 +129,27 @@ def run_seed(seed: int, proto: Protocol, model, budget: methods.Budget, log, wan
     return results, text_only, (feats, tsne_meta)
 
 
+def _report_only(out: Path, plots: bool) -> int:
+    path = out / "results.json"
+    if not path.is_file():
+        print(f"error: --report-only needs {path} (run the study first)", file=sys.stderr)
+        return 2
+    results = json.loads(path.read_text())
+    table = report.markdown(results)
+    (out / "table.md").write_text(table)
+    print(table)
+    if plots:
+        tsne = None
+        found = sorted(out.glob("tsne_features_seed*.safetensors"))
+        if found:
+            t = load_tensors(found[0])
+            feats = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("features.")}
+            tsne = (feats, t["family"])
+        report.plots(results, out, tsne)
+        report.world_figure(out / "world.png")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.study", description=__doc__.splitlines()[0]
@@ -143,7 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-plots", action="store_true", help="skip the figures (and t-SNE)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite table.md and the figures from OUT/results.json (no training)",
+    )
     args = ap.parse_args(argv)
+    if args.report_only:
+        return _report_only(Path(args.out), plots=not args.no_plots)
     if args.threads:
         torch.set_num_threads(args.threads)
     proto = Protocol(**QUICK) if args.quick else Protocol()
