@@ -14,6 +14,10 @@ number of steps. Only the training signal differs:
 ``dgs_no_pa``   DGS without Prior Alignment
 ``dgs_inv``     DGS with the batch-size-invariant alignment scale (``align_scale=
                 "invariant"``: lambda per sample instead of the released lambda / B)
+``os_random``   control for Orthogonal Suppression: the same projection, but off the
+                positive part of a random direction (a fresh Gaussian vector per step,
+                a random sign per sample) instead of the text head's gradient; added
+                after the first run (docs/study.md)
 ==============  ===================================================================
 """
 
@@ -27,11 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from dgsnet import DGSConfig, DGSWrapper
+from dgsnet.surgery import GradientSurgery, OrthogonalSuppression
 
 from . import prior as prior_mod
 from .world import Split
 
-METHODS = ("probe", "lora", "lora_fd", "dgs", "dgs_no_os", "dgs_no_pa", "dgs_inv")
+METHODS = ("probe", "lora", "lora_fd", "dgs", "dgs_no_os", "dgs_no_pa", "dgs_inv", "os_random")
 LABELS = {
     "probe": "Frozen prior + linear probe",
     "lora": "Plain LoRA",
@@ -40,6 +45,7 @@ LABELS = {
     "dgs_no_os": "DGS w/o suppression",
     "dgs_no_pa": "DGS w/o alignment",
     "dgs_inv": "DGS, invariant align scale",
+    "os_random": "Control: projection off a random direction",
 }
 
 
@@ -56,7 +62,7 @@ class Budget:
 
 
 def _config(method: str) -> DGSConfig:
-    if method in ("lora", "lora_fd"):
+    if method in ("lora", "lora_fd", "os_random"):
         return DGSConfig.reference(suppression=False, alignment=False)
     if method == "dgs":
         return DGSConfig.reference()
@@ -151,12 +157,23 @@ def train_method(
             f_teacher = torch.cat([dgs.encode_teacher(c) for c in x.split(256)])
     opt = torch.optim.Adam(list(dgs.trainable_parameters()), lr=budget.lr, betas=(0.9, 0.999))
     gen = torch.Generator().manual_seed(seed)
+    # the control's random directions come from a generator of their own, so the batch order
+    # stays the one every other method sees
+    control_gen = torch.Generator().manual_seed(10_000 + seed)
+    control_rule = OrthogonalSuppression(eps=dgs.config.eps)
     dgs.train()
     step = 0
     for epoch in range(budget.epochs):
         for idx in _batches(len(train), budget.batch_size, gen):
             captions = [train.captions[i] for i in idx.tolist()]
-            if method == "lora_fd":
+            if method == "os_random":
+                f = dgs.encode_student(x[idx])
+                u = torch.randn(f.shape[1], generator=control_gen)
+                sign = torch.randint(0, 2, (len(idx), 1), generator=control_gen) * 2 - 1
+                f = GradientSurgery.apply(f, control_rule, {"harm": sign * u})
+                logits = dgs.image_head(f).flatten()
+                loss = F.binary_cross_entropy_with_logits(logits, y[idx].float())
+            elif method == "lora_fd":
                 f = dgs.encode_student(x[idx])
                 logits = dgs.image_head(f).flatten()
                 loss = F.binary_cross_entropy_with_logits(logits, y[idx].float())

@@ -181,7 +181,7 @@ def plots(results: dict, out: Path, tsne) -> None:
     feats, family = tsne
     family = family.numpy()
     shown = ["probe"] + [m for m in METHODS if m != "probe"]
-    fig, axes = plt.subplots(2, 4, figsize=(15, 7.4))
+    fig, axes = plt.subplots(2, 4, figsize=(15, 7.4))  # up to 8 panels
     for ax, m in zip(axes.flat, shown, strict=False):
         f = feats[m].numpy()
         emb = TSNE(
