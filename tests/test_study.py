@@ -102,6 +102,11 @@ def test_quick_study_end_to_end(tmp_path):
             for m in row["families"].values():
                 assert 0.0 <= m["acc"] <= 1.0 and 0.0 <= m["ap"] <= 1.0
             assert -1e-9 <= row["cka"] <= 1 + 1e-9
+    # what the projection removed is recorded for exactly the methods that project
+    projecting = {m for m, row in res["seeds"]["0"].items() if "surgery" in row}
+    assert projecting == {"dgs", "dgs_no_pa", "dgs_inv", "os_random"}
+    for m in projecting:
+        assert -1.0 < res["seeds"]["0"][m]["surgery"]["removed_fraction"] < 1.0
     # the frozen probe's features are the teacher's: CKA exactly 1
     assert res["seeds"]["0"]["probe"]["cka"] == pytest.approx(1.0, abs=1e-9)
     table = (out / "table.md").read_text()

@@ -115,6 +115,8 @@ def run_seed(seed: int, proto: Protocol, model, budget: methods.Budget, log, wan
         row["cka"] = methods.linear_cka(
             trained.teacher_features(reals.images), trained.features(reals.images)
         )
+        if trained.surgery is not None:
+            row["surgery"] = trained.surgery
         row["seconds"] = time.time() - t1
         results[method] = row
         log(

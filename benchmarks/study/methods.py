@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from dgsnet import DGSConfig, DGSWrapper
-from dgsnet.surgery import GradientSurgery, OrthogonalSuppression
+from dgsnet.surgery import GradientSurgery, OrthogonalSuppression, SurgeryStats
 
 from . import prior as prior_mod
 from .world import Split
@@ -84,8 +84,13 @@ def _batches(n: int, batch_size: int, gen: torch.Generator):
 class Trained:
     """A trained detector: ``score(images)`` (probabilities) and ``features(images)``."""
 
-    def __init__(self, dgs: DGSWrapper, frozen: bool) -> None:
+    def __init__(
+        self, dgs: DGSWrapper, frozen: bool, surgery: dict[str, float] | None = None
+    ) -> None:
         self.dgs, self.frozen = dgs, frozen
+        #: for methods with a projection: its mean ``removed_fraction`` and ``cos_harm`` over
+        #: the training steps (see :class:`dgsnet.surgery.SurgeryStats`)
+        self.surgery = surgery
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -161,6 +166,8 @@ def train_method(
     # stays the one every other method sees
     control_gen = torch.Generator().manual_seed(10_000 + seed)
     control_rule = OrthogonalSuppression(eps=dgs.config.eps)
+    projects = method == "os_random" or dgs.config.suppression
+    surgery_log: list[dict[str, float]] = []
     dgs.train()
     step = 0
     for epoch in range(budget.epochs):
@@ -170,7 +177,8 @@ def train_method(
                 f = dgs.encode_student(x[idx])
                 u = torch.randn(f.shape[1], generator=control_gen)
                 sign = torch.randint(0, 2, (len(idx), 1), generator=control_gen) * 2 - 1
-                f = GradientSurgery.apply(f, control_rule, {"harm": sign * u})
+                stats = SurgeryStats()
+                f = GradientSurgery.apply(f, control_rule, {"harm": sign * u}, stats)
                 logits = dgs.image_head(f).flatten()
                 loss = F.binary_cross_entropy_with_logits(logits, y[idx].float())
             elif method == "lora_fd":
@@ -179,15 +187,24 @@ def train_method(
                 loss = F.binary_cross_entropy_with_logits(logits, y[idx].float())
                 loss = loss + budget.fd_weight * F.mse_loss(f, f_teacher[idx])
             else:
-                loss = dgs(x[idx], captions, y[idx], index=idx).loss
+                out = dgs(x[idx], captions, y[idx], index=idx)
+                loss, stats = out.loss, out.surgery
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if projects:
+                surgery_log.append(stats.summary())
             opt.step()
             step += 1
         if log is not None:
             log(f"    {method}: epoch {epoch + 1}/{budget.epochs} done ({step} steps)")
     dgs.eval()
-    return Trained(dgs, frozen=False)
+    surgery = None
+    if surgery_log:
+        surgery = {
+            k: sum(d[k] for d in surgery_log) / len(surgery_log)
+            for k in ("removed_fraction", "cos_harm")
+        }
+    return Trained(dgs, frozen=False, surgery=surgery)
 
 
 def text_only_classifier(

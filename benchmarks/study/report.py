@@ -100,6 +100,23 @@ def markdown(results: dict) -> str:
                 )
                 cells.append(f"{_stat(list(d), signed=True)} ({int((d > 0).sum())}/{len(d)})")
             lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
+    projecting = [m for m in METHODS if all("surgery" in results["seeds"][s][m] for s in seeds)]
+    if projecting:
+        lines += [
+            "",
+            "**What the projection removed**, averaged over the training steps: the fraction of "
+            "the feature gradient's norm it took away, and the cosine between the task gradient "
+            "and the (positive part of the) reference it projects off:",
+            "",
+            "| Method | removed fraction | cos(task gradient, reference) |",
+            "|---|---:|---:|",
+        ]
+        for m in projecting:
+            cells = [
+                _stat(_collect(results, m, lambda r, k=k: r["surgery"][k]), signed=k == "cos_harm")
+                for k in ("removed_fraction", "cos_harm")
+            ]
+            lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
     txt = results["text_only"]
     first = next(iter(txt.values()))
     # results.json stores keys sorted: the training distribution first, then the families
