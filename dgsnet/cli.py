@@ -830,7 +830,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     info = setup_distributed(device)
     quiet = args.quiet or not info.is_main
     seed_everything(args.seed)
-    overrides = _preset_overrides(args, config)
+    run_info = _run_options(args, config)
+    overrides = run_info["preset_overrides"]
     if not quiet:
         _status(
             args,
@@ -904,7 +905,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
             args,
             f"dgsnet: training transform: {args.transform}, {det}; world size {info.world_size}",
         )
-    run_info = _run_options(args, config)
     result = train(
         wrapper,
         datasets,
@@ -1072,29 +1072,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _roots_summary_markdown(tables: dict[str, Any]) -> str:
     """One row per root: its number of subsets and its mean row (the plain mean over its
     subsets, x100, one decimal), i.e. one row per benchmark when each root is one."""
-    from .metrics import TABLE_COLUMNS
+    from .metrics import TABLE_COLUMNS, markdown_grid
 
-    header = ["root", "subsets", *TABLE_COLUMNS]
-    rows = []
-    for root, table in tables.items():
-        mean = table.mean()
-        rows.append(
-            [
-                root.replace("|", "\\|"),
-                str(len(table)),
-                *(f"{100.0 * mean[c]:.1f}" for c in TABLE_COLUMNS),
-            ]
-        )
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
-
-    def line(row: list[str]) -> str:
-        cells = [row[0].ljust(widths[0])] + [
-            v.rjust(w) for v, w in zip(row[1:], widths[1:], strict=True)
+    rows = [
+        [
+            root.replace("|", "\\|"),
+            str(len(table)),
+            *(f"{100.0 * table.mean()[c]:.1f}" for c in TABLE_COLUMNS),
         ]
-        return "| " + " | ".join(cells) + " |"
-
-    rule = "|:" + "-" * (widths[0] + 1) + "|" + "".join("-" * (w + 1) + ":|" for w in widths[1:])
-    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+        for root, table in tables.items()
+    ]
+    return markdown_grid(["root", "subsets", *TABLE_COLUMNS], rows)
 
 
 def _write_eval_csv(path: str, tables: dict[str, Any], degradation: str) -> None:

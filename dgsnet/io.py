@@ -8,10 +8,11 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # annotations only: the atomic writers need no torch (dgsnet.metrics uses them)
+    import torch
+    from torch import Tensor
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "save_tensors", "load_tensors", "sha256_file",
            "CheckpointError"]
@@ -56,13 +57,24 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask is process-wide and not thread-safe)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for row in f:
+                if row.startswith("Umask:"):
+                    return int(row.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _default_mode(path: Path) -> int:
     try:
         return os.stat(path).st_mode & 0o7777  # keep an existing file's permissions
     except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -31,10 +31,9 @@ import io
 import json
 import math
 import os
-import stat
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import IO, Any, NamedTuple, Union
 
 import numpy as np
@@ -454,6 +453,30 @@ def _pairs(items: Mapping[str, Any] | Iterable[tuple[str, Any]], what: str):
         yield name, value
 
 
+def _write_text(path: PathLike, text: str) -> None:
+    """Atomically, with :func:`dgsnet.io.atomic_write_text` (imported here, so that this
+    module still loads on its own with numpy only)."""
+    from .io import atomic_write_text
+
+    atomic_write_text(Path(path), text)
+
+
+def markdown_grid(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table with padded columns: the first left-aligned, the others right-aligned
+    (the layout of :meth:`MetricsTable.to_markdown`). Cells are strings, already escaped."""
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        parts = [row[0].ljust(widths[0])] + [
+            v.rjust(w) for v, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        return "| " + " | ".join(parts) + " |"
+
+    rule = "|:" + "-" * (widths[0] + 1) + "|"
+    rule += "".join("-" * (w + 1) + ":|" for w in widths[1:])
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
 class MetricsTable:
     """Per-subset :class:`DetectionMetrics` in a fixed order, with a mean row.
 
@@ -559,20 +582,9 @@ class MetricsTable:
         mean = self.mean()
         body.append([_MEAN_ROW, *(mean[c] for c in TABLE_COLUMNS)])
         cells = [[r[0], *(f"{100.0 * v:.1f}" for v in r[1:])] for r in body]
-        header = ["subset", *TABLE_COLUMNS]
-        widths = [max(len(header[i]), *(len(r[i]) for r in cells)) for i in range(len(header))]
-
-        def line(row: list[str]) -> str:
-            parts = [row[0].ljust(widths[0])] + [
-                v.rjust(w) for v, w in zip(row[1:], widths[1:], strict=True)
-            ]
-            return "| " + " | ".join(parts) + " |"
-
-        rule = "|:" + "-" * (widths[0] + 1) + "|"
-        rule += "".join("-" * (w + 1) + ":|" for w in widths[1:])
-        text = "\n".join([line(header), rule, *(line(r) for r in cells)])
+        text = markdown_grid(["subset", *TABLE_COLUMNS], cells)
         if path is not None:
-            _atomic_write_text(path, text + "\n")
+            _write_text(path, text + "\n")
         return text
 
     def _csv_text(self) -> str:
@@ -601,7 +613,7 @@ class MetricsTable:
         place; open it with ``newline=""``)."""
         text = self._csv_text()
         if isinstance(path_or_file, (str, os.PathLike)):
-            _atomic_write_text(path_or_file, text)
+            _write_text(path_or_file, text)
         elif hasattr(path_or_file, "write"):
             path_or_file.write(text)
         else:
@@ -647,7 +659,7 @@ class MetricsTable:
     def to_json(self, path: PathLike, *, indent: int | None = 2) -> None:
         """Write :meth:`to_dict` as JSON, atomically."""
         text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-        _atomic_write_text(path, text + "\n")
+        _write_text(path, text + "\n")
 
     @classmethod
     def from_json(cls, path: PathLike) -> MetricsTable:
@@ -658,54 +670,3 @@ class MetricsTable:
 # --------------------------------------------------------------------------------------------
 # atomic file writing
 # --------------------------------------------------------------------------------------------
-
-
-def _umask() -> int:
-    try:  # Linux: read it without changing it (os.umask is process-wide and not thread-safe)
-        with open("/proc/self/status", encoding="ascii") as f:
-            for row in f:
-                if row.startswith("Umask:"):
-                    return int(row.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write_text(path: PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file in the same directory,
-    flushed and fsynced, then ``os.replace``. An existing file keeps its permission bits; a
-    new one gets the usual ``0o666 & ~umask``. Nothing is left behind on failure."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        mode = 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(
-        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
-    )
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable (best effort; not possible on every platform)
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)

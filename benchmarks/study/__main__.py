@@ -85,36 +85,31 @@ def run_seed(seed: int, proto: Protocol, model, budget: methods.Budget, log, wan
             fam_ids.append(torch.full((len(fake),), k))
         tsne_x, tsne_meta = torch.cat(parts), torch.cat(fam_ids)
 
+    held = [f for f in world.FAMILIES if f != proto.train_family]
+    teacher_reals = None  # the same prior for every method: its features once per seed
     results, feats = {}, {}
     for method in methods.METHODS:
         t1 = time.time()
         trained = methods.train_method(method, model, train, probe_head, budget, seed)
         row: dict = {"families": {}}
-        pred_warm, pred_round = [], []
+        pred_warm, pred_cool = [], []
         for fam, split in tests.items():
             s = trained.score(split.images)
             m = compute_metrics(split.labels.numpy(), s.numpy())
             row["families"][fam] = {
-                "acc": m.acc,
-                "ap": m.ap,
-                "r_acc": m.r_acc,
-                "f_acc": m.f_acc,
-                "best_acc": m.best_acc,
+                k: getattr(m, k) for k in ("acc", "ap", "r_acc", "f_acc", "best_acc")
             }
             flagged = (s > 0.5).float()
             pred_warm.append(flagged[split.warm])
-            pred_round.append(flagged[~split.warm])
-        held = [f for f in world.FAMILIES if f != proto.train_family]
+            pred_cool.append(flagged[~split.warm])
         row["train_family_acc"] = row["families"][proto.train_family]["acc"]
-        row["heldout_acc"] = float(np.mean([row["families"][f]["acc"] for f in held]))
-        row["heldout_ap"] = float(np.mean([row["families"][f]["ap"] for f in held]))
-        for key in ("r_acc", "f_acc", "best_acc"):
+        for key in ("acc", "ap", "r_acc", "f_acc", "best_acc"):
             row[f"heldout_{key}"] = float(np.mean([row["families"][f][key] for f in held]))
         # how much the scene theme (the shortcut) moves the decision on shortcut-free data
-        row["theme_effect"] = float(torch.cat(pred_warm).mean() - torch.cat(pred_round).mean())
-        row["cka"] = methods.linear_cka(
-            trained.teacher_features(reals.images), trained.features(reals.images)
-        )
+        row["theme_effect"] = float(torch.cat(pred_warm).mean() - torch.cat(pred_cool).mean())
+        if teacher_reals is None:
+            teacher_reals = trained.teacher_features(reals.images)
+        row["cka"] = methods.linear_cka(teacher_reals, trained.features(reals.images))
         if trained.surgery is not None:
             row["surgery"] = trained.surgery
         row["seconds"] = time.time() - t1

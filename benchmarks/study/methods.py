@@ -94,13 +94,12 @@ class Trained:
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Features the detector's head reads: the teacher's for the frozen probe, else the
+        student's (eval mode)."""
         self.dgs.eval()
-        x = prior_mod.to_input(images)
-        out = [
-            self.dgs.encode_teacher(c) if self.frozen else self.dgs.encode_student(c)
-            for c in x.split(256)
-        ]
-        return torch.cat(out)
+        return _in_chunks(
+            self.dgs.encode_teacher if self.frozen else self.dgs.encode_student, images
+        )
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> torch.Tensor:
@@ -110,9 +109,14 @@ class Trained:
     @torch.no_grad()
     def teacher_features(self, images: torch.Tensor) -> torch.Tensor:
         self.dgs.eval()
-        return torch.cat(
-            [self.dgs.encode_teacher(c) for c in prior_mod.to_input(images).split(256)]
-        )
+        return _in_chunks(self.dgs.encode_teacher, images)
+
+
+def _in_chunks(
+    encode: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor
+) -> torch.Tensor:
+    """``encode`` over pixel images in [0, 1], 256 at a time."""
+    return torch.cat([encode(c) for c in prior_mod.to_input(images).split(256)])
 
 
 def fit_probe(
@@ -144,7 +148,6 @@ def train_method(
     probe_head: dict[str, torch.Tensor],
     budget: Budget,
     seed: int,
-    log: Callable[[str], None] | None = None,
 ) -> Trained:
     """Fine-tune a fresh copy of ``prior`` with ``method`` on ``train``."""
     if method == "probe":
@@ -158,8 +161,7 @@ def train_method(
     y = train.labels
     f_teacher = None
     if method == "lora_fd":
-        with torch.no_grad():
-            f_teacher = torch.cat([dgs.encode_teacher(c) for c in x.split(256)])
+        f_teacher = _in_chunks(dgs.encode_teacher, train.images)
     opt = torch.optim.Adam(list(dgs.trainable_parameters()), lr=budget.lr, betas=(0.9, 0.999))
     gen = torch.Generator().manual_seed(seed)
     # the control's random directions come from a generator of their own, so the batch order
@@ -169,8 +171,7 @@ def train_method(
     projects = method == "os_random" or dgs.config.suppression
     surgery_log: list[dict[str, float]] = []
     dgs.train()
-    step = 0
-    for epoch in range(budget.epochs):
+    for _ in range(budget.epochs):
         for idx in _batches(len(train), budget.batch_size, gen):
             captions = [train.captions[i] for i in idx.tolist()]
             if method == "os_random":
@@ -194,9 +195,6 @@ def train_method(
             if projects:
                 surgery_log.append(stats.summary())
             opt.step()
-            step += 1
-        if log is not None:
-            log(f"    {method}: epoch {epoch + 1}/{budget.epochs} done ({step} steps)")
     dgs.eval()
     surgery = None
     if surgery_log:

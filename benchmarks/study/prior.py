@@ -1,10 +1,11 @@
 """The study's "pre-trained CLIP": a small open_clip model trained contrastively (CLIP's
 symmetric InfoNCE) on the world's image-caption pairs.
 
-The pre-training set has no labels and no generator fingerprints: camera images of random
-scenes, captioned from their content and, where it stands out, their grain and focus. The
-trained weights are written as safetensors (with the settings that made them in a JSON
-beside), so repeated study runs reuse them.
+The pre-training set has no labels and no generator fingerprints: random scenes, each in two
+of three looks (camera photo, grainy photo, digital rendering), captioned from their content
+and their look (:func:`world.pretraining_set`). The trained weights are written as
+safetensors (with the settings and the code's digest in a JSON beside), so repeated study runs
+made with the same settings and code reuse them.
 """
 
 from __future__ import annotations

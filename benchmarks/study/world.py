@@ -204,12 +204,9 @@ def camera(
     hi: torch.Tensor,
     gen: torch.Generator,
     noise: tuple[float, float] = (0.015, 0.05),
-    blur: float = 0.0,
 ) -> torch.Tensor:
-    """Real photographs: optical down-sampling, optional defocus, sensor noise, 8 bits."""
+    """Real photographs: optical down-sampling, sensor noise, 8 bits."""
     x = _down(hi)
-    if blur > 0:
-        x = gaussian_blur(x, blur)
     sigma = torch.empty(len(x), 1, 1, 1).uniform_(*noise, generator=gen)
     x = x + sigma * torch.randn(x.shape, generator=gen)
     return _quantise(x)
