@@ -107,26 +107,12 @@ STATE_FORMAT = "dgsnet.trainer_state"
 STATE_VERSION = 1
 
 
-class ModelLoadError(ValueError):
-    """A model spec is malformed, or its weights cannot be loaded (not available locally)."""
-
-
-class TrainingConfigError(ValueError):
-    """An argument of :func:`train` / :func:`evaluate` is invalid, or a resumed run does not
-    match the checkpoint it resumes."""
-
-
-class NonFiniteError(FloatingPointError):
-    """The loss or a gradient was NaN/Inf (``on_nonfinite="raise"``); the message names the
-    stage, epoch and step. ``step`` holds the global stage-2 step number."""
-
-    def __init__(self, message: str, step: int | None = None) -> None:
-        super().__init__(message)
-        self.step = step
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint (``handle_signals``)."""
+from .errors import (  # noqa: E402  (re-exported: dgsnet.training's public names)
+    ModelLoadError,
+    NonFiniteError,
+    TrainingConfigError,
+    TrainingInterrupted,
+)
 
 
 # ============================================================================================
