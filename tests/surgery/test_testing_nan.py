@@ -147,3 +147,30 @@ def test_surgery_backward_identity_holds_with_nan_features():
     x[1, 2] = math.nan  # the forward pass is still the identity (NaN stays NaN)
     assert_surgery_backward_applies_rule(OrthogonalSuppression(), x, {"harm": torch.randn(4, 8)})
 
+
+
+class _NaNGradient(torch.autograd.Function):
+    """Forward 0 * r, backward NaN: a reference whose analytical Jacobian is NaN."""
+
+    @staticmethod
+    def forward(ctx, r):
+        return r * 0.0
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * math.nan
+
+
+class NaNJacobianInTheReference(SurgeryRule):
+    refs = ("harm",)
+
+    def forward(self, grad, refs):
+        return grad + _NaNGradient.apply(refs["harm"])
+
+
+def test_gradcheck_names_the_input_with_a_nan_jacobian():
+    g = torch.randn(1, 3, dtype=torch.float64)
+    refs = {"harm": torch.randn(1, 3, dtype=torch.float64)}
+    msg = _message(assert_gradcheck, NaNJacobianInTheReference(), g, refs)
+    # the grad Jacobian is exact (deviation 0): the NaN one must be the one reported
+    assert "Jacobian entry = nan" in msg and "w.r.t. 'harm'" in msg, msg
