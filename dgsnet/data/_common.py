@@ -150,7 +150,7 @@ def _open(path: str | os.PathLike[str]) -> Image.Image:
         if issubclass(w.category, Image.DecompressionBombWarning):
             warnings.warn(
                 Image.DecompressionBombWarning(f"image {os.fspath(path)}: {w.message}"),
-                stacklevel=4,
+                stacklevel=3,
             )
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
