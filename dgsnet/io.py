@@ -81,8 +81,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(path: Path, data: Any, *, indent: int = 2, ensure_ascii: bool = True) -> None:
+    """Write ``data`` as JSON (sorted keys) with :func:`atomic_write_text`.
+    ``ensure_ascii=False`` writes non-ASCII text as UTF-8 instead of ``\\u`` escapes."""
+    text = json.dumps(data, indent=indent, sort_keys=True, ensure_ascii=ensure_ascii)
+    atomic_write_text(path, text + "\n")
 
 
 def save_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None) -> str:

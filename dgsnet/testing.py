@@ -37,13 +37,14 @@ bfloat16 defaults allow for (about four units in the last place).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from .surgery import GradientSurgery, SurgeryRule, drop_nonfinite, fuse, sign_split
+from .surgery import GradientSurgery, RuleOutputError, SurgeryRule, drop_nonfinite, fuse, sign_split
 from .surgery.fused import FusedRule
 
 __all__ = [
@@ -80,7 +81,20 @@ def default_tolerances(dtype: torch.dtype) -> tuple[float, float]:
 
 def _tols(dtype: torch.dtype, atol: float | None, rtol: float | None) -> tuple[float, float]:
     d_rtol, d_atol = default_tolerances(dtype)
-    return (d_atol if atol is None else float(atol)), (d_rtol if rtol is None else float(rtol))
+    atol = d_atol if atol is None else _check_tol("atol", atol)
+    rtol = d_rtol if rtol is None else _check_tol("rtol", rtol)
+    return atol, rtol
+
+
+def _check_tol(name: str, value: object) -> float:
+    """A tolerance must be a finite number >= 0: a NaN tolerance would fail every comparison
+    (``x <= nan`` is false) and an infinite one pass every comparison."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -94,8 +108,13 @@ def _name(rule: object) -> str:
 
 
 def _call(rule: SurgeryRule, grad: Tensor, refs: Mapping[str, Tensor], what: str) -> Tensor:
-    """Run the rule and check that it returned a tensor of the gradient's shape."""
-    out = rule(grad, refs)
+    """Run the rule and check that it returned a tensor of the gradient's shape. A rule output
+    that the rule API itself refuses (:class:`~dgsnet.surgery.RuleOutputError`) is a failure of
+    the rule, reported as ``AssertionError``."""
+    try:
+        out = rule(grad, refs)
+    except RuleOutputError as exc:
+        raise AssertionError(f"{exc} (for {what})") from exc
     if not isinstance(out, Tensor):
         raise AssertionError(
             f"{_name(rule)} returned {type(out).__name__} for {what}, expected a torch.Tensor"
@@ -139,6 +158,20 @@ def _fmt_sample(shape: Sequence[int], flat_row: int) -> str:
     return "the only sample" if not idx else f"sample {idx}"
 
 
+def _finite_part(t: Tensor) -> Tensor:
+    """``t`` with NaN and infinities replaced by 0: what a scale is measured on."""
+    return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _nonfinite_rows(tensors: Iterable[Tensor]) -> Tensor | None:
+    """Per sample (``(samples, 1)``): does any of ``tensors`` hold a NaN/Inf there?"""
+    rows: Tensor | None = None
+    for t in tensors:
+        r = ~torch.isfinite(_rows(t)).all(dim=-1, keepdim=True)
+        rows = r if rows is None else rows | r
+    return rows
+
+
 def _compare(
     invariant: str,
     actual: Tensor,
@@ -152,27 +185,47 @@ def _compare(
 ) -> None:
     """Per-sample ``|actual - expected| <= atol + rtol * scale``; ``AssertionError`` otherwise.
 
-    ``scale`` is the largest per-sample L2 norm among ``expected`` and ``scale_from``.
+    ``scale`` is the largest per-sample L2 norm among ``expected`` and ``scale_from`` (the
+    inputs), measured on their finite entries. NaN and infinities are judged first, and
+    reported as such (never as a deviation of 0 or a bound of NaN):
+
+    * in a sample whose inputs are finite, any NaN/Inf in the result or the expected value
+      fails (the rule produced it), even the same value on both sides;
+    * in a sample whose inputs hold a NaN/Inf themselves, entries that are NaN/Inf on either
+      side are not judged (a per-sample rule spreads an input NaN over its sample); the finite
+      entries of that sample are still compared.
     """
+    inputs = list(scale_from)
     a, e = _rows(actual), _rows(expected)
-    scale = _row_norm(e)
-    for t in scale_from:
-        scale = torch.maximum(scale, _row_norm(_rows(t)))
+    scale = _row_norm(_finite_part(e))
+    for t in inputs:
+        scale = torch.maximum(scale, _row_norm(_finite_part(_rows(t))))
     suffix = f" {note}" if note else ""
 
-    bad_finite = ~torch.isfinite(a) & torch.isfinite(e)
-    if bool(bad_finite.any()):
-        row = int(bad_finite.any(dim=-1).nonzero()[0, 0])
-        n = int(bad_finite.sum())
+    special_a, special_e = ~torch.isfinite(a), ~torch.isfinite(e)
+    bad_inputs = _nonfinite_rows(inputs)
+    finite_inputs = (
+        torch.ones_like(scale, dtype=torch.bool) if bad_inputs is None else ~bad_inputs
+    )
+    special = special_a | special_e
+    wrong = special & finite_inputs
+    if bool(wrong.any()):
+        flat = int(wrong.reshape(-1).nonzero()[0, 0])
+        row, col = divmod(flat, max(a.shape[-1], 1))
+        n = int(wrong.sum())
+        got, exp = float(a[row, col]), float(e[row, col])
+        if math.isnan(got) != math.isnan(exp) or (math.isinf(got) != math.isinf(exp)):
+            what = "where a finite value was expected" if math.isfinite(exp) else (
+                "where the expected value is NaN/Inf"
+            )
+        else:
+            what = "on both sides, for finite inputs"
         raise AssertionError(
-            f"{invariant}: the result holds {n} NaN/Inf value(s) where a finite value was "
-            f"expected (first at {_fmt_sample(shape, row)}).{suffix}"
+            f"{invariant}: {n} entr{'y' if n == 1 else 'ies'} NaN/Inf {what}; max abs deviation "
+            f"nan; first at {_fmt_sample(shape, row)}, coordinate {col}: got {got:.6g}, "
+            f"expected {exp:.6g}.{suffix}"
         )
-    dev = (a - e).abs()
-    # entries where both sides are the same infinity (or both NaN) count as equal
-    same_special = (a == e) | (torch.isnan(a) & torch.isnan(e))
-    dev = torch.where(same_special, torch.zeros_like(dev), dev)
-    dev = torch.nan_to_num(dev, nan=float("inf"))
+    dev = torch.where(special, torch.zeros_like(a), (a - e).abs())  # finite everywhere
     tol = atol + rtol * scale
     if bool((dev <= tol).all()):
         return
@@ -293,13 +346,14 @@ def assert_orthogonal(
     norm = _row_norm(pos)
     u = pos / torch.where(norm > 0, norm, torch.ones_like(norm))
     comp = (o * u).sum(dim=-1, keepdim=True)
-    scale = torch.maximum(_row_norm(_rows(grad)), _row_norm(o))
+    scale = torch.maximum(_row_norm(_finite_part(_rows(grad))), _row_norm(_finite_part(o)))
     bad_finite = ~torch.isfinite(comp)
     if bool(bad_finite.any()):
         row = int(bad_finite.nonzero()[0, 0])
         raise AssertionError(
             f"orthogonality to the positive part of refs[{ref!r}] violated by {_name(rule)}: the "
-            f"component is NaN/Inf at {_fmt_sample(grad.shape, row)}"
+            f"component <out, u> is {float(comp[row, 0]):.6g} (NaN/Inf in "
+            f"{int(bad_finite.sum())} sample(s)) at {_fmt_sample(grad.shape, row)}"
         )
     tol = atol + rtol * scale
     if bool((comp.abs() <= tol).all()):
@@ -461,14 +515,24 @@ def assert_sign_split_reconstructs(
     recon = pos + neg
     wrong = ~((recon == g) | (torch.isnan(recon) & nan))
     if bool(wrong.any()):
-        diff = (recon.double() - g.double()).abs()
-        diff = torch.nan_to_num(diff, nan=float("inf"))[wrong]
+        diff = (recon.double() - g.double()).abs()[wrong]
+        n_nan = int(torch.isnan(diff).sum())
+        worst = "nan" if n_nan else f"{float(diff.max()):.3e}"
+        nan_note = f", {n_nan} of them NaN where g is not" if n_nan else ""
         first = tuple(int(i) for i in wrong.nonzero()[0])
         raise AssertionError(
             f"sign split {name} does not reconstruct g: {int(wrong.sum())} coordinate(s) with "
-            f"g_pos + g_neg != g, max |g_pos + g_neg - g| = {float(diff.max()):.3e} (first at "
+            f"g_pos + g_neg != g{nan_note}, max |g_pos + g_neg - g| = {worst} (first at "
             f"index {first})"
         )
+    for label, part in (("g_pos", pos), ("g_neg", neg)):
+        stray = torch.isnan(part) & ~nan if part.is_floating_point() else None
+        if stray is not None and bool(stray.any()):
+            first = tuple(int(i) for i in stray.nonzero()[0])
+            raise AssertionError(
+                f"sign split {name}: {label} is NaN in {int(stray.sum())} coordinate(s) where g "
+                f"is not (first at index {first})"
+            )
     neg_pos = pos < 0
     if bool(neg_pos.any()):
         raise AssertionError(
@@ -523,6 +587,11 @@ def assert_noop_on_zero_reference(
         rtol=rtol,
         shape=grad.shape,
     )
+
+
+def _max_or_zero(t: Tensor) -> float:
+    """``max(t)`` as a float (NaN when ``t`` holds one), 0 for an empty tensor."""
+    return float(t.max()) if t.numel() else 0.0
 
 
 def _numerical_jacobians(
@@ -593,6 +662,10 @@ def assert_gradcheck(
     >>> assert_gradcheck(OrthogonalSuppression(), g, {"harm": harm})
     """
     name = _name(rule)
+    eps = _check_tol("eps", eps)
+    atol, rtol = _check_tol("atol", atol), _check_tol("rtol", rtol)
+    if eps == 0:
+        raise ValueError("eps must be > 0 for finite differences, got 0")
     g64 = grad.detach().to(torch.float64).clone().requires_grad_(True)
     refs64: dict[str, Tensor] = {
         k: (v.detach().to(torch.float64).clone() if isinstance(v, Tensor) else v)
@@ -638,13 +711,15 @@ def assert_gradcheck(
         try:
             numeric = _numerical_jacobians(f, inputs, eps)
             analytic = _analytical_jacobians(f, inputs)
-            worst = max(
-                range(len(inputs)), key=lambda i: float((numeric[i] - analytic[i]).abs().max())
-            )
-            dev = (numeric[worst] - analytic[worst]).abs()
-            rel = float(dev.max()) / max(float(numeric[worst].abs().max()), 1e-300)
+            devs = [_max_or_zero((n - an).abs()) for n, an in zip(numeric, analytic, strict=True)]
+            # NaN ranks above every number (max() with a NaN key keeps whatever came first)
+            ranks = [math.inf if math.isnan(d) else d for d in devs]
+            worst = max(range(len(devs)), key=ranks.__getitem__)
+            top = devs[worst]
+            ref_size = _max_or_zero(numeric[worst].abs())
+            rel = top / ref_size if ref_size > 0 else (math.nan if math.isnan(top) else top)
             detail = (
-                f"; max |analytical - numerical| Jacobian entry = {float(dev.max()):.3e} "
+                f"; max |analytical - numerical| Jacobian entry = {top:.3e} "
                 f"(relative {rel:.3e}) w.r.t. {names[worst]!r}"
             )
         except Exception as exc:  # the deviation is a courtesy; never mask the failure
@@ -675,8 +750,10 @@ def assert_fused_matches_eager(
     >>> assert_fused_matches_eager(OrthogonalSuppression(), g, {"harm": harm})  # doctest: +SKIP
     """
     eager = rule.rule if isinstance(rule, FusedRule) else rule
+    atol = _check_tol("atol", atol)
     if rtol is None:
         rtol = max(1e-6, torch.finfo(grad.dtype).eps) if grad.is_floating_point() else 1e-6
+    rtol = _check_tol("rtol", rtol)
     fused = fuse(eager)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -727,7 +804,10 @@ def assert_surgery_backward_applies_rule(
     name = _name(rule)
     leaf = x.detach().clone().requires_grad_(True)
     y = GradientSurgery.apply(leaf, rule, refs, None, nonfinite)
-    if y.shape != leaf.shape or not torch.equal(y.detach(), leaf.detach()):
+    same = y.shape == leaf.shape and bool(  # NaN == NaN here: the identity keeps NaN
+        torch.isclose(y.detach(), leaf.detach(), rtol=0, atol=0, equal_nan=True).all()
+    )
+    if not same:
         raise AssertionError(f"GradientSurgery with {name}: the forward pass is not the identity")
     if y.data_ptr() != leaf.data_ptr():
         raise AssertionError(f"GradientSurgery with {name}: the forward pass copied its input")

@@ -1,16 +1,19 @@
 """Pieces shared by :mod:`dgsnet.data.datasets` and :mod:`dgsnet.data.captions`.
 
-Errors, the image-file rule, image loading that never hides a broken file, and an atomic JSON
-writer. Kept in one private module so that the two public modules do not import each other.
+Errors, the image-file rule, and image loading that never hides a broken file and maps every
+pixel format to 8-bit RGB by one stated rule. Kept in one private module so that the two
+public modules do not import each other.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageFile
 
 __all__ = [
@@ -22,7 +25,8 @@ __all__ = [
     "load_image",
     "check_image",
     "truncated_images_allowed",
-    "atomic_write_json",
+    "to_rgb8",
+    "ImageRangeWarning",
 ]
 
 #: file extensions (lower case, with the dot) that count as images; matched case-insensitively
@@ -82,49 +86,166 @@ def truncated_images_allowed() -> bool:
 
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open ``path``, decode it completely and return an RGB :class:`PIL.Image.Image`.
+    """Open ``path``, decode it completely and return an 8-bit RGB :class:`PIL.Image.Image`.
 
-    The file is closed on return. Any decoding problem (missing file, not an image, truncated
-    data, decompression bomb) raises :class:`CorruptImageError` naming the file, with the
-    original exception chained.
+    Every pixel format is mapped to 8 bits per channel by a fixed rule (``docs/datasets.md``,
+    "Pixel formats"): 16-bit samples keep their high byte (``v >> 8``); 32-bit integer (``I``)
+    pixels are read as 16-bit data and must lie in 0..65535; float (``F``) pixels are taken as
+    0..1, clipped (with a warning naming the file when any lies outside) and rounded,
+    ``floor(v * 255 + 0.5)``; signed-integer pixels must not be negative; alpha is dropped. An
+    image that cannot be mapped without guessing is refused, never loaded with wrong pixels.
+
+    The file is closed on return. Any problem (missing file, not an image, truncated data,
+    decompression bomb, a pixel format outside the rule) raises :class:`CorruptImageError`
+    naming the file, with the original exception chained. PIL's decompression-bomb warning is
+    re-issued with the file's name in front.
+
+    Raises:
+        CorruptImageError: the file cannot be decoded or mapped to 8-bit RGB.
     """
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             im.load()  # full decode: a truncated file raises here (LOAD_TRUNCATED_IMAGES off)
-            if im.mode == "P" and "transparency" in im.info:
-                im = im.convert("RGBA")
-            return im.convert("RGB")
+            return to_rgb8(im, path)
+    except CorruptImageError:
+        raise
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, bomb errors...
         raise CorruptImageError(path, f"{type(exc).__name__}: {exc}") from exc
 
 
 def check_image(path: str | os.PathLike[str]) -> str | None:
-    """Return ``None`` when ``path`` decodes cleanly, else a one-line reason.
+    """Return ``None`` when :func:`load_image` would succeed on ``path``, else a one-line reason.
 
-    Runs PIL's structural ``verify()`` (chunk CRCs for PNG) and then a full decode, so both a
-    damaged and a truncated file are reported.
+    Runs PIL's structural ``verify()`` (chunk CRCs for PNG) and then :func:`load_image` itself
+    (full decode and the 8-bit mapping), so a damaged file, a truncated file and a pixel format
+    that :func:`load_image` refuses are all reported, and nothing this passes fails to load.
     """
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             im.verify()
-        with Image.open(path) as im:
-            im.load()
+        load_image(path)
+    except CorruptImageError as exc:
+        return exc.reason
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
-def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``obj`` as JSON to ``path`` so that ``path`` is always either the old complete file
-    or the new complete file, never a partial one.
+#: serialises the short header parse in :func:`_open` (``warnings.catch_warnings`` swaps
+#: process-wide state, and ``DetectionFolder.verify`` opens files from several threads)
+_OPEN_LOCK = threading.Lock()
 
-    The JSON goes to a temporary file in the same folder, is flushed and ``fsync``-ed, then
-    renamed over ``path`` with :func:`os.replace` (atomic on POSIX and Windows), and the folder
-    is ``fsync``-ed (:func:`dgsnet.io.atomic_write_text`). The file keeps the permission bits of
-    the file it replaces (the umask's default for a new one).
+
+def _open(path: str | os.PathLike[str]) -> Image.Image:
+    """``Image.open(path)``, with PIL's ``DecompressionBombWarning`` re-issued naming the file.
+
+    PIL emits the warning from inside ``Image.open`` without the file name (and, under the
+    default filter, only once per process). The warning filters in force still apply: with an
+    ``"error"`` filter PIL's warning raises here (and :func:`load_image` turns it into a
+    :class:`CorruptImageError` naming the file); other warnings caught meanwhile are passed on.
     """
-    from ..io import atomic_write_text
+    with _OPEN_LOCK, warnings.catch_warnings(record=True) as caught:
+        im = Image.open(path)
+    for w in caught:
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            warnings.warn(
+                Image.DecompressionBombWarning(f"image {os.fspath(path)}: {w.message}"),
+                stacklevel=3,
+            )
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return im
+
+
+class ImageRangeWarning(UserWarning):
+    """A float image held values outside 0..1, which :func:`load_image` clipped."""
+
+
+#: modes with 8-bit channels that PIL converts to RGB itself (alpha dropped, CMYK, YCbCr, LAB
+#: and HSV converted, palette looked up, ``1`` as 0/255)
+_PIL_CONVERTED = frozenset(
+    {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"}
+)
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def _signed_samples(im: Image.Image) -> bool:
+    """True for a TIFF whose SampleFormat tag (339) says signed integers."""
+    tags = getattr(im, "tag_v2", None)
+    if tags is None:
+        return False
+    fmt = tags.get(339)
+    return bool(fmt) and 2 in (fmt if isinstance(fmt, tuple) else (fmt,))
+
+
+def _grey_to_rgb(a: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.ascontiguousarray(a, dtype=np.uint8), "L").convert("RGB")
+
+
+def to_rgb8(im: Image.Image, path: str | os.PathLike[str] = "<image>") -> Image.Image:
+    """Map a decoded image of any PIL mode to 8-bit RGB by the rule of :func:`load_image`.
+
+    ``path`` only names the image in errors and warnings.
+
+    Raises:
+        CorruptImageError: the mode has no rule, or the pixels lie outside the rule's range
+            (negative signed integers, ``I`` values above 65535, NaN/Inf floats).
+    """
+    mode = im.mode
+    if mode in _SIXTEEN_BIT:  # any byte order; numpy reads it as unsigned 16-bit
+        return _grey_to_rgb(np.asarray(im).astype(np.uint16) >> 8)
+    if mode == "I":  # int32: PIL's mode for 16-bit signed and 32-bit integer TIFFs
+        a = np.asarray(im).astype(np.int64)
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise CorruptImageError(
+                path,
+                f"32-bit integer pixels (mode I) are read as 16-bit data in 0..65535, but this "
+                f"image holds values {lo}..{hi} (a negative value may also be an unsigned 32-bit "
+                "value above 2**31); convert it to 8- or 16-bit first",
+            )
+        return _grey_to_rgb(a >> 8)
+    if mode == "F":
+        a = np.asarray(im).astype(np.float64)
+        finite = np.isfinite(a)
+        if not finite.all():
+            raise CorruptImageError(
+                path, f"float pixels (mode F) hold {int((~finite).sum())} NaN/Inf value(s)"
+            )
+        if a.size and (a.min() < 0.0 or a.max() > 1.0):
+            warnings.warn(
+                ImageRangeWarning(
+                    f"image {os.fspath(path)}: float pixels are read as 0..1 but range over "
+                    f"{a.min():.6g}..{a.max():.6g}; values outside 0..1 were clipped"
+                ),
+                stacklevel=3,
+            )
+        return _grey_to_rgb(np.floor(np.clip(a, 0.0, 1.0) * 255.0 + 0.5))
+    if mode == "L" and _signed_samples(im):  # 8-bit signed TIFF: PIL keeps the raw bytes
+        a = np.asarray(im).view(np.int8)
+        if a.size and int(a.min()) < 0:
+            raise CorruptImageError(
+                path, f"signed 8-bit pixels hold negative values (min {int(a.min())})"
+            )
+        return _grey_to_rgb(a)
+    if mode == "La":
+        im = im.convert("LA")  # PIL converts premultiplied La only to LA
+    elif mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # what PIL asks for palette transparency given as bytes
+    elif mode not in _PIL_CONVERTED:
+        raise CorruptImageError(path, f"pixel mode {mode!r} has no 8-bit RGB rule")
+    return im.convert("RGB")
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """Deprecated: use :func:`dgsnet.io.atomic_write_json` (note its order: ``(path, data)``).
+
+    A thin alias kept only for :mod:`dgsnet.data.captions`, which still calls it with the
+    arguments the other way round; it writes caption files as before (UTF-8, sorted keys,
+    indent 1) through the one atomic writer in :mod:`dgsnet.io`, and returns ``path``.
+    """
+    from ..io import atomic_write_json as _write
 
     path = Path(path)
-    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=True) + "\n")
+    _write(path, obj, indent=1, ensure_ascii=False)
     return path

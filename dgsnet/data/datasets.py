@@ -36,6 +36,7 @@ from ._common import (
     IMAGE_EXTENSIONS,
     CorruptImageError,
     DatasetError,
+    ImageRangeWarning,
     check_image,
     is_image_file,
     load_image,
@@ -49,6 +50,7 @@ __all__ = [
     "FAKE_DIR",
     "DatasetError",
     "CorruptImageError",
+    "ImageRangeWarning",
     "Sample",
     "Batch",
     "collate",
@@ -251,8 +253,9 @@ class LabeledImageDataset(Dataset):
         return i
 
     def load(self, index: int) -> Image.Image:
-        """The untransformed RGB image at ``index``; :class:`CorruptImageError` names the file
-        when it cannot be decoded."""
+        """The untransformed 8-bit RGB image at ``index`` (16-bit, integer and float files
+        mapped by the rule in ``docs/datasets.md``, "Pixel formats"); :class:`CorruptImageError`
+        names the file when it cannot be decoded or mapped."""
         return load_image(self._records[self._index(index)].path)
 
     def caption(self, index: int) -> str | None:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .rules import SurgeryRule, drop_nonfinite
+from .rules import SurgeryRule, check_inputs, check_output, drop_nonfinite
 
 __all__ = ["GradientSurgery", "gradient_surgery", "SurgeryStats"]
 
@@ -49,7 +49,8 @@ class SurgeryStats:
     def summary(self) -> dict[str, float]:
         if self.grad_in is None or self.grad_out is None:
             return {}
-        g_in = self.grad_in.float().flatten(0, -2) if self.grad_in.dim() > 1 else self.grad_in.float()[None]
+        g_in = self.grad_in.float()
+        g_in = g_in.flatten(0, -2) if g_in.dim() > 1 else g_in[None]
         g_out = self.grad_out.float().reshape(g_in.shape)
         n_in = torch.linalg.vector_norm(g_in, dim=-1)
         n_out = torch.linalg.vector_norm(g_out, dim=-1)
@@ -81,7 +82,10 @@ class GradientSurgery(torch.autograd.Function):
     * ``x``: the features, shape ``(..., D)``; returned as a view (no copy).
     * ``rule``: a :class:`~dgsnet.surgery.SurgeryRule`.
     * ``refs``: ``{name: tensor}`` reference gradients of ``x``'s shape. They are detached:
-      no gradient flows into them.
+      no gradient flows into them. They are saved with ``ctx.save_for_backward`` (no copy),
+      so changing one in place between this call and the backward pass makes backward raise
+      torch's ``RuntimeError`` ("... modified by an inplace operation") instead of computing
+      the surgery from the changed values. To reuse a buffer, pass ``buf.clone()``.
     * ``stats``: an optional :class:`SurgeryStats` filled during backward.
     * ``nonfinite``: ``"raise"`` (default) raises a ``ValueError`` in backward when a reference
       holds NaN/Inf; ``"ignore"`` zeroes the affected samples' references, so those samples'
@@ -108,64 +112,38 @@ class GradientSurgery(torch.autograd.Function):
         nonfinite: NonFinite = "raise",
     ) -> Tensor:
         if not isinstance(rule, SurgeryRule):
-            raise TypeError(f"GradientSurgery: rule must be a SurgeryRule, got {type(rule).__name__}")
+            raise TypeError(
+                f"GradientSurgery: rule must be a SurgeryRule, got {type(rule).__name__}"
+            )
         if nonfinite not in ("raise", "ignore"):
-            raise ValueError(f"GradientSurgery: nonfinite must be 'raise' or 'ignore', got {nonfinite!r}")
+            raise ValueError(
+                f"GradientSurgery: nonfinite must be 'raise' or 'ignore', got {nonfinite!r}"
+            )
         if stats is not None and not isinstance(stats, SurgeryStats):
-            raise TypeError(f"GradientSurgery: stats must be a SurgeryStats, got {type(stats).__name__}")
+            raise TypeError(
+                f"GradientSurgery: stats must be a SurgeryStats, got {type(stats).__name__}"
+            )
         # Validate now, with the caller's stack, rather than deep inside backward.
-        _check_refs(x, rule, refs)
+        check_inputs("GradientSurgery", rule, x, refs, what="features")
         ctx.rule = rule
-        ctx.refs = {k: refs[k].detach() for k in rule.refs}
+        # saved (not kept as attributes) so that torch's version-counter check applies: an
+        # in-place change of a reference before backward raises instead of editing the
+        # gradient with the changed values. detach() shares the version counter, copies nothing
+        ctx.ref_names = tuple(rule.refs)
+        ctx.save_for_backward(*(refs[k].detach() for k in ctx.ref_names))
         ctx.stats = stats
         ctx.nonfinite = nonfinite
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None]:  # type: ignore[override]
-        refs = ctx.refs
+        refs = dict(zip(ctx.ref_names, ctx.saved_tensors, strict=True))
         if ctx.nonfinite == "ignore":
             refs = drop_nonfinite(refs)
-        out = ctx.rule(grad, refs)
+        out = check_output(ctx.rule, ctx.rule(grad, refs), grad, "__call__(grad, refs)")
         if ctx.stats is not None:
             ctx.stats.record(grad, out, refs)
         return out, None, None, None, None
-
-
-def _check_refs(x: Tensor, rule: SurgeryRule, refs: Mapping[str, Tensor]) -> None:
-    """Shape, dtype and device checks of the references against the features (no sync)."""
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
-        raise TypeError(f"GradientSurgery: features must be a floating-point tensor, got {got}")
-    if x.dim() < 1:
-        raise ValueError(
-            "GradientSurgery: features must have at least one dimension (..., D), got a scalar"
-        )
-    if not isinstance(refs, Mapping):
-        raise TypeError(f"GradientSurgery: refs must be a mapping name -> tensor, got {type(refs).__name__}")
-    missing = [k for k in rule.refs if k not in refs]
-    if missing:
-        raise ValueError(
-            f"GradientSurgery: {rule!r} needs reference(s) {list(rule.refs)}, got {sorted(refs)}"
-        )
-    for key in rule.refs:
-        ref = refs[key]
-        if not isinstance(ref, Tensor):
-            raise TypeError(f"GradientSurgery: reference {key!r} must be a tensor, got {type(ref).__name__}")
-        if not ref.is_floating_point():
-            raise TypeError(
-                f"GradientSurgery: reference {key!r} must be a floating-point tensor, got "
-                f"dtype {ref.dtype}"
-            )
-        if ref.shape != x.shape:
-            raise ValueError(
-                f"GradientSurgery: reference {key!r} has shape {tuple(ref.shape)} but the features "
-                f"have shape {tuple(x.shape)}; they must be equal"
-            )
-        if ref.device != x.device:
-            raise ValueError(
-                f"GradientSurgery: reference {key!r} is on {ref.device}, the features on {x.device}"
-            )
 
 
 def gradient_surgery(

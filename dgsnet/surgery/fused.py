@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .rules import SurgeryRule, raise_if_nonfinite
+from .rules import SurgeryRule, check_output, raise_if_nonfinite
 
 __all__ = ["FusedRule", "fuse"]
 
@@ -100,6 +100,7 @@ class FusedRule(SurgeryRule):
         refs = {} if refs is None else refs
         prepared, used = self.rule.prepare(grad, refs, check_finite=False)
         out, maxima = self._run(prepared, used)
+        check_output(self.rule, out, prepared, "forward(grad, refs) (fused)")
         if maxima:
             finite = torch.isfinite(torch.cat([m.reshape(-1) for m in maxima])).all()
             raise_if_nonfinite(self.rule, used, finite)

@@ -25,6 +25,9 @@ from torch import Tensor
 
 __all__ = [
     "SurgeryRule",
+    "RuleOutputError",
+    "check_inputs",
+    "check_output",
     "sign_split",
     "drop_nonfinite",
     "OrthogonalSuppression",
@@ -92,7 +95,7 @@ class SurgeryRule:
     def __call__(self, grad: Tensor, refs: Mapping[str, Tensor] | None = None) -> Tensor:
         refs = {} if refs is None else refs
         prepared, used = self.prepare(grad, refs)
-        out = self.forward(prepared, used)
+        out = check_output(self, self.forward(prepared, used), prepared, "forward(grad, refs)")
         return out if out.dtype == grad.dtype else out.to(grad.dtype)
 
     # -- validation ---------------------------------------------------------------------------
@@ -100,51 +103,28 @@ class SurgeryRule:
         self, grad: Tensor, refs: Mapping[str, Tensor], check_finite: bool = True
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Validate ``grad`` and the references this rule reads; return them in the compute
-        dtype. Raises ``TypeError``/``ValueError`` naming what was expected and what arrived.
-        ``check_finite=False`` skips the one check that reads the data (the fused path folds it
-        into its kernel)."""
-        name = type(self).__name__
-        if not isinstance(grad, Tensor):
-            raise TypeError(f"{name}: grad must be a torch.Tensor, got {type(grad).__name__}")
-        if not grad.is_floating_point():
-            raise TypeError(f"{name}: grad must be a floating-point tensor, got dtype {grad.dtype}")
-        if grad.dim() < 1:
-            raise ValueError(f"{name}: grad must have at least one dimension (..., D), got a scalar")
-        if not isinstance(refs, Mapping):
-            raise TypeError(
-                f"{name}: refs must be a mapping of name -> tensor, got {type(refs).__name__}"
-            )
-        missing = [k for k in self.refs if k not in refs]
-        if missing:
-            raise ValueError(
-                f"{name}: missing reference gradient(s) {missing}; expected keys {list(self.refs)}, "
-                f"got {sorted(refs)}"
-            )
+        dtype.
+
+        Args:
+            grad: the incoming gradient, shape ``(..., D)``, floating point.
+            refs: ``{name: tensor}``; the keys in :attr:`refs` must be there.
+            check_finite: ``False`` skips the one check that reads the data (the fused path
+                folds it into its kernel).
+
+        Returns:
+            ``(grad, used)``: the gradient and this rule's references (detached), all in the
+            compute dtype (float32 for float16/bfloat16 gradients, else the gradient's).
+
+        Raises:
+            TypeError: a tensor of the wrong kind or dtype, refs not a mapping.
+            ValueError: a missing reference, a shape or device mismatch, NaN/Inf in a reference.
+        """
+        check_inputs(type(self).__name__, self, grad, refs, what="gradient")
         compute = torch.float32 if grad.dtype in _LOW_PRECISION else grad.dtype
-        used: dict[str, Tensor] = {}
-        for key in self.refs:
-            ref = refs[key]
-            if not isinstance(ref, Tensor):
-                raise TypeError(
-                    f"{name}: reference {key!r} must be a torch.Tensor, got {type(ref).__name__}"
-                )
-            if not ref.is_floating_point():
-                raise TypeError(
-                    f"{name}: reference {key!r} must be floating point, got dtype {ref.dtype}"
-                )
-            if ref.shape != grad.shape:
-                raise ValueError(
-                    f"{name}: reference {key!r} has shape {tuple(ref.shape)} but the gradient has "
-                    f"shape {tuple(grad.shape)}; they must be equal"
-                )
-            if ref.device != grad.device:
-                raise ValueError(
-                    f"{name}: reference {key!r} is on {ref.device} but the gradient is on "
-                    f"{grad.device}"
-                )
-            used[key] = ref.detach().to(compute)
+        used = {key: refs[key].detach().to(compute) for key in self.refs}
         if used and check_finite:
-            raise_if_nonfinite(self, used, torch.stack([torch.isfinite(r).all() for r in used.values()]).all())
+            finite = torch.stack([torch.isfinite(r).all() for r in used.values()]).all()
+            raise_if_nonfinite(self, used, finite)
         return grad.to(compute), used
 
     # -- math ---------------------------------------------------------------------------------
@@ -164,6 +144,96 @@ class SurgeryRule:
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, repr(self)))
+
+
+class RuleOutputError(TypeError, ValueError):
+    """A rule returned something other than a tensor of the gradient's shape, dtype and
+    device (for instance ``None``, a list, a flattened or a float64 tensor). The message names
+    the rule's class, what was expected and what arrived. A ``TypeError`` and a ``ValueError``
+    at once, so either ``except`` catches it."""
+
+
+def check_output(rule: object, out: object, like: Tensor, call: str) -> Tensor:
+    """Return ``out`` when it is a tensor of ``like``'s shape, dtype and device, else raise
+    :class:`RuleOutputError` naming ``type(rule)`` and ``call`` (how the rule was called).
+    Metadata only: nothing is read from the device."""
+    name = type(rule).__name__
+    expected = f"a tensor of shape {tuple(like.shape)}, dtype {like.dtype}, device {like.device}"
+    if not isinstance(out, Tensor):
+        raise RuleOutputError(f"{name}.{call} returned {type(out).__name__}; expected {expected}")
+    for field, got, want in (
+        ("shape", tuple(out.shape), tuple(like.shape)),
+        ("dtype", out.dtype, like.dtype),
+        ("device", out.device, like.device),
+    ):
+        if got != want:
+            raise RuleOutputError(f"{name}.{call} returned {field} {got}; expected {expected}")
+    return out
+
+
+def check_inputs(
+    owner: str,
+    rule: SurgeryRule,
+    target: Tensor,
+    refs: Mapping[str, Tensor],
+    *,
+    what: Literal["gradient", "features"],
+) -> None:
+    """The one validation of a gradient (or features) and the references ``rule`` reads:
+    types, dtypes, shapes and devices, metadata only (no device synchronisation). Used by
+    :meth:`SurgeryRule.prepare` and by ``GradientSurgery``'s forward pass.
+
+    Args:
+        owner: the name that starts every message (the rule's class, or ``GradientSurgery``).
+        rule: whose :attr:`SurgeryRule.refs` are checked.
+        target: the tensor the references must match, called ``what`` in the messages.
+        refs: ``{name: tensor}``.
+        what: ``"gradient"`` (a rule's input) or ``"features"`` (``GradientSurgery``'s).
+
+    Raises:
+        TypeError: not a tensor, not floating point, refs not a mapping.
+        ValueError: a scalar target, a missing reference, a shape or device mismatch.
+    """
+    arg = "grad" if what == "gradient" else what
+    has = "has" if what == "gradient" else "have"
+    is_ = "is" if what == "gradient" else "are"
+    if not isinstance(target, Tensor):
+        raise TypeError(f"{owner}: {arg} must be a torch.Tensor, got {type(target).__name__}")
+    if not target.is_floating_point():
+        raise TypeError(f"{owner}: {arg} must be a floating-point tensor, got dtype {target.dtype}")
+    if target.dim() < 1:
+        raise ValueError(f"{owner}: {arg} must have at least one dimension (..., D), got a scalar")
+    if not isinstance(refs, Mapping):
+        raise TypeError(
+            f"{owner}: refs must be a mapping of name -> tensor, got {type(refs).__name__}"
+        )
+    missing = [k for k in rule.refs if k not in refs]
+    if missing:
+        raise ValueError(
+            f"{owner}: missing reference gradient(s) {missing}; {rule!r} needs reference(s) "
+            f"{list(rule.refs)}, got {sorted(refs)}"
+        )
+    for key in rule.refs:
+        ref = refs[key]
+        if not isinstance(ref, Tensor):
+            raise TypeError(
+                f"{owner}: reference {key!r} must be a torch.Tensor, got {type(ref).__name__} "
+                f"({key!r} must be a tensor shaped like the {what})"
+            )
+        if not ref.is_floating_point():
+            raise TypeError(
+                f"{owner}: reference {key!r} must be floating point, got dtype {ref.dtype}"
+            )
+        if ref.shape != target.shape:
+            raise ValueError(
+                f"{owner}: reference {key!r} has shape {tuple(ref.shape)} but the {what} {has} "
+                f"shape {tuple(target.shape)}; they must be equal"
+            )
+        if ref.device != target.device:
+            raise ValueError(
+                f"{owner}: reference {key!r} is on {ref.device} but the {what} {is_} on "
+                f"{target.device}"
+            )
 
 
 def raise_if_nonfinite(rule: SurgeryRule, refs: Mapping[str, Tensor], all_finite: Tensor) -> None:
@@ -395,6 +465,7 @@ class Compose(SurgeryRule):
         return {"rules": self.rules}
 
     def forward(self, grad: Tensor, refs: dict[str, Tensor]) -> Tensor:
-        for rule in self.rules:
-            grad = rule.forward(grad, {k: refs[k] for k in rule.refs})
+        for rule in self.rules:  # each step's output checked, naming the rule that broke it
+            out = rule.forward(grad, {k: refs[k] for k in rule.refs})
+            grad = check_output(rule, out, grad, "forward(grad, refs) inside Compose")
         return grad
