@@ -56,7 +56,7 @@ OBJECTS = ["cat", "dog", "car", "chair", "horse", "house", "bird", "tree"]
 #: The caption places, drawn uniformly.
 PLACES = ["on a street", "in a room", "in a field", "near the sea"]
 
-#: One split: images ``(N, 3, S, S)``, their captions, labels ``(N,)`` (0 real, 1 fake).
+#: One split: images `(N, 3, S, S)`, their captions, labels `(N,)` (0 real, 1 fake).
 Split = tuple[torch.Tensor, list[str], torch.Tensor]
 
 _IMAGE_SIZE = 64
