@@ -1,7 +1,11 @@
 """dgsnet: DGS-Net (Distillation-Guided Gradient Surgery) for fine-tuning CLIP-like models.
 
->>> from dgsnet import DGSWrapper, DGSConfig
->>> from dgsnet.surgery import GradientSurgery, OrthogonalSuppression, PriorAlignment
+The method is the one of the DGS-Net paper (arXiv 2511.13108); the default configuration
+reproduces the training gradients of the authors' released code (HorizonTEL/DGS-Net).
+
+Example:
+    >>> from dgsnet import DGSWrapper, DGSConfig
+    >>> from dgsnet.surgery import GradientSurgery, OrthogonalSuppression, PriorAlignment
 """
 
 from .config import DGSConfig

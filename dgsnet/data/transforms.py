@@ -1,28 +1,29 @@
 r"""Image transforms: DGS-Net's patch selection, the model's own preprocessing, degradations.
 
-:class:`PatchSelection` reproduces the preprocessing of the released DGS-Net code: cut the image
+`PatchSelection` reproduces the preprocessing of the DGS-Net paper (arXiv 2511.13108) as its
+released code (HorizonTEL/DGS-Net) implements it: cut the image
 into non-overlapping 32x32 patches, score each by spectral entropy, keep the 24 lowest and the
 25 highest, shuffle the 49, tile them into a 7x7 grid (224x224), then (optionally) flip
 horizontally and normalise with the ImageNet mean/std.
 
-Spectral entropy of a patch (:func:`spectral_entropy`), exactly as computed here:
+Spectral entropy of a patch (`spectral_entropy`), exactly as computed here:
 
-.. math::
+$$
+g = 0.299 R + 0.587 G + 0.114 B, \quad
+F = \mathrm{FFT2}(g), \quad
+P_{uv} = \frac{|F_{uv}|^2}{\sum_{u'v'} |F_{u'v'}|^2}, \quad
+H = -\sum_{uv} P_{uv} \log_2 P_{uv}
+$$
 
-    g = 0.299 R + 0.587 G + 0.114 B, \quad
-    F = \mathrm{FFT2}(g), \quad
-    P_{uv} = \frac{|F_{uv}|^2}{\sum_{u'v'} |F_{u'v'}|^2}, \quad
-    H = -\sum_{uv} P_{uv} \log_2 P_{uv}
-
-over all ``p*p`` frequencies (DC included), with :math:`0 \log 0 = 0` and :math:`H = 0` for an
+over all `p*p` frequencies (DC included), with $0 \log 0 = 0$ and $H = 0$ for an
 all-black patch. This is the entropy of the normalised *power* spectrum, as the reference
-code computes it; ``spectrum="magnitude"`` uses :math:`|F|` instead. A flat patch puts all its
-energy in the DC term (``H = 0``); white noise spreads it evenly (``H`` near
-``log2(p*p) = 10`` for 32x32).
+code computes it; `spectrum="magnitude"` uses $|F|$ instead. A flat patch puts all its
+energy in the DC term (`H = 0`); white noise spreads it evenly (`H` near
+`log2(p*p) = 10` for 32x32).
 
-:class:`Degrade` applies the JPEG / blur / resize degradations of robustness tables to PIL
-images before the model transform; :func:`default_transform` wraps the model's own
-preprocessing (an open_clip ``preprocess``) with them.
+`Degrade` applies the JPEG / blur / resize degradations of robustness tables to PIL
+images before the model transform; `default_transform` wraps the model's own
+preprocessing (an open_clip `preprocess`) with them.
 """
 
 from __future__ import annotations
@@ -50,9 +51,13 @@ __all__ = [
     "default_transform",
 ]
 
+#: ImageNet per-channel mean (RGB), the normalisation of DGS-Net's patch selection.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+#: ImageNet per-channel standard deviation (RGB).
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: OpenAI CLIP's per-channel mean (RGB), used by its own preprocessing.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+#: OpenAI CLIP's per-channel standard deviation (RGB).
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
@@ -72,17 +77,29 @@ def _entropy_np(g: np.ndarray, spectrum: str) -> np.ndarray:
 def spectral_entropy(
     patches: Tensor | np.ndarray, spectrum: Literal["power", "magnitude"] = "power"
 ) -> Tensor | np.ndarray:
-    r"""Spectral entropy (bits) of grayscale patches ``(..., p, q)``, returned as ``(...)``.
+    r"""Spectral entropy (bits) of grayscale patches `(..., p, q)`, returned as `(...)`.
 
-    :math:`H = -\sum P \log_2 P` with :math:`P = S / \sum S`, :math:`S = |FFT2(x)|^2`
-    (``"power"``, the reference's choice) or :math:`|FFT2(x)|` (``"magnitude"``), over every
-    frequency including DC. Invariant to scaling ``x``; ``0`` for an all-zero patch. Computed
+    $H = -\sum P \log_2 P$ with $P = S / \sum S$, $S = |FFT2(x)|^2$
+    (`"power"`, the reference's choice) or $|FFT2(x)|$ (`"magnitude"`), over every
+    frequency including DC. Invariant to scaling `x`; `0` for an all-zero patch. Computed
     in float64 with numpy (single-threaded: it runs in data-loading code, and is not
     differentiable); a tensor in gives a float64 tensor on the same device out.
 
-    >>> flat = torch.full((1, 8, 8), 0.5)
-    >>> float(spectral_entropy(flat))
-    0.0
+    Args:
+        patches: `(..., p, q)` grayscale patches, a tensor or a numpy array.
+        spectrum: `"power"` or `"magnitude"`.
+
+    Returns:
+        The entropies, shape `(...)`, float64, of the input's kind (and device).
+
+    Raises:
+        ValueError: fewer than two dimensions, or an unknown `spectrum`.
+        TypeError: neither a tensor nor a numpy array.
+
+    Example:
+        >>> flat = torch.full((1, 8, 8), 0.5)
+        >>> float(spectral_entropy(flat))
+        0.0
     """
     if spectrum not in ("power", "magnitude"):
         raise ValueError(f"spectrum must be 'power' or 'magnitude', got {spectrum!r}")
@@ -99,14 +116,14 @@ def spectral_entropy(
 
 
 def _gray_np(tiles: np.ndarray) -> np.ndarray:
-    """``(..., 3, H, W)`` -> ``(..., H, W)`` luma (ITU-R BT.601 weights), float64."""
+    """`(..., 3, H, W)` -> `(..., H, W)` luma (ITU-R BT.601 weights), float64."""
     w0, w1, w2 = _GRAY_WEIGHTS
     return w0 * tiles[..., 0, :, :] + w1 * tiles[..., 1, :, :] + w2 * tiles[..., 2, :, :]
 
 
 def _as_chw01(img: Any) -> np.ndarray:
-    """PIL image, ``(H, W[, C])`` numpy array or ``(C, H, W)``/``(H, W)`` tensor -> float64
-    ``(3, H, W)`` array in ``[0, 1]`` (uint8 is divided by 255; floats are taken as [0, 1])."""
+    """PIL image, `(H, W[, C])` numpy array or `(C, H, W)`/`(H, W)` tensor -> float64
+    `(3, H, W)` array in `[0, 1]` (uint8 is divided by 255; floats are taken as [0, 1])."""
     if isinstance(img, Image.Image):
         arr = np.asarray(img.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
     elif isinstance(img, np.ndarray):
@@ -135,37 +152,57 @@ def _as_chw01(img: Any) -> np.ndarray:
 
 
 class PatchSelection:
-    """DGS-Net's patch-selection preprocessing: image -> normalised ``(3, 224, 224)`` tensor.
+    """DGS-Net's patch-selection preprocessing: image -> normalised `(3, 224, 224)` tensor.
 
-    1. If the image has fewer than ``n_low + n_high`` whole patches it is scaled up (bicubic,
+    1. If the image has fewer than `n_low + n_high` whole patches it is scaled up (bicubic,
        aspect ratio kept) so that its shorter side is the output size (224); with
-       ``upscale=False`` it raises instead. (The released code would tile duplicates and
+       `upscale=False` it raises instead. (The released code would tile duplicates and
        black gaps.)
-    2. The image is cut into non-overlapping ``patch_size`` patches from the top-left corner
+    2. The image is cut into non-overlapping `patch_size` patches from the top-left corner
        (a right/bottom remainder is dropped), in raster order.
-    3. Each patch is scored by :func:`spectral_entropy` of its luma.
-    4. The ``n_low`` lowest and ``n_high`` highest scores are kept (stable sort: ties go to the
+    3. Each patch is scored by `spectral_entropy` of its luma.
+    4. The `n_low` lowest and `n_high` highest scores are kept (stable sort: ties go to the
        earlier patch).
-    5. The kept patches are shuffled (``shuffle=True``) or left in raster order
-       (``shuffle=False``) and tiled row-major into a ``sqrt(n_low + n_high)`` square grid.
-    6. ``flip=True`` flips the result horizontally with probability 1/2 (training only).
-    7. ``normalize=True`` subtracts ``mean`` and divides by ``std`` (ImageNet by default).
+    5. The kept patches are shuffled (`shuffle=True`) or left in raster order
+       (`shuffle=False`) and tiled row-major into a `sqrt(n_low + n_high)` square grid.
+    6. `flip=True` flips the result horizontally with probability 1/2 (training only).
+    7. `normalize=True` subtracts `mean` and divides by `std` (ImageNet by default).
 
     Randomness (shuffle and flip):
 
-    - ``seed=None``: torch's global RNG (the DataLoader seeds it per worker);
-    - ``seed=s``: a private generator seeded with ``s`` (``s + 1000003 * (worker_id + 1)`` in
-      DataLoader worker ``worker_id``), reproducible run to run;
-    - ``deterministic=True`` (evaluation): a generator re-seeded with ``seed`` (0 if None) on
+    - `seed=None`: torch's global RNG (the DataLoader seeds it per worker);
+    - `seed=s`: a private generator seeded with `s` (`s + 1000003 * (worker_id + 1)` in
+      DataLoader worker `worker_id`), reproducible run to run;
+    - `deterministic=True` (evaluation): a generator re-seeded with `seed` (0 if None) on
       every call, so every image gets the same patch order whatever the call order, batch or
-      worker; incompatible with ``flip=True``.
+      worker; incompatible with `flip=True`.
 
-    Input: a PIL image (any mode), a ``(H, W, C)`` uint8 array or a ``(C, H, W)`` tensor
-    (uint8, or float in ``[0, 1]``). The tiles hold the exact input pixel values.
+    Input: a PIL image (any mode), a `(H, W, C)` uint8 array or a `(C, H, W)` tensor
+    (uint8, or float in `[0, 1]`). The tiles hold the exact input pixel values.
 
-    >>> t = PatchSelection(deterministic=True)
-    >>> t(Image.new("RGB", (256, 256))).shape
-    torch.Size([3, 224, 224])
+    Args:
+        patch_size: patch side in pixels.
+        n_low: how many lowest-entropy patches to keep.
+        n_high: how many highest-entropy patches to keep; `n_low + n_high` must be a
+            perfect square.
+        shuffle: shuffle the kept patches before tiling.
+        deterministic: re-seed on every call (evaluation); see above.
+        seed: the seed of a private generator; `None` uses torch's global RNG.
+        flip: random horizontal flip of the result (training).
+        normalize: subtract `mean` and divide by `std`.
+        mean: per-channel mean (ImageNet's by default).
+        std: per-channel standard deviation (ImageNet's by default).
+        spectrum: the score, `"power"` (the reference) or `"magnitude"` spectral entropy.
+        upscale: scale up images with too few patches (otherwise raise).
+
+    Raises:
+        ValueError: a non-positive patch size, counts that do not tile a square, or
+            `deterministic=True` with `flip=True`.
+
+    Example:
+        >>> t = PatchSelection(deterministic=True)
+        >>> t(Image.new("RGB", (256, 256))).shape
+        torch.Size([3, 224, 224])
     """
 
     def __init__(
@@ -251,7 +288,7 @@ class PatchSelection:
 
     # -- steps --------------------------------------------------------------------------------
     def _prepare(self, img: Any) -> np.ndarray:
-        """Input -> float64 ``(3, H, W)`` array in [0, 1], scaled up if it has too few
+        """Input -> float64 `(3, H, W)` array in [0, 1], scaled up if it has too few
         patches."""
         p = self.patch_size
         if isinstance(img, Image.Image):
@@ -296,18 +333,18 @@ class PatchSelection:
         return np.concatenate([order[: self.n_low], order[n - self.n_high :]])
 
     def patches(self, img: Any) -> tuple[Tensor, tuple[int, int]]:
-        """All whole patches in raster order, ``(N, 3, p, p)`` float64 in [0, 1], and the grid
-        ``(rows, cols)`` they came from (after any upscaling)."""
+        """All whole patches in raster order, `(N, 3, p, p)` float64 in [0, 1], and the grid
+        `(rows, cols)` they came from (after any upscaling)."""
         tiles, grid = self._patches_np(img)
         return torch.from_numpy(np.ascontiguousarray(tiles)), grid
 
     def entropies(self, img: Any) -> Tensor:
-        """Spectral entropy of every patch, raster order, ``(N,)`` float64."""
+        """Spectral entropy of every patch, raster order, `(N,)` float64."""
         tiles, _ = self._patches_np(img)
         return torch.from_numpy(_entropy_np(_gray_np(tiles), self.spectrum))
 
     def select(self, entropies: Tensor | np.ndarray) -> Tensor:
-        """Indices of the kept patches: the ``n_low`` lowest (ascending), then the ``n_high``
+        """Indices of the kept patches: the `n_low` lowest (ascending), then the `n_high`
         highest (ascending). Stable: equal scores keep raster order."""
         e = entropies.detach().cpu().numpy() if isinstance(entropies, Tensor) else entropies
         return torch.from_numpy(self._select_np(np.asarray(e)))
@@ -324,7 +361,7 @@ class PatchSelection:
         return chosen.reshape(g, g, 3, p, p).transpose(2, 0, 3, 1, 4).reshape(3, g * p, g * p)
 
     def tile(self, img: Any, generator: torch.Generator | None = None) -> Tensor:
-        """Steps 1-5: the ``(3, S, S)`` float32 mosaic in [0, 1], before flip and
+        """Steps 1-5: the `(3, S, S)` float32 mosaic in [0, 1], before flip and
         normalisation."""
         return torch.from_numpy(np.ascontiguousarray(self._mosaic(img, generator)))
 
@@ -347,17 +384,28 @@ class PatchSelection:
 class Degrade:
     """Degrade a PIL image for robustness evaluation, in this order:
 
-    1. ``resize_scale``: resize both sides by this factor (rounded, at least 1 pixel) with
-       ``interpolation`` (PIL, antialiased when shrinking); the model transform resizes
+    1. `resize_scale`: resize both sides by this factor (rounded, at least 1 pixel) with
+       `interpolation` (PIL, antialiased when shrinking); the model transform resizes
        afterwards as usual;
-    2. ``blur_sigma``: Gaussian blur with this standard deviation (PIL ``GaussianBlur``);
-    3. ``jpeg_quality``: encode as JPEG at this quality (1-100, PIL encoder, default chroma
+    2. `blur_sigma`: Gaussian blur with this standard deviation (PIL `GaussianBlur`);
+    3. `jpeg_quality`: encode as JPEG at this quality (1-100, PIL encoder, default chroma
        subsampling) and decode again.
 
-    Each step is skipped when its argument is ``None``. Deterministic. Returns an RGB image.
+    Each step is skipped when its argument is `None`. Deterministic. Returns an RGB image.
 
-    >>> Degrade(jpeg_quality=75, blur_sigma=1.0).name
-    'blur1_jpeg75'
+    Args:
+        jpeg_quality: JPEG quality, an integer in 1..100.
+        blur_sigma: Gaussian blur standard deviation (> 0).
+        resize_scale: resize factor (> 0).
+        interpolation: `"nearest"`, `"bilinear"`, `"bicubic"` or `"lanczos"`.
+
+    Raises:
+        ValueError: an argument out of range.
+        TypeError: (on call) the input is not a PIL image.
+
+    Example:
+        >>> Degrade(jpeg_quality=75, blur_sigma=1.0).name
+        'blur1_jpeg75'
     """
 
     _INTERP = {
@@ -398,11 +446,12 @@ class Degrade:
 
     @property
     def is_identity(self) -> bool:
+        """True when every step is off (the image passes unchanged but for RGB conversion)."""
         return self.jpeg_quality is None and self.blur_sigma is None and self.resize_scale is None
 
     @property
     def name(self) -> str:
-        """A short label for result tables, e.g. ``"resize0.5_blur1_jpeg75"`` (``"clean"``)."""
+        """A short label for result tables, e.g. `"resize0.5_blur1_jpeg75"` (`"clean"`)."""
         parts = []
         if self.resize_scale is not None:
             parts.append(f"resize{self.resize_scale:g}")
@@ -441,8 +490,17 @@ class Degrade:
 
 
 class RandomHorizontalFlip:
-    """Flip a PIL image or a ``(..., W)`` tensor left-right with probability ``p`` (torch's
-    global RNG, so DataLoader workers differ)."""
+    """Flip a PIL image or a `(..., W)` tensor left-right with probability `p`.
+
+    The draw uses torch's global RNG, so DataLoader workers differ.
+
+    Args:
+        p: the flip probability, in [0, 1].
+
+    Raises:
+        ValueError: `p` outside [0, 1].
+        TypeError: (on call) neither a PIL image nor a tensor.
+    """
 
     def __init__(self, p: float = 0.5) -> None:
         if not 0.0 <= p <= 1.0:
@@ -503,17 +561,30 @@ def default_transform(
     degrade: Degrade | None = None,
     image_size: int = 224,
 ) -> Callable[[Image.Image], Any]:
-    """The dataset transform: ``[degrade] -> [random flip if train] -> preprocess``.
+    """The dataset transform: `[degrade] -> [random flip if train] -> preprocess`.
 
-    ``preprocess`` is the model's own preprocessing, typically the third value of
-    ``open_clip.create_model_and_transforms`` (use the *val* one and ``train=True`` for the
-    flip, or the train one with ``train=False``), or a :class:`PatchSelection`. ``None``
-    builds OpenAI CLIP's evaluation preprocessing at ``image_size`` (bicubic resize, centre
+    `preprocess` is the model's own preprocessing, typically the third value of
+    `open_clip.create_model_and_transforms` (use the *val* one and `train=True` for the
+    flip, or the train one with `train=False`), or a `PatchSelection`. `None`
+    builds OpenAI CLIP's evaluation preprocessing at `image_size` (bicubic resize, centre
     crop, CLIP mean/std).
 
-    >>> t = default_transform(degrade=Degrade(jpeg_quality=90))
-    >>> t(Image.new("RGB", (300, 256))).shape
-    torch.Size([3, 224, 224])
+    Args:
+        preprocess: the model's preprocessing, or `None` for OpenAI CLIP's.
+        train: add a random horizontal flip before `preprocess`.
+        degrade: degradations applied first (robustness evaluation).
+        image_size: the size of the built-in preprocessing (with `preprocess=None`).
+
+    Returns:
+        A callable from a PIL image to what `preprocess` returns.
+
+    Raises:
+        TypeError: `preprocess` is not callable.
+
+    Example:
+        >>> t = default_transform(degrade=Degrade(jpeg_quality=90))
+        >>> t(Image.new("RGB", (300, 256))).shape
+        torch.Size([3, 224, 224])
     """
     if preprocess is None:
         preprocess = _clip_preprocess(image_size)

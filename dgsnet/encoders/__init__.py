@@ -1,4 +1,4 @@
-"""Encoder adapters: one face for CLIP-like dual encoders (see :mod:`dgsnet.encoders.base`)."""
+"""Encoder adapters: one face for CLIP-like dual encoders (see `dgsnet.encoders.base`)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,22 @@ __all__ = [
 
 
 def wrap_encoder(model: Any, tokenizer: Any = None) -> DualEncoder:
-    """Pick the adapter for ``model``: a :class:`DualEncoder` is used as is; a model with
-    ``get_image_features``/``get_text_features`` is treated as Hugging Face; one with
-    ``encode_image``/``encode_text`` and a ``visual`` tower as open_clip / OpenAI CLIP."""
+    """Pick the adapter for `model`.
+
+    A `DualEncoder` is used as is (with `tokenizer` set when given); a model with
+    `get_image_features` / `get_text_features` is treated as Hugging Face; one with
+    `encode_image` / `encode_text` and a `visual` tower as open_clip / OpenAI CLIP.
+
+    Args:
+        model: a CLIP-like `nn.Module` or a `DualEncoder`.
+        tokenizer: the model's tokenizer (optional for token-id input).
+
+    Returns:
+        The adapter.
+
+    Raises:
+        TypeError: `model` is none of the above.
+    """
     if isinstance(model, DualEncoder):
         if tokenizer is not None:
             model.tokenizer = tokenizer

@@ -1,16 +1,16 @@
 """One face for CLIP-like dual encoders.
 
 Anything that is not open_clip/OpenAI CLIP or a Hugging Face CLIP/SigLIP model can be used by
-subclassing :class:`DualEncoder` and passing the instance to ``DGSWrapper``. The contract:
+subclassing `DualEncoder` and passing the instance to `DGSWrapper`. The contract:
 
-* ``model``: the ``nn.Module`` that owns every weight (the wrapper registers it as a submodule);
-* ``image_tower``: the sub-module LoRA is attached to, whose block list is named by
-  ``block_pattern`` (e.g. ``"resblocks"``) for layer selection;
-* ``encode_image(pixels) -> (B, D)`` and ``encode_text(tokens) -> (B, D)``: the joint-space
-  features (same ``D`` for both towers: the surgery projects image gradients on text gradients);
-* ``tokenize(list[str]) -> tokens`` truncating to the context length;
-* ``image_size``: ``(H, W)`` the image tower expects, or ``None`` when it accepts any size;
-* ``default_lora_targets``: leaf module names LoRA adapts by default.
+* `model`: the `nn.Module` that owns every weight (the wrapper registers it as a submodule);
+* `image_tower`: the sub-module LoRA is attached to, whose block list is named by
+  `block_pattern` (e.g. `"resblocks"`) for layer selection;
+* `encode_image(pixels) -> (B, D)` and `encode_text(tokens) -> (B, D)`: the joint-space
+  features (same `D` for both towers: the surgery projects image gradients on text gradients);
+* `tokenize(list[str]) -> tokens` truncating to the context length;
+* `image_size`: `(H, W)` the image tower expects, or `None` when it accepts any size;
+* `default_lora_targets`: leaf module names LoRA adapts by default.
 """
 
 from __future__ import annotations
@@ -21,11 +21,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+#: Tokenised captions: a `(B, L)` LongTensor (open_clip) or a mapping of tensors such as a
+#: Hugging Face tokenizer's `input_ids` / `attention_mask`.
 Tokens = Tensor | Mapping[str, Tensor]
 
 
 class DualEncoder:
-    """Base class of the encoder adapters (see the module docstring for the contract)."""
+    """Base class of the encoder adapters (see the module docstring for the contract).
+
+    Subclass it, implement the required members, and pass an instance as `DGSWrapper`'s
+    model to use a dual encoder that dgsnet does not know.
+
+    Args:
+        model: the module that owns every weight.
+        tokenizer: turns a list of captions into `Tokens` (used by `tokenize`).
+
+    Attributes:
+        kind: a short name stored in checkpoints (`"open_clip"`, `"hf"`, `"custom"`).
+        block_pattern: the name of the image tower's block list, for layer selection.
+        default_lora_targets: leaf module names LoRA adapts by default.
+    """
 
     kind: str = "custom"
     block_pattern: str = "blocks"
@@ -38,24 +53,29 @@ class DualEncoder:
     # -- required -----------------------------------------------------------------------------
     @property
     def image_tower(self) -> nn.Module:
+        """The image encoder, the sub-module LoRA is attached to."""
         raise NotImplementedError
 
     def encode_image(self, pixels: Tensor) -> Tensor:
+        """`(B, 3, H, W)` pixels to `(B, D)` joint-space image features."""
         raise NotImplementedError
 
     def encode_text(self, tokens: Tokens) -> Tensor:
+        """Tokens of `B` captions to `(B, D)` joint-space text features."""
         raise NotImplementedError
 
     def tokenize(self, texts: Sequence[str]) -> Tokens:
+        """Tokenise captions, truncating each to the model's context length."""
         raise NotImplementedError
 
     @property
     def image_size(self) -> tuple[int, int] | None:
+        """`(H, W)` the image tower expects, or `None` when it accepts any size."""
         return None
 
     # -- optional -----------------------------------------------------------------------------
     def prepare_for_lora(self, targets: Sequence[str]) -> None:
-        """Restructure the image tower, if needed, so that every target is an ``nn.Linear``."""
+        """Restructure the image tower, if needed, so that every target is an `nn.Linear`."""
 
     def blocks(self) -> Sequence[nn.Module] | None:
         """The image tower's transformer blocks in order (for the shared-trunk optimisation)."""
@@ -64,19 +84,24 @@ class DualEncoder:
     def encode_image_split(
         self, pixels: Tensor, start: int
     ) -> tuple[Tensor, Any]:  # pragma: no cover - optional capability
-        """Run the tower up to block ``start`` and return ``(activation, state)``."""
+        """Run the tower up to block `start` and return `(activation, state)`."""
         raise NotImplementedError
 
     def encode_image_from(
         self, hidden: Tensor, state: Any, start: int, pooled_only: bool = False
     ) -> Tensor:  # pragma: no cover
-        """Continue :meth:`encode_image_split`'s result from block ``start`` to the features.
-        ``pooled_only=True`` allows skipping work the pooled features never read."""
+        """Continue `encode_image_split`'s result from block `start` to the features.
+
+        `pooled_only=True` allows skipping work the pooled features never read.
+        """
         raise NotImplementedError
 
     def encode_image_pooled(self, pixels: Tensor) -> Tensor:
-        """Like :meth:`encode_image`, for callers that need no gradient: adapters may skip
-        work the pooled features never read (the teacher's forward uses this)."""
+        """Like `encode_image`, for callers that need no gradient.
+
+        Adapters may skip work the pooled features never read (the teacher's forward uses
+        this).
+        """
         return self.encode_image(pixels)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -90,6 +115,11 @@ class DualEncoder:
 
 
 def first_param(module: nn.Module) -> Tensor:
+    """The first parameter of `module`, else its first buffer (to read device and dtype).
+
+    Raises:
+        ValueError: the module has neither.
+    """
     for p in module.parameters():
         return p
     for b in module.buffers():

@@ -1,7 +1,7 @@
-"""Hugging Face ``CLIPModel`` / ``SiglipModel`` (``get_image_features`` / ``get_text_features``).
+"""Hugging Face `CLIPModel` / `SiglipModel` (`get_image_features` / `get_text_features`).
 
-In recent transformers releases these methods return a ``BaseModelOutputWithPooling`` whose
-``pooler_output`` holds the projected features; older releases return the tensor itself. Both
+In recent transformers releases these methods return a `BaseModelOutputWithPooling` whose
+`pooler_output` holds the projected features; older releases return the tensor itself. Both
 are accepted.
 """
 
@@ -28,7 +28,14 @@ def _features(out: Any) -> Tensor:
 
 
 class HFCLIPEncoder(DualEncoder):
-    """Adapter for ``transformers`` CLIP-like models (CLIP, SigLIP and relatives)."""
+    """Adapter for `transformers` CLIP-like models (CLIP, SigLIP and relatives).
+
+    LoRA targets the vision model's `q_proj`, `k_proj` and `v_proj` by default.
+
+    Args:
+        model: e.g. a `transformers.CLIPModel` or `SiglipModel`.
+        tokenizer: the matching tokenizer or processor (called with truncation and padding).
+    """
 
     kind = "hf"
     block_pattern = "layers"

@@ -1,12 +1,12 @@
-"""open_clip and OpenAI-CLIP style models (``encode_image`` / ``encode_text`` / ``visual``).
+"""open_clip and OpenAI-CLIP style models (`encode_image` / `encode_text` / `visual`).
 
-Both libraries build their ViT attention from ``nn.MultiheadAttention``, whose query, key and
-value projections live in one fused ``in_proj_weight``. peft can only adapt such a module by
+Both libraries build their ViT attention from `nn.MultiheadAttention`, whose query, key and
+value projections live in one fused `in_proj_weight`. peft can only adapt such a module by
 adding the LoRA delta to that weight in place and subtracting it afterwards, which drifts the
 base weights a little at every step (so a teacher that is "the same weights with the adapters
-off" would slowly stop being the pre-trained model). :class:`SplitAttention` is an exact
-re-parametrisation with separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` linear layers;
-peft's ``Linear`` LoRA then adds ``B A x`` beside an untouched base layer.
+off" would slowly stop being the pre-trained model). `SplitAttention` is an exact
+re-parametrisation with separate `q_proj`/`k_proj`/`v_proj`/`out_proj` linear layers;
+peft's `Linear` LoRA then adds `B A x` beside an untouched base layer.
 """
 
 from __future__ import annotations
@@ -25,8 +25,21 @@ QKV = ("q_proj", "k_proj", "v_proj")
 
 
 class SplitAttention(nn.Module):
-    """Drop-in replacement of a self-attention ``nn.MultiheadAttention`` with separate q/k/v
-    projections; same call signature and the same result (up to float rounding)."""
+    """Drop-in replacement of a self-attention `nn.MultiheadAttention` with separate q/k/v.
+
+    The same call signature and the same result (up to float rounding), with the fused
+    `in_proj_weight` split into `q_proj`, `k_proj` and `v_proj` linear layers beside
+    `out_proj`. The authors' released DGS-Net code does the same split: its LoRA layers are
+    those of the public CLIP-LoRA code (`loralib/layers.py`), which replace each attention of
+    the vision blocks by separate q, k, v and output projections.
+
+    Args:
+        mha: the attention to replace (its weights are copied).
+
+    Raises:
+        ValueError: not self-attention with equal q/k/v dimensions, or `add_bias_kv` /
+            `add_zero_attn` set.
+    """
 
     def __init__(self, mha: nn.MultiheadAttention) -> None:
         super().__init__()
@@ -97,8 +110,14 @@ class SplitAttention(nn.Module):
 
 
 def split_attention(module: nn.Module) -> int:
-    """Replace every ``nn.MultiheadAttention`` inside ``module`` by :class:`SplitAttention`.
-    Returns how many were replaced."""
+    """Replace every `nn.MultiheadAttention` inside `module` by `SplitAttention`, in place.
+
+    Args:
+        module: the module to walk (recursively).
+
+    Returns:
+        How many attentions were replaced.
+    """
     count = 0
     for name, child in list(module.named_children()):
         if isinstance(child, nn.MultiheadAttention):
@@ -110,7 +129,15 @@ def split_attention(module: nn.Module) -> int:
 
 
 class OpenCLIPEncoder(DualEncoder):
-    """Adapter for open_clip ``CLIP``/``CustomTextCLIP`` and OpenAI ``clip`` models."""
+    """Adapter for open_clip `CLIP` / `CustomTextCLIP` and OpenAI `clip` models.
+
+    LoRA targets `q_proj`, `k_proj`, `v_proj` (after `SplitAttention`), `c_fc` and
+    `c_proj`; the DGS-Net reference adapts q, k and v only (`DGSConfig.reference()`).
+
+    Args:
+        model: the open_clip or OpenAI CLIP model.
+        tokenizer: e.g. `open_clip.get_tokenizer(name)` or OpenAI `clip.tokenize`.
+    """
 
     kind = "open_clip"
     block_pattern = "resblocks"
@@ -194,8 +221,11 @@ class OpenCLIPEncoder(DualEncoder):
         return x, batch_first
 
     def _class_token_pooling(self) -> bool:
-        """True when the features read only the class token of the last block's output
-        (``pool_type="tok"``, no attentional pooler, a plain residual block at the end)."""
+        """True when the features read only the class token of the last block's output.
+
+        That is `pool_type="tok"`, no attentional pooler, and a plain residual block at the
+        end.
+        """
         from open_clip.transformer import ResidualAttentionBlock
 
         v = self.image_tower
@@ -253,9 +283,11 @@ class OpenCLIPEncoder(DualEncoder):
 
 
 def _class_token_block(blk: nn.Module, x: Tensor, batch_first: bool) -> Tensor:
-    """The last residual block evaluated for the class token only: its query attends to every
-    token, but only its own row is computed (the pooled features read nothing else). The same
-    math as ``blk(x)[:, :1]``; about 1/L of the block's cost."""
+    """The last residual block evaluated for the class token only.
+
+    Its query attends to every token, but only its own row is computed (the pooled features
+    read nothing else). The same math as `blk(x)[:, :1]`; about 1/L of the block's cost.
+    """
     kv = blk.ln_1(x)
     q = kv[:, :1] if batch_first else kv[:1]
     res = x[:, :1] if batch_first else x[:1]

@@ -1,13 +1,14 @@
-"""Opt-in fused path: the same rule math compiled with ``torch.compile``.
+"""Opt-in fused path: the same rule math compiled with `torch.compile`.
 
-``fuse(rule)`` returns a rule that validates exactly like ``rule`` and computes the same
-result (equal to eager within 1e-6), with the rule's element-wise work and per-sample
-reductions, and the finiteness check of the references, compiled into few kernels. Where
-compilation is unavailable (no compiler toolchain, an unsupported platform or Python), the
-first call warns once and the rule runs eagerly from then on.
+`fuse(rule)` returns a rule that validates exactly like `rule` and computes the same result
+(equal to eager within 1e-6), with the rule's element-wise work and per-sample reductions,
+and the finiteness check of the references, compiled into few kernels. Where compilation is
+unavailable (no compiler toolchain, an unsupported platform or Python), the first call warns
+once and the rule runs eagerly from then on.
 
->>> from dgsnet.surgery import OrthogonalSuppression, fuse
->>> rule = fuse(OrthogonalSuppression())   # doctest: +SKIP
+Example:
+    >>> from dgsnet.surgery import OrthogonalSuppression, fuse
+    >>> rule = fuse(OrthogonalSuppression())   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -26,11 +27,19 @@ __all__ = ["FusedRule", "fuse"]
 
 
 class FusedRule(SurgeryRule):
-    """A :class:`SurgeryRule` whose math runs through ``torch.compile``.
+    """A `SurgeryRule` whose math runs through `torch.compile`.
 
-    ``compile_kwargs`` go to ``torch.compile`` (default: ``dynamic=None``, so a new batch size
-    recompiles once and then generalises). ``FusedRule.compiled`` tells, after the first call,
-    whether compilation succeeded (``None`` before the first call).
+    Args:
+        rule: the rule to compile (a `FusedRule` is unwrapped first).
+        **compile_kwargs: passed to `torch.compile` (default `dynamic=None`: a new batch size
+            recompiles once and then generalises).
+
+    Attributes:
+        rule: the eager rule.
+        compiled: after the first call, whether compilation succeeded; `None` before it.
+
+    Raises:
+        TypeError: `rule` is not a `SurgeryRule`.
     """
 
     def __init__(self, rule: SurgeryRule, **compile_kwargs: Any) -> None:
@@ -62,10 +71,10 @@ class FusedRule(SurgeryRule):
         return self.rule.forward(grad, refs), maxima
 
     def _own_kernel(self) -> Callable[..., tuple[Tensor, tuple[Tensor, ...]]]:
-        """``_eager_kernel`` bound to this instance, with a code object of its own.
+        """`_eager_kernel` bound to this instance, with a code object of its own.
 
         torch.compile keeps its cache, and its recompile limit (8 by default), per code object.
-        Sharing ``_eager_kernel``'s code among all instances would make every rule, dtype and
+        Sharing `_eager_kernel`'s code among all instances would make every rule, dtype and
         shape variant in the process count against one limit, after which Dynamo silently runs
         the rule eagerly; a private copy of the code gives each fused rule its own budget.
         """
@@ -111,5 +120,13 @@ class FusedRule(SurgeryRule):
 
 
 def fuse(rule: SurgeryRule, **compile_kwargs: Any) -> FusedRule:
-    """Return ``rule`` with its math compiled by ``torch.compile`` (see :class:`FusedRule`)."""
+    """Return `rule` with its math compiled by `torch.compile` (see `FusedRule`).
+
+    Args:
+        rule: the rule.
+        **compile_kwargs: passed to `torch.compile`.
+
+    Returns:
+        A `FusedRule` that validates and computes like `rule`.
+    """
     return FusedRule(rule, **compile_kwargs)
