@@ -34,8 +34,10 @@ def openai_style_clip(seed=0, width=128, layers=2):
     ).eval()
 
 
-def make_released(seed=0, merged=False, width=128):
-    """(state dict in the released stage-2 layout, the released model, the image head)."""
+def make_released(seed=0, merged=False, width=128, round_trips=0):
+    """(state dict in the released stage-2 layout, the released model, the heads, the
+    teacher). ``round_trips``: merge/unmerge cycles before saving, as the released script
+    makes around each validation (float rounding drift)."""
     teacher = openai_style_clip(seed, width=width)
     student = released_clip(teacher, r=RANK, alpha=ALPHA, dropout=0.8)
     g = torch.Generator().manual_seed(seed + 1)
@@ -49,8 +51,13 @@ def make_released(seed=0, merged=False, width=128):
         with torch.no_grad():
             # logits of order 1 (scores away from 0 and 1): a well-conditioned comparison
             heads[name].weight.normal_(0, 0.1, generator=g)
-    if merged:
-        for layer in released_layers(student).values():
+    for layer in released_layers(student).values():
+        for _ in range(round_trips):
+            with torch.no_grad():
+                d = layer.delta()
+                layer.weight += d
+                layer.weight -= d
+        if merged:
             layer.merge()
     sd = {f"clip_model.{k}": v for k, v in student.state_dict().items()}
     sd.update({f"clip_model_frozen.clip_model_frozen.{k}": v
@@ -79,9 +86,9 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-@pytest.mark.parametrize("merged", [False, True])
-def test_load_released_predictions_equal_the_released_arithmetic(tmp_path, merged):
-    sd, student, heads, _ = make_released(merged=merged)
+@pytest.mark.parametrize("merged, round_trips", [(False, 0), (True, 0), (False, 2), (True, 2)])
+def test_load_released_predictions_equal_the_released_arithmetic(tmp_path, merged, round_trips):
+    sd, student, heads, _ = make_released(merged=merged, round_trips=round_trips)
     path = tmp_path / "model_epoch_step2.pth"
     torch.save(sd, path)
     dgs = load_released(path)
@@ -89,6 +96,8 @@ def test_load_released_predictions_equal_the_released_arithmetic(tmp_path, merge
     assert isinstance(info, ReleasedImport)
     assert (info.stage, info.merged, info.rank, info.alpha) == (2, merged, RANK, ALPHA)
     assert info.scaling == pytest.approx(ALPHA / RANK**0.5)
+    assert (info.weight_deviation == 0) == (round_trips == 0 and not merged)
+    assert info.weight_deviation < 1e-5
     assert dgs.config.lora_scaling == "rslora" and dgs.config.lora_rank == RANK
     assert not dgs.training
     x = images()
