@@ -437,10 +437,14 @@ def build_model(
         try:
             import open_clip
 
+            # weights trained with QuickGELU (OpenAI's) under a config name without it
+            # ("ViT-L-14"): open_clip 3 only warns and builds nn.GELU; build what they need
+            tag_cfg = open_clip.get_pretrained_cfg(ms.name, ms.pretrained) if ms.pretrained else {}
             model, _, preprocess = open_clip.create_model_and_transforms(
                 ms.name,
                 pretrained=ms.pretrained,
                 cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
+                force_quick_gelu=bool((tag_cfg or {}).get("quick_gelu", False)),
             )
             tokenizer = open_clip.get_tokenizer(ms.name)
         except Exception as exc:

@@ -280,3 +280,29 @@ def test_file_of_a_different_model_size(tmp_path):
     assert "clip_model_frozen.clip_model_frozen." in str(err.value)
     with pytest.raises(CheckpointError, match=r"does not exist"):
         read_released(tmp_path / "nope.pth")
+
+
+def test_stage2_training_starts_from_an_imported_stage1_file(tmp_path):
+    """The documented route: import the stage-1 file, then ``dgsnet train --stage 2
+    --init-from`` it with the stored base model."""
+    from dgsnet.cli import main
+    from dgsnet.training import load_trained
+
+    _, _, heads, teacher = make_released()
+    sd = {f"clip_model_frozen.{k}": v for k, v in teacher.state_dict().items()}
+    sd.update({f"img_frozen_fc.{k}": v for k, v in heads["img_frozen_fc"].state_dict().items()})
+    torch.save(sd, tmp_path / "model_epoch_step1.pth")
+    stage1 = tmp_path / "stage1"
+    import_released(tmp_path / "model_epoch_step1.pth", stage1)
+    data = make_bench(tmp_path / "data" / "train", subsets=("car", "sdv1.4"), n=2, size=64)
+    out = tmp_path / "stage2"
+    argv = ["train", "--preset", "aigibench-setting2", "--model",
+            f"local-dir:{stage1 / 'base_model'}", "--stage", "2", "--init-from",
+            os.fspath(stage1), os.fspath(data), "-o", os.fspath(out), "--batch-size", "2",
+            "--workers", "0", "--quiet"]
+    assert main(argv) == 0  # (warns on stderr: not the five Setting-II subsets)
+    wrapper, _ = load_trained(out)
+    assert torch.equal(wrapper.teacher_head.weight, heads["img_frozen_fc"].weight)
+    assert wrapper.config.lora_scaling == "rslora"
+    assert any(float(p.detach().abs().max()) > 0 for n, p in wrapper.named_trainable_parameters()
+               if "lora_B" in n)  # stage 2 trained the LoRA

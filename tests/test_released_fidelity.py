@@ -326,3 +326,26 @@ def test_retired_extra_key():
         assert DGSConfig.from_dict({"extra": {}}) == DGSConfig()
     with pytest.warns(UserWarning, match="extra"):  # content that nothing ever read
         assert DGSConfig.from_dict({"extra": {"note": 1}}) == DGSConfig()
+
+
+# ------------------------------------------------------------------------------------------
+# the backbone's activation: OpenAI CLIP uses QuickGELU
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec, quick", [("ViT-L-14@openai", True), ("ViT-B-32@openai", True),
+                                         ("ViT-L-14@laion2b_s32b_b82k", False)])
+def test_build_model_uses_quick_gelu_for_openai_weights(monkeypatch, spec, quick):
+    """open_clip 3 builds "ViT-L-14" with nn.GELU and only warns when the OpenAI weights (trained
+    with QuickGELU, as the released code runs them) are loaded into it; dgsnet asks for it."""
+    import open_clip
+
+    from dgsnet import training
+
+    seen = {}
+
+    def fake(name, pretrained=None, **kwargs):
+        seen.update(kwargs, name=name, pretrained=pretrained)
+        return tiny_open_clip(), None, (lambda img: img)
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", fake)
+    training.build_model(spec)
+    assert seen["force_quick_gelu"] is quick and seen["name"] == spec.split("@")[0]
