@@ -242,6 +242,11 @@ class ModelSpec:
             return cls("hf", path, None)
         if s.startswith("open_clip:"):
             s = s[len("open_clip:") :]
+        if s.startswith("local-dir:"):  # an open_clip folder: config and weights inside
+            path = s[len("local-dir:") :]
+            if not path:
+                raise ModelLoadError("model spec 'local-dir:' needs a folder path")
+            return cls("open_clip", "local-dir:" + os.path.abspath(path), None)
         name, _, tag = s.partition("@")
         tag = tag or None
         if pretrained is not None:
@@ -264,7 +269,7 @@ class ModelSpec:
             return f"tiny:{self.image_size}"
         if self.kind == "hf":
             return f"hf:{self.name}"
-        return f"{self.name}@{self.pretrained}"
+        return self.name if self.pretrained is None else f"{self.name}@{self.pretrained}"
 
 
 def _resize_center_crop(img: Any, size: int) -> Any:
@@ -432,10 +437,14 @@ def build_model(
         try:
             import open_clip
 
+            # weights trained with QuickGELU (OpenAI's) under a config name without it
+            # ("ViT-L-14"): open_clip 3 only warns and builds nn.GELU; build what they need
+            tag_cfg = open_clip.get_pretrained_cfg(ms.name, ms.pretrained) if ms.pretrained else {}
             model, _, preprocess = open_clip.create_model_and_transforms(
                 ms.name,
                 pretrained=ms.pretrained,
                 cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
+                force_quick_gelu=bool((tag_cfg or {}).get("quick_gelu", False)),
             )
             tokenizer = open_clip.get_tokenizer(ms.name)
         except Exception as exc:
@@ -1836,6 +1845,9 @@ def load_trained(
     ckpt = resolve_checkpoint(path)
     info = _model_info(ckpt) or {}
     spec = model if model is not None else info.get("spec")
+    if model is None and isinstance(spec, str) and spec.startswith("local-dir:"):
+        # a folder recorded relative to the checkpoint (dgsnet.interop's run folders)
+        spec = "local-dir:" + os.fspath(ckpt / spec[len("local-dir:") :])
     if spec is None:
         raise CheckpointError(
             f"{ckpt} does not record which base model it was trained from (no {MODEL_INFO_NAME}); "

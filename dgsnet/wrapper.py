@@ -1,7 +1,7 @@
 r"""``DGSWrapper``: DGS-Net fine-tuning of a CLIP-like dual encoder inside your own loop.
 
 Per batch of ``B`` images with captions and labels the wrapper computes (see
-``docs/wrapper.md`` and ``../shared/reference/dgs-reference.md``):
+``docs/wrapper.md``; the released code's step: HorizonTEL/DGS-Net ``networks/trainer.py``):
 
 * student features ``f = E_img(x)`` (LoRA on), teacher features ``f_T`` (adapters off, no
   grad), text features ``t`` (frozen text tower, cached per caption);
