@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .caches import TeacherCache, TextCache
 from .config import DGSConfig
 from .encoders import DualEncoder, wrap_encoder
+from .errors import NonFiniteInputError
 from .heads import LossFn, classification_loss, input_grad
 from .io import CheckpointError, atomic_write_json, load_tensors, save_tensors
 from .lora import LoRASpec, adapters_disabled, attach_lora, check_no_merge
@@ -103,47 +104,6 @@ def _register_output_pytree() -> None:
 _register_output_pytree()
 
 
-class _IndexCache:
-    """Rows keyed by a non-negative integer dataset index, kept on the CPU; grows on demand."""
-
-    def __init__(self) -> None:
-        self.data: Tensor | None = None
-        self.filled = torch.zeros(0, dtype=torch.bool)
-
-    def __len__(self) -> int:
-        return int(self.filled.sum())
-
-    def clear(self) -> None:
-        self.data = None
-        self.filled = torch.zeros(0, dtype=torch.bool)
-
-    def lookup(self, index: Tensor) -> Tensor | None:
-        """The rows for ``index`` if every one is cached, else ``None``."""
-        if self.data is None:
-            return None
-        idx = index.cpu()
-        if int(idx.max()) >= self.filled.numel() or not bool(self.filled[idx].all()):
-            return None
-        return self.data[idx]
-
-    def store(self, index: Tensor, rows: Tensor) -> None:
-        idx = index.cpu()
-        rows = rows.detach().cpu()
-        need = int(idx.max()) + 1
-        if self.data is None or self.data.shape[1:] != rows.shape[1:] or self.data.dtype != rows.dtype:
-            self.data = rows.new_zeros((max(need, 1024), *rows.shape[1:]))
-            self.filled = torch.zeros(self.data.shape[0], dtype=torch.bool)
-        elif need > self.data.shape[0]:
-            size = max(need, 2 * self.data.shape[0])
-            grown = rows.new_zeros((size, *rows.shape[1:]))
-            grown[: self.data.shape[0]] = self.data
-            filled = torch.zeros(size, dtype=torch.bool)
-            filled[: self.filled.numel()] = self.filled
-            self.data, self.filled = grown, filled
-        self.data[idx] = rows
-        self.filled[idx] = True
-
-
 class DGSWrapper(nn.Module):
     """DGS-Net around a CLIP-like dual encoder (see the module docstring).
 
@@ -200,8 +160,10 @@ class DGSWrapper(nn.Module):
         if config.suppression:
             rule: SurgeryRule = OrthogonalSuppression(eps=config.eps, conflict_only=config.conflict_only)
             self.rule = fuse(rule) if config.fused else rule
-        self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
-        self._teacher_cache = _IndexCache()
+        self.text_cache = TextCache(config.text_cache_size)
+        """Text features by caption (LRU); its capacity follows ``config.text_cache_size``."""
+        self.teacher_cache = TeacherCache()
+        """Teacher logits by dataset index (filled when ``index`` is passed to the step)."""
         self._trunk_start = self._find_trunk_start()
         # one base weight of the image tower, found once: its dtype is what images must match
         # (nn.Module.to converts parameters in place, so the reference stays current)
@@ -286,8 +248,8 @@ class DGSWrapper(nn.Module):
 
     @staticmethod
     def _raise_nonfinite_inputs(images: Tensor, text: Tensor | None = None) -> None:
-        """Raise a ``ValueError`` naming the samples whose images (or text features) hold
-        NaN/Inf (``nonfinite="raise"``); return if there are none."""
+        """Raise :class:`~dgsnet.errors.NonFiniteInputError` naming the samples whose images
+        (or text features) hold NaN/Inf (``nonfinite="raise"``); return if there are none."""
         parts = []
         for what, t in (("images", images), ("text features", text)):
             if t is None:
@@ -297,7 +259,7 @@ class DGSWrapper(nn.Module):
                 parts.append(f"{what} in {len(bad)} of {t.shape[0]} samples (batch positions "
                              f"{bad[:8]}{' ...' if len(bad) > 8 else ''})")
         if parts:
-            raise ValueError(
+            raise NonFiniteInputError(
                 f"NaN or Inf in the input: {'; '.join(parts)}. Check the data pipeline, or set "
                 "DGSConfig(nonfinite='ignore') to let the non-finite loss through to the trainer"
             )
@@ -359,12 +321,26 @@ class DGSWrapper(nn.Module):
             return self._post(self.encoder.encode_image_pooled(images))
 
     @torch.no_grad()
-    def encode_text(self, text: Any, batch_size: int | None = None) -> Tensor:
+    def encode_text(
+        self, text: Any, batch_size: int | None = None, *, use_cache: bool = True
+    ) -> Tensor:
         """Text features of the frozen text tower, no grad.
 
-        ``text``: a list of caption strings (cached per caption, LRU bounded by
-        ``config.text_cache_size``), token ids (``LongTensor (B, L)`` or a Hugging Face token
-        mapping), or precomputed features (a floating tensor ``(B, D)``)."""
+        Args:
+            text: a list of caption strings, token ids (``LongTensor (B, L)`` or a Hugging
+                Face token mapping), or precomputed features (a floating tensor ``(B, D)``).
+            batch_size: when given, the number of rows ``text`` must yield.
+            use_cache: look captions up in (and add them to) :attr:`text_cache`, an LRU bounded
+                by ``config.text_cache_size``. ``False`` encodes every caption and keeps no
+                copy (for a caller that holds its own table of caption features).
+
+        Returns:
+            A tensor ``(B, D)`` on the wrapper's device.
+
+        Raises:
+            TypeError: ``text`` is none of the accepted kinds.
+            ValueError: wrong shape, empty list, or ``batch_size`` rows not matched.
+        """
         if isinstance(text, str):
             raise TypeError("text must be a list of captions, got a single string")
         if isinstance(text, Tensor) and text.is_floating_point():
@@ -385,7 +361,7 @@ class DGSWrapper(nn.Module):
             for i, c in enumerate(text):
                 if not isinstance(c, str):
                     raise TypeError(f"captions must be strings; item {i} is {type(c).__name__}")
-            feats = self._encode_captions(list(text))
+            feats = self._encode_captions(list(text), use_cache)
         else:
             raise TypeError(
                 f"text must be a list of strings, token ids, or a feature tensor, got {type(text).__name__}"
@@ -418,32 +394,24 @@ class DGSWrapper(nn.Module):
                 )
         return ids.to(self.device)
 
-    def _encode_captions(self, captions: list[str]) -> Tensor:
-        size = self.config.text_cache_size
-        if size == 0:
-            return self._post(self.encoder.encode_text(self.encoder.tokenize(captions)))
-        cache = self._text_cache
-        missing = list(dict.fromkeys(c for c in captions if c not in cache))
-        if missing:
-            feats = self._post(self.encoder.encode_text(self.encoder.tokenize(missing)))
-            for c, f in zip(missing, feats):
-                cache[c] = f.detach().clone()
-        rows = []
-        for c in captions:
-            cache.move_to_end(c)
-            rows.append(cache[c])
-        while len(cache) > size:
-            cache.popitem(last=False)
-        return torch.stack(rows).to(self.device)
+    def _encode_captions(self, captions: list[str], use_cache: bool) -> Tensor:
+        if not use_cache:
+            return self._encode_caption_list(captions)
+        self.text_cache.capacity = self.config.text_cache_size  # the config stays the source
+        feats = self.text_cache.features(captions, self._encode_caption_list)
+        return feats.to(self.device)
+
+    def _encode_caption_list(self, captions: list[str]) -> Tensor:
+        return self._post(self.encoder.encode_text(self.encoder.tokenize(captions)))
 
     def clear_caches(self) -> None:
         """Forget cached text features and teacher outputs (e.g. after changing the model)."""
-        self._text_cache.clear()
-        self._teacher_cache.clear()
+        self.text_cache.clear()
+        self.teacher_cache.clear()
 
     def clear_teacher_cache(self) -> None:
         """Forget cached teacher outputs (e.g. after changing the teacher head)."""
-        self._teacher_cache.clear()
+        self.teacher_cache.clear()
 
     # -- the step -----------------------------------------------------------------------------
     def _check_index(self, index: Any, batch: int) -> Tensor | None:
@@ -522,7 +490,7 @@ class DGSWrapper(nn.Module):
         # teacher: cached logits (closed form only needs those), or a forward without grad
         z_teacher = None
         if cfg.alignment and closed and cfg.teacher_cache and index is not None:
-            cached = self._teacher_cache.lookup(index)
+            cached = self.teacher_cache.lookup(index)
             # a fresh host tensor of our own: the copy need not block (no device sync)
             z_teacher = cached.to(self.device, non_blocking=True) if cached is not None else None
         need_teacher = cfg.alignment and z_teacher is None
@@ -531,7 +499,7 @@ class DGSWrapper(nn.Module):
             with torch.no_grad():
                 z_teacher = self.teacher_head(f_teacher)
             if closed and cfg.teacher_cache and index is not None:
-                self._teacher_cache.store(index, z_teacher)
+                self.teacher_cache.store(index, z_teacher)
 
         # text head: trains on detached text features; its input gradient is the harm reference
         z_text = self.text_head(t)
@@ -562,7 +530,7 @@ class DGSWrapper(nn.Module):
                 g_help = g_help.masked_fill(~torch.isfinite(g_help).all(-1, keepdim=True), 0.0)
             elif not bool(torch.isfinite(g_help).all() & inputs_ok):
                 self._raise_nonfinite_inputs(images, t)  # the inputs, if they are the cause
-                raise ValueError(
+                raise NonFiniteInputError(
                     "the teacher's reference gradient contains NaN or Inf (check the teacher head "
                     "and the inputs), or set DGSConfig(nonfinite='ignore')"
                 )
@@ -614,9 +582,9 @@ class DGSWrapper(nn.Module):
             raise ValueError(f"lr must be a positive number, got {lr!r}")
         head = self.teacher_head
         head.requires_grad_(True)
-        self._teacher_cache.clear()
+        self.teacher_cache.clear()
         opt = torch.optim.Adam(head.parameters(), lr=lr, betas=betas)
-        feature_cache = _IndexCache()
+        feature_cache = TeacherCache()
         history: list[float] = []
         seen: list[Tensor] = []
         try:
@@ -654,7 +622,7 @@ class DGSWrapper(nn.Module):
                 for chunk in idx.split(4096):
                     rows = feature_cache.lookup(chunk)
                     if rows is not None:
-                        self._teacher_cache.store(chunk, head(rows.to(self.device)))
+                        self.teacher_cache.store(chunk, head(rows.to(self.device)))
         return history
 
     # -- checkpoints --------------------------------------------------------------------------

@@ -225,7 +225,7 @@ def test_text_cache_is_exact_and_bounded():
     w, _ = build(DGSConfig(lora_dropout=0.0, text_cache_size=3))
     caps = ["a", "b", "c", "d", "a"]
     cached = w.encode_text(caps)
-    assert len(w._text_cache) == 3
+    assert len(w.text_cache) == 3
     direct = w.encoder.model.encode_text(open_clip_tokenizer()(caps, context_length=16))
     torch.testing.assert_close(cached, direct.detach(), rtol=0, atol=1e-6)
     # a second call is served from the cache and equal
@@ -469,6 +469,6 @@ def test_fit_teacher_head_learns_and_fills_cache():
     hist = w.fit_teacher_head(loader, epochs=3, lr=1e-2)
     assert len(hist) == 3 and hist[-1] < hist[0]
     assert not w.teacher_head.weight.requires_grad
-    assert len(w._teacher_cache) == 16
-    cached = w._teacher_cache.lookup(torch.arange(16))
+    assert len(w.teacher_cache) == 16
+    cached = w.teacher_cache.lookup(torch.arange(16))
     torch.testing.assert_close(cached, w.teacher_head(w.encode_teacher(x)), rtol=0, atol=1e-6)
