@@ -55,6 +55,7 @@ from .io import (
     CheckpointError,
     atomic_write_json,
     fsync_dir,
+    json_safe,
     load_tensors,
     save_tensors,
     sha256_file,
@@ -840,20 +841,9 @@ def find_resume_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, tuple):
-        return list(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, Tensor) and obj.numel() == 1:
-        return obj.item()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=_json_default, allow_nan=True)
+    """Canonical JSON text of ``obj`` (sorted keys, NaN kept), for checksums and comparison."""
+    return json.dumps(json_safe(obj, finite=False), sort_keys=True, allow_nan=True)
 
 
 def _optimizer_payload(
@@ -1040,7 +1030,7 @@ class _JsonlLog:
     def write(self, record: Mapping[str, Any]) -> None:
         if self.fh is None:
             return
-        self.fh.write(json.dumps(_finite_json(record), sort_keys=False) + "\n")
+        self.fh.write(json.dumps(json_safe(record), sort_keys=False) + "\n")
         self.fh.flush()
 
     def offset(self) -> int:
@@ -1053,20 +1043,6 @@ class _JsonlLog:
         if self.fh is not None:
             self.fh.close()
             self.fh = None
-
-
-def _finite_json(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else str(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): _finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_json(v) for v in obj]
-    if isinstance(obj, Tensor):
-        return _finite_json(obj.item() if obj.numel() == 1 else obj.tolist())
-    if isinstance(obj, Path):
-        return os.fspath(obj)
-    return obj
 
 
 class _StopFlag:
@@ -1311,7 +1287,7 @@ def train(
     if main:
         atomic_write_json(
             out / RUN_NAME,
-            _finite_json(
+            json_safe(
                 {
                     "format": "dgsnet.run",
                     "model": dict(model_info or {}),
@@ -1630,7 +1606,7 @@ def train(
             }
             log.write(summary)
             if main:
-                atomic_write_json(out / SUMMARY_NAME, _finite_json(summary))
+                atomic_write_json(out / SUMMARY_NAME, json_safe(summary))
             emit("train_end")
     finally:
         log.close()
