@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from dgsnet.cli import main
-from tests.test_training import make_bench, write_image
+from tests.helpers import make_bench, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = [
@@ -38,12 +37,7 @@ FAST = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +131,7 @@ def test_help(capsys, command, expected):
 
 
 def test_train_then_eval_prints_per_subset_table(trained, data, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
     for name in ("last", "final", "train_log.jsonl", "run.json", "summary.json"):
         assert (trained / name).exists(), name
     summary = json.loads((trained / "summary.json").read_text())
@@ -461,6 +456,7 @@ def test_caption_fallback_without_caption_file(tmp_path, capsys):
 
 def test_tsne_png(trained, data, tmp_path):
     pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
     png, npz = tmp_path / "tsne.png", tmp_path / "f.npz"
     assert (
         main(

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from dgsnet import DGSConfig
 from dgsnet.heads import autograd_input_grad, linear_input_grad
-from tests.test_wrapper import batch, build, grads
+from tests.helpers import batch, build, grads
 
 
 def run(cfg, index=None, repeat=1, dtype=torch.float64):
