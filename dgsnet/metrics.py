@@ -49,7 +49,12 @@ __all__ = [
     "best_threshold_accuracy",
     "compute_metrics",
     "fake_accuracy",
+    "markdown_grid",
     "real_accuracy",
+    "roots_summary_markdown",
+    "scores_csv",
+    "tables_csv",
+    "write_tables_csv",
 ]
 
 #: The decision threshold of the field: predicted fake iff ``score > 0.5``.
@@ -668,5 +673,56 @@ class MetricsTable:
 
 
 # --------------------------------------------------------------------------------------------
-# atomic file writing
+# several roots: the eval command's summary table and CSV; per-image scores
 # --------------------------------------------------------------------------------------------
+
+
+def roots_summary_markdown(tables: Mapping[str, MetricsTable]) -> str:
+    """One Markdown row per root: its number of subsets and its mean row (the plain mean over
+    its subsets, x100, one decimal), i.e. one row per benchmark when each root is one.
+
+    >>> t = MetricsTable.from_predictions({"a": ([0, 1], [0.2, 0.9])})
+    >>> print(roots_summary_markdown({"bench": t}))
+    | root  | subsets |   acc | r_acc | f_acc |    ap | best_acc |
+    |:------|--------:|------:|------:|------:|------:|---------:|
+    | bench |       1 | 100.0 | 100.0 | 100.0 | 100.0 |    100.0 |
+    """
+    rows = [
+        [
+            root.replace("|", "\\|"),
+            str(len(table)),
+            *(f"{100.0 * table.mean()[c]:.1f}" for c in TABLE_COLUMNS),
+        ]
+        for root, table in tables.items()
+    ]
+    return markdown_grid(["root", "subsets", *TABLE_COLUMNS], rows)
+
+
+def tables_csv(tables: Mapping[str, MetricsTable], degradation: str) -> str:
+    """Several tables as one CSV text: columns root, degradation, then those of
+    :meth:`MetricsTable.to_csv` (each table's rows, its mean row included)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["root", "degradation", *_CSV_COLUMNS])
+    for root, table in tables.items():
+        rows = list(csv.reader(io.StringIO(table._csv_text())))
+        for row in rows[1:]:
+            writer.writerow([root, degradation, *row])
+    return buf.getvalue()
+
+
+def write_tables_csv(path: PathLike, tables: Mapping[str, MetricsTable], degradation: str) -> None:
+    """Write :func:`tables_csv` to ``path``, atomically."""
+    _write_text(path, tables_csv(tables, degradation))
+
+
+def scores_csv(paths: Iterable[str], scores: Iterable[float], threshold: float) -> str:
+    """Per-image scores as CSV text: columns path, score (6 decimals), label_pred (1 when
+    ``score > threshold``, else 0)."""
+    t = float(threshold)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "score", "label_pred"])
+    for path, score in zip(paths, scores, strict=True):
+        writer.writerow([path, f"{score:.6f}", int(score > t)])
+    return buf.getvalue()
