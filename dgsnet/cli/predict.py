@@ -6,11 +6,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .common import check_positive, load_checkpoint, status
 from .errors import EXIT_OK, UsageError
 from .options import Formatter, add_scoring_options, common_parent, wrap
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
 __all__ = ["NAME", "add_parser", "run"]
 
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     scores, _, _, done_paths = predict_scores(
         wrapper,
-        _PathDataset(paths, bundle.eval_transform),
+        cast("Dataset[Any]", _PathDataset(paths, bundle.eval_transform)),
         batch_size=args.batch_size,
         num_workers=args.workers,
         progress=not args.quiet and args.out is not None,
