@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..io import json_safe
 from ..presets import TRAIN_PRESETS, get_preset
-from .common import check_positive, check_roots, resolve_device, status
+from .common import check_roots, resolve_device, status
 from .errors import EXIT_OK, UsageError
 from .options import Formatter, add_dgs_options, add_model_options, common_parent, dgs_config, wrap
 
-__all__ = ["NAME", "add_parser", "run", "run_options"]
+if TYPE_CHECKING:
+    from ..training import TrainOptions
+
+__all__ = ["NAME", "add_parser", "run", "run_options", "train_options"]
 
 NAME = "train"
 
@@ -253,7 +256,9 @@ def run_options(args: argparse.Namespace, config: Any) -> dict[str, Any]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    """The checks only the command line can make (roots and --out given, files exist)."""
+    """The checks only the command line makes: roots and ``--out`` given, the named folders
+    and files exist (the option values are checked by :class:`~dgsnet.training.TrainOptions`).
+    """
     if not args.roots:
         raise UsageError(
             'train needs at least one ROOT (on the command line or "roots" in --config)'
@@ -261,14 +266,6 @@ def _check_args(args: argparse.Namespace) -> None:
     if not args.out:
         raise UsageError("train needs --out DIR (the output folder)")
     check_roots(args.roots)
-    for name in ("epochs", "stage1_epochs", "batch_size", "lr_step", "log_every"):
-        check_positive("--" + name.replace("_", "-"), getattr(args, name))
-    for name in ("workers", "save_every", "seed"):
-        check_positive("--" + name.replace("_", "-"), getattr(args, name), 0)
-    for name in ("lr", "stage1_lr", "lr_gamma"):
-        v = getattr(args, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be a positive number, got {v!r}")
     if args.captions:
         for c in args.captions:
             if not Path(c).is_file():
@@ -280,6 +277,37 @@ def _check_args(args: argparse.Namespace) -> None:
             )
     if args.init_from and not Path(args.init_from).exists():
         raise UsageError(f"--init-from {args.init_from} does not exist")
+
+
+def train_options(args: argparse.Namespace, run_info: dict[str, Any]) -> TrainOptions:
+    """The run's :class:`~dgsnet.training.TrainOptions` from the parsed options (validated
+    there, once; a bad value raises :class:`~dgsnet.errors.TrainingConfigError`, exit 2).
+    ``progress``, ``deterministic_transform`` and ``model_info`` are filled in by :func:`run`
+    once the process group and the model exist."""
+    from ..training import TrainOptions
+
+    return TrainOptions(
+        args.out,
+        stage=args.stage,
+        epochs=args.epochs,
+        stage1_epochs=args.stage1_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        stage1_lr=args.stage1_lr,
+        lr_step=args.lr_step,
+        lr_gamma=args.lr_gamma,
+        seed=args.seed,
+        resume=args.resume,
+        init_from=args.init_from,
+        save_every=args.save_every,
+        log_every=args.log_every,
+        on_nonfinite=args.on_nonfinite,
+        num_workers=args.workers,
+        deterministic=args.deterministic,
+        progress=not args.quiet,
+        run_info=run_info,
+        handle_signals=True,
+    )
 
 
 def _build_model(args: argparse.Namespace, device: Any) -> Any:
@@ -411,15 +439,16 @@ def run(args: argparse.Namespace) -> int:
     """Run ``dgsnet train``; returns the exit status."""
     _check_args(args)
     config = dgs_config(args)
+    run_info = run_options(args, config)
+    options = train_options(args, run_info)
 
-    from ..training import seed_everything, setup_distributed, train
+    from ..training import Trainer, seed_everything, setup_distributed
     from ..wrapper import DGSWrapper
 
     device = resolve_device(args.device)
     info = setup_distributed(device)
     quiet = args.quiet or not info.is_main
     seed_everything(args.seed)
-    run_info = run_options(args, config)
     if not quiet:
         overrides = run_info["preset_overrides"]
         status(
@@ -433,32 +462,13 @@ def run(args: argparse.Namespace) -> int:
     datasets = _open_data(args, config, bundle, quiet)
     if not quiet:
         _report_data(args, datasets, bundle, info)
-    result = train(
-        wrapper,
-        datasets,
-        args.out,
-        stage=args.stage,
-        epochs=args.epochs,
-        stage1_epochs=args.stage1_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        stage1_lr=args.stage1_lr,
-        lr_step=args.lr_step,
-        lr_gamma=args.lr_gamma,
-        seed=args.seed,
-        resume=args.resume,
-        init_from=args.init_from,
-        save_every=args.save_every,
-        log_every=args.log_every,
-        on_nonfinite=args.on_nonfinite,
-        num_workers=args.workers,
-        deterministic_transform=bundle.deterministic_train,
-        deterministic=args.deterministic,
+    options = dataclasses.replace(
+        options,
         progress=not quiet,
+        deterministic_transform=bundle.deterministic_train,
         model_info=bundle.info(),
-        run_info=run_info,
-        handle_signals=True,
     )
+    result = Trainer(wrapper, datasets, options).run()
     if not quiet:
         _report_result(args, result)
     if info.distributed:
