@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -619,3 +620,45 @@ def test_argparse_errors_exit_2(capsys):
     assert main(["train", "--stage", "3"]) == 2
     assert "invalid choice" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# DGS options follow the DGSConfig fields
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dgs_options_follow_the_config_fields(monkeypatch, capsys):
+    """A field added to DGSConfig gets its option with no other change: a bool switch away
+    from its default, a choice for a Literal, a typed value for a number, and the value
+    reaches the config."""
+    import dataclasses
+
+    from dgsnet.cli import build_parser, options
+    from dgsnet.config import DGSConfig
+
+    @dataclasses.dataclass
+    class Extended(DGSConfig):
+        lora_scaling: Literal["standard", "rslora"] = "standard"
+        feature_distill: bool = False
+        keep_probe: bool = True
+        distill_weight: float = 0.5
+
+    monkeypatch.setattr(options, "DGSConfig", Extended)
+    parser = build_parser()
+    train_parser = parser.parse_args(["train"])._subparsers["train"]
+    flags = {opt for a in train_parser._actions for opt in a.option_strings}
+    assert {"--lora-scaling", "--feature-distill", "--no-keep-probe", "--distill-weight"} <= flags
+    assert not {"--keep-probe", "--no-feature-distill", "--eps", "--extra"} & flags
+    args = options.parse_args(
+        parser,
+        ["train", "x", "--lora-scaling", "rslora", "--feature-distill", "--no-keep-probe",
+         "--distill-weight", "0.25", "--lora-rank", "3"],
+    )
+    config = options.dgs_config(args)
+    assert isinstance(config, Extended)
+    assert (config.lora_scaling, config.feature_distill) == ("rslora", True)
+    assert config.keep_probe is False
+    assert config.distill_weight == 0.25 and config.lora_rank == 3
+    assert config.suppression is True  # flags not given keep the preset's value
+    assert main(["train", "x", "--lora-scaling", "other"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
