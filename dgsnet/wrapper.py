@@ -377,11 +377,7 @@ class DGSWrapper(nn.Module):
         index = self._check_index(index, batch)
         check_finite = cfg.nonfinite == "raise"
         if cfg.plain:
-            if check_finite and not bool(self._inputs_finite(images)):
-                self._raise_nonfinite_inputs(images)
-            logits = self.image_head(self.encode_student(images))
-            loss = self._loss(logits, y)
-            return DGSOutput(loss=loss, logits=logits, losses={"image": loss.detach()})
+            return self._plain_step(images, y, check_finite)
 
         t = self.encode_text(text, batch_size=batch)
         # read below together with the teacher reference's check: one device sync in all
@@ -428,16 +424,7 @@ class DGSWrapper(nn.Module):
             g_img = input_grad(self.teacher_head, f_teacher, z_teacher, y, kind, self._loss, closed,
                                per_sample)
             g_help = g_img.clamp_max(0).to(f.dtype)
-            if cfg.nonfinite == "ignore":
-                g_help = g_help.masked_fill(~torch.isfinite(g_help).all(-1, keepdim=True), 0.0)
-            elif not bool(torch.isfinite(g_help).all() & cast(Tensor, inputs_ok)):
-                self._raise_nonfinite_inputs(images, t)  # the inputs, if they are the cause
-                raise NonFiniteInputError(
-                    "the teacher's reference gradient contains NaN or Inf (check the teacher head "
-                    "and the inputs), or set DGSConfig(nonfinite='ignore')"
-                )
-            else:
-                inputs_ok = None  # checked
+            g_help, inputs_ok = self._guard_help(g_help, inputs_ok, images, t)
             stats.extra_refs["help"] = g_help
             target = f_s if cfg.order == "align_then_project" else f
             inner = (target * g_help).sum(dim=-1)
@@ -447,6 +434,33 @@ class DGSWrapper(nn.Module):
         if inputs_ok is not None and not bool(inputs_ok):
             self._raise_nonfinite_inputs(images, t)
         return DGSOutput(loss=loss, logits=logits, losses=losses, surgery=stats)
+
+    def _plain_step(self, images: Tensor, y: Tensor, check_finite: bool) -> DGSOutput:
+        """``config.plain``: the student's loss alone (no text, teacher or surgery)."""
+        if check_finite and not bool(self._inputs_finite(images)):
+            self._raise_nonfinite_inputs(images)
+        logits = self.image_head(self.encode_student(images))
+        loss = self._loss(logits, y)
+        return DGSOutput(loss=loss, logits=logits, losses={"image": loss.detach()})
+
+    def _guard_help(
+        self, g_help: Tensor, inputs_ok: Tensor | None, images: Tensor, t: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """The non-finite policy for the help reference ``g_help``.
+
+        ``nonfinite="ignore"``: rows with NaN/Inf become zero (no alignment for them).
+        ``"raise"``: one device sync reads the inputs' flag and the reference's; NaN/Inf in
+        the inputs, else in the reference, raise :class:`~dgsnet.errors.NonFiniteInputError`.
+        Returns the reference and ``None`` for a flag that is checked now."""
+        if self.config.nonfinite == "ignore":
+            return g_help.masked_fill(~torch.isfinite(g_help).all(-1, keepdim=True), 0.0), inputs_ok
+        if not bool(torch.isfinite(g_help).all() & cast(Tensor, inputs_ok)):
+            self._raise_nonfinite_inputs(images, t)  # the inputs, if they are the cause
+            raise NonFiniteInputError(
+                "the teacher's reference gradient contains NaN or Inf (check the teacher head "
+                "and the inputs), or set DGSConfig(nonfinite='ignore')"
+            )
+        return g_help, None
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
