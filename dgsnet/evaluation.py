@@ -186,7 +186,8 @@ def evaluate(
         kwargs: dict[str, Any] = {"transform": tf}
         if subsets:
             kwargs["subsets"] = list(subsets)
-        ds = open_dataset(root, split=split, **kwargs)
+        kwargs["split"] = split  # open_dataset checks it
+        ds = open_dataset(root, **kwargs)
         key = os.fspath(root)
         scores, labels, names, _ = predict_scores(
             wrapper,

@@ -80,8 +80,8 @@ class ModelSpec:
             return cls("hf", path, None)
         if s.startswith("open_clip:"):
             s = s[len("open_clip:") :]
-        name, _, tag = s.partition("@")
-        tag = tag or None
+        name, _, tag_text = s.partition("@")
+        tag = tag_text or None
         if pretrained is not None:
             if tag is not None and tag != pretrained:
                 raise ModelLoadError(

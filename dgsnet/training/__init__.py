@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadError, NonFiniteError, TrainingConfigError, TrainingInterrupted
 from ..models import ClipPreprocess, HFPreprocess, ModelBundle, ModelSpec, build_model
+from .api import train
 from .data import ResumableSampler, TrainItems, dataset_fingerprint, open_datasets
 from .distributed import DistInfo, setup_distributed
 from .options import TrainOptions
@@ -55,7 +56,7 @@ from .state import (
     TEACHER_CACHE_NAME,
     find_resume_checkpoint,
 )
-from .trainer import Trainer, TrainResult, TrainState, train
+from .trainer import Trainer, TrainResult, TrainState
 
 if TYPE_CHECKING:
     from ..evaluation import evaluate, load_trained, predict_scores, resolve_checkpoint

@@ -70,7 +70,8 @@ def open_datasets(
             kwargs["caption_fallback"] = caption_fallback
         if subsets:
             kwargs["subsets"] = list(subsets)
-        out.append(open_dataset(root, split=split, **kwargs))
+        kwargs["split"] = split  # open_dataset checks it
+        out.append(open_dataset(root, **kwargs))
     return out
 
 
@@ -87,10 +88,11 @@ class TrainItems(Dataset):
     def __init__(self, datasets: Dataset | Sequence[Dataset], seed: int = 0) -> None:
         if isinstance(datasets, Dataset) and not isinstance(datasets, (list, tuple)):
             datasets = [datasets]
-        self.datasets = list(datasets)
+        self.datasets: list[Any] = list(datasets)
         if not self.datasets:
             raise TrainingConfigError("no training data")
-        self.offsets = np.cumsum([0] + [len(d) for d in self.datasets]).tolist()
+        sizes = np.asarray([0] + [len(d) for d in self.datasets], dtype=np.int64)
+        self.offsets: list[int] = np.cumsum(sizes).tolist()
         if self.offsets[-1] == 0:
             raise TrainingConfigError("the training data holds no images")
         self.seed = int(seed)

@@ -37,7 +37,7 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     """The global RNG states as JSON-ready values (base64 / lists; never pickle)."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # (kind, keys, pos, has_gauss, cached_gaussian)
     py_state = random.getstate()
     state: dict[str, Any] = {
         "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii"),

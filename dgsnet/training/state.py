@@ -44,6 +44,7 @@ __all__ = [
     "SUMMARY_NAME",
     "TEACHER_CACHE_NAME",
     "canonical_json",
+    "clear_run_state",
     "commit_dir",
     "find_resume_checkpoint",
     "load_training_state",
@@ -53,6 +54,7 @@ __all__ = [
     "save_optimizer",
     "save_teacher_cache",
     "staging_dir",
+    "write_run_json",
     "write_state_json",
 ]
 
@@ -296,3 +298,42 @@ def save_teacher_cache(folder: Path, wrapper: DGSWrapper) -> dict[str, Any] | No
             metadata={"format": "dgsnet.teacher_cache"},
         ),
     }
+
+
+#: what a fresh run (nothing to resume) deletes from the output folder
+FRESH_RUN_CLEARS = (LAST_DIR, LAST_DIR + ".prev", f".{LAST_DIR}.tmp", FINAL_DIR, LOG_NAME,
+                    SUMMARY_NAME)
+
+
+def clear_run_state(out: Path) -> None:
+    """Delete an earlier run's checkpoints, log and summary from ``out``
+    (:data:`FRESH_RUN_CLEARS`), for a run that starts over."""
+    for name in FRESH_RUN_CLEARS:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def write_run_json(
+    out: Path,
+    model_info: Mapping[str, Any] | None,
+    run_info: Mapping[str, Any] | None,
+    resume_key: Mapping[str, Any],
+    fingerprint: Mapping[str, Any],
+) -> None:
+    """``OUT/run.json``: the model, the caller's options, the training settings and the data
+    fingerprint of the run."""
+    atomic_write_json(
+        out / RUN_NAME,
+        json_safe(
+            {
+                "format": "dgsnet.run",
+                "model": dict(model_info or {}),
+                "options": dict(run_info or {}),
+                "training": resume_key,
+                "dataset": fingerprint,
+            }
+        ),
+    )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,12 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import (
-    NonFiniteError,
-    NonFiniteInputError,
     TrainingConfigError,
     TrainingInterrupted,
 )
@@ -51,11 +48,11 @@ from .state import (
     LAST_DIR,
     LOG_NAME,
     OPTIMIZER_NAME,
-    RUN_NAME,
     STATE_FORMAT,
     STATE_NAME,
     STATE_VERSION,
     SUMMARY_NAME,
+    clear_run_state,
     commit_dir,
     find_resume_checkpoint,
     load_training_state,
@@ -64,10 +61,12 @@ from .state import (
     save_optimizer,
     save_teacher_cache,
     staging_dir,
+    write_run_json,
     write_state_json,
 )
+from .step import StepRunner
 
-__all__ = ["TrainResult", "TrainState", "Trainer", "train"]
+__all__ = ["TrainResult", "TrainState", "Trainer"]
 
 
 @dataclass
@@ -103,22 +102,6 @@ class TrainResult:
     stage1_history: list[float]
     resumed_from: int | None
     elapsed_s: float
-
-
-#: what a fresh run (nothing to resume) deletes from the output folder
-_FRESH_RUN_CLEARS = (LAST_DIR, LAST_DIR + ".prev", f".{LAST_DIR}.tmp", FINAL_DIR, LOG_NAME,
-                     SUMMARY_NAME)
-
-
-def first_nonfinite_grad(named: Sequence[tuple[str, nn.Parameter]]) -> str | None:
-    """The name of the first parameter whose gradient holds NaN/Inf (``None``: all finite)."""
-    grads = [(n, p.grad) for n, p in named if p.grad is not None]
-    if not grads:
-        return None
-    ok = torch.stack([torch.isfinite(g).all() for _, g in grads])
-    if bool(ok.all()):
-        return None
-    return grads[int((~ok).nonzero()[0, 0])][0]
 
 
 class Trainer:
@@ -178,7 +161,7 @@ class Trainer:
         self.model: nn.Module = wrapper
         self.sampler: ResumableSampler | None = None
         self.n_batches = 0
-        self.text_table: tuple[Tensor, Tensor] | None = None
+        self.step: StepRunner | None = None
         self.t_start = time.perf_counter()
         self.elapsed = 0.0
 
@@ -248,12 +231,7 @@ class Trainer:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             if self.ckpt is None:
-                for name in _FRESH_RUN_CLEARS:
-                    p = self.out / name
-                    if p.is_dir():
-                        shutil.rmtree(p)
-                    elif p.exists():
-                        p.unlink()
+                clear_run_state(self.out)
         barrier(self.dist)
 
     def _restore(self) -> None:
@@ -272,7 +250,9 @@ class Trainer:
         offset = int(state.get("log_offset", 0)) if state is not None else None
         self.log = RunLog(self.out / LOG_NAME if self.main else None, truncate_to=offset)
         if self.main:
-            self._write_run_json()
+            write_run_json(
+                self.out, o.model_info, o.run_info, self.resume_key, self.fingerprint
+            )
         try:
             if state is None:
                 seed_everything(o.seed)
@@ -292,21 +272,6 @@ class Trainer:
             raise
         except Exception as exc:  # pragma: no cover - defensive
             raise CheckpointError(f"cannot initialise from {init_from}: {exc}") from exc
-
-    def _write_run_json(self) -> None:
-        o = self.options
-        atomic_write_json(
-            self.out / RUN_NAME,
-            json_safe(
-                {
-                    "format": "dgsnet.run",
-                    "model": dict(o.model_info or {}),
-                    "options": dict(o.run_info or {}),
-                    "training": self.resume_key,
-                    "dataset": self.fingerprint,
-                }
-            ),
-        )
 
     def _restore_counters(self, state: Mapping[str, Any] | None) -> None:
         ts = self.ts
@@ -403,8 +368,23 @@ class Trainer:
             world_size=self.dist.world_size,
         )
         self.n_batches = math.ceil(self.sampler.per_rank / o.batch_size)
-        if o.precompute_text and not self.cfg.plain:
-            self.text_table = caption_table(self.wrapper, self.items)
+        assert self.optimizer is not None
+        self.step = StepRunner(
+            model=self.model,
+            optimizer=self.optimizer,
+            named=self.named,
+            seed=o.seed,
+            dist=self.dist,
+            device=self.device,
+            pass_index=bool(o.deterministic_transform),
+            on_nonfinite=o.on_nonfinite,
+            text_table=(
+                caption_table(self.wrapper, self.items)
+                if o.precompute_text and not self.cfg.plain
+                else None
+            ),
+            n_batches=self.n_batches,
+        )
         self.wrapper.train()
         for epoch in range(self.start_epoch, o.epochs):
             self._epoch(epoch)
@@ -466,7 +446,8 @@ class Trainer:
         try:
             for batch in iterate_loader(loader):
                 batch_i += 1
-                record = self._train_step(batch, self.ts.global_step + 1, epoch, batch_i)
+                assert self.step is not None
+                record = self.step(batch, self.ts.global_step + 1, epoch, batch_i)
                 self._after_step(record, epoch, batch_i, bar)
         finally:
             bar.close()
@@ -515,72 +496,6 @@ class Trainer:
         )
         self._checkpoint("done" if done else "stage2", epoch + 1, 0)
         self._emit("epoch_end")
-
-    def _train_step(self, batch: Any, step: int, epoch: int, batch_i: int) -> dict[str, Any]:
-        """One stage-2 step: forward, backward, update, unless the loss or a gradient is not
-        finite (then :class:`NonFiniteError`, or a skipped step with ``on_nonfinite="skip"``)."""
-        opt = self.optimizer
-        assert opt is not None
-        torch.manual_seed(derive_seed(self.options.seed, "step", self.dist.rank, step))
-        where = f"stage 2, epoch {epoch + 1}, step {step} (batch {batch_i} of {self.n_batches})"
-        opt.zero_grad(set_to_none=True)
-        out, reason = self._forward(batch, where)
-        record: dict[str, Any] = {
-            "event": "step",
-            "stage": 2,
-            "epoch": epoch + 1,
-            "batch": batch_i,
-            "step": step,
-            "skipped": False,
-        }
-        if reason is None:
-            assert out is not None
-            out.loss.backward()
-            bad = first_nonfinite_grad(self.named)
-            if bad is not None:
-                reason = f"non-finite gradient of {bad} at {where}"
-        if reason is not None:
-            opt.zero_grad(set_to_none=True)
-            if self.options.on_nonfinite == "raise":
-                raise NonFiniteError(
-                    f"{reason}; lower the learning rate, check the data, or pass "
-                    "on_nonfinite='skip' (--on-nonfinite skip) to skip such steps",
-                    step=step,
-                )
-            record.update(skipped=True, reason=reason, loss=float("nan"))
-            if out is not None:
-                record["loss"] = float(out.loss.detach().item())
-            return record
-        assert out is not None
-        opt.step()
-        record["loss"] = float(out.loss.detach().item())
-        record["losses"] = {k: float(v.item()) for k, v in out.losses.items()}
-        record["stats"] = out.stats
-        return record
-
-    def _forward(self, batch: Any, where: str) -> tuple[Any, str | None]:
-        """The model's output on ``batch`` and why the step cannot go on (``None``: it can),
-        agreed across ranks."""
-        device = self.device
-        images = batch.images.to(device, non_blocking=True)
-        labels = batch.labels.to(device, non_blocking=True)
-        index = batch.indices if self.options.deterministic_transform else None
-        text: Any = batch.captions
-        if self.text_table is not None:
-            table, rows = self.text_table
-            text = table[rows[batch.indices]].to(device, non_blocking=True)
-        reason: str | None = None
-        out = None
-        try:
-            out = self.model(images, text, labels, index=index)
-            loss_value = out.loss.detach()
-            if not bool(torch.isfinite(loss_value)):
-                reason = f"non-finite loss ({loss_value.item()}) at {where}"
-        except NonFiniteInputError as exc:
-            reason = f"non-finite values at {where}: {exc}"
-        if any_rank(reason is not None, self.dist, device) and reason is None:
-            reason = f"non-finite loss on another rank at {where}"
-        return out, reason
 
     # -- checkpoints and the end ---------------------------------------------------------------
 
@@ -692,110 +607,3 @@ class Trainer:
                     "init_from (e.g. a stage-1 run's final/ folder), run stage 'both', or "
                     "switch alignment off"
                 )
-
-
-def train(
-    wrapper: DGSWrapper,
-    data: Dataset | Sequence[Dataset],
-    out_dir: str | os.PathLike[str],
-    *,
-    stage: int | str = "both",
-    epochs: int = 1,
-    stage1_epochs: int = 3,
-    batch_size: int = 32,
-    lr: float = 1e-4,
-    stage1_lr: float = 1e-4,
-    betas: tuple[float, float] = (0.9, 0.999),
-    lr_step: int = 10,
-    lr_gamma: float = 0.9,
-    seed: int = 0,
-    shuffle: bool = True,
-    resume: bool | None = None,
-    init_from: str | os.PathLike[str] | None = None,
-    save_every: int = 500,
-    log_every: int = 1,
-    on_nonfinite: str = "raise",
-    num_workers: int = 0,
-    deterministic_transform: bool = False,
-    deterministic: bool = False,
-    progress: bool = True,
-    callbacks: Sequence[Callable[[str, TrainState], None]] = (),
-    model_info: Mapping[str, Any] | None = None,
-    run_info: Mapping[str, Any] | None = None,
-    handle_signals: bool = False,
-    precompute_text: bool = True,
-) -> TrainResult:
-    """Two-stage DGS-Net training with resumable checkpoints (see the module docstring).
-
-    Args:
-        wrapper: the :class:`DGSWrapper` to train (in place), on its device.
-        data: a dataset of :class:`dgsnet.data.Sample` items (e.g. a
-            :class:`~dgsnet.data.DetectionFolder` with a training transform and captions), or a
-            list of them.
-        out_dir: output folder: ``last/`` (training state, replaced atomically), ``final/``
-            (``save_pretrained`` weights), ``train_log.jsonl``, ``run.json``, ``summary.json``.
-        stage: ``1`` (teacher head only), ``2`` (LoRA + heads; needs a teacher head from
-            ``init_from`` unless alignment is off) or ``"both"``.
-        epochs / stage1_epochs / batch_size / lr / stage1_lr / betas: stage 2 uses Adam(lr,
-            betas) with the learning rate multiplied by ``lr_gamma`` every ``lr_step`` epochs.
-        seed: drives the permutation, the augmentation and the LoRA dropout (reproducible).
-        resume: ``None`` (default) resumes from ``out_dir/last`` when it exists, ``True``
-            requires it, ``False`` deletes any previous training state and starts over.
-        init_from: a checkpoint folder (``save_pretrained`` format) whose weights initialise a
-            fresh run, e.g. a stage-1 run's ``final/`` for ``stage=2``.
-        save_every: write ``last/`` every this many stage-2 steps (0: at epoch ends only); it
-            is also written after stage 1 and at every epoch end.
-        on_nonfinite: ``"raise"`` (:class:`NonFiniteError` naming the step) or ``"skip"``
-            (the step's update is dropped: weights and optimizer state untouched; counted).
-        num_workers: DataLoader worker processes.
-        deterministic_transform: declare that the training transform is deterministic; only
-            then are dataset indices passed to the wrapper (teacher cache). A random flip or
-            patch shuffle makes it non-deterministic (:attr:`ModelBundle.deterministic_train`).
-        deterministic: ``torch.use_deterministic_algorithms(True)`` during the run.
-        progress: tqdm progress bars (rank 0 only).
-        callbacks: ``callback(event, TrainState)`` functions (rank 0 and others alike).
-        model_info: JSON stored as ``dgsnet_model.json`` beside the weights so that
-            :func:`load_trained` can rebuild the model (:meth:`ModelBundle.info`).
-        run_info: extra JSON stored in ``run.json`` (e.g. the command-line options).
-        handle_signals: on SIGINT/SIGTERM finish the step, checkpoint and raise
-            :class:`TrainingInterrupted`.
-        precompute_text: compute the text features of every caption once before stage 2
-            (fixed order and chunking; ``U x D`` floats in CPU memory for ``U`` distinct
-            captions) and feed them to the wrapper; this makes resumed runs bitwise exact and
-            saves text-tower work. ``False`` passes the captions (the wrapper's LRU cache).
-
-    Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is joined, stage 2 runs under
-    ``DistributedDataParallel`` on sharded batches (``batch_size`` per process), stage 1 runs
-    the (cheap) linear probe on the full data on every rank and keeps rank 0's head, and only
-    rank 0 logs, shows progress and writes checkpoints (between barriers).
-    """
-    if not isinstance(wrapper, DGSWrapper):
-        raise TrainingConfigError(f"train needs a DGSWrapper, got {type(wrapper).__name__}")
-    options = TrainOptions(
-        out_dir,
-        stage=stage,
-        epochs=epochs,
-        stage1_epochs=stage1_epochs,
-        batch_size=batch_size,
-        lr=lr,
-        stage1_lr=stage1_lr,
-        betas=betas,
-        lr_step=lr_step,
-        lr_gamma=lr_gamma,
-        seed=seed,
-        shuffle=shuffle,
-        resume=resume,
-        init_from=init_from,
-        save_every=save_every,
-        log_every=log_every,
-        on_nonfinite=on_nonfinite,
-        num_workers=num_workers,
-        deterministic_transform=deterministic_transform,
-        deterministic=deterministic,
-        progress=progress,
-        model_info=model_info,
-        run_info=run_info,
-        handle_signals=handle_signals,
-        precompute_text=precompute_text,
-    )
-    return Trainer(wrapper, data, options, callbacks=callbacks).run()
