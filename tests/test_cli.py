@@ -651,8 +651,18 @@ def test_dgs_options_follow_the_config_fields(monkeypatch, capsys):
     assert not {"--keep-probe", "--no-feature-distill", "--eps", "--extra"} & flags
     args = options.parse_args(
         parser,
-        ["train", "x", "--lora-scaling", "rslora", "--feature-distill", "--no-keep-probe",
-         "--distill-weight", "0.25", "--lora-rank", "3"],
+        [
+            "train",
+            "x",
+            "--lora-scaling",
+            "rslora",
+            "--feature-distill",
+            "--no-keep-probe",
+            "--distill-weight",
+            "0.25",
+            "--lora-rank",
+            "3",
+        ],
     )
     config = options.dgs_config(args)
     assert isinstance(config, Extended)
