@@ -151,10 +151,10 @@ class DgsFlag:
     hidden: bool = False
 
 
-#: Adjustments to the options derived from the DGSConfig fields. A field not listed here gets
-#: an option with generic help; a bool field becomes ``--<name>`` (default ``False``) or
-#: ``--no-<name>`` (default ``True``), a ``Literal`` field a choice, a list field a
-#: one-or-more option.
+#: Adjustments to the options derived from the DGSConfig fields (their order is the order of
+#: the help). A field not listed here gets an option with generic help, after these; a bool
+#: field becomes ``--<name>`` (default ``False``) or ``--no-<name>`` (default ``True``), a
+#: ``Literal`` field a choice, a list field a one-or-more option.
 DGS_FLAGS: dict[str, DgsFlag] = {
     # binary real/fake detection is what train/eval/predict are built for
     "num_classes": DgsFlag(hidden=True),
@@ -222,11 +222,17 @@ def _argument(name: str, tp: Any, default: Any, spec: DgsFlag) -> tuple[str, dic
 
 
 def dgs_flags() -> list[tuple[str, dict[str, Any]]]:
-    """``(option string, add_argument keywords)`` for each DGSConfig field that has an option,
-    in the order of the fields."""
+    """``(option string, add_argument keywords)`` for each DGSConfig field that has an option:
+    the fields listed in :data:`DGS_FLAGS` in its order (the help's order), then the others in
+    the order of the fields."""
     hints = typing.get_type_hints(DGSConfig)
+    listed = list(DGS_FLAGS)
+    fields = sorted(
+        dataclasses.fields(DGSConfig),
+        key=lambda f: listed.index(f.name) if f.name in listed else len(listed),
+    )
     out = []
-    for f in dataclasses.fields(DGSConfig):
+    for f in fields:
         spec = DGS_FLAGS.get(f.name, DgsFlag())
         if spec.hidden or not f.init:
             continue
