@@ -68,9 +68,7 @@ def check_images(
         image_size is not None and tuple(images.shape[2:]) != tuple(image_size)
     ):
         want = f"(B, 3, {image_size[0]}, {image_size[1]})" if image_size else "(B, 3, H, W)"
-        raise ValueError(
-            f"images must have shape {want} for this model, got {tuple(images.shape)}"
-        )
+        raise ValueError(f"images must have shape {want} for this model, got {tuple(images.shape)}")
     if images.shape[0] == 0:
         raise ValueError("empty batch: images has batch size 0")
     if images.device != device:
@@ -104,8 +102,10 @@ def raise_nonfinite_inputs(images: Tensor, text: Tensor | None = None) -> None:
             continue
         bad = (~torch.isfinite(t).flatten(1).all(dim=1)).nonzero().flatten().tolist()
         if bad:
-            parts.append(f"{what} in {len(bad)} of {t.shape[0]} samples (batch positions "
-                         f"{bad[:8]}{' ...' if len(bad) > 8 else ''})")
+            parts.append(
+                f"{what} in {len(bad)} of {t.shape[0]} samples (batch positions "
+                f"{bad[:8]}{' ...' if len(bad) > 8 else ''})"
+            )
     if parts:
         raise NonFiniteInputError(
             f"NaN or Inf in the input: {'; '.join(parts)}. Check the data pipeline, or set "
@@ -149,8 +149,7 @@ def check_labels(
         labels = labels[:, 0]
     if labels.dim() != 1 or labels.shape[0] != batch:
         raise ValueError(
-            f"labels must have shape ({batch},) to match {batch} images, got "
-            f"{tuple(labels.shape)}"
+            f"labels must have shape ({batch},) to match {batch} images, got {tuple(labels.shape)}"
         )
     if labels.is_complex():
         raise TypeError(f"labels must be real class indices, got dtype {labels.dtype}")
@@ -186,8 +185,7 @@ def check_text_features(text: Tensor, feature_dim: int) -> None:
     """
     if text.dim() != 2 or text.shape[1] != feature_dim:
         raise ValueError(
-            f"precomputed text features must have shape (B, {feature_dim}), got "
-            f"{tuple(text.shape)}"
+            f"precomputed text features must have shape (B, {feature_dim}), got {tuple(text.shape)}"
         )
     if text.device.type == "meta":
         raise ValueError("precomputed text features are a meta tensor (no data)")
@@ -258,8 +256,13 @@ def check_index(index: Any, batch: int) -> Tensor | None:
             raise TypeError(
                 f"index must be {batch} integer dataset indices, got {type(index).__name__}"
             ) from exc
-    if (index.dim() != 1 or index.shape[0] != batch or index.is_floating_point()
-            or index.is_complex() or index.dtype == torch.bool):
+    if (
+        index.dim() != 1
+        or index.shape[0] != batch
+        or index.is_floating_point()
+        or index.is_complex()
+        or index.dtype == torch.bool
+    ):
         raise ValueError(
             f"index must be {batch} non-negative integer dataset indices, got shape "
             f"{tuple(index.shape)} dtype {index.dtype}"
@@ -289,9 +292,7 @@ def unpack_stage1_batch(batch: Any) -> tuple[Tensor, Any, Any]:
         images = batch.get("images", batch.get("image"))
         labels = batch.get("labels", batch.get("label"))
         if images is None or labels is None:
-            raise ValueError(
-                f"batch mapping needs 'images' and 'labels' keys, got {sorted(batch)}"
-            )
+            raise ValueError(f"batch mapping needs 'images' and 'labels' keys, got {sorted(batch)}")
         return images, labels, batch.get("index", batch.get("indices"))
     if isinstance(batch, (tuple, list)):
         if len(batch) == 2:

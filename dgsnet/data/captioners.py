@@ -300,8 +300,9 @@ def generate_captions(
     todo = [p for p in paths if done.resolve(p) is None]
     keys = {p: _key_for(p, root_s, relative) for p in todo}  # bad paths fail before any work
     report = CaptionReport(out_file=out, captions=captions, existing=len(paths) - len(todo))
-    bar = progress_bar(total=len(paths), initial=report.existing, unit="img", desc="captioning",
-                       enabled=progress)
+    bar = progress_bar(
+        total=len(paths), initial=report.existing, unit="img", desc="captioning", enabled=progress
+    )
     run = _Run(captioner, keys, report, on_error, save_every, dirty=not out.exists())
     try:
         for start in range(0, len(todo), batch_size):
@@ -354,8 +355,15 @@ def _unique_paths(image_paths: Iterable[str | os.PathLike[str]]) -> list[str]:
 class _Run:
     """One :func:`generate_captions` call's batches: caption, record, save every few."""
 
-    def __init__(self, captioner: Callable[..., Sequence[str]], keys: dict[str, str],
-                 report: CaptionReport, on_error: str, save_every: int, dirty: bool) -> None:
+    def __init__(
+        self,
+        captioner: Callable[..., Sequence[str]],
+        keys: dict[str, str],
+        report: CaptionReport,
+        on_error: str,
+        save_every: int,
+        dirty: bool,
+    ) -> None:
         self.captioner = captioner
         self.uses_paths = bool(getattr(captioner, "uses_paths", False))
         self.keys, self.report = keys, report

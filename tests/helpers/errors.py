@@ -8,16 +8,20 @@ import torch
 from torch import Tensor
 
 
-def max_rel_error(actual: Mapping[str, Tensor], expected: Mapping[str, Tensor],
-                  dtype: torch.dtype | None = None) -> float:
+def max_rel_error(
+    actual: Mapping[str, Tensor], expected: Mapping[str, Tensor], dtype: torch.dtype | None = None
+) -> float:
     """``max_k max|a_k - e_k| / max|e_k|`` over the keys of ``expected`` (a zero ``e_k``
     counts as 1e-300), computed in ``dtype`` when given, else in the tensors' own dtype."""
+
     def cast(t: Tensor) -> Tensor:
         return t if dtype is None else t.to(dtype)
 
     return max(
-        float((cast(actual[k]) - cast(expected[k])).abs().max()
-              / cast(expected[k]).abs().max().clamp_min(1e-300))
+        float(
+            (cast(actual[k]) - cast(expected[k])).abs().max()
+            / cast(expected[k]).abs().max().clamp_min(1e-300)
+        )
         for k in expected
     )
 
@@ -37,8 +41,14 @@ def f64(t: Tensor) -> Tensor:
     return t.detach().to(torch.float64)
 
 
-def assert_close_rows(actual: Tensor, expected: Tensor, scale_from: Tensor, rtol: float,
-                      atol: float = 0.0, msg: str = "") -> None:
+def assert_close_rows(
+    actual: Tensor,
+    expected: Tensor,
+    scale_from: Tensor,
+    rtol: float,
+    atol: float = 0.0,
+    msg: str = "",
+) -> None:
     """Per-sample ``|a - e| <= atol + rtol * max(||scale_from||, ||e||)``, in float64."""
     a, e = f64(actual), f64(expected)
     s = f64(scale_from)
@@ -61,5 +71,6 @@ def assert_close_rows(actual: Tensor, expected: Tensor, scale_from: Tensor, rtol
 
 def low_precision_tol(dtype: torch.dtype) -> float:
     """The relative tolerance of one rounding-heavy computation in ``dtype``."""
-    return {torch.float16: 4e-3, torch.bfloat16: 3.2e-2, torch.float32: 1e-5,
-            torch.float64: 1e-11}[dtype]
+    return {torch.float16: 4e-3, torch.bfloat16: 3.2e-2, torch.float32: 1e-5, torch.float64: 1e-11}[
+        dtype
+    ]

@@ -10,8 +10,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-BENCH_CAPTIONS = ["a photo of a cat", "a dog on the grass", "a red car on a street",
-                  "a chair in a room"]
+BENCH_CAPTIONS = [
+    "a photo of a cat",
+    "a dog on the grass",
+    "a red car on a street",
+    "a chair in a room",
+]
 """The captions :func:`make_bench` cycles through."""
 
 _counter = [0]
@@ -60,8 +64,9 @@ def make_bench(
     return root
 
 
-def write_random_image(path: Path, size: tuple[int, int] = (8, 8), fmt: str | None = None,
-                       seed: int | None = None) -> Path:
+def write_random_image(
+    path: Path, size: tuple[int, int] = (8, 8), fmt: str | None = None, seed: int | None = None
+) -> Path:
     """A small random RGB image; the format follows the extension unless ``fmt`` is given.
     Without ``seed`` each call draws a new image."""
     path.parent.mkdir(parents=True, exist_ok=True)

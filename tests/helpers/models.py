@@ -12,21 +12,33 @@ import torch
 
 from dgsnet import DGSConfig, DGSWrapper
 
-CAPTIONS = ["a photo of a cat", "a red car on a road", "two dogs", "a photo of a cat",
-            "a bowl of fruit", "a chair"]
+CAPTIONS = [
+    "a photo of a cat",
+    "a red car on a road",
+    "two dogs",
+    "a photo of a cat",
+    "a bowl of fruit",
+    "a chair",
+]
 """Six captions with one repeat (positions 0 and 3), for the text cache."""
 
 
-def tiny_open_clip(seed: int = 0, image_size: int = 32, layers: int = 2, embed_dim: int = 16,
-                   dtype: torch.dtype = torch.float32) -> Any:
+def tiny_open_clip(
+    seed: int = 0,
+    image_size: int = 32,
+    layers: int = 2,
+    embed_dim: int = 16,
+    dtype: torch.dtype = torch.float32,
+) -> Any:
     """An open_clip ``CLIP`` with a 2-block ViT (patch 8) and a 1-block text tower."""
     import open_clip
 
     torch.manual_seed(seed)
     model = open_clip.CLIP(
         embed_dim=embed_dim,
-        vision_cfg=dict(image_size=image_size, patch_size=8, width=32, layers=layers,
-                        head_width=16),
+        vision_cfg=dict(
+            image_size=image_size, patch_size=8, width=32, layers=layers, head_width=16
+        ),
         text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
     )
     return model.to(dtype)
@@ -45,11 +57,25 @@ def tiny_hf_clip(seed: int = 0, image_size: int = 32) -> Any:
 
     torch.manual_seed(seed)
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=0,
-                         eos_token_id=2, pad_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=image_size, patch_size=8),
+        text_config=dict(
+            vocab_size=1000,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     return CLIPModel(cfg)
@@ -64,8 +90,9 @@ def make_lora_nonzero(wrapper: Any, seed: int = 1, scale: float = 0.05) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
-def batch(n: int = 6, seed: int = 0, size: int = 32,
-          dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+def batch(
+    n: int = 6, seed: int = 0, size: int = 32, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, list[str], torch.Tensor]:
     """``n`` random images ``(n, 3, size, size)``, their captions and binary labels."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, size, size, generator=g).to(dtype)
@@ -73,8 +100,9 @@ def batch(n: int = 6, seed: int = 0, size: int = 32,
     return x, CAPTIONS[:n], y
 
 
-def build(config: DGSConfig | None = None, seed: int = 0, dtype: torch.dtype = torch.float32,
-          **kw: Any) -> tuple[DGSWrapper, Any]:
+def build(
+    config: DGSConfig | None = None, seed: int = 0, dtype: torch.dtype = torch.float32, **kw: Any
+) -> tuple[DGSWrapper, Any]:
     """A wrapper around :func:`tiny_open_clip` with non-trivial heads and non-zero LoRA, and
     a deep copy of the model taken before LoRA went in (the teacher, for reference steps)."""
     model = tiny_open_clip(seed=seed, dtype=dtype, **kw)

@@ -18,8 +18,14 @@ from dgsnet import DGSWrapper
 from tests.helpers.models import open_clip_tokenizer
 
 
-def reference_step(w: DGSWrapper, teacher_model: Any, images: torch.Tensor, captions: list[str],
-                   labels: torch.Tensor, lam: float = 0.2) -> torch.Tensor:
+def reference_step(
+    w: DGSWrapper,
+    teacher_model: Any,
+    images: torch.Tensor,
+    captions: list[str],
+    labels: torch.Tensor,
+    lam: float = 0.2,
+) -> torch.Tensor:
     """Three BCE losses, L_help = mean_b <f_b, min(g_img_b, 0)>, projection hook on f.
 
     Runs ``backward`` (the gradients land on ``w``'s parameters) and returns the total loss."""
