@@ -15,8 +15,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # annotations only: the atomic writers need no torch (dgsnet.metrics uses them)
     from torch import Tensor
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "json_safe",
-           "save_tensors", "load_tensors", "sha256_file", "CheckpointError"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "json_safe",
+    "save_tensors",
+    "load_tensors",
+    "sha256_file",
+    "CheckpointError",
+]
 
 
 class CheckpointError(ValueError):

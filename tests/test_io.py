@@ -22,6 +22,7 @@ def test_atomic_write_uses_normal_file_permissions(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o640
     assert path.read_text() == "two"
 
+
 def test_failed_atomic_write_leaves_old_file_and_no_temp(tmp_path):
     path = tmp_path / "a.bin"
     atomic_write_bytes(path, b"old")
@@ -30,6 +31,7 @@ def test_failed_atomic_write_leaves_old_file_and_no_temp(tmp_path):
         atomic_write_bytes(path, object())  # type: ignore[arg-type]
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
 
 def test_corrupt_image_error_survives_pickling():
     err = pickle.loads(pickle.dumps(CorruptImageError("/data/x.png", "truncated file")))

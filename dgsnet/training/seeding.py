@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,13 @@ import torch
 
 from ..io import CheckpointError
 
-__all__ = ["derive_seed", "rng_state", "seed_everything", "set_rng_state"]
+__all__ = [
+    "derive_seed",
+    "deterministic_algorithms",
+    "rng_state",
+    "seed_everything",
+    "set_rng_state",
+]
 
 
 def derive_seed(*parts: Any) -> int:
@@ -78,3 +85,19 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
             )
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"the checkpoint's RNG states cannot be restored: {exc}") from exc
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool, device: torch.device) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True)`` inside the block when ``enabled`` (warn
+    only on CUDA, where some kernels have no deterministic version); the previous setting
+    is restored on the way out. With ``enabled=False`` nothing changes."""
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        if enabled:
+            torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+        yield
+    finally:
+        if enabled:
+            torch.use_deterministic_algorithms(prev, warn_only=prev_warn)

@@ -301,8 +301,14 @@ def save_teacher_cache(folder: Path, wrapper: DGSWrapper) -> dict[str, Any] | No
 
 
 #: what a fresh run (nothing to resume) deletes from the output folder
-FRESH_RUN_CLEARS = (LAST_DIR, LAST_DIR + ".prev", f".{LAST_DIR}.tmp", FINAL_DIR, LOG_NAME,
-                    SUMMARY_NAME)
+FRESH_RUN_CLEARS = (
+    LAST_DIR,
+    LAST_DIR + ".prev",
+    f".{LAST_DIR}.tmp",
+    FINAL_DIR,
+    LOG_NAME,
+    SUMMARY_NAME,
+)
 
 
 def clear_run_state(out: Path) -> None:

@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,13 @@ from .data import (
 from .distributed import DistInfo, any_rank, barrier, broadcast_parameters, setup_distributed
 from .options import TrainOptions
 from .runlog import RunLog
-from .seeding import derive_seed, rng_state, seed_everything, set_rng_state
+from .seeding import (
+    derive_seed,
+    deterministic_algorithms,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from .signals import StopFlag
 from .state import (
     FINAL_DIR,
@@ -182,12 +187,13 @@ class Trainer:
             NonFiniteError: a non-finite loss or gradient with ``on_nonfinite="raise"``.
             TrainingInterrupted: SIGINT/SIGTERM with ``handle_signals`` (after a checkpoint).
         """
+        o = self.options
         self.t_start = time.perf_counter()
         self._setup()
         self._prepare_out_dir()
         self._restore()
         try:
-            with self._determinism(), self.stop:
+            with deterministic_algorithms(o.deterministic, self.device), self.stop:
                 self._emit("train_begin")
                 if self.options.runs_stage1 and not self.stage1_done:
                     self._stage1()
@@ -250,9 +256,7 @@ class Trainer:
         offset = int(state.get("log_offset", 0)) if state is not None else None
         self.log = RunLog(self.out / LOG_NAME if self.main else None, truncate_to=offset)
         if self.main:
-            write_run_json(
-                self.out, o.model_info, o.run_info, self.resume_key, self.fingerprint
-            )
+            write_run_json(self.out, o.model_info, o.run_info, self.resume_key, self.fingerprint)
         try:
             if state is None:
                 seed_everything(o.seed)
@@ -294,20 +298,6 @@ class Trainer:
                 "num_images": self.fingerprint["num_images"],
             }
         )
-
-    @contextmanager
-    def _determinism(self) -> Iterator[None]:
-        """``torch.use_deterministic_algorithms`` for the run when ``deterministic``."""
-        prev = torch.are_deterministic_algorithms_enabled()
-        prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-        deterministic = self.options.deterministic
-        try:
-            if deterministic:
-                torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
-            yield
-        finally:
-            if deterministic:
-                torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
 
     def _emit(self, event: str) -> None:
         for cb in self.callbacks:
