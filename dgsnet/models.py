@@ -222,52 +222,12 @@ def build_model(
         raise ModelLoadError(f"transform must be 'model' or 'patch-selection', got {transform!r}")
     ms = ModelSpec.parse(spec, pretrained)
     if ms.kind == "tiny":
-        import open_clip
-
-        model = _tiny_model(int(ms.image_size or _TINY_DEFAULT_SIZE))
-        tokenizer = open_clip.get_tokenizer("ViT-B-32")  # the BPE vocabulary ships with open_clip
-        size: int | None = ms.image_size
-        preprocess: Callable[[Any], Tensor] = ClipPreprocess(int(size or _TINY_DEFAULT_SIZE))
+        loaded = _load_tiny(ms)
     elif ms.kind == "open_clip":
-        try:
-            import open_clip
-
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                ms.name,
-                pretrained=ms.pretrained,
-                cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
-            )
-            tokenizer = open_clip.get_tokenizer(ms.name)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"cannot load open_clip model {ms.name!r} with weights {ms.pretrained!r}: "
-                f"{_short(exc)} (the weights must be available locally: in the open_clip / "
-                "Hugging Face cache, or as a file path after '@')"
-            ) from exc
-        raw = getattr(model.visual, "image_size", None)
-        size = int(raw[0] if isinstance(raw, (tuple, list)) else raw) if raw is not None else None
+        loaded = _load_open_clip(ms, cache_dir)
     else:
-        try:
-            import transformers
-        except ImportError as exc:
-            raise ModelLoadError(
-                "hf: model specs need transformers: pip install 'dgsnet[hf]'"
-            ) from exc
-        kw: dict[str, Any] = {}
-        if cache_dir is not None:
-            kw["cache_dir"] = os.fspath(cache_dir)
-        try:
-            model = transformers.AutoModel.from_pretrained(ms.name, **kw)
-            tokenizer = transformers.AutoTokenizer.from_pretrained(ms.name, **kw)
-            processor = transformers.AutoImageProcessor.from_pretrained(ms.name, **kw)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"cannot load Hugging Face model {ms.name!r}: {_short(exc)} (it needs the model, "
-                "tokenizer and image-processor files, available locally or in the HF cache)"
-            ) from exc
-        preprocess = HFPreprocess(processor)
-        raw = getattr(getattr(model.config, "vision_config", None), "image_size", None)
-        size = int(raw) if isinstance(raw, int) else None
+        loaded = _load_hf(ms, cache_dir)
+    model, tokenizer, preprocess, size = loaded
     model = model.to(torch.device(device))
     bundle = ModelBundle(
         model=model,
@@ -283,3 +243,58 @@ def build_model(
     bundle.train_transform = bundle.transform(train=True)
     bundle.eval_transform = bundle.transform(train=False)
     return bundle
+
+
+#: what a loader returns: (model, tokenizer, preprocessing, image size or None)
+_Loaded = tuple[nn.Module, Any, Callable[[Any], Tensor], int | None]
+
+
+def _load_tiny(ms: ModelSpec) -> _Loaded:
+    import open_clip
+
+    size = int(ms.image_size or _TINY_DEFAULT_SIZE)
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")  # the BPE vocabulary ships with open_clip
+    return _tiny_model(size), tokenizer, ClipPreprocess(size), ms.image_size
+
+
+def _load_open_clip(ms: ModelSpec, cache_dir: str | os.PathLike[str] | None) -> _Loaded:
+    try:
+        import open_clip
+
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            ms.name,
+            pretrained=ms.pretrained,
+            cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
+        )
+        tokenizer = open_clip.get_tokenizer(ms.name)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load open_clip model {ms.name!r} with weights {ms.pretrained!r}: "
+            f"{_short(exc)} (the weights must be available locally: in the open_clip / "
+            "Hugging Face cache, or as a file path after '@')"
+        ) from exc
+    raw = getattr(model.visual, "image_size", None)
+    size = int(raw[0] if isinstance(raw, (tuple, list)) else raw) if raw is not None else None
+    return model, tokenizer, preprocess, size
+
+
+def _load_hf(ms: ModelSpec, cache_dir: str | os.PathLike[str] | None) -> _Loaded:
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ModelLoadError("hf: model specs need transformers: pip install 'dgsnet[hf]'") from exc
+    kw: dict[str, Any] = {}
+    if cache_dir is not None:
+        kw["cache_dir"] = os.fspath(cache_dir)
+    try:
+        model = transformers.AutoModel.from_pretrained(ms.name, **kw)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(ms.name, **kw)
+        processor = transformers.AutoImageProcessor.from_pretrained(ms.name, **kw)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load Hugging Face model {ms.name!r}: {_short(exc)} (it needs the model, "
+            "tokenizer and image-processor files, available locally or in the HF cache)"
+        ) from exc
+    raw = getattr(getattr(model.config, "vision_config", None), "image_size", None)
+    size = int(raw) if isinstance(raw, int) else None
+    return model, tokenizer, HFPreprocess(processor), size

@@ -47,44 +47,26 @@ def train(
     handle_signals: bool = False,
     precompute_text: bool = True,
 ) -> TrainResult:
-    """Two-stage DGS-Net training with resumable checkpoints (see the module docstring).
+    """Two-stage DGS-Net training with resumable checkpoints (see :mod:`dgsnet.training`).
 
     Args:
         wrapper: the :class:`DGSWrapper` to train (in place), on its device.
         data: a dataset of :class:`dgsnet.data.Sample` items (e.g. a
             :class:`~dgsnet.data.DetectionFolder` with a training transform and captions), or a
             list of them.
-        out_dir: output folder: ``last/`` (training state, replaced atomically), ``final/``
-            (``save_pretrained`` weights), ``train_log.jsonl``, ``run.json``, ``summary.json``.
-        stage: ``1`` (teacher head only), ``2`` (LoRA + heads; needs a teacher head from
-            ``init_from`` unless alignment is off) or ``"both"``.
-        epochs / stage1_epochs / batch_size / lr / stage1_lr / betas: stage 2 uses Adam(lr,
-            betas) with the learning rate multiplied by ``lr_gamma`` every ``lr_step`` epochs.
-        seed: drives the permutation, the augmentation and the LoRA dropout (reproducible).
-        resume: ``None`` (default) resumes from ``out_dir/last`` when it exists, ``True``
-            requires it, ``False`` deletes any previous training state and starts over.
-        init_from: a checkpoint folder (``save_pretrained`` format) whose weights initialise a
-            fresh run, e.g. a stage-1 run's ``final/`` for ``stage=2``.
-        save_every: write ``last/`` every this many stage-2 steps (0: at epoch ends only); it
-            is also written after stage 1 and at every epoch end.
-        on_nonfinite: ``"raise"`` (:class:`NonFiniteError` naming the step) or ``"skip"``
-            (the step's update is dropped: weights and optimizer state untouched; counted).
-        num_workers: DataLoader worker processes.
-        deterministic_transform: declare that the training transform is deterministic; only
-            then are dataset indices passed to the wrapper (teacher cache). A random flip or
-            patch shuffle makes it non-deterministic (:attr:`ModelBundle.deterministic_train`).
-        deterministic: ``torch.use_deterministic_algorithms(True)`` during the run.
-        progress: tqdm progress bars (rank 0 only).
         callbacks: ``callback(event, TrainState)`` functions (rank 0 and others alike).
-        model_info: JSON stored as ``dgsnet_model.json`` beside the weights so that
-            :func:`load_trained` can rebuild the model (:meth:`ModelBundle.info`).
-        run_info: extra JSON stored in ``run.json`` (e.g. the command-line options).
-        handle_signals: on SIGINT/SIGTERM finish the step, checkpoint and raise
-            :class:`TrainingInterrupted`.
-        precompute_text: compute the text features of every caption once before stage 2
-            (fixed order and chunking; ``U x D`` floats in CPU memory for ``U`` distinct
-            captions) and feed them to the wrapper; this makes resumed runs bitwise exact and
-            saves text-tower work. ``False`` passes the captions (the wrapper's LRU cache).
+        out_dir, stage, epochs, ...: the fields of :class:`TrainOptions` of the same names
+            (documented there), checked once by it.
+
+    Returns:
+        The :class:`TrainResult` (steps, skipped steps, stage-1 losses, ``final/``).
+
+    Raises:
+        TrainingConfigError: an option is invalid, the data is empty, or a resumed run's
+            settings or data differ from its checkpoint's.
+        CheckpointError: the checkpoint to resume is damaged.
+        NonFiniteError: a non-finite loss or gradient with ``on_nonfinite="raise"``.
+        TrainingInterrupted: SIGINT/SIGTERM with ``handle_signals`` (after a checkpoint).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is joined, stage 2 runs under
     ``DistributedDataParallel`` on sharded batches (``batch_size`` per process), stage 1 runs

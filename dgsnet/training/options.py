@@ -71,9 +71,42 @@ class TrainOptions:
     ``__post_init__`` and normalised (``stage`` to ``"1"``/``"2"``/``"both"``, counts to
     ``int``, rates to ``float``, ``betas`` to a tuple of floats, ``out_dir`` to a ``Path``).
 
-    The fields mean what the parameters of :func:`dgsnet.training.train` of the same names
-    mean. Bad values raise :class:`~dgsnet.errors.TrainingConfigError` naming the field, what
-    it expects and what it got.
+    :func:`dgsnet.training.train` takes the same names as keyword arguments. Bad values raise
+    :class:`~dgsnet.errors.TrainingConfigError` naming the field, what it expects and what it
+    got.
+
+    Attributes:
+        out_dir: output folder: ``last/`` (training state, replaced atomically), ``final/``
+            (``save_pretrained`` weights), ``train_log.jsonl``, ``run.json``, ``summary.json``.
+        stage: ``1`` (teacher head only), ``2`` (LoRA + heads; needs a teacher head from
+            ``init_from`` unless alignment is off) or ``"both"``.
+        epochs / stage1_epochs / batch_size / lr / stage1_lr / betas: stage 2 uses Adam(lr,
+            betas) with the learning rate multiplied by ``lr_gamma`` every ``lr_step`` epochs.
+        shuffle: a new permutation of the data every epoch (``False``: dataset order).
+        seed: drives the permutation, the augmentation and the LoRA dropout (reproducible).
+        resume: ``None`` (default) resumes from ``out_dir/last`` when it exists, ``True``
+            requires it, ``False`` deletes any previous training state and starts over.
+        init_from: a checkpoint folder (``save_pretrained`` format) whose weights initialise a
+            fresh run, e.g. a stage-1 run's ``final/`` for ``stage=2``.
+        save_every: write ``last/`` every this many stage-2 steps (0: at epoch ends only); it
+            is also written after stage 1 and at every epoch end.
+        on_nonfinite: ``"raise"`` (:class:`NonFiniteError` naming the step) or ``"skip"``
+            (the step's update is dropped: weights and optimizer state untouched; counted).
+        num_workers: DataLoader worker processes.
+        deterministic_transform: declare that the training transform is deterministic; only
+            then are dataset indices passed to the wrapper (teacher cache). A random flip or
+            patch shuffle makes it non-deterministic (:attr:`ModelBundle.deterministic_train`).
+        deterministic: ``torch.use_deterministic_algorithms(True)`` during the run.
+        progress: tqdm progress bars (rank 0 only).
+        model_info: JSON stored as ``dgsnet_model.json`` beside the weights so that
+            :func:`load_trained` can rebuild the model (:meth:`ModelBundle.info`).
+        run_info: extra JSON stored in ``run.json`` (e.g. the command-line options).
+        handle_signals: on SIGINT/SIGTERM finish the step, checkpoint and raise
+            :class:`TrainingInterrupted`.
+        precompute_text: compute the text features of every caption once before stage 2
+            (fixed order and chunking; ``U x D`` floats in CPU memory for ``U`` distinct
+            captions) and feed them to the wrapper; this makes resumed runs bitwise exact and
+            saves text-tower work. ``False`` passes the captions (the wrapper's LRU cache).
 
     Raises:
         TrainingConfigError: a field is out of range or of the wrong type.
