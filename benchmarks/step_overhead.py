@@ -209,7 +209,7 @@ class Bench:
         with self.autocast():
             w.encode_text(captions)
             w.fit_teacher_head([(self.x, captions, self.y, index)], epochs=1)
-        assert len(w._teacher_cache) >= len(index)
+        assert len(w.teacher_cache) >= len(index)
 
     def reference_step(self) -> None:
         """The released code's step (see tests/test_wrapper.py::reference_step), with Adam."""

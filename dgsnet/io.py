@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: the atomic writers need no torch (dgsnet.metrics uses them)
-    import torch
     from torch import Tensor
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "save_tensors", "load_tensors", "sha256_file",
-           "CheckpointError"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "json_safe",
+    "save_tensors",
+    "load_tensors",
+    "sha256_file",
+    "CheckpointError",
+]
 
 
 class CheckpointError(ValueError):
@@ -88,7 +97,77 @@ def atomic_write_json(path: Path, data: Any, *, indent: int = 2, ensure_ascii: b
     atomic_write_text(path, text + "\n")
 
 
-def save_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None) -> str:
+def json_safe(
+    obj: Any,
+    *,
+    finite: bool = True,
+    drop_private: bool = False,
+    default: Callable[[Any], Any] | None = None,
+) -> Any:
+    """``obj`` as plain JSON values (dict, list, str, int, float, bool, None), the one JSON
+    sanitiser of dgsnet (run logs, ``run.json``, ``summary.json``, the training state's
+    checksum, the options the command line records).
+
+    Conversions: mappings become dicts with ``str`` keys; tuples, lists and sets become lists
+    (a set sorted by ``repr`` of its items, so that the output is stable); ``os.PathLike``
+    becomes its path string; numpy scalars and arrays and torch tensors become Python numbers
+    (a one-element tensor its single number) or nested lists; with ``finite=True`` a NaN or
+    infinite float becomes its name, ``"nan"``, ``"inf"`` or ``"-inf"`` (strict JSON has no
+    such numbers).
+
+    Args:
+        obj: the value to convert; not modified.
+        finite: replace non-finite floats by their names (``False`` keeps them as floats, for
+            ``json.dumps(..., allow_nan=True)``).
+        drop_private: leave out mapping entries whose key starts with ``_`` or whose value is
+            callable (what an ``argparse.Namespace`` carries besides the options).
+        default: called on a value of any other type, its result converted in turn; without
+            it such a value raises.
+
+    Returns:
+        A structure that ``json.dumps`` serialises without a ``default``.
+
+    Raises:
+        TypeError: a value of a type listed nowhere above, and no ``default``.
+
+    >>> json_safe({"a": (1, float("inf")), 2: Path("x")})
+    {'a': [1, 'inf'], '2': 'x'}
+    """
+
+    def convert(value: Any) -> Any:
+        return json_safe(value, finite=finite, drop_private=drop_private, default=default)
+
+    if obj is None or isinstance(obj, (str, int)):  # bool is an int
+        return obj
+    if isinstance(obj, float):
+        value = float(obj)
+        return str(value) if finite and not math.isfinite(value) else value
+    if isinstance(obj, Mapping):
+        return {
+            str(k): convert(v)
+            for k, v in obj.items()
+            if not (drop_private and (callable(v) or str(k).startswith("_")))
+        }
+    if isinstance(obj, (list, tuple)):
+        return [convert(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return [convert(v) for v in sorted(obj, key=repr)]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    torch = sys.modules.get("torch")  # never imported here: a tensor exists only if torch is
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return convert(obj.item() if obj.numel() == 1 else obj.tolist())
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(obj, (np.generic, np.ndarray)):
+        return convert(obj.tolist())
+    if default is not None:
+        return convert(default(obj))
+    raise TypeError(f"json_safe: a {type(obj).__name__} has no JSON form: {obj!r:.80}")
+
+
+def save_tensors(
+    path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None
+) -> str:
     """Write ``tensors`` as safetensors atomically; return the file's sha256."""
     from safetensors.torch import save
 
@@ -118,14 +197,12 @@ def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, Te
         if digest != expected_sha256:
             raise CheckpointError(
                 f"checkpoint file {path} does not match the checksum recorded beside it "
-                f"(expected sha256 {expected_sha256[:12]}..., got {digest[:12]}...): it is truncated, "
-                "modified, or from another save"
+                f"(expected sha256 {expected_sha256[:12]}..., got {digest[:12]}...): it is "
+                "truncated, modified, or from another save"
             )
     try:
         return dict(load(data))
     except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"checkpoint file {path} is not a valid safetensors file: {exc}") from exc
-
-
-def to_device(tensors: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    return {k: v.to(device) for k, v in tensors.items()}
+        raise CheckpointError(
+            f"checkpoint file {path} is not a valid safetensors file: {exc}"
+        ) from exc

@@ -15,23 +15,12 @@ import pytest
 import torch
 
 from dgsnet import DGSConfig
-from tests.test_wrapper import batch, build, grads, zero_grads
+from tests.helpers import batch, build, grads, max_rel_error, zero_grads
 
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to busy-waiting OpenMP threads
-    on a loaded machine (several times slower with 2 threads when the cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _max_rel(a: dict, e: dict) -> float:
-    return max(float((a[k] - e[k]).abs().max() / e[k].abs().max().clamp_min(1e-300)) for k in e)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _accumulate(w, x, caps, y, sizes, weights):
@@ -57,7 +46,7 @@ def test_equal_micro_batches_with_loss_over_k(order, k):
     x, caps, y = batch(dtype=F64)
     full = _full(w, x, caps, y)
     acc = _accumulate(w, x, caps, y, [6 // k] * k, [1.0 / k] * k)
-    assert _max_rel(acc, full) <= 1e-12
+    assert max_rel_error(acc, full) <= 1e-12
 
 
 def test_unequal_micro_batches_weighted_by_size():
@@ -66,10 +55,10 @@ def test_unequal_micro_batches_weighted_by_size():
     full = _full(w, x, caps, y)
     sizes = [1, 2, 3]
     acc = _accumulate(w, x, caps, y, sizes, [s / 6 for s in sizes])
-    assert _max_rel(acc, full) <= 1e-12
+    assert max_rel_error(acc, full) <= 1e-12
     # the naive loss / k does not give the whole batch's gradient for unequal sizes
     naive = _accumulate(w, x, caps, y, sizes, [1 / 3] * 3)
-    assert _max_rel(naive, full) > 1e-3
+    assert max_rel_error(naive, full) > 1e-3
 
 
 def test_reference_scaling_accumulates_to_lambda_times_k():
@@ -78,11 +67,11 @@ def test_reference_scaling_accumulates_to_lambda_times_k():
     w, _ = build(DGSConfig(lora_dropout=0.0, eps=0.0), dtype=F64)
     acc = _accumulate(w, x, caps, y, [2] * k, [1.0 / k] * k)
     w_k, _ = build(DGSConfig(lora_dropout=0.0, eps=0.0, align_weight=0.2 * k), dtype=F64)
-    assert _max_rel(acc, _full(w_k, x, caps, y)) <= 1e-12
+    assert max_rel_error(acc, _full(w_k, x, caps, y)) <= 1e-12
     w_1, _ = build(DGSConfig(lora_dropout=0.0, eps=0.0), dtype=F64)
     lora = [n for n in acc if "lora" in n]
     full_1 = _full(w_1, x, caps, y)
-    assert _max_rel({n: acc[n] for n in lora}, {n: full_1[n] for n in lora}) > 1e-6
+    assert max_rel_error({n: acc[n] for n in lora}, {n: full_1[n] for n in lora}) > 1e-6
 
 
 def test_accumulated_adam_training_equals_full_batch_training():
@@ -101,4 +90,4 @@ def test_accumulated_adam_training_equals_full_batch_training():
                 w(x, caps, y).loss.backward()
             opt.step()
         params.append({n: p.detach().clone() for n, p in w.named_trainable_parameters()})
-    assert _max_rel(params[1], params[0]) <= 1e-9
+    assert max_rel_error(params[1], params[0]) <= 1e-9

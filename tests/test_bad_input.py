@@ -55,7 +55,7 @@ from dgsnet.surgery import (
     fuse,
     sign_split,
 )
-from tests.models import make_lora_nonzero, open_clip_tokenizer, tiny_open_clip
+from tests.helpers import make_lora_nonzero, open_clip_tokenizer, tiny_open_clip
 
 PKG = str(Path(__file__).resolve().parents[1] / "dgsnet")
 EXAMPLES = int(os.environ.get("DGSNET_BAD_INPUT_EXAMPLES", "25"))
@@ -70,14 +70,7 @@ CAPTIONS = ["a photo of a cat", "a red car", "two dogs", "a bowl of fruit"]
 B, D = 4, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to busy-waiting OpenMP threads
-    on a loaded machine (several times slower with 2 threads when the cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def raises_clearly(fn, types=(TypeError, ValueError), match=None, where=PKG):

@@ -9,12 +9,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
-import torch
 
 from dgsnet.cli import main
-from tests.test_training import make_bench, write_image
+from tests.helpers import make_bench, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = [
@@ -38,12 +38,7 @@ FAST = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +132,7 @@ def test_help(capsys, command, expected):
 
 
 def test_train_then_eval_prints_per_subset_table(trained, data, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
     for name in ("last", "final", "train_log.jsonl", "run.json", "summary.json"):
         assert (trained / name).exists(), name
     summary = json.loads((trained / "summary.json").read_text())
@@ -461,6 +457,7 @@ def test_caption_fallback_without_caption_file(tmp_path, capsys):
 
 def test_tsne_png(trained, data, tmp_path):
     pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
     png, npz = tmp_path / "tsne.png", tmp_path / "f.npz"
     assert (
         main(
@@ -623,3 +620,55 @@ def test_argparse_errors_exit_2(capsys):
     assert main(["train", "--stage", "3"]) == 2
     assert "invalid choice" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# DGS options follow the DGSConfig fields
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dgs_options_follow_the_config_fields(monkeypatch, capsys):
+    """A field added to DGSConfig gets its option with no other change: a bool switch away
+    from its default, a choice for a Literal, a typed value for a number, and the value
+    reaches the config."""
+    import dataclasses
+
+    from dgsnet.cli import build_parser, options
+    from dgsnet.config import DGSConfig
+
+    @dataclasses.dataclass
+    class Extended(DGSConfig):
+        lora_scaling: Literal["standard", "rslora"] = "standard"
+        feature_distill: bool = False
+        keep_probe: bool = True
+        distill_weight: float = 0.5
+
+    monkeypatch.setattr(options, "DGSConfig", Extended)
+    parser = build_parser()
+    train_parser = parser.parse_args(["train"])._subparsers["train"]
+    flags = {opt for a in train_parser._actions for opt in a.option_strings}
+    assert {"--lora-scaling", "--feature-distill", "--no-keep-probe", "--distill-weight"} <= flags
+    assert not {"--keep-probe", "--no-feature-distill", "--eps", "--extra"} & flags
+    args = options.parse_args(
+        parser,
+        [
+            "train",
+            "x",
+            "--lora-scaling",
+            "rslora",
+            "--feature-distill",
+            "--no-keep-probe",
+            "--distill-weight",
+            "0.25",
+            "--lora-rank",
+            "3",
+        ],
+    )
+    config = options.dgs_config(args)
+    assert isinstance(config, Extended)
+    assert (config.lora_scaling, config.feature_distill) == ("rslora", True)
+    assert config.keep_probe is False
+    assert config.distill_weight == 0.25 and config.lora_rank == 3
+    assert config.suppression is True  # flags not given keep the preset's value
+    assert main(["train", "x", "--lora-scaling", "other"]) == 2
+    assert "invalid choice" in capsys.readouterr().err

@@ -21,20 +21,13 @@ import pytest
 import torch
 
 from dgsnet import DGSConfig
-from tests.test_wrapper import batch, build
+from tests.helpers import batch, build
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to busy-waiting OpenMP threads
-    on a loaded machine (several times slower with 2 threads when the cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(seed: int = 0, config: DGSConfig | None = None, steps: int = STEPS):

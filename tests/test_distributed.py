@@ -31,25 +31,18 @@ import pytest
 import torch
 import torch.distributed as dist
 
-pytestmark = pytest.mark.skipif(
-    not (dist.is_available() and dist.is_gloo_available()),
-    reason="torch.distributed with the gloo backend is not available",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (dist.is_available() and dist.is_gloo_available()),
+        reason="torch.distributed with the gloo backend is not available",
+    ),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 WORLD = 2
 LAM = 0.2
 STEPS = 3
 TIMEOUT_S = 240
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to busy-waiting OpenMP threads
-    on a loaded machine (several times slower with 2 threads when the cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _free_port() -> int:
@@ -65,7 +58,7 @@ def _config(**kw):
 
 
 def _grads(w) -> dict[str, torch.Tensor]:
-    from tests.test_wrapper import grads
+    from tests.helpers import grads
 
     return grads(w)
 
@@ -76,7 +69,7 @@ def _params(w) -> dict[str, torch.Tensor]:
 
 def _single_process_references() -> dict[str, dict[str, torch.Tensor]]:
     """One process, the whole batch of 6 (no process group involved)."""
-    from tests.test_wrapper import batch, build
+    from tests.helpers import batch, build
 
     out: dict[str, dict[str, torch.Tensor]] = {}
     x, caps, y = batch(dtype=torch.float64)
@@ -103,7 +96,7 @@ def _worker(rank: int, world: int, port: int, outdir: str) -> None:
     """One rank: every scenario in turn, results saved to ``outdir/rank{rank}.pt``."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from tests.test_wrapper import batch, build
+    from tests.helpers import batch, build
 
     torch.set_num_threads(1)
     if sys.platform.startswith("linux"):
@@ -167,7 +160,7 @@ def _fsdp_step(api: str, world: int, share: slice) -> dict[str, torch.Tensor] | 
     """One step under FSDP; the full (unsharded) gradients, or why FSDP is unavailable."""
     import contextlib
 
-    from tests.test_wrapper import batch, build
+    from tests.helpers import batch, build
 
     w, _ = build(_config(align_scale="invariant"), dtype=torch.float64)
     scalars = [p for p in w.parameters() if p.dim() == 0]
@@ -332,7 +325,7 @@ def accelerate_single(tmp_path_factory):
 
 def _check_single(out: Path, summary: dict, precision: str) -> None:
     from dgsnet import DGSWrapper
-    from tests.models import open_clip_tokenizer, tiny_open_clip
+    from tests.helpers import open_clip_tokenizer, tiny_open_clip
 
     assert summary["world_size"] == 1 and summary["mixed_precision"] == precision
     assert len(summary["losses"]) == 3 and summary["finite"]

@@ -18,7 +18,7 @@ import torch
 
 from dgsnet import DGSConfig, GradientSurgery, OrthogonalSuppression
 from dgsnet.surgery import fuse
-from tests.test_wrapper import batch, build, grads, reference_step
+from tests.helpers import batch, build, grads, reference_step
 
 pytestmark = [
     pytest.mark.gpu,

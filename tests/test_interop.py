@@ -14,8 +14,8 @@ from torch import nn
 
 from dgsnet.interop import ReleasedImport, import_released, load_released, read_released
 from dgsnet.io import CheckpointError
-from tests.released import released_clip, released_layers
-from tests.test_training import make_bench, write_image
+from tests.helpers.released import released_clip, released_layers
+from tests.helpers.images import make_bench, write_image
 
 RANK, ALPHA = 4, 6.0
 SIZE = 56  # 7 x 7 patches of 8 pixels: the patch-selection mosaic fits exactly
@@ -78,12 +78,7 @@ def images(n=5, seed=3):
     return torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("merged, round_trips", [(False, 0), (True, 0), (False, 2), (True, 2)])

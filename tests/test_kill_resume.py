@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.test_training import make_bench
+from tests.helpers import make_bench
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--model", "tiny", "--workers", "0", "--batch-size", "2", "--epochs", "2",

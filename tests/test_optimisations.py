@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from dgsnet import DGSConfig
 from dgsnet.heads import autograd_input_grad, linear_input_grad
-from tests.test_wrapper import batch, build, grads
+from tests.helpers import batch, build, grads
 
 
 def run(cfg, index=None, repeat=1, dtype=torch.float64):
@@ -62,7 +62,7 @@ def test_shared_trunk_equals_separate_teacher_forward():
 def test_teacher_cache_equals_teacher_forward():
     idx = torch.arange(6)
     w, cached, _ = run(DGSConfig(lora_dropout=0.0), index=idx, repeat=2)
-    assert len(w._teacher_cache) == 6
+    assert len(w.teacher_cache) == 6
     _, fresh, _ = run(DGSConfig(lora_dropout=0.0, teacher_cache=False), index=idx, repeat=2)
     for n in cached:
         assert torch.equal(cached[n], fresh[n]), n
@@ -185,7 +185,7 @@ def test_stage1_teacher_cache_equals_the_teacher_forward():
         w, _ = build(cfg, dtype=torch.float64, layers=3)
         w.fit_teacher_head([(x[:3], caps[:3], y[:3], idx[:3]), (x[3:], caps[3:], y[3:], idx[3:])],
                            epochs=2, lr=1e-2)
-        assert len(w._teacher_cache) == (6 if cached else 0)
+        assert len(w.teacher_cache) == (6 if cached else 0)
         calls = count_calls(w)
         step = w(x, caps, y, index=idx)
         step.loss.backward()

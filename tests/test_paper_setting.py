@@ -12,12 +12,11 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from dgsnet import DGSConfig
 from dgsnet.cli import main, train_settings
 from dgsnet.presets import TRAIN_PRESETS, get_preset
-from tests.test_training import make_bench
+from tests.helpers import make_bench
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET_FILE = REPO / "examples" / "presets" / "aigibench-setting2.json"
@@ -58,12 +57,7 @@ TINY = ["--model", "tiny:56", "--workers", "0", "--batch-size", "4", "--stage1-e
 TINY += ["--lora-dropout", "0.1", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def settings(*argv: str) -> dict:

@@ -26,32 +26,16 @@ import torch
 
 from dgsnet import DGSConfig
 from dgsnet.surgery import GradientSurgery, OrthogonalSuppression, PriorAlignment, SurgeryStats
-from tests.test_wrapper import batch, build, grads, zero_grads
+from tests.helpers import batch, build, grads, max_rel_error, rel_norm_errors, zero_grads
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to busy-waiting OpenMP threads
-    on a loaded machine (several times slower with 2 threads when the cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**kw):
     return DGSConfig(lora_dropout=0.0, align_scale="invariant", **kw)
-
-
-def _rel_norm(a: dict, e: dict) -> dict[str, float]:
-    return {k: float((a[k].float() - e[k].float()).norm() / e[k].float().norm()) for k in e}
-
-
-def _rel_max(a: dict, e: dict) -> float:
-    return max(float((a[k].float() - e[k].float()).abs().max() / e[k].float().abs().max())
-               for k in e)
 
 
 def _step(w, x, caps, y, autocast=None, scaler=None, opt=None):
@@ -118,7 +102,7 @@ def test_surgery_under_bf16_autocast_matches_float32():
 def test_wrapper_bf16_autocast_gradients_match_float32(model_and_fp32_grads):
     w, (x, caps, y), g32 = model_and_fp32_grads
     gbf = _step(w, x, caps, y, autocast=torch.bfloat16)
-    errs = _rel_norm(gbf, g32)
+    errs = rel_norm_errors(gbf, g32)
     worst = max(errs, key=errs.get)
     assert errs[worst] <= 5e-2, f"{worst}: relative error {errs[worst]:.3e}"
     assert all(v.dtype == torch.float32 for v in gbf.values())  # float32 master weights
@@ -177,8 +161,8 @@ def test_fp16_autocast_with_grad_scaler_cpu(model_and_fp32_grads):
     opt = torch.optim.SGD(w.trainable_parameters(), lr=0.1)
     g16 = _step(w, x, caps, y, autocast=torch.float16)
     g16s = _step(w, x, caps, y, autocast=torch.float16, scaler=_scaler(), opt=opt)
-    assert _rel_max(g16s, g16) <= 1e-2
-    assert _rel_max(g16s, g32) <= 1e-2
+    assert max_rel_error(g16s, g16, torch.float32) <= 1e-2
+    assert max_rel_error(g16s, g32, torch.float32) <= 1e-2
     assert all(torch.isfinite(v).all() for v in g16s.values())
 
 
@@ -232,7 +216,7 @@ def test_cuda_autocast_matches_float32(dtype):
     opt = torch.optim.SGD(w.trainable_parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     ga = _step(w, x, caps, y, autocast=dtype, scaler=scaler, opt=opt)
-    errs = _rel_norm(ga, g32)
+    errs = rel_norm_errors(ga, g32)
     assert max(errs.values()) <= 5e-2, errs
 
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from dgsnet import DGSConfig, DGSWrapper
 from dgsnet.wrapper import CONFIG_NAME
-from tests.models import make_lora_nonzero, open_clip_tokenizer, tiny_open_clip
-from tests.released import QKV, copy_lora_from_wrapper, released_clip, released_layers
+from tests.helpers.models import make_lora_nonzero, open_clip_tokenizer, tiny_open_clip
+from tests.helpers.released import QKV, copy_lora_from_wrapper, released_clip, released_layers
 
 CAPTIONS = ["a photo of a cat", "a red car on a road", "two dogs", "a photo of a cat",
             "a bowl of fruit", "a chair"]
@@ -268,7 +268,7 @@ def test_feature_distillation_with_index_ignores_the_logit_cache():
     x, caps, y = batch()
     idx = torch.arange(6)
     first = w(x, caps, y, index=idx)
-    assert len(w._teacher_cache) == 6  # alignment's logits were cached
+    assert len(w.teacher_cache) == 6  # alignment's logits were cached
     second = w(x, caps, y, index=idx)
     assert float((first.loss - second.loss).abs()) == 0
     assert float((first.losses["distill"] - second.losses["distill"]).abs()) == 0

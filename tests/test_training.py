@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -38,67 +37,12 @@ from dgsnet.training import (
     seed_everything,
     train,
 )
+from tests.helpers import make_bench, tiny_hf_clip, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-# ---------------------------------------------------------------------------------------------
-# data helpers (also used by tests/test_cli.py)
-# ---------------------------------------------------------------------------------------------
-
-CAPTIONS = ["a photo of a cat", "a dog on the grass", "a red car on a street", "a chair in a room"]
-
-
-def write_image(path: Path, fake: bool, seed: int, size: int = 32, fmt: str | None = None) -> Path:
-    """Smooth random scene; fakes carry a faint checkerboard (an up-sampling artefact)."""
-    rng = np.random.default_rng(seed)
-    low = rng.normal(size=(max(1, size // 8), max(1, size // 8), 3))
-    x = (
-        np.kron(low, np.ones((8, 8, 1)))[:size, :size] * 40
-        + 128
-        + rng.normal(size=(size, size, 3)) * 8
-    )
-    if fake:
-        yy, xx = np.mgrid[:size, :size]
-        x = x + ((yy + xx) % 2)[..., None] * 40 - 20
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).save(path, format=fmt)
-    return path
-
-
-def make_bench(
-    root: Path,
-    subsets=("progan", "sd14"),
-    n: int = 4,
-    size: int = 32,
-    seed: int = 0,
-    captions: bool = True,
-    ext: str = ".png",
-) -> Path:
-    """``root/<subset>/{0_real,1_fake}/NNN.png`` and, with ``captions``, the caption file
-    ``<parent>/<root name>_text/<root name>.json`` (absolute keys) where ``dgsnet`` looks."""
-    caps = {}
-    k = seed * 1000
-    for s in subsets:
-        for cls in ("0_real", "1_fake"):
-            for i in range(n):
-                p = write_image(root / s / cls / f"{i:03d}{ext}", cls == "1_fake", k, size)
-                caps[str(p.resolve())] = CAPTIONS[k % len(CAPTIONS)]
-                k += 1
-    if captions:
-        d = root.parent / f"{root.name}_text"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f"{root.name}.json").write_text(json.dumps(caps))
-    return root
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: tiny models on a busy 2-core box are much faster (and stable)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -238,8 +182,6 @@ def test_build_model_open_clip_errors_are_clear():
 def test_build_model_hf_local_folder(tmp_path):
     transformers = pytest.importorskip("transformers")
     tokenizers = pytest.importorskip("tokenizers")
-    from tests.models import tiny_hf_clip
-
     model = tiny_hf_clip(image_size=32)
     model.save_pretrained(tmp_path)
     vocab = {
@@ -423,7 +365,7 @@ def test_resume_after_stage1_interruption(bench, tmp_path, reference_run):
 
 
 def test_crash_while_writing_checkpoint_keeps_previous(bench, tmp_path, reference_run, monkeypatch):
-    import dgsnet.training as training
+    import dgsnet.training.state as training
 
     _, expected = reference_run
     real = training.save_tensors
@@ -449,7 +391,7 @@ def test_crash_while_writing_checkpoint_keeps_previous(bench, tmp_path, referenc
 
 
 def test_crash_between_renames_resumes_from_prev(bench, tmp_path, reference_run, monkeypatch):
-    import dgsnet.training as training
+    import dgsnet.training.state as training
 
     _, expected = reference_run
     real = os.replace

@@ -13,71 +13,18 @@ import torch.nn.functional as F
 from dgsnet import DGSConfig, DGSWrapper
 from dgsnet.io import CheckpointError
 from dgsnet.surgery import Compose, OrthogonalSuppression, PriorAlignment
-from tests.models import make_lora_nonzero, open_clip_tokenizer, tiny_hf_clip, tiny_open_clip
-
-CAPTIONS = ["a photo of a cat", "a red car on a road", "two dogs", "a photo of a cat",
-            "a bowl of fruit", "a chair"]
-
-
-def batch(n=6, seed=0, size=32, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, size, size, generator=g).to(dtype)
-    y = torch.tensor([0, 1, 1, 0, 1, 0][:n])
-    return x, CAPTIONS[:n], y
-
-
-def build(config=None, seed=0, dtype=torch.float32, **kw):
-    model = tiny_open_clip(seed=seed, dtype=dtype, **kw)
-    original = copy.deepcopy(model)
-    w = DGSWrapper(model, open_clip_tokenizer(), config or DGSConfig(lora_dropout=0.0))
-    torch.manual_seed(seed + 7)
-    with torch.no_grad():  # heads: non-trivial, reproducible weights
-        for head in (w.image_head, w.text_head, w.teacher_head):
-            head.weight.normal_(0, 0.5)
-            head.bias.normal_(0, 0.1)
-    make_lora_nonzero(w)
-    return w, original
-
-
-# ------------------------------------------------------------------------------------------
-# the reference step, written from ../shared/reference/dgs-reference.md alone
-# ------------------------------------------------------------------------------------------
-def reference_step(w: DGSWrapper, teacher_model, images, captions, labels, lam=0.2):
-    """Three BCE losses, L_help = mean_b <f_b, min(g_img_b, 0)>, projection hook on f."""
-    y = labels.to(images.dtype).view(-1, 1)
-    f = w.encoder.model.encode_image(images)  # student: LoRA on
-    with torch.no_grad():
-        f_t = teacher_model.encode_image(images)  # deep-copied pre-fine-tuning model
-        tok = open_clip_tokenizer()(captions, context_length=w.encoder.context_length)
-        t = w.encoder.model.encode_text(tok)
-    t_req = t.clone().requires_grad_(True)
-    loss_text = F.binary_cross_entropy_with_logits(w.text_head(t_req), y)
-    (g_text,) = torch.autograd.grad(loss_text, t_req, retain_graph=True)
-    ft_req = f_t.clone().requires_grad_(True)
-    loss_teacher = F.binary_cross_entropy_with_logits(w.teacher_head(ft_req), y)
-    (g_img,) = torch.autograd.grad(loss_teacher, ft_req)
-    g_help = torch.clamp(g_img, max=0)
-
-    def hook(g):
-        pos = torch.relu(g_text)
-        u = pos / (pos.norm(dim=1, keepdim=True) + 1e-6)
-        return g - (g * u).sum(dim=1, keepdim=True) * u
-
-    f.register_hook(hook)
-    loss_img = F.binary_cross_entropy_with_logits(w.image_head(f), y)
-    loss_help = (f * g_help).sum(dim=1).mean()
-    total = loss_img + loss_text + lam * loss_help
-    total.backward()
-    return total.detach()
-
-
-def grads(w):
-    return {n: p.grad.detach().clone() for n, p in w.named_trainable_parameters()}
-
-
-def zero_grads(w):
-    for p in w.parameters():
-        p.grad = None
+from tests.helpers import (
+    CAPTIONS,
+    batch,
+    build,
+    grads,
+    make_lora_nonzero,
+    open_clip_tokenizer,
+    reference_step,
+    tiny_hf_clip,
+    tiny_open_clip,
+    zero_grads,
+)
 
 
 @pytest.mark.parametrize("targets", [None, ["q_proj", "k_proj", "v_proj"]])
@@ -225,7 +172,7 @@ def test_text_cache_is_exact_and_bounded():
     w, _ = build(DGSConfig(lora_dropout=0.0, text_cache_size=3))
     caps = ["a", "b", "c", "d", "a"]
     cached = w.encode_text(caps)
-    assert len(w._text_cache) == 3
+    assert len(w.text_cache) == 3
     direct = w.encoder.model.encode_text(open_clip_tokenizer()(caps, context_length=16))
     torch.testing.assert_close(cached, direct.detach(), rtol=0, atol=1e-6)
     # a second call is served from the cache and equal
@@ -435,6 +382,7 @@ def hf_tokenizer():
 
 
 def test_hugging_face_clip_end_to_end(tmp_path):
+    pytest.importorskip("transformers")
     model = tiny_hf_clip()
     original = copy.deepcopy(model)
     w = DGSWrapper(model, hf_tokenizer(), DGSConfig(lora_dropout=0.0))
@@ -469,6 +417,6 @@ def test_fit_teacher_head_learns_and_fills_cache():
     hist = w.fit_teacher_head(loader, epochs=3, lr=1e-2)
     assert len(hist) == 3 and hist[-1] < hist[0]
     assert not w.teacher_head.weight.requires_grad
-    assert len(w._teacher_cache) == 16
-    cached = w._teacher_cache.lookup(torch.arange(16))
+    assert len(w.teacher_cache) == 16
+    cached = w.teacher_cache.lookup(torch.arange(16))
     torch.testing.assert_close(cached, w.teacher_head(w.encode_teacher(x)), rtol=0, atol=1e-6)

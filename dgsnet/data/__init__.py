@@ -8,22 +8,26 @@ See ``docs/datasets.md`` and ``docs/captions.md``.
 """
 
 from ._common import IMAGE_EXTENSIONS, CaptionError, CorruptImageError, DatasetError
-from .captions import (
-    CATEGORY_TEMPLATE,
-    NEUTRAL_CAPTION,
-    BlipCaptioner,
-    Captioner,
-    CaptionFallbackWarning,
-    CaptionReport,
-    CaptionStore,
-    TemplateCaptioner,
+from .caption_files import (
     caption_file_candidates,
-    class_name_caption,
     find_caption_file,
-    generate_captions,
-    load_captions,
     read_caption_file,
     save_captions,
+)
+from .caption_store import (
+    CATEGORY_TEMPLATE,
+    NEUTRAL_CAPTION,
+    CaptionFallbackWarning,
+    CaptionStore,
+    class_name_caption,
+    load_captions,
+)
+from .captioners import (
+    BlipCaptioner,
+    Captioner,
+    CaptionReport,
+    TemplateCaptioner,
+    generate_captions,
 )
 from .datasets import (
     FAKE_DIR,

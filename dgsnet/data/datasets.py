@@ -42,7 +42,7 @@ from ._common import (
     load_image,
     truncated_images_allowed,
 )
-from .captions import CaptionStore, FallbackSpec, load_captions
+from .caption_store import CaptionStore, FallbackSpec, load_captions
 
 __all__ = [
     "IMAGE_EXTENSIONS",

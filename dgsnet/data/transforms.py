@@ -49,6 +49,7 @@ __all__ = [
     "Degrade",
     "RandomHorizontalFlip",
     "default_transform",
+    "ClipPreprocess",
 ]
 
 #: ImageNet per-channel mean (RGB), the normalisation of DGS-Net's patch selection.
@@ -534,24 +535,42 @@ class _Chain:
         return f"Transform({inner}\n)"
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    return img.convert("RGB")
+class ClipPreprocess:
+    """OpenAI CLIP's evaluation preprocessing, step for step as open_clip builds it
+    (``open_clip.image_transform(size, is_train=False)``, the preprocess that
+    ``open_clip.create_model_and_transforms`` returns): resize the shorter side to ``size``
+    (bicubic; the longer side ``int(size * long / short)``), centre crop, convert to RGB
+    (after the resize, as open_clip does: an RGBA or palette image is resized in its own
+    mode), ``[0, 1]`` tensor, normalise. The result equals open_clip's tensor exactly.
+    Picklable (DataLoader workers).
 
+    Args:
+        size: the output height and width.
+        mean: per-channel mean (default: OpenAI CLIP's).
+        std: per-channel standard deviation (default: OpenAI CLIP's).
 
-def _clip_preprocess(image_size: int) -> Callable[[Image.Image], Tensor]:
-    """OpenAI CLIP evaluation preprocessing, as open_clip builds it: RGB, resize the shorter
-    side (bicubic), centre crop, to tensor, CLIP mean/std."""
-    from torchvision import transforms as T
+    >>> ClipPreprocess(32)(Image.new("RGBA", (50, 40))).shape
+    torch.Size([3, 32, 32])
+    """
 
-    return T.Compose(
-        [
-            T.Lambda(_to_rgb),
-            T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
-            T.CenterCrop(image_size),
-            T.ToTensor(),
-            T.Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
-        ]
-    )
+    def __init__(
+        self, size: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+    ) -> None:
+        self.size = int(size)
+        self.mean = tuple(mean or OPENAI_CLIP_MEAN)
+        self.std = tuple(std or OPENAI_CLIP_STD)
+
+    def __call__(self, img: Image.Image) -> Tensor:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        img = TF.resize(img, self.size, interpolation=InterpolationMode.BICUBIC)
+        img = TF.center_crop(img, [self.size, self.size])
+        x = TF.to_tensor(img.convert("RGB"))
+        return TF.normalize(x, list(self.mean), list(self.std))
+
+    def __repr__(self) -> str:
+        return f"ClipPreprocess(size={self.size})"
 
 
 def default_transform(
@@ -587,7 +606,7 @@ def default_transform(
         torch.Size([3, 224, 224])
     """
     if preprocess is None:
-        preprocess = _clip_preprocess(image_size)
+        preprocess = ClipPreprocess(image_size)
     elif not callable(preprocess):
         raise TypeError(f"preprocess must be callable, got {type(preprocess).__name__}")
     steps: list[Callable[[Any], Any]] = []

@@ -1,63 +1,20 @@
-"""Helpers for the dgsnet.data tests: tiny image files and benchmark folder trees in tmp_path."""
+"""Fixtures of the dgsnet.data tests: tiny image files and benchmark folder trees in tmp_path."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
-from PIL import Image
 
-_counter = [0]
-
-
-def write_image(path: Path, size=(8, 8), fmt: str | None = None, seed: int | None = None) -> Path:
-    """A small random RGB image; the format follows the extension unless ``fmt`` is given."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if seed is None:
-        _counter[0] += 1
-        seed = _counter[0]
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-    img = Image.fromarray(arr)
-    if fmt is None:
-        ext = path.suffix.lower()
-        fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}.get(ext)
-        fmt = fmt or {".png": "PNG", ".bmp": "BMP", ".webp": "WEBP"}.get(ext, "PNG")
-    img.save(path, format=fmt)
-    return path
-
-
-def write_truncated(path: Path, fmt: str = "PNG", size=(64, 64)) -> Path:
-    """A file whose header is valid but whose data stops half way."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    img = Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    data = buf.getvalue()
-    path.write_bytes(data[: len(data) // 2])
-    return path
-
-
-def make_tree(root: Path, spec: dict[str, int], ext: str = ".png") -> list[Path]:
-    """``spec`` maps a folder relative to ``root`` to a number of images to write there."""
-    out = []
-    for rel, n in spec.items():
-        folder = root / rel
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            out.append(write_image(folder / f"img{i:03d}{ext}"))
-    return out
+from tests.helpers import make_tree, write_random_image, write_truncated
 
 
 @pytest.fixture
 def files() -> SimpleNamespace:
-    """The file helpers above, as a fixture (tests never import conftest)."""
+    """The image-file helpers of :mod:`tests.helpers.images`, as a fixture."""
     return SimpleNamespace(
-        write_image=write_image, write_truncated=write_truncated, make_tree=make_tree
+        write_image=write_random_image, write_truncated=write_truncated, make_tree=make_tree
     )
 
 

@@ -18,6 +18,8 @@ import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from tests.helpers import assert_close_rows, low_precision_tol
+
 settings.register_profile(
     "dgsnet-surgery",
     max_examples=int(os.environ.get("DGSNET_SURGERY_MAX_EXAMPLES", "20")),
@@ -157,40 +159,9 @@ def cases():
     return surgery_cases
 
 
-def f64(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().to(torch.float64)
-
-
-def assert_close_rows(actual, expected, scale_from, rtol, atol=0.0, msg=""):
-    """Per-sample ``|a - e| <= atol + rtol * max(||scale_from||, ||e||)``, in float64."""
-    a, e = f64(actual), f64(expected)
-    s = f64(scale_from)
-    lead = max(a.dim() - 1, 0)
-    a = a.reshape(-1, a.shape[-1]) if lead else a.reshape(1, -1)
-    e = e.reshape(a.shape)
-    s = s.reshape(a.shape)
-    scale = torch.maximum(
-        torch.linalg.vector_norm(s, dim=-1, keepdim=True),
-        torch.linalg.vector_norm(e, dim=-1, keepdim=True),
-    )
-    dev = (a - e).abs()
-    tol = atol + rtol * scale
-    ok = bool((dev <= tol).all())
-    assert ok, (
-        f"{msg} max abs deviation {float(dev.max()):.3e}, max relative "
-        f"{float((dev / scale.clamp_min(1e-300)).max()):.3e} > rtol {rtol:g}"
-    )
-
-
 @pytest.fixture(scope="session")
 def close_rows():
     return assert_close_rows
-
-
-def low_precision_tol(dtype: torch.dtype) -> float:
-    return {torch.float16: 4e-3, torch.bfloat16: 3.2e-2, torch.float32: 1e-5, torch.float64: 1e-11}[
-        dtype
-    ]
 
 
 @pytest.fixture(scope="session")

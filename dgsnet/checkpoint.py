@@ -1,0 +1,235 @@
+"""Saving and loading a :class:`~dgsnet.DGSWrapper`'s trained weights.
+
+A checkpoint is a folder with two files:
+
+* ``dgs_weights.safetensors``: the LoRA weights of the image tower and the three heads
+  (image, text, teacher), named as :func:`get_dgs_state_dict` names them;
+* ``dgs_config.json``: the :class:`~dgsnet.DGSConfig`, a description of the model it was
+  saved from, the tensor shapes and the weights' sha256. It is written last, so a folder with
+  a valid JSON holds complete weights.
+
+Both are written atomically (:mod:`dgsnet.io`); nothing is pickled. The functions follow the
+layout of peft's ``save_and_load`` module: one function gets the state dict, one sets it, one
+reads the weights file; ``DGSWrapper.save_pretrained``/``from_pretrained``/``load_checkpoint``
+call them.
+
+>>> save_dgs_checkpoint(wrapper, "run/final")                       # doctest: +SKIP
+>>> load_dgs_checkpoint(other_wrapper, "run/final")                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import DGSConfig
+from .io import CheckpointError, atomic_write_json, load_tensors, save_tensors
+
+if TYPE_CHECKING:
+    from .wrapper import DGSWrapper
+
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT_VERSION",
+    "WEIGHTS_NAME",
+    "config_from_meta",
+    "get_dgs_state_dict",
+    "load_dgs_checkpoint",
+    "load_dgs_weights",
+    "read_checkpoint_meta",
+    "save_dgs_checkpoint",
+    "set_dgs_state_dict",
+]
+
+WEIGHTS_NAME = "dgs_weights.safetensors"
+CONFIG_NAME = "dgs_config.json"
+FORMAT_VERSION = 1
+
+# the model properties a checkpoint must agree with (when both sides record them)
+_MODEL_KEYS = ("kind", "feature_dim", "num_blocks", "image_size")
+
+
+def _own_parameters(wrapper: DGSWrapper) -> dict[str, nn.Parameter]:
+    own = dict(wrapper.named_trainable_parameters())
+    own.update({f"teacher_head.{n}": p for n, p in wrapper.teacher_head.named_parameters()})
+    return own
+
+
+def get_dgs_state_dict(wrapper: DGSWrapper) -> dict[str, Tensor]:
+    """The tensors a checkpoint holds: LoRA weights, image and text heads, the teacher head.
+
+    Returns:
+        Detached tensors (sharing storage with the parameters) by checkpoint name.
+    """
+    return {name: p.detach() for name, p in _own_parameters(wrapper).items()}
+
+
+def set_dgs_state_dict(
+    wrapper: DGSWrapper, tensors: Mapping[str, Tensor], *, source: str = "checkpoint"
+) -> None:
+    """Copy ``tensors`` into the wrapper's parameters, strictly, then clear its caches.
+
+    Every check runs before the first copy, so a refused checkpoint leaves the wrapper as it
+    was.
+
+    Args:
+        wrapper: the wrapper to load into.
+        tensors: by the names :func:`get_dgs_state_dict` gives.
+        source: how error messages name where the tensors came from.
+
+    Raises:
+        CheckpointError: a name missing or unexpected, another shape, a non-floating dtype,
+            or a NaN/Inf value.
+    """
+    own = _own_parameters(wrapper)
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {source} does not fit this model: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''} ({len(missing)}), unexpected "
+            f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
+        )
+    for name, param in own.items():
+        _check_tensor(name, tensors[name], param)
+    with torch.no_grad():
+        for name, param in own.items():
+            param.copy_(tensors[name].to(param.dtype))
+    wrapper.clear_caches()
+
+
+def _check_tensor(name: str, value: Tensor, param: Tensor) -> None:
+    if value.shape != param.shape:
+        raise CheckpointError(
+            f"checkpoint tensor {name!r} has shape {tuple(value.shape)}, the model's "
+            f"parameter has shape {tuple(param.shape)}"
+        )
+    if not value.is_floating_point():
+        raise CheckpointError(
+            f"checkpoint tensor {name!r} has dtype {value.dtype}, expected floating point"
+        )
+    if not bool(torch.isfinite(value).all()):
+        raise CheckpointError(
+            f"checkpoint tensor {name!r} contains NaN or Inf: the run that saved it diverged"
+        )
+
+
+def save_dgs_checkpoint(wrapper: DGSWrapper, directory: str | Path) -> Path:
+    """Write the wrapper's weights (safetensors) and config (JSON) into ``directory``.
+
+    Each file is written atomically; the JSON, written last, records the weights' sha256.
+
+    Returns:
+        ``directory`` as a :class:`~pathlib.Path`.
+    """
+    directory = Path(directory)
+    tensors = get_dgs_state_dict(wrapper)
+    digest = save_tensors(directory / WEIGHTS_NAME, tensors, metadata={"format": "dgsnet"})
+    meta = {
+        "format": "dgsnet",
+        "format_version": FORMAT_VERSION,
+        "config": wrapper.config.to_dict(),
+        "model": wrapper.encoder.describe(),
+        "lora_modules": wrapper.lora_modules,
+        "tensors": {k: list(v.shape) for k, v in tensors.items()},
+        "weights_sha256": digest,
+    }
+    atomic_write_json(directory / CONFIG_NAME, meta)
+    return directory
+
+
+def read_checkpoint_meta(directory: str | Path) -> dict[str, Any]:
+    """Read and check ``directory/dgs_config.json``.
+
+    Raises:
+        CheckpointError: the file is missing, not JSON, not a dgsnet checkpoint config, has
+            fields of the wrong type, or comes from a newer format version.
+    """
+    directory = Path(directory)
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{directory} holds no {CONFIG_NAME}: not a dgsnet checkpoint")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}): truncated or damaged") from exc
+    if not isinstance(meta, dict) or meta.get("format") != "dgsnet" or "config" not in meta:
+        raise CheckpointError(f"{path} is not a dgsnet checkpoint config")
+    version = meta.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path}: format_version must be an integer, got {version!r}")
+    if not isinstance(meta.get("model", {}), dict):
+        raise CheckpointError(
+            f"{path}: 'model' must be a JSON object, got {type(meta['model']).__name__}"
+        )
+    if not isinstance(meta.get("weights_sha256", ""), (str, type(None))):
+        raise CheckpointError(
+            f"{path}: 'weights_sha256' must be a hex string, got {meta['weights_sha256']!r}"
+        )
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {meta['format_version']}; this dgsnet reads up to "
+            f"{FORMAT_VERSION}"
+        )
+    return meta
+
+
+def config_from_meta(meta: Mapping[str, Any], directory: str | Path) -> DGSConfig:
+    """The :class:`~dgsnet.DGSConfig` recorded in a checkpoint's metadata.
+
+    Raises:
+        CheckpointError: the recorded config is invalid.
+    """
+    try:
+        return DGSConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{Path(directory) / CONFIG_NAME} holds an invalid config: {exc}"
+        ) from exc
+
+
+def load_dgs_weights(
+    directory: str | Path, meta: Mapping[str, Any] | None = None
+) -> dict[str, Tensor]:
+    """The tensors of ``directory/dgs_weights.safetensors``, checked against the recorded
+    sha256 (``meta`` read from the folder when not given)."""
+    directory = Path(directory)
+    meta = meta if meta is not None else read_checkpoint_meta(directory)
+    return load_tensors(directory / WEIGHTS_NAME, meta.get("weights_sha256"))
+
+
+def load_dgs_checkpoint(
+    wrapper: DGSWrapper, directory: str | Path, meta: Mapping[str, Any] | None = None
+) -> None:
+    """Load a checkpoint written by :func:`save_dgs_checkpoint` into ``wrapper`` (strict).
+
+    Args:
+        wrapper: built around the same architecture as the saved one.
+        directory: the checkpoint folder.
+        meta: its metadata, when already read (:func:`read_checkpoint_meta`).
+
+    Raises:
+        CheckpointError: the model differs from the saved one, or the files are damaged or
+            do not fit (see :func:`set_dgs_state_dict`).
+    """
+    directory = Path(directory)
+    meta = meta if meta is not None else read_checkpoint_meta(directory)
+    saved_model, here = meta.get("model", {}), wrapper.encoder.describe()
+    for key in _MODEL_KEYS:
+        a, b = saved_model.get(key), here.get(key)
+        if a is not None and b is not None and _as_list(a) != _as_list(b):
+            raise CheckpointError(
+                f"checkpoint {directory} was saved from a model with {key}={a}, but this model "
+                f"has {key}={b}"
+            )
+    tensors = load_dgs_weights(directory, meta)
+    set_dgs_state_dict(wrapper, tensors, source=str(directory))
+
+
+def _as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, (tuple, list)) else value

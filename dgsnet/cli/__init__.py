@@ -1,0 +1,32 @@
+"""The ``dgsnet`` command line: ``train``, ``eval``, ``predict``, ``caption``, ``tsne``.
+
+Run ``dgsnet <command> --help`` for the options and examples; ``docs/cli.md`` has the whole
+story (output folder layout, resume semantics, ``torchrun``, model specs).
+
+One module per command (:mod:`~dgsnet.cli.train`, :mod:`~dgsnet.cli.eval`,
+:mod:`~dgsnet.cli.predict`, :mod:`~dgsnet.cli.caption`, :mod:`~dgsnet.cli.tsne`), each with
+its options (``add_parser``) and ``run(args)``; shared options, the DGS options derived from
+:class:`~dgsnet.config.DGSConfig` and the ``preset < --config < flags`` layering in
+:mod:`~dgsnet.cli.options`; the error contract in :mod:`~dgsnet.cli.errors`.
+
+Errors caused by the input (a missing folder, an unreadable image, missing captions, a damaged
+checkpoint, a bad option) are printed as ``dgsnet: error: ...`` and exit with status 2; a
+non-finite loss exits with 1, an interrupted run with 130. ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+from .app import build_parser, main, train_settings
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, UsageError
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "PROG",
+    "UsageError",
+    "build_parser",
+    "main",
+    "train_settings",
+]

@@ -1,0 +1,160 @@
+"""``dgsnet eval``: per-subset acc / r_acc / f_acc / AP tables of a checkpoint on test folders."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .common import check_positive, check_roots, load_checkpoint, status
+from .errors import EXIT_OK, UsageError
+from .options import Formatter, add_scoring_options, common_parent, wrap
+
+__all__ = ["NAME", "add_parser", "run"]
+
+NAME = "eval"
+
+EPILOG = """\
+examples:
+  dgsnet eval runs/dgs data/UniversalFakeDetect data/AIGCDetectBenchmark --csv results.csv
+  dgsnet eval runs/dgs/final data/test --jpeg-quality 75 --json jpeg75.json
+  dgsnet eval runs/dgs data/test --blur-sigma 1.0 --resize-scale 0.5 --plot acc.png
+
+CHECKPOINT is a training folder (its final/, else last/) or a checkpoint folder. Each ROOT is
+<root>/<subset>[/<category>]/{0_real,1_fake} (or GenImage's layout): one table row per subset.
+With several roots a last table gives each root's mean row (one row per benchmark).
+"""
+
+
+def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
+    """Add ``eval`` and its options to the subparsers ``sub``."""
+    p = sub.add_parser(
+        NAME,
+        parents=[common_parent()],
+        formatter_class=Formatter,
+        epilog=EPILOG,
+        help="per-subset acc / r_acc / f_acc / AP tables on test folders",
+        description=wrap(
+            "Evaluate a trained detector on one or more test roots: one table per root, "
+            "one row per subset, printed as Markdown (x100, one decimal, with a mean row)."
+        ),
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="training folder or checkpoint folder")
+    p.add_argument("roots", nargs="+", metavar="ROOT", help="test folder(s)")
+    g = p.add_argument_group("outputs")
+    g.add_argument(
+        "--csv", metavar="FILE", help="write all tables as one CSV (root,subset,acc,...)"
+    )
+    g.add_argument("--json", metavar="FILE", help="write all tables as JSON")
+    g.add_argument(
+        "--plot", metavar="PNG", help="per-subset accuracy bar chart (needs dgsnet[viz])"
+    )
+    g = p.add_argument_group("degradations (robustness tables)")
+    g.add_argument(
+        "--jpeg-quality", type=int, default=None, metavar="Q", help="JPEG re-compression, 1-100"
+    )
+    g.add_argument(
+        "--blur-sigma", type=float, default=None, metavar="S", help="Gaussian blur sigma"
+    )
+    g.add_argument(
+        "--resize-scale", type=float, default=None, metavar="F", help="resize factor, e.g. 0.5"
+    )
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--batch-size", type=int, default=64, metavar="N", help="(default: 64)")
+    g.add_argument("--workers", type=int, default=4, metavar="N", help="(default: 4)")
+    g.add_argument("--subsets", nargs="+", metavar="NAME", help="evaluate these subsets only")
+    g.add_argument(
+        "--split", choices=("train", "val"), default="val", help="GenImage split (default: val)"
+    )
+    add_scoring_options(p, g)
+    p.set_defaults(func=run)
+    return [p]
+
+
+def _degradation_name(args: argparse.Namespace) -> str:
+    from ..data import Degrade
+
+    try:
+        return Degrade(args.jpeg_quality, args.blur_sigma, args.resize_scale).name
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _print_tables(tables: dict[str, Any], degradation: str) -> None:
+    from ..metrics import roots_summary_markdown
+
+    for i, (root, table) in enumerate(tables.items()):
+        if i:
+            print()
+        print(f"## {root} ({degradation})")
+        print()
+        print(table.to_markdown())
+    if len(tables) > 1:
+        print()
+        print(f"## mean per root ({degradation})")
+        print()
+        print(roots_summary_markdown(tables))
+    sys.stdout.flush()
+
+
+def _write_outputs(args: argparse.Namespace, tables: dict[str, Any], degradation: str) -> None:
+    from ..io import atomic_write_json
+    from ..metrics import write_tables_csv
+    from ..plots import accuracy_figure
+
+    if args.csv:
+        write_tables_csv(args.csv, tables, degradation)
+        status(args, f"dgsnet: wrote {args.csv}")
+    if args.json:
+        atomic_write_json(
+            Path(args.json),
+            {
+                "format": "dgsnet.eval",
+                "version": 1,
+                "checkpoint": os.fspath(args.checkpoint),
+                "degradation": degradation,
+                "threshold": args.threshold,
+                "roots": [{"root": root, "table": t.to_dict()} for root, t in tables.items()],
+            },
+        )
+        status(args, f"dgsnet: wrote {args.json}")
+    if args.plot:
+        accuracy_figure(tables, args.plot, degradation)
+        status(args, f"dgsnet: wrote {args.plot}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``dgsnet eval``; returns the exit status."""
+    check_roots(args.roots, "test root")
+    check_positive("--batch-size", args.batch_size)
+    check_positive("--workers", args.workers, 0)
+    degradation = _degradation_name(args)
+    if args.plot:
+        from ..plots import pyplot
+
+        try:
+            pyplot()  # fail before the model is loaded
+        except ImportError as exc:
+            raise UsageError(str(exc)) from None
+    wrapper, bundle = load_checkpoint(args)
+    from ..training import evaluate
+
+    tables = evaluate(
+        wrapper,
+        args.roots,
+        bundle.eval_transform,
+        jpeg_quality=args.jpeg_quality,
+        blur_sigma=args.blur_sigma,
+        resize_scale=args.resize_scale,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        subsets=args.subsets,
+        split=args.split,
+        threshold=args.threshold,
+        progress=not args.quiet,
+    )
+    _print_tables(tables, degradation)
+    _write_outputs(args, tables, degradation)
+    return EXIT_OK

@@ -1,0 +1,340 @@
+"""Options shared by several commands, the DGS options, and the layering of ``train``'s values.
+
+* :func:`common_parent`: ``--debug``, ``--quiet``, ``--device`` (every command).
+* :func:`add_model_options`, :func:`add_scoring_options`: the model of a run or checkpoint,
+  and the threshold and preprocessing override of ``eval`` and ``predict``.
+* :func:`add_dgs_options`: one option per :class:`~dgsnet.config.DGSConfig` field, derived
+  from ``dataclasses.fields(DGSConfig)`` (:data:`DGS_FLAGS` only adjusts help text and names);
+  :func:`dgs_config` builds the run's config from them.
+* :func:`parse_args`: for ``train``, option values are layered
+  ``parser defaults < the preset's options < the --config file < command-line flags``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import textwrap
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..config import DGSConfig
+from ..presets import DEFAULT_PRESET, get_preset
+from .errors import UsageError
+
+__all__ = [
+    "DGS_FLAGS",
+    "DgsFlag",
+    "Formatter",
+    "add_dgs_options",
+    "add_model_options",
+    "add_scoring_options",
+    "common_parent",
+    "dgs_config",
+    "dgs_flags",
+    "parse_args",
+    "read_config",
+    "wrap",
+]
+
+
+def _term_width() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 100
+
+
+def wrap(text: str) -> str:
+    """``text`` filled to the help width (at most 100 columns)."""
+    return textwrap.fill(text, min(100, _term_width()) - 2)
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help layout of every command: epilogs kept as written, options at column 32."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32, width=min(100, _term_width()))
+
+
+# --------------------------------------------------------------------------------------------
+# shared option groups
+# --------------------------------------------------------------------------------------------
+
+
+def common_parent() -> argparse.ArgumentParser:
+    """The parent parser of every command: ``--debug``, ``--quiet``/``-q``, ``--device``."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("general")
+    g.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars or status lines")
+    g.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:1, ... (default: auto = cuda when available)",
+    )
+    return p
+
+
+def add_model_options(g: argparse._ArgumentGroup, *, train: bool) -> None:
+    """``--model``, ``--pretrained``, ``--cache-dir``: the backbone of a new run (``train``),
+    or the base model of a checkpoint that does not record it."""
+    if train:
+        g.add_argument(
+            "--model",
+            default="ViT-L-14@openai",
+            metavar="SPEC",
+            help="tiny[:SIZE] | <open_clip name>@<weights> | hf:<path> "
+            "(default: ViT-L-14@openai, the reference backbone)",
+        )
+    else:
+        g.add_argument(
+            "--model",
+            default=None,
+            metavar="SPEC",
+            help="base model spec, if the checkpoint does not record it",
+        )
+    g.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="TAG",
+        help="open_clip weights tag or local file (same as NAME@TAG)",
+    )
+    g.add_argument(
+        "--cache-dir", default=None, metavar="DIR", help="open_clip / Hugging Face cache folder"
+    )
+
+
+def add_scoring_options(p: argparse.ArgumentParser, threshold_group: Any) -> None:
+    """Options shared by ``eval`` and ``predict``: the decision threshold (in
+    ``threshold_group``), the model options of a trained checkpoint, and a preprocessing
+    override."""
+    threshold_group.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        metavar="T",
+        help="fake iff score > threshold (default: 0.5)",
+    )
+    g = p.add_argument_group("model")
+    add_model_options(g, train=False)
+    g.add_argument(
+        "--transform",
+        choices=("model", "patch-selection"),
+        default=None,
+        help="override the preprocessing recorded with the checkpoint",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# DGS options, derived from the DGSConfig fields
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DgsFlag:
+    """How one :class:`DGSConfig` field appears on the command line.
+
+    ``help``/``metavar``: the help text and value name (default: generic ones naming the
+    field). ``flag``: the option name without ``--`` (default: the field name with dashes;
+    ``no-`` is prefixed for a bool field whose default is ``True``). ``hidden``: the field has
+    no option (it stays reachable through the ``"dgs"`` object of a ``--config`` file).
+    """
+
+    help: str | None = None
+    metavar: str | None = None
+    flag: str | None = None
+    hidden: bool = False
+
+
+#: Adjustments to the options derived from the DGSConfig fields (their order is the order of
+#: the help). A field not listed here gets an option with generic help, after these; a bool
+#: field becomes ``--<name>`` (default ``False``) or ``--no-<name>`` (default ``True``), a
+#: ``Literal`` field a choice, a list field a one-or-more option.
+DGS_FLAGS: dict[str, DgsFlag] = {
+    # binary real/fake detection is what train/eval/predict are built for
+    "num_classes": DgsFlag(hidden=True),
+    "loss": DgsFlag(hidden=True),
+    # numerical guards and exact speed-ups (docs/performance.md): --config "dgs" only
+    "eps": DgsFlag(hidden=True),
+    "nonfinite": DgsFlag(hidden=True),
+    "text_cache_size": DgsFlag(hidden=True),
+    "teacher_cache": DgsFlag(hidden=True),
+    "shared_trunk": DgsFlag(hidden=True),
+    "closed_form_heads": DgsFlag(hidden=True),
+    "extra": DgsFlag(hidden=True),
+    "order": DgsFlag("alignment before the projection (reference code) or after (paper)"),
+    "align_weight": DgsFlag("lambda (reference 0.2)", "W"),
+    "align_scale": DgsFlag("reference: lambda/B as released; invariant: batch-size invariant"),
+    "suppression": DgsFlag("ablation: switch Orthogonal Suppression off"),
+    "alignment": DgsFlag("ablation: switch Prior Alignment off"),
+    "conflict_only": DgsFlag("project only when the gradient conflicts with the harmful direction"),
+    "lora_rank": DgsFlag("(reference 6)", "R"),
+    "lora_alpha": DgsFlag("(reference 6)", "A"),
+    "lora_dropout": DgsFlag("(reference 0.8)", "P"),
+    "lora_targets": DgsFlag("module names, e.g. q_proj k_proj v_proj", "NAME"),
+    "lora_layers": DgsFlag("block indices (negative from the end); default all", "I"),
+    "teacher": DgsFlag("shared: adapters off (no copy, default); copy: a frozen deep copy"),
+    "fused": DgsFlag("fused surgery kernel"),
+    "normalize_features": DgsFlag("L2-normalise features before the heads"),
+}
+
+
+def _without_none(tp: Any) -> Any:
+    """``X`` for ``X | None`` (``Optional[X]``), else ``tp``."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if type(None) in typing.get_args(tp) and len(args) == 1:
+        return args[0]
+    return tp
+
+
+def _argument(name: str, tp: Any, default: Any, spec: DgsFlag) -> tuple[str, dict[str, Any]]:
+    """The option string and ``add_argument`` keywords of one field, or ``("", {})`` when
+    its type has no command-line form (a dict, for example)."""
+    tp = _without_none(tp)
+    flag = "--" + (spec.flag or name.replace("_", "-"))
+    kw: dict[str, Any] = {"dest": name, "default": None}
+    if tp is bool:
+        if spec.flag is None and default is True:
+            flag = "--no-" + name.replace("_", "-")
+        kw.update(action="store_const", const=not default)
+        kw["help"] = spec.help or f"set DGSConfig.{name} to {not default}"
+        return flag, kw
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        kw["choices"] = typing.get_args(tp)
+    elif origin is list and typing.get_args(tp)[0] in (int, float, str):
+        kw.update(nargs="+", type=typing.get_args(tp)[0])
+    elif tp in (int, float, str):
+        kw["type"] = tp
+    else:
+        return "", {}
+    if kw.get("type") is str:
+        del kw["type"]
+    if spec.metavar:
+        kw["metavar"] = spec.metavar
+    kw["help"] = spec.help or f"DGSConfig.{name} (default: {default!r})"
+    return flag, kw
+
+
+def dgs_flags() -> list[tuple[str, dict[str, Any]]]:
+    """``(option string, add_argument keywords)`` for each DGSConfig field that has an option:
+    the fields listed in :data:`DGS_FLAGS` in its order (the help's order), then the others in
+    the order of the fields."""
+    hints = typing.get_type_hints(DGSConfig)
+    listed = list(DGS_FLAGS)
+    fields = sorted(
+        dataclasses.fields(DGSConfig),
+        key=lambda f: listed.index(f.name) if f.name in listed else len(listed),
+    )
+    out = []
+    for f in fields:
+        spec = DGS_FLAGS.get(f.name, DgsFlag())
+        if spec.hidden or not f.init:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        flag, kw = _argument(f.name, hints[f.name], default, spec)
+        if flag:
+            out.append((flag, kw))
+    return out
+
+
+def add_dgs_options(g: argparse._ArgumentGroup) -> None:
+    """One option per DGSConfig field (:func:`dgs_flags`); each defaults to ``None``, i.e.
+    "what the preset and the config file say"."""
+    for flag, kw in dgs_flags():
+        g.add_argument(flag, **kw)
+
+
+def dgs_config(args: argparse.Namespace) -> DGSConfig:
+    """The run's DGSConfig: the preset's, then the ``"dgs"`` object of the config file, then
+    the DGS flags given on the command line.
+
+    Raises:
+        UsageError: an unknown field in ``"dgs"``, or a value DGSConfig rejects.
+    """
+    data = get_preset(args.preset).dgs_config().to_dict()
+    overrides = args.dgs or {}
+    unknown = sorted(set(overrides) - set(data))
+    if unknown:
+        raise UsageError(f'config "dgs": unknown DGSConfig field(s) {unknown}')
+    data.update(overrides)
+    for _, kw in dgs_flags():
+        value = getattr(args, kw["dest"], None)
+        if value is not None:
+            data[kw["dest"]] = value
+    try:
+        return DGSConfig.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------------------------
+# preset < --config < flags
+# --------------------------------------------------------------------------------------------
+
+_CONFIG_SKIP = {"help", "config", "func", "_subparsers", "debug", "dgs"}
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; for ``train``, layer the option values: parser defaults < the preset's
+    options < the ``--config`` file < command-line flags. The preset is the ``--preset`` flag,
+    else the config file's ``"preset"``, else ``reference``; ``args.preset`` holds it."""
+    args = parser.parse_args(argv)
+    if args.command != "train":
+        return args
+    train_parser = args._subparsers["train"]
+    from_file = read_config(args.config, train_parser) if args.config else {}
+    name = args.preset or from_file.get("preset") or DEFAULT_PRESET
+    layered = {**get_preset(name).options, **from_file, "preset": name}
+    train_parser.set_defaults(**layered)
+    return parser.parse_args(argv)
+
+
+def _load_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read config file {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"config file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+            f"{exc.msg})"
+        ) from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must hold a JSON object of options")
+    return data
+
+
+def read_config(config: str, train_parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The ``--config`` file's options as ``{dest: value}``, checked against the parser's
+    options (unknown names and invalid choices raise :class:`UsageError`)."""
+    path = Path(config)
+    data = _load_json_object(path)
+    actions = {a.dest: a for a in train_parser._actions if a.dest not in _CONFIG_SKIP}
+    defaults: dict[str, Any] = {}
+    for key, value in data.items():
+        dest = str(key).lstrip("-").replace("-", "_")
+        if dest == "dgs":
+            if not isinstance(value, dict):
+                raise UsageError(f'config file {path}: "dgs" must be an object of DGSConfig fields')
+            defaults["dgs"] = value
+            continue
+        if dest not in actions:
+            known = ", ".join(sorted(actions))
+            raise UsageError(f"config file {path}: unknown option {key!r} (known: {known}, dgs)")
+        choices = actions[dest].choices
+        if choices is not None and value is not None and value not in choices:
+            if str(value) not in choices:
+                raise UsageError(
+                    f"config file {path}: {key} must be one of {list(choices)}, got {value!r}"
+                )
+            value = str(value)
+        defaults[dest] = value
+    return defaults

@@ -1,0 +1,125 @@
+"""``dgsnet predict``: score images or folders with a checkpoint (CSV path,score,label_pred)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from .common import check_positive, load_checkpoint, status
+from .errors import EXIT_OK, UsageError
+from .options import Formatter, add_scoring_options, common_parent, wrap
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+__all__ = ["NAME", "add_parser", "run"]
+
+NAME = "predict"
+
+EPILOG = """\
+examples:
+  dgsnet predict runs/dgs photo1.jpg photo2.png
+  dgsnet predict runs/dgs downloads/ --out scores.csv --threshold 0.5
+
+Prints (or writes) a CSV with columns path,score,label_pred: score = P(fake) = sigmoid(logit),
+label_pred = 1 (fake) when score > threshold, else 0 (real). Folders are searched recursively.
+"""
+
+
+def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
+    """Add ``predict`` and its options to the subparsers ``sub``."""
+    p = sub.add_parser(
+        NAME,
+        parents=[common_parent()],
+        formatter_class=Formatter,
+        epilog=EPILOG,
+        help="score images or folders: CSV of path,score,label_pred",
+        description=wrap("Score images with a trained detector."),
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="training folder or checkpoint folder")
+    p.add_argument("inputs", nargs="+", metavar="PATH", help="image files and/or folders")
+    p.add_argument(
+        "--out", "-o", metavar="CSV", help="write the CSV here (default: standard output)"
+    )
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="(default: 64)")
+    p.add_argument("--workers", type=int, default=0, metavar="N", help="(default: 0)")
+    add_scoring_options(p, p)
+    p.set_defaults(func=run)
+    return [p]
+
+
+class _PathDataset:
+    """Images given by path; a corrupt one raises a one-argument :class:`DatasetError` (so
+    that it keeps its type when re-raised from a DataLoader worker)."""
+
+    def __init__(self, paths: list[str], transform: Any) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Any:
+        from ..data import CorruptImageError, DatasetError, Sample
+        from ..data._common import load_image
+
+        try:
+            img = load_image(self.paths[i])
+        except CorruptImageError as exc:
+            raise DatasetError(str(exc)) from exc
+        return Sample(self.transform(img), None, 0, "", i, self.paths[i])
+
+
+def _image_paths(inputs: list[str]) -> list[str]:
+    """The image files named by ``inputs`` (files, and folders searched recursively), each
+    once, in order."""
+    from ..data import list_images
+    from ..data._common import is_image_file
+
+    paths: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise UsageError(f"folder {item} contains no images")
+            paths.extend(found)
+        elif p.is_file():
+            if not is_image_file(p):
+                raise UsageError(f"{item} is not an image file (by its extension)")
+            paths.append(os.fspath(p))
+        else:
+            raise UsageError(f"{item} does not exist")
+    return list(dict.fromkeys(paths))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``dgsnet predict``; returns the exit status."""
+    from ..metrics import scores_csv
+
+    check_positive("--batch-size", args.batch_size)
+    check_positive("--workers", args.workers, 0)
+    paths = _image_paths(args.inputs)
+    wrapper, bundle = load_checkpoint(args)
+    from ..training import predict_scores
+
+    scores, _, _, done_paths = predict_scores(
+        wrapper,
+        cast("Dataset[Any]", _PathDataset(paths, bundle.eval_transform)),
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=not args.quiet and args.out is not None,
+    )
+    text = scores_csv(done_paths, scores.tolist(), args.threshold)
+    if args.out:
+        from ..io import atomic_write_text
+
+        atomic_write_text(Path(args.out), text)
+        n_fake = int((scores > args.threshold).sum())
+        status(args, f"dgsnet: wrote {args.out}: {len(done_paths)} images, {n_fake} predicted fake")
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return EXIT_OK

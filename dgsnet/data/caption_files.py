@@ -1,0 +1,96 @@
+"""Caption files: where they live next to a data set, and reading and writing them.
+
+A caption file is one JSON object mapping an image path to its caption, the format of the
+released DGS-Net code (HorizonTEL/DGS-Net), which reads BLIP captions precomputed per image::
+
+    {"/data/AIGIBench/train/progan/car/0_real/00001.png": "a red car parked on a street", ...}
+
+Keys are image paths as the writer spelled them; :class:`~dgsnet.data.CaptionStore` matches
+them to the images (``dgsnet.data.caption_store``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from ._common import CaptionError, atomic_write_json
+
+__all__ = [
+    "caption_file_candidates",
+    "find_caption_file",
+    "read_caption_file",
+    "save_captions",
+]
+
+
+def caption_file_candidates(dataroot: str | os.PathLike[str]) -> list[Path]:
+    """Where a caption file for the image folder ``dataroot`` (e.g. ``.../AIGIBench/train``)
+    may live, in the order :func:`find_caption_file` tries them.
+
+    1. ``<parent>/<split>_text/<split>.json`` (the layout of the reference description, where
+       ``dataroot = <parent>/<split>``)
+    2. ``<parent>_text/<split>.json`` (what the released DGS-Net code derives from its
+       ``--dataroot``: ``_text`` appended to the parent folder)
+    3. ``<dataroot>/<split>_text/<split>.json`` (the caption folder inside the split folder)
+    """
+    d = Path(os.path.abspath(dataroot))
+    split = d.name
+    return [
+        d.parent / f"{split}_text" / f"{split}.json",
+        d.parent.parent / f"{d.parent.name}_text" / f"{split}.json",
+        d / f"{split}_text" / f"{split}.json",
+    ]
+
+
+def find_caption_file(dataroot: str | os.PathLike[str]) -> Path:
+    """Return the first existing file among :func:`caption_file_candidates`; raise
+    :class:`CaptionError` listing every path tried when there is none."""
+    tried = caption_file_candidates(dataroot)
+    for p in tried:
+        if p.is_file():
+            return p
+    listing = "\n  ".join(str(p) for p in tried)
+    raise CaptionError(
+        f"no caption file found for {os.fspath(dataroot)}; tried:\n  {listing}\n"
+        "generate one with `dgsnet caption` (dgsnet.data.generate_captions) or pass the file"
+    )
+
+
+def read_caption_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Read a caption JSON file: one object mapping image path -> caption string.
+
+    Raises :class:`CaptionError` naming the file when it is missing, not JSON (with line and
+    column), not an object, or holds a non-string caption.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CaptionError(f"caption file {p} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaptionError(f"cannot read caption file {p}: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CaptionError(
+            f"caption file {p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from exc
+    if not isinstance(data, dict):
+        raise CaptionError(
+            f"caption file {p} must hold a JSON object mapping image path -> caption, "
+            f"found a JSON {type(data).__name__}"
+        )
+    for k, v in data.items():
+        if not isinstance(v, str):
+            raise CaptionError(
+                f"caption file {p}: the caption of {k!r} must be a string, found {type(v).__name__}"
+            )
+    return data
+
+
+def save_captions(captions: Mapping[str, str], path: str | os.PathLike[str]) -> Path:
+    """Write ``captions`` atomically as a JSON object (sorted keys, UTF-8)."""
+    return atomic_write_json(dict(captions), path)

@@ -1,0 +1,228 @@
+"""Loading a trained detector and scoring / evaluating it on image folders.
+
+* :func:`resolve_checkpoint`: a checkpoint folder, or a training output folder's ``final/``
+  (else ``last/``).
+* :func:`load_trained`: rebuild the base model from the spec stored beside the weights, then
+  :meth:`DGSWrapper.from_pretrained`.
+* :func:`predict_scores` / :func:`evaluate`: the student's probability of "fake" per image, and
+  one :class:`~dgsnet.metrics.MetricsTable` per test root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import TrainingConfigError
+from .io import CheckpointError
+from .metrics import MetricsTable
+from .models import ModelBundle, ModelSpec, build_model
+from .progress import progress_bar
+from .training.data import iterate_loader
+from .training.options import check_int_at_least
+from .training.state import FINAL_DIR, LAST_DIR, MODEL_INFO_NAME, RUN_NAME
+from .wrapper import CONFIG_NAME, DGSWrapper
+
+__all__ = ["evaluate", "load_trained", "predict_scores", "resolve_checkpoint"]
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint folder (``dgs_config.json`` inside), or a training output folder (its
+    ``final/``, else its ``last/``)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    if (p / CONFIG_NAME).is_file():
+        return p
+    for name in (FINAL_DIR, LAST_DIR, LAST_DIR + ".prev"):
+        if (p / name / CONFIG_NAME).is_file():
+            return p / name
+    raise CheckpointError(
+        f"{p} is neither a dgsnet checkpoint (no {CONFIG_NAME}) nor a training folder with "
+        f"{FINAL_DIR}/ or {LAST_DIR}/"
+    )
+
+
+def _model_info(ckpt: Path) -> dict[str, Any] | None:
+    for candidate in (ckpt / MODEL_INFO_NAME, ckpt.parent / RUN_NAME):
+        if candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise CheckpointError(f"{candidate} is not valid JSON ({exc})") from exc
+            info = data.get("model", data) if candidate.name == RUN_NAME else data
+            if isinstance(info, dict) and info.get("spec"):
+                return info
+    return None
+
+
+def load_trained(
+    path: str | os.PathLike[str],
+    *,
+    model: str | ModelSpec | None = None,
+    device: str | torch.device = "cpu",
+    transform: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[DGSWrapper, ModelBundle]:
+    """Rebuild a trained detector: the base model from the spec stored beside the weights
+    (``dgsnet_model.json``; or ``model=``), then :meth:`DGSWrapper.from_pretrained`. Returns
+    ``(wrapper in eval mode, bundle)``; ``bundle.eval_transform`` preprocesses images."""
+    ckpt = resolve_checkpoint(path)
+    info = _model_info(ckpt) or {}
+    spec = model if model is not None else info.get("spec")
+    if model is None and isinstance(spec, str) and spec.startswith("local-dir:"):
+        # a folder recorded relative to the checkpoint (dgsnet.interop's run folders)
+        spec = "local-dir:" + os.fspath(ckpt / spec[len("local-dir:") :])
+    if spec is None:
+        raise CheckpointError(
+            f"{ckpt} does not record which base model it was trained from (no {MODEL_INFO_NAME}); "
+            "pass the model spec (--model, e.g. ViT-L-14@openai)"
+        )
+    bundle = build_model(
+        spec,
+        transform=transform or info.get("transform", "model"),
+        flip=False,
+        device=device,
+        cache_dir=cache_dir,
+    )
+    wrapper = DGSWrapper.from_pretrained(ckpt, bundle.model, bundle.tokenizer)
+    wrapper.eval()
+    return wrapper, bundle
+
+
+def _scores_from_logits(logits: Tensor) -> Tensor:
+    if logits.dim() == 1 or logits.shape[-1] == 1:
+        return torch.sigmoid(logits.reshape(-1).float())
+    return torch.softmax(logits.float(), dim=-1)[:, 1]
+
+
+def predict_scores(
+    wrapper: DGSWrapper,
+    dataset: Dataset,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "predicting",
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Scores (probability of fake) of every item of a :class:`dgsnet.data.Sample` dataset
+    with the student; returns ``(scores, labels, subsets, paths)`` in dataset order."""
+    from .data import collate
+
+    def collate_keep_paths(samples: Sequence[Any]) -> tuple[Any, list[str]]:
+        return collate(samples), [s.path for s in samples]
+
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_keep_paths,
+    )
+    was_training = wrapper.training
+    wrapper.eval()
+    scores, labels, subsets, paths = [], [], [], []
+    bar = progress_bar(total=len(loader), desc=desc, enabled=progress)
+    try:
+        with torch.no_grad():
+            for batch, batch_paths in iterate_loader(loader):
+                logits = wrapper.predict(batch.images.to(wrapper.device))
+                scores.append(_scores_from_logits(logits).cpu().numpy().astype(np.float64))
+                labels.append(batch.labels.numpy())
+                subsets.extend(batch.subsets)
+                paths.extend(batch_paths)
+                bar.update(1)
+    finally:
+        bar.close()
+        wrapper.train(was_training)
+    if not scores:
+        return np.zeros(0), np.zeros(0, dtype=np.int64), [], []
+    return np.concatenate(scores), np.concatenate(labels), subsets, paths
+
+
+def evaluate(
+    wrapper: DGSWrapper,
+    roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    transform: Callable[[Any], Tensor] | None = None,
+    *,
+    jpeg_quality: int | None = None,
+    blur_sigma: float | None = None,
+    resize_scale: float | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    subsets: Sequence[str] | None = None,
+    split: str = "val",
+    threshold: float = 0.5,
+    progress: bool = False,
+) -> dict[str, MetricsTable]:
+    """Evaluate the student on each test root; returns ``{root: MetricsTable}`` (one row per
+    subset, plus the mean row when printed), in the order given.
+
+    ``transform``: the model's deterministic preprocessing (e.g. ``bundle.preprocess`` or
+    ``bundle.eval_transform``; default: CLIP preprocessing at the model's image size).
+    ``jpeg_quality`` / ``blur_sigma`` / ``resize_scale``: :class:`dgsnet.data.Degrade` applied
+    to every image before it (robustness tables). Roots use the detection layout
+    ``<root>/<subset>[/<category>]/{0_real,1_fake}`` or GenImage's (``split``)."""
+    from .data import Degrade, default_transform, open_dataset
+
+    if isinstance(roots, (str, os.PathLike)):
+        roots = [roots]
+    roots = list(roots)
+    if not roots:
+        raise TrainingConfigError("evaluate needs at least one test root")
+    batch_size = check_int_at_least("batch_size", batch_size)
+    degrade = Degrade(jpeg_quality=jpeg_quality, blur_sigma=blur_sigma, resize_scale=resize_scale)
+    if transform is None:
+        size = wrapper.encoder.image_size
+        transform = default_transform(None, image_size=size[0] if size else 224)
+    tf = default_transform(transform, train=False, degrade=degrade)
+    tables: dict[str, MetricsTable] = {}
+    for root in roots:
+        kwargs: dict[str, Any] = {"transform": tf}
+        if subsets:
+            kwargs["subsets"] = list(subsets)
+        kwargs["split"] = split  # open_dataset checks it
+        ds = open_dataset(root, **kwargs)
+        key = os.fspath(root)
+        scores, labels, names, _ = predict_scores(
+            wrapper,
+            _EvalItems(ds),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=progress,
+            desc=f"evaluating {Path(key).name}",
+        )
+        preds: dict[str, tuple[list[int], list[float]]] = {}
+        for s, y, name in zip(scores.tolist(), labels.tolist(), names, strict=True):
+            ys, ss = preds.setdefault(name, ([], []))
+            ys.append(int(y))
+            ss.append(float(s))
+        tables[key] = MetricsTable.from_predictions(preds, threshold=threshold)
+    return tables
+
+
+class _EvalItems(Dataset):
+    """A dataset whose corrupt images raise a one-argument :class:`DatasetError` (so the
+    error crosses DataLoader workers intact)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        from .data import CorruptImageError, DatasetError
+
+        try:
+            return self.dataset[index]
+        except CorruptImageError as exc:
+            raise DatasetError(str(exc)) from exc

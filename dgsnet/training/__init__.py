@@ -1,0 +1,116 @@
+r"""The training engine behind ``dgsnet train`` / ``dgsnet eval``, usable from Python too.
+
+Pieces (see ``docs/cli.md`` for the command line on top of them), one module each:
+``options`` (:class:`TrainOptions`), ``seeding``, ``distributed``, ``data`` (items, the
+resumable sampler, the fingerprint, loaders), ``state`` (the output-folder layout and the
+resumable checkpoint), ``runlog``, ``signals`` and ``trainer`` (:class:`Trainer`,
+:func:`train`); the model factory is :mod:`dgsnet.models` and loading and evaluation
+:mod:`dgsnet.evaluation` (their names are re-exported here).
+
+* :func:`build_model`: a model spec (``tiny``, an open_clip name with its weights such as
+  ``ViT-L-14@openai``, or ``hf:<path>`` for a Hugging Face CLIP) -> :class:`ModelBundle`
+  ``(model, tokenizer, train_transform, eval_transform)``.
+* :func:`train`: stage 1 (the teacher head as a linear probe on frozen features, through
+  :meth:`DGSWrapper.fit_teacher_head`) then stage 2 (LoRA + image/text heads with the gradient
+  surgery; Adam, lr ``x0.9`` every 10 epochs as in the reference code), or either alone.
+  Per-step JSONL log, tqdm bar, resumable checkpoints (safetensors + JSON, never pickle),
+  non-finite loss/gradient detection, ``torchrun`` data parallelism.
+* :func:`evaluate`: one :class:`~dgsnet.metrics.MetricsTable` per test root (one row per
+  subset), optionally on JPEG-compressed / blurred / resized images.
+
+Reproducibility. Every source of randomness in :func:`train` is a pure function of the seed
+and the position in the run, so an interrupted run resumed from its checkpoint finishes with
+exactly the weights of an uninterrupted one:
+
+* the sampler's permutation of epoch ``e`` is drawn from a generator seeded with
+  ``(seed, e)``; the checkpoint stores the epoch and the number of batches done in it;
+* the random part of the training transform (flip, patch shuffle) of item ``i`` in epoch
+  ``e`` runs under torch's RNG seeded with ``(seed, e, i)`` (whatever the worker or rank);
+* before stage-2 step ``k`` torch's RNG (LoRA dropout) is seeded with ``(seed, rank, k)``;
+* the optimizer state, the learning-rate schedule and the RNG states are saved as well.
+
+With ``deterministic=True`` :func:`train` also switches on
+``torch.use_deterministic_algorithms`` for its duration (bitwise repeatable CPU runs).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ModelLoadError, NonFiniteError, TrainingConfigError, TrainingInterrupted
+from ..models import ClipPreprocess, HFPreprocess, ModelBundle, ModelSpec, build_model
+from .api import train
+from .data import ResumableSampler, TrainItems, dataset_fingerprint, open_datasets
+from .distributed import DistInfo, setup_distributed
+from .options import TrainOptions
+from .seeding import seed_everything
+from .state import (
+    FINAL_DIR,
+    LAST_DIR,
+    LOG_NAME,
+    MODEL_INFO_NAME,
+    OPTIMIZER_NAME,
+    RUN_NAME,
+    STATE_NAME,
+    SUMMARY_NAME,
+    TEACHER_CACHE_NAME,
+    find_resume_checkpoint,
+)
+from .trainer import Trainer, TrainResult, TrainState
+
+if TYPE_CHECKING:
+    from ..evaluation import evaluate, load_trained, predict_scores, resolve_checkpoint
+
+__all__ = [
+    "LAST_DIR",
+    "FINAL_DIR",
+    "LOG_NAME",
+    "MODEL_INFO_NAME",
+    "STATE_NAME",
+    "OPTIMIZER_NAME",
+    "RUN_NAME",
+    "SUMMARY_NAME",
+    "TEACHER_CACHE_NAME",
+    "ClipPreprocess",
+    "HFPreprocess",
+    "ModelSpec",
+    "ModelBundle",
+    "ModelLoadError",
+    "TrainingConfigError",
+    "NonFiniteError",
+    "TrainingInterrupted",
+    "TrainOptions",
+    "TrainState",
+    "TrainResult",
+    "Trainer",
+    "DistInfo",
+    "ResumableSampler",
+    "TrainItems",
+    "build_model",
+    "open_datasets",
+    "train",
+    "evaluate",
+    "predict_scores",
+    "load_trained",
+    "resolve_checkpoint",
+    "find_resume_checkpoint",
+    "setup_distributed",
+    "dataset_fingerprint",
+    "seed_everything",
+]
+
+# dgsnet.evaluation imports this package (the output-folder layout), so its names are
+# looked up on first use instead of imported here
+_FROM_EVALUATION = ("evaluate", "load_trained", "predict_scores", "resolve_checkpoint")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_EVALUATION:
+        from .. import evaluation
+
+        return getattr(evaluation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_FROM_EVALUATION))

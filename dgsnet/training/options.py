@@ -1,0 +1,176 @@
+"""The options of a training run, checked once: :class:`TrainOptions`.
+
+The command line and :func:`dgsnet.training.train` both build one; the trainer trusts it.
+
+>>> TrainOptions("runs/x", epochs=2, stage="BOTH").stage
+'both'
+>>> TrainOptions("runs/x", epochs=0)
+Traceback (most recent call last):
+...
+dgsnet.errors.TrainingConfigError: epochs must be an integer >= 1, got 0
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import TrainingConfigError
+
+__all__ = ["TrainOptions", "check_int_at_least", "check_positive_float", "parse_stage"]
+
+
+def check_int_at_least(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an ``int`` if it is an integer (not a bool) ``>= minimum``.
+
+    Raises:
+        TrainingConfigError: naming ``name``, the bound and the value given.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise TrainingConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_positive_float(name: str, value: Any) -> float:
+    """``value`` as a ``float`` if it is a finite number ``> 0`` (not a bool).
+
+    Raises:
+        TrainingConfigError: naming ``name`` and the value given.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise TrainingConfigError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def parse_stage(stage: Any) -> str:
+    """``"1"``, ``"2"`` or ``"both"`` from ``1``, ``2``, ``"both"`` (any case).
+
+    Raises:
+        TrainingConfigError: any other value.
+    """
+    s = str(stage).lower()
+    if s not in ("1", "2", "both"):
+        raise TrainingConfigError(f"stage must be 1, 2 or 'both', got {stage!r}")
+    return s
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Every option of a training run that is a value (not a live object), validated once in
+    ``__post_init__`` and normalised (``stage`` to ``"1"``/``"2"``/``"both"``, counts to
+    ``int``, rates to ``float``, ``betas`` to a tuple of floats, ``out_dir`` to a ``Path``).
+
+    :func:`dgsnet.training.train` takes the same names as keyword arguments. Bad values raise
+    :class:`~dgsnet.errors.TrainingConfigError` naming the field, what it expects and what it
+    got.
+
+    Attributes:
+        out_dir: output folder: ``last/`` (training state, replaced atomically), ``final/``
+            (``save_pretrained`` weights), ``train_log.jsonl``, ``run.json``, ``summary.json``.
+        stage: ``1`` (teacher head only), ``2`` (LoRA + heads; needs a teacher head from
+            ``init_from`` unless alignment is off) or ``"both"``.
+        epochs / stage1_epochs / batch_size / lr / stage1_lr / betas: stage 2 uses Adam(lr,
+            betas) with the learning rate multiplied by ``lr_gamma`` every ``lr_step`` epochs.
+        shuffle: a new permutation of the data every epoch (``False``: dataset order).
+        seed: drives the permutation, the augmentation and the LoRA dropout (reproducible).
+        resume: ``None`` (default) resumes from ``out_dir/last`` when it exists, ``True``
+            requires it, ``False`` deletes any previous training state and starts over.
+        init_from: a checkpoint folder (``save_pretrained`` format) whose weights initialise a
+            fresh run, e.g. a stage-1 run's ``final/`` for ``stage=2``.
+        save_every: write ``last/`` every this many stage-2 steps (0: at epoch ends only); it
+            is also written after stage 1 and at every epoch end.
+        on_nonfinite: ``"raise"`` (:class:`NonFiniteError` naming the step) or ``"skip"``
+            (the step's update is dropped: weights and optimizer state untouched; counted).
+        num_workers: DataLoader worker processes.
+        deterministic_transform: declare that the training transform is deterministic; only
+            then are dataset indices passed to the wrapper (teacher cache). A random flip or
+            patch shuffle makes it non-deterministic (:attr:`ModelBundle.deterministic_train`).
+        deterministic: ``torch.use_deterministic_algorithms(True)`` during the run.
+        progress: tqdm progress bars (rank 0 only).
+        model_info: JSON stored as ``dgsnet_model.json`` beside the weights so that
+            :func:`load_trained` can rebuild the model (:meth:`ModelBundle.info`).
+        run_info: extra JSON stored in ``run.json`` (e.g. the command-line options).
+        handle_signals: on SIGINT/SIGTERM finish the step, checkpoint and raise
+            :class:`TrainingInterrupted`.
+        precompute_text: compute the text features of every caption once before stage 2
+            (fixed order and chunking; ``U x D`` floats in CPU memory for ``U`` distinct
+            captions) and feed them to the wrapper; this makes resumed runs bitwise exact and
+            saves text-tower work. ``False`` passes the captions (the wrapper's LRU cache).
+
+    Raises:
+        TrainingConfigError: a field is out of range or of the wrong type.
+    """
+
+    out_dir: str | os.PathLike[str]
+    stage: int | str = "both"
+    epochs: int = 1
+    stage1_epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-4
+    stage1_lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_step: int = 10
+    lr_gamma: float = 0.9
+    seed: int = 0
+    shuffle: bool = True
+    resume: bool | None = None
+    init_from: str | os.PathLike[str] | None = None
+    save_every: int = 500
+    log_every: int = 1
+    on_nonfinite: str = "raise"
+    num_workers: int = 0
+    deterministic_transform: bool = False
+    deterministic: bool = False
+    progress: bool = True
+    model_info: Mapping[str, Any] | None = None
+    run_info: Mapping[str, Any] | None = None
+    handle_signals: bool = False
+    precompute_text: bool = True
+
+    def __post_init__(self) -> None:
+        checked: dict[str, Any] = {
+            "stage": parse_stage(self.stage),
+            "epochs": check_int_at_least("epochs", self.epochs),
+            "stage1_epochs": check_int_at_least("stage1_epochs", self.stage1_epochs),
+            "batch_size": check_int_at_least("batch_size", self.batch_size),
+            "lr": check_positive_float("lr", self.lr),
+            "stage1_lr": check_positive_float("stage1_lr", self.stage1_lr),
+            "lr_step": check_int_at_least("lr_step", self.lr_step),
+            "lr_gamma": check_positive_float("lr_gamma", self.lr_gamma),
+            "save_every": check_int_at_least("save_every", self.save_every, 0),
+            "log_every": check_int_at_least("log_every", self.log_every),
+            "num_workers": check_int_at_least("num_workers", self.num_workers, 0),
+            "seed": check_int_at_least("seed", self.seed, 0),
+        }
+        if self.on_nonfinite not in ("raise", "skip"):
+            raise TrainingConfigError(
+                f"on_nonfinite must be 'raise' or 'skip', got {self.on_nonfinite!r}"
+            )
+        betas = self.betas
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise TrainingConfigError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        checked["betas"] = (float(betas[0]), float(betas[1]))
+        checked["out_dir"] = Path(self.out_dir)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def runs_stage1(self) -> bool:
+        """Whether the run trains the teacher head (stage ``1`` or ``"both"``)."""
+        return self.stage in ("1", "both")
+
+    @property
+    def runs_stage2(self) -> bool:
+        """Whether the run trains LoRA and the heads (stage ``2`` or ``"both"``)."""
+        return self.stage in ("2", "both")

@@ -1,0 +1,599 @@
+"""The two-stage training loop: :class:`Trainer`, and :func:`train`, its one-call form.
+
+A :class:`Trainer` holds the state of one run as attributes (the options, the data, the
+optimizer, the counters, the log); :meth:`Trainer.run` is the run as a list of steps:
+prepare the output folder, restore a checkpoint, stage 1 (the teacher head), stage 2 (LoRA
+and heads, epoch by epoch and step by step, with checkpoints), finish (``final/`` and the
+summary).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..errors import (
+    TrainingConfigError,
+    TrainingInterrupted,
+)
+from ..io import CheckpointError, atomic_write_json, json_safe, load_tensors, sha256_file
+from ..progress import progress_bar
+from ..wrapper import WEIGHTS_NAME, DGSWrapper
+from .data import (
+    ResumableSampler,
+    Stage1Batches,
+    TrainItems,
+    caption_table,
+    dataset_fingerprint,
+    iterate_loader,
+    make_loader,
+)
+from .distributed import DistInfo, any_rank, barrier, broadcast_parameters, setup_distributed
+from .options import TrainOptions
+from .runlog import RunLog
+from .seeding import (
+    derive_seed,
+    deterministic_algorithms,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from .signals import StopFlag
+from .state import (
+    FINAL_DIR,
+    LAST_DIR,
+    LOG_NAME,
+    OPTIMIZER_NAME,
+    STATE_FORMAT,
+    STATE_NAME,
+    STATE_VERSION,
+    SUMMARY_NAME,
+    clear_run_state,
+    commit_dir,
+    find_resume_checkpoint,
+    load_training_state,
+    restore_optimizer,
+    save_model_dir,
+    save_optimizer,
+    save_teacher_cache,
+    staging_dir,
+    write_run_json,
+    write_state_json,
+)
+from .step import StepRunner
+
+__all__ = ["TrainResult", "TrainState", "Trainer"]
+
+
+@dataclass
+class TrainState:
+    """Handed to callbacks ``callback(event, state)``. Events: ``"train_begin"``,
+    ``"stage1_end"``, ``"step_end"``, ``"checkpoint"``, ``"epoch_end"``, ``"train_end"``."""
+
+    wrapper: DGSWrapper
+    out_dir: Path
+    rank: int = 0
+    stage: int = 1
+    epoch: int = 0
+    batch: int = 0
+    global_step: int = 0
+    skipped_steps: int = 0
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    model: nn.Module | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+    stage1_history: list[float] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    wrapper: DGSWrapper
+    out_dir: Path
+    final_dir: Path | None
+    global_step: int
+    skipped_steps: int
+    epochs: int
+    stage1_history: list[float]
+    resumed_from: int | None
+    elapsed_s: float
+
+
+class Trainer:
+    """One two-stage DGS-Net training run of ``wrapper`` on ``data`` (see :func:`train`).
+
+    Args:
+        wrapper: the :class:`~dgsnet.DGSWrapper` to train in place, on its device.
+        data: a dataset of :class:`dgsnet.data.Sample` items, or a list of them.
+        options: the run's validated options.
+        callbacks: ``callback(event, TrainState)`` functions.
+
+    Raises:
+        TrainingConfigError: ``wrapper`` is not a DGSWrapper, or stage 2 alone has no
+            teacher head to start from.
+
+    >>> # Trainer(wrapper, data, TrainOptions("runs/x", epochs=2)).run()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        wrapper: DGSWrapper,
+        data: Dataset | Sequence[Dataset],
+        options: TrainOptions,
+        *,
+        callbacks: Sequence[Callable[[str, TrainState], None]] = (),
+    ) -> None:
+        if not isinstance(wrapper, DGSWrapper):
+            raise TrainingConfigError(f"train needs a DGSWrapper, got {type(wrapper).__name__}")
+        if not isinstance(options, TrainOptions):
+            raise TrainingConfigError(
+                f"options must be a TrainOptions, got {type(options).__name__}"
+            )
+        self.wrapper, self.data, self.options = wrapper, data, options
+        self.callbacks = list(callbacks)
+        self.out = Path(options.out_dir)
+        self.cfg = wrapper.config
+        self.device = wrapper.device
+        self._check_stage2_has_teacher()
+        # set by run(): the data, the distributed setting and what a resumed run restores
+        self.dist = DistInfo()
+        self.items: TrainItems | None = None
+        self.fingerprint: dict[str, Any] = {}
+        self.resume_key: dict[str, Any] = {}
+        self.ckpt: Path | None = None
+        self.restored: dict[str, Any] | None = None
+        self.log = RunLog(None)
+        self.ts = TrainState(wrapper=wrapper, out_dir=self.out)
+        self.stop = StopFlag(options.handle_signals)
+        self.stage1_done = False
+        self.start_epoch = self.start_batch = 0
+        self.resumed_from: int | None = None
+        # stage 2
+        self.named = list(wrapper.named_trainable_parameters())
+        self.names = [n for n, _ in self.named]
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.model: nn.Module = wrapper
+        self.sampler: ResumableSampler | None = None
+        self.n_batches = 0
+        self.step: StepRunner | None = None
+        self.t_start = time.perf_counter()
+        self.elapsed = 0.0
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the log and checkpoints (rank 0)."""
+        return self.dist.is_main
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        """Train, checkpointing as configured; return the :class:`TrainResult`.
+
+        Raises:
+            TrainingConfigError: the data is empty, or a resumed run's settings or data
+                differ from its checkpoint's.
+            CheckpointError: the checkpoint to resume is damaged.
+            NonFiniteError: a non-finite loss or gradient with ``on_nonfinite="raise"``.
+            TrainingInterrupted: SIGINT/SIGTERM with ``handle_signals`` (after a checkpoint).
+        """
+        o = self.options
+        self.t_start = time.perf_counter()
+        self._setup()
+        self._prepare_out_dir()
+        self._restore()
+        try:
+            with deterministic_algorithms(o.deterministic, self.device), self.stop:
+                self._emit("train_begin")
+                if self.options.runs_stage1 and not self.stage1_done:
+                    self._stage1()
+                if self.options.runs_stage2:
+                    self._stage2()
+                self._finish()
+        finally:
+            self.log.close()
+        return self._result()
+
+    def _setup(self) -> None:
+        """Join the process group, index the data, fingerprint it, fix the resume key."""
+        o = self.options
+        self.dist = setup_distributed(self.device)
+        self.ts.rank = self.dist.rank
+        self.items = TrainItems(self.data, seed=o.seed)
+        self.fingerprint = dataset_fingerprint(self.items.datasets)
+        self.resume_key = {
+            "stage": o.stage,
+            "config": self.cfg.to_dict(),
+            "batch_size": o.batch_size,
+            "lr": o.lr,
+            "stage1_lr": o.stage1_lr,
+            "stage1_epochs": o.stage1_epochs,
+            "betas": list(o.betas),
+            "lr_step": o.lr_step,
+            "lr_gamma": o.lr_gamma,
+            "seed": o.seed,
+            "shuffle": o.shuffle,
+            "world_size": self.dist.world_size,
+            "deterministic_transform": bool(o.deterministic_transform),
+            "model": (o.model_info or {}).get("spec"),
+        }
+
+    def _prepare_out_dir(self) -> None:
+        """Find the checkpoint to resume; on a fresh run delete an earlier run's state."""
+        resume = self.options.resume
+        self.ckpt = find_resume_checkpoint(self.out) if resume is not False else None
+        if resume is True and self.ckpt is None:
+            raise TrainingConfigError(f"nothing to resume: {self.out / LAST_DIR} does not exist")
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.ckpt is None:
+                clear_run_state(self.out)
+        barrier(self.dist)
+
+    def _restore(self) -> None:
+        """Load the checkpoint (or ``init_from``), open the log, write ``run.json``, set the
+        RNGs and the counters."""
+        o = self.options
+        state: dict[str, Any] | None = None
+        if self.ckpt is not None:
+            assert self.items is not None
+            state = load_training_state(
+                self.ckpt, self.wrapper, self.resume_key, self.fingerprint, o.epochs
+            )
+        elif o.init_from is not None:
+            self._init_from(o.init_from)
+        self.restored = state
+        offset = int(state.get("log_offset", 0)) if state is not None else None
+        self.log = RunLog(self.out / LOG_NAME if self.main else None, truncate_to=offset)
+        if self.main:
+            write_run_json(self.out, o.model_info, o.run_info, self.resume_key, self.fingerprint)
+        try:
+            if state is None:
+                seed_everything(o.seed)
+            else:
+                set_rng_state(state["rng"])
+        except BaseException:
+            self.log.close()
+            raise
+        self._restore_counters(state)
+
+    def _init_from(self, init_from: str | os.PathLike[str]) -> None:
+        from ..evaluation import resolve_checkpoint  # (evaluation imports this package)
+
+        try:
+            self.wrapper.load_checkpoint(resolve_checkpoint(init_from))
+        except CheckpointError:
+            raise
+        except Exception as exc:  # pragma: no cover - defensive
+            raise CheckpointError(f"cannot initialise from {init_from}: {exc}") from exc
+
+    def _restore_counters(self, state: Mapping[str, Any] | None) -> None:
+        ts = self.ts
+        ts.stage1_history = list(state.get("stage1_history", [])) if state else []
+        self.stage1_done = bool(state["stage1_done"]) if state else self.options.stage == "2"
+        self.start_epoch = int(state["epoch"]) if state else 0
+        self.start_batch = int(state["batch"]) if state else 0
+        ts.global_step = int(state["global_step"]) if state else 0
+        ts.skipped_steps = int(state["skipped_steps"]) if state else 0
+        self.resumed_from = ts.global_step if state else None
+        self.log.write(
+            {
+                "event": "resume" if state else "start",
+                "time": time.time(),
+                "step": ts.global_step,
+                "epoch": self.start_epoch,
+                "batch": self.start_batch,
+                "world_size": self.dist.world_size,
+                "checkpoint": os.fspath(self.ckpt) if self.ckpt else None,
+                "num_images": self.fingerprint["num_images"],
+            }
+        )
+
+    def _emit(self, event: str) -> None:
+        for cb in self.callbacks:
+            cb(event, self.ts)
+
+    # -- stage 1 -------------------------------------------------------------------------------
+
+    def _stage1(self) -> None:
+        """Fit the teacher head as a linear probe on frozen features; checkpoint."""
+        o, wrapper = self.options, self.wrapper
+        assert self.items is not None
+        self.ts.stage = 1
+        batches = Stage1Batches(
+            self.items,
+            o.batch_size,
+            o.seed,
+            o.shuffle,
+            self.device,
+            bool(o.deterministic_transform),
+            o.num_workers,
+            lambda: self.stop.requested,
+        )
+        history = wrapper.fit_teacher_head(
+            batches,
+            epochs=o.stage1_epochs,
+            lr=o.stage1_lr,
+            betas=o.betas,
+            progress=o.progress and self.main,
+            cache_features=bool(o.deterministic_transform),
+        )
+        if self.dist.distributed:
+            broadcast_parameters(wrapper.teacher_head, self.dist)
+            # each rank filled its teacher cache with its own head: refill from the broadcast
+            # one during stage 2 instead
+            wrapper.teacher_cache.clear()
+        self.ts.stage1_history = [float(h) for h in history]
+        for i, h in enumerate(history):
+            self.log.write({"event": "stage1_epoch", "epoch": i + 1, "loss": h})
+        self.stage1_done = True
+        self._checkpoint("stage2" if o.stage == "both" else "done", 0, 0)
+        self._emit("stage1_end")
+
+    # -- stage 2 -------------------------------------------------------------------------------
+
+    def _stage2(self) -> None:
+        """LoRA + heads with the gradient surgery, epoch after epoch."""
+        o = self.options
+        assert self.items is not None
+        self.ts.stage = 2
+        self._make_optimizer()
+        self.model = self._parallel_model()
+        self.ts.model = self.model
+        self.sampler = ResumableSampler(
+            len(self.items),
+            seed=o.seed,
+            shuffle=o.shuffle,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
+        self.n_batches = math.ceil(self.sampler.per_rank / o.batch_size)
+        assert self.optimizer is not None
+        self.step = StepRunner(
+            model=self.model,
+            optimizer=self.optimizer,
+            named=self.named,
+            seed=o.seed,
+            dist=self.dist,
+            device=self.device,
+            pass_index=bool(o.deterministic_transform),
+            on_nonfinite=o.on_nonfinite,
+            text_table=(
+                caption_table(self.wrapper, self.items)
+                if o.precompute_text and not self.cfg.plain
+                else None
+            ),
+            n_batches=self.n_batches,
+        )
+        self.wrapper.train()
+        for epoch in range(self.start_epoch, o.epochs):
+            self._epoch(epoch)
+            self.start_batch = 0
+            self._end_epoch(epoch)
+        self.wrapper.eval()
+
+    def _make_optimizer(self) -> None:
+        """Adam and the step schedule; their state from the checkpoint on a resumed run."""
+        o, state, ckpt = self.options, self.restored, self.ckpt
+        opt = torch.optim.Adam([p for _, p in self.named], lr=o.lr, betas=o.betas)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.lr_step, gamma=o.lr_gamma)
+        self.optimizer, self.scheduler = opt, sched
+        self.ts.optimizer, self.ts.scheduler = opt, sched
+        if state is not None and ckpt is not None and state.get("optimizer"):
+            tensors = load_tensors(ckpt / OPTIMIZER_NAME, state["optimizer"].get("sha256"))
+            restore_optimizer(opt, self.names, tensors, state["optimizer"], ckpt)
+        if state is not None and state.get("scheduler"):
+            sched.load_state_dict(state["scheduler"])
+
+    def _parallel_model(self) -> nn.Module:
+        """The wrapper, under ``DistributedDataParallel`` when there are several ranks."""
+        if not self.dist.distributed:
+            return self.wrapper
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        dev_ids = None
+        if self.device.type == "cuda":
+            index = self.device.index
+            dev_ids = [index if index is not None else torch.cuda.current_device()]
+        return DDP(self.wrapper, device_ids=dev_ids, find_unused_parameters=self.cfg.plain)
+
+    def _epoch(self, epoch: int) -> None:
+        """The stage-2 steps of ``epoch``, from ``start_batch`` on."""
+        from ..data import collate
+
+        o, sampler = self.options, self.sampler
+        assert self.items is not None and sampler is not None
+        self.ts.epoch = epoch
+        self.items.set_epoch(("stage2", epoch))
+        sampler.set_epoch(epoch)
+        sampler.set_start(self.start_batch * o.batch_size)
+        loader = make_loader(
+            self.items,
+            sampler,
+            o.batch_size,
+            o.num_workers,
+            derive_seed(o.seed, "loader2", epoch),
+            self.device,
+            collate,
+        )
+        bar = progress_bar(
+            total=self.n_batches,
+            initial=self.start_batch,
+            desc=f"stage 2 epoch {epoch + 1}/{o.epochs}",
+            enabled=o.progress and self.main,
+        )
+        batch_i = self.start_batch
+        try:
+            for batch in iterate_loader(loader):
+                batch_i += 1
+                assert self.step is not None
+                record = self.step(batch, self.ts.global_step + 1, epoch, batch_i)
+                self._after_step(record, epoch, batch_i, bar)
+        finally:
+            bar.close()
+
+    def _after_step(self, record: dict[str, Any], epoch: int, batch_i: int, bar: Any) -> None:
+        """Count, log and show the step; checkpoint when due or when asked to stop."""
+        o, ts = self.options, self.ts
+        assert self.optimizer is not None
+        step = ts.global_step = record["step"]
+        ts.batch = batch_i
+        if record["skipped"]:
+            ts.skipped_steps += 1
+        record["lr"] = self.optimizer.param_groups[0]["lr"]
+        ts.record = record
+        if record["skipped"] or step % o.log_every == 0:
+            self.log.write(record)
+        bar.update(1)
+        post = {"loss": f"{record['loss']:.4f}"}
+        if "removed_fraction" in record.get("stats", {}):
+            post["removed"] = f"{record['stats']['removed_fraction']:.3f}"
+        if ts.skipped_steps:
+            post["skipped"] = str(ts.skipped_steps)
+        bar.set_postfix(post)
+        if o.save_every and step % o.save_every == 0 and batch_i < self.n_batches:
+            self._checkpoint("stage2", epoch, batch_i)
+        self._emit("step_end")
+        if any_rank(self.stop.requested, self.dist, self.device):
+            self._checkpoint("stage2", epoch, batch_i)
+            raise TrainingInterrupted(
+                f"stopped at stage-2 step {step} (epoch {epoch + 1}, batch "
+                f"{batch_i}/{self.n_batches}); the checkpoint {self.out / LAST_DIR} resumes it"
+            )
+
+    def _end_epoch(self, epoch: int) -> None:
+        """Step the schedule, log the epoch, checkpoint."""
+        assert self.scheduler is not None
+        self.scheduler.step()
+        done = epoch + 1 == self.options.epochs
+        self.log.write(
+            {
+                "event": "epoch_end",
+                "epoch": epoch + 1,
+                "step": self.ts.global_step,
+                "skipped_steps": self.ts.skipped_steps,
+            }
+        )
+        self._checkpoint("done" if done else "stage2", epoch + 1, 0)
+        self._emit("epoch_end")
+
+    # -- checkpoints and the end ---------------------------------------------------------------
+
+    def _checkpoint(self, phase: str, epoch: int, batch: int) -> None:
+        """Write ``OUT/last`` (rank 0, between barriers) and tell the callbacks."""
+        barrier(self.dist)
+        if self.main:
+            self._write_last(phase, epoch, batch)
+        barrier(self.dist)
+        self._emit("checkpoint")
+
+    def _write_last(self, phase: str, epoch: int, batch: int) -> None:
+        o, ts = self.options, self.ts
+        target = self.out / LAST_DIR
+        tmp = staging_dir(target)
+        save_model_dir(tmp, self.wrapper, o.model_info)
+        opt_meta = None
+        if self.optimizer is not None:
+            opt_meta = save_optimizer(tmp, self.optimizer, self.names)
+        cache_meta = save_teacher_cache(tmp, self.wrapper) if o.deterministic_transform else None
+        body = {
+            "format": STATE_FORMAT,
+            "format_version": STATE_VERSION,
+            "phase": phase,
+            "teacher_cache": cache_meta,
+            "stage1_done": self.stage1_done,
+            "epoch": epoch,
+            "batch": batch,
+            "global_step": ts.global_step,
+            "skipped_steps": ts.skipped_steps,
+            "stage1_history": ts.stage1_history,
+            "sampler": {
+                "seed": o.seed,
+                "epoch": epoch,
+                "start_batch": batch,
+                "batch_size": o.batch_size,
+                "permutation_seed": ResumableSampler(1, o.seed).permutation_seed(epoch),
+                "shuffle": o.shuffle,
+                "world_size": self.dist.world_size,
+            },
+            "rng": rng_state(),
+            "optimizer": opt_meta,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "resume_key": self.resume_key,
+            "dataset": self.fingerprint,
+            "weights_sha256": sha256_file(tmp / WEIGHTS_NAME),
+            "log_offset": self.log.offset() if self.log.fh else 0,
+            "time": time.time(),
+        }
+        write_state_json(tmp / STATE_NAME, body)
+        commit_dir(tmp, target)
+        self.log.write(
+            {
+                "event": "checkpoint",
+                "step": ts.global_step,
+                "epochs_done": epoch,
+                "batches_done_in_epoch": batch,
+                "phase": phase,
+            }
+        )
+
+    def _finish(self) -> None:
+        """Write ``OUT/final`` and the summary."""
+        final_dir: Path | None = None
+        barrier(self.dist)
+        if self.main:
+            final_dir = self.out / FINAL_DIR
+            tmp = staging_dir(final_dir)
+            save_model_dir(tmp, self.wrapper, self.options.model_info)
+            commit_dir(tmp, final_dir)
+        barrier(self.dist)
+        self.elapsed = time.perf_counter() - self.t_start
+        summary = {
+            "event": "summary",
+            "stage": self.options.stage,
+            "global_step": self.ts.global_step,
+            "skipped_steps": self.ts.skipped_steps,
+            "epochs": self.options.epochs,
+            "stage1_history": self.ts.stage1_history,
+            "resumed_from": self.resumed_from,
+            "final_dir": os.fspath(final_dir) if final_dir else None,
+            "elapsed_s": self.elapsed,
+            "num_images": self.fingerprint["num_images"],
+        }
+        self.log.write(summary)
+        if self.main:
+            atomic_write_json(self.out / SUMMARY_NAME, json_safe(summary))
+        self._emit("train_end")
+
+    def _result(self) -> TrainResult:
+        return TrainResult(
+            wrapper=self.wrapper,
+            out_dir=self.out,
+            final_dir=self.out / FINAL_DIR if self.main else None,
+            global_step=self.ts.global_step,
+            skipped_steps=self.ts.skipped_steps,
+            epochs=self.options.epochs,
+            stage1_history=self.ts.stage1_history,
+            resumed_from=self.resumed_from,
+            elapsed_s=self.elapsed,
+        )
+
+    def _check_stage2_has_teacher(self) -> None:
+        o = self.options
+        if o.stage == "2" and self.cfg.alignment and o.init_from is None:
+            if o.resume is False or find_resume_checkpoint(self.out) is None:
+                raise TrainingConfigError(
+                    "stage 2 alone needs a trained teacher head for Prior Alignment: pass "
+                    "init_from (e.g. a stage-1 run's final/ folder), run stage 'both', or "
+                    "switch alignment off"
+                )

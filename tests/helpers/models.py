@@ -1,0 +1,128 @@
+"""Tiny randomly initialised CLIP-like models, and DGSWrapper builders around them.
+
+No weights are downloaded: every model here is built from a config with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from dgsnet import DGSConfig, DGSWrapper
+
+CAPTIONS = [
+    "a photo of a cat",
+    "a red car on a road",
+    "two dogs",
+    "a photo of a cat",
+    "a bowl of fruit",
+    "a chair",
+]
+"""Six captions with one repeat (positions 0 and 3), for the text cache."""
+
+
+def tiny_open_clip(
+    seed: int = 0,
+    image_size: int = 32,
+    layers: int = 2,
+    embed_dim: int = 16,
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """An open_clip ``CLIP`` with a 2-block ViT (patch 8) and a 1-block text tower."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(
+        embed_dim=embed_dim,
+        vision_cfg=dict(
+            image_size=image_size, patch_size=8, width=32, layers=layers, head_width=16
+        ),
+        text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
+    )
+    return model.to(dtype)
+
+
+def open_clip_tokenizer() -> Any:
+    """open_clip's ViT-B-32 tokenizer (its vocabulary ships with open_clip)."""
+    import open_clip
+
+    return open_clip.get_tokenizer("ViT-B-32")
+
+
+def tiny_hf_clip(seed: int = 0, image_size: int = 32) -> Any:
+    """A Hugging Face ``CLIPModel`` of the same size (needs ``transformers``)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_config=dict(
+            vocab_size=1000,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    return CLIPModel(cfg)
+
+
+def make_lora_nonzero(wrapper: Any, seed: int = 1, scale: float = 0.05) -> None:
+    """LoRA B matrices start at zero (student == teacher); make them non-zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in wrapper.named_trainable_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def batch(
+    n: int = 6, seed: int = 0, size: int = 32, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """``n`` random images ``(n, 3, size, size)``, their captions and binary labels."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, size, size, generator=g).to(dtype)
+    y = torch.tensor([0, 1, 1, 0, 1, 0][:n])
+    return x, CAPTIONS[:n], y
+
+
+def build(
+    config: DGSConfig | None = None, seed: int = 0, dtype: torch.dtype = torch.float32, **kw: Any
+) -> tuple[DGSWrapper, Any]:
+    """A wrapper around :func:`tiny_open_clip` with non-trivial heads and non-zero LoRA, and
+    a deep copy of the model taken before LoRA went in (the teacher, for reference steps)."""
+    model = tiny_open_clip(seed=seed, dtype=dtype, **kw)
+    original = copy.deepcopy(model)
+    w = DGSWrapper(model, open_clip_tokenizer(), config or DGSConfig(lora_dropout=0.0))
+    torch.manual_seed(seed + 7)
+    with torch.no_grad():  # heads: non-trivial, reproducible weights
+        for head in (w.image_head, w.text_head, w.teacher_head):
+            head.weight.normal_(0, 0.5)
+            head.bias.normal_(0, 0.1)
+    make_lora_nonzero(w)
+    return w, original
+
+
+def grads(w: DGSWrapper) -> dict[str, torch.Tensor]:
+    """Copies of the trainable parameters' gradients, by name (each must have one)."""
+    return {n: p.grad.detach().clone() for n, p in w.named_trainable_parameters()}
+
+
+def zero_grads(w: DGSWrapper) -> None:
+    """Drop every gradient of the wrapper."""
+    for p in w.parameters():
+        p.grad = None
