@@ -159,8 +159,8 @@ class Trainer:
         self.start_epoch = self.start_batch = 0
         self.resumed_from: int | None = None
         # stage 2
-        self.named = list(wrapper.named_trainable_parameters())
-        self.names = [n for n, _ in self.named]
+        self.named: list[tuple[str, nn.Parameter]] = []  # set with the optimizer (stage 2)
+        self.names: list[str] = []
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.model: nn.Module = wrapper
@@ -385,6 +385,9 @@ class Trainer:
     def _make_optimizer(self) -> None:
         """Adam and the step schedule; their state from the checkpoint on a resumed run."""
         o, state, ckpt = self.options, self.restored, self.ckpt
+        # after any checkpoint was loaded, as the optimizer binds these parameter objects
+        self.named = list(self.wrapper.named_trainable_parameters())
+        self.names = [n for n, _ in self.named]
         opt = torch.optim.Adam([p for _, p in self.named], lr=o.lr, betas=o.betas)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.lr_step, gamma=o.lr_gamma)
         self.optimizer, self.scheduler = opt, sched
