@@ -638,8 +638,8 @@ def test_dgs_options_follow_the_config_fields(monkeypatch, capsys):
 
     @dataclasses.dataclass
     class Extended(DGSConfig):
-        lora_scaling: Literal["standard", "rslora"] = "standard"
-        feature_distill: bool = False
+        toy_mode: Literal["one", "two"] = "one"
+        toy_switch: bool = False
         keep_probe: bool = True
         distill_weight: float = 0.5
 
@@ -647,16 +647,16 @@ def test_dgs_options_follow_the_config_fields(monkeypatch, capsys):
     parser = build_parser()
     train_parser = parser.parse_args(["train"])._subparsers["train"]
     flags = {opt for a in train_parser._actions for opt in a.option_strings}
-    assert {"--lora-scaling", "--feature-distill", "--no-keep-probe", "--distill-weight"} <= flags
-    assert not {"--keep-probe", "--no-feature-distill", "--eps", "--extra"} & flags
+    assert {"--toy-mode", "--toy-switch", "--no-keep-probe", "--distill-weight"} <= flags
+    assert not {"--keep-probe", "--no-toy-switch", "--eps", "--extra"} & flags
     args = options.parse_args(
         parser,
         [
             "train",
             "x",
-            "--lora-scaling",
-            "rslora",
-            "--feature-distill",
+            "--toy-mode",
+            "two",
+            "--toy-switch",
             "--no-keep-probe",
             "--distill-weight",
             "0.25",
@@ -666,9 +666,22 @@ def test_dgs_options_follow_the_config_fields(monkeypatch, capsys):
     )
     config = options.dgs_config(args)
     assert isinstance(config, Extended)
-    assert (config.lora_scaling, config.feature_distill) == ("rslora", True)
+    assert (config.toy_mode, config.toy_switch) == ("two", True)
     assert config.keep_probe is False
     assert config.distill_weight == 0.25 and config.lora_rank == 3
     assert config.suppression is True  # flags not given keep the preset's value
     assert main(["train", "x", "--lora-scaling", "other"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_released_fidelity_options_are_train_flags():
+    """The LoRA scaling and feature distillation of DGSConfig are `dgsnet train` flags, and
+    the reference preset starts from the released alpha/sqrt(r) scaling."""
+    from dgsnet.cli import build_parser, options
+
+    parser = build_parser()
+    args = options.parse_args(parser, ["train", "x", "--feature-distill", "0.5"])
+    config = options.dgs_config(args)
+    assert config.feature_distill == 0.5 and config.lora_scaling == "rslora"
+    args = options.parse_args(parser, ["train", "x", "--lora-scaling", "standard"])
+    assert options.dgs_config(args).lora_scaling == "standard"
