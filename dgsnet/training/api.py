@@ -49,14 +49,15 @@ def train(
 ) -> TrainResult:
     """Two-stage DGS-Net training with resumable checkpoints (see :mod:`dgsnet.training`).
 
+    Every other parameter (``out_dir``, ``stage``, ``epochs``, ...) is the field of
+    :class:`TrainOptions` of the same name, documented there and checked once by it.
+
     Args:
         wrapper: the :class:`DGSWrapper` to train (in place), on its device.
         data: a dataset of :class:`dgsnet.data.Sample` items (e.g. a
             :class:`~dgsnet.data.DetectionFolder` with a training transform and captions), or a
             list of them.
         callbacks: ``callback(event, TrainState)`` functions (rank 0 and others alike).
-        out_dir, stage, epochs, ...: the fields of :class:`TrainOptions` of the same names
-            (documented there), checked once by it.
 
     Returns:
         The :class:`TrainResult` (steps, skipped steps, stage-1 losses, ``final/``).
