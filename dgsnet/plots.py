@@ -175,7 +175,7 @@ Curve = tuple[list[int], list[float]]
 RUN_FIGURES: dict[str, tuple[str, str]] = {
     "losses": ("stage-2 loss and its parts", "loss"),
     "removed_fraction": ("gradient norm removed by the surgery", "removed fraction"),
-    "cosines": ("cosine of the task gradient with the text references", "cosine"),
+    "cosines": ("cosine of the task gradient with the references", "cosine"),
     "lr": ("learning rate", "lr"),
 }
 
@@ -284,8 +284,14 @@ def _draw(ax: Any, figure: str, series: Mapping[str, Curve]) -> None:
     ax.set_ylabel(ylabel)
     if figure == "lr":
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-    if len(series) > 1:
-        ax.legend(loc="best", fontsize="small")
+    if len(series) > 1:  # under the axes: the curves stay visible
+        ax.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.2),
+            ncol=3,
+            fontsize="small",
+            frameon=False,
+        )
     ax.grid(alpha=0.3)
 
 
