@@ -210,3 +210,14 @@ def test_plot_errors(tmp_path, capsys):
         json.dumps({"event": "stage1_epoch", "epoch": 1, "loss": 0.7}) + "\n")
     assert main(["plot", os.fspath(tmp_path)]) == 2
     assert "no stage-2 step records" in capsys.readouterr().err
+
+
+def test_train_function_takes_every_train_option():
+    import dataclasses
+    import inspect
+
+    from dgsnet.training import TrainOptions, train
+
+    params = inspect.signature(train).parameters
+    assert {f.name for f in dataclasses.fields(TrainOptions)} <= set(params)
+    assert params["tensorboard"].default is False
