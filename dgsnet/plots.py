@@ -1,4 +1,5 @@
-"""Figures: per-subset accuracy bars of evaluation tables, and the t-SNE feature map.
+"""Figures: per-subset accuracy bars of evaluation tables, the t-SNE feature map, and the
+training curves of a run (:func:`run_figures`, ``dgsnet plot``).
 
 These need the ``viz`` extra (``pip install 'dgsnet[viz]'``: matplotlib, scikit-learn); a
 missing package raises :class:`ImportError` naming the extra. Figures are drawn with the
@@ -11,8 +12,10 @@ non-interactive ``Agg`` backend and written as PNG.
 
 from __future__ import annotations
 
+import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +24,17 @@ import numpy as np
 if TYPE_CHECKING:
     from .metrics import MetricsTable
 
-__all__ = ["accuracy_figure", "pyplot", "require_tsne", "tsne_embedding", "tsne_figure"]
+__all__ = [
+    "RUN_FIGURES",
+    "accuracy_figure",
+    "pyplot",
+    "read_run_log",
+    "require_tsne",
+    "run_curves",
+    "run_figures",
+    "tsne_embedding",
+    "tsne_figure",
+]
 
 _VIZ_HINT = "pip install 'dgsnet[viz]'"
 
@@ -149,3 +162,183 @@ def tsne_figure(
     fig.suptitle(title)
     fig.tight_layout()
     _save(plt, fig, path, dpi=130)
+
+
+# ------------------------------------------------------------------------------------------
+# training curves from OUT/train_log.jsonl
+# ------------------------------------------------------------------------------------------
+
+#: ``{x values, y values}`` of one curve: the global stage-2 step and the logged value.
+Curve = tuple[list[int], list[float]]
+
+#: The figures of :func:`run_figures`: file stem -> (title, y label).
+RUN_FIGURES: dict[str, tuple[str, str]] = {
+    "losses": ("stage-2 loss and its parts", "loss"),
+    "removed_fraction": ("gradient norm removed by the surgery", "removed fraction"),
+    "cosines": ("cosine of the task gradient with the references", "cosine"),
+    "lr": ("learning rate", "lr"),
+}
+
+
+def read_run_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a run log (``train_log.jsonl``), or of ``RUN_DIR/train_log.jsonl``
+    when ``path`` is a folder. A last line cut short by a killed run is left out.
+
+    Raises:
+        FileNotFoundError: no log there.
+        ValueError: a line before the last is not a JSON object.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "train_log.jsonl"
+    if not p.is_file():
+        raise FileNotFoundError(f"no run log at {p} (expected a run folder or a train_log.jsonl)")
+    lines = p.read_text(encoding="utf-8").splitlines()
+    records: list[dict[str, Any]] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # the last line of a run killed while writing it
+            raise ValueError(f"{p}, line {i + 1}: not a JSON record") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{p}, line {i + 1}: expected a JSON object, got {type(rec).__name__}")
+        records.append(rec)
+    return records
+
+
+def _value(v: Any) -> float | None:
+    """A finite float from a logged number (the log writes NaN/Inf as strings); else None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def run_curves(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Curve]]:
+    """The curves of :func:`run_figures` from run-log records: ``{figure: {curve: (steps,
+    values)}}`` over the stage-2 ``"step"`` records, skipping values that are missing or not
+    finite (a skipped step logs a NaN loss and no parts).
+
+    * ``losses``: ``total`` (the ``loss`` key) and each part of ``losses`` (``image``,
+      ``text``, ``align``, ``teacher``, ``distill``: what the run logged);
+    * ``removed_fraction``: ``stats.removed_fraction``;
+    * ``cosines``: ``stats.cos_harm`` and ``stats.cos_help`` (cosine of the task gradient
+      with the harmful and the helpful text references);
+    * ``lr``: the learning rate.
+
+    Figures without any point are left out (a run without surgery logs no statistics).
+
+    >>> run_curves([{"event": "step", "step": 1, "loss": 0.7, "losses": {"image": 0.6},
+    ...              "stats": {"removed_fraction": 0.1}, "lr": 1e-3}])["losses"]
+    {'total': ([1], [0.7]), 'image': ([1], [0.6])}
+    """
+    curves: dict[str, dict[str, Curve]] = {name: {} for name in RUN_FIGURES}
+
+    def add(figure: str, name: str, step: int, value: Any) -> None:
+        v = _value(value)
+        if v is not None:
+            xs, ys = curves[figure].setdefault(name, ([], []))
+            xs.append(step)
+            ys.append(v)
+
+    for rec in records:
+        if rec.get("event") != "step":
+            continue
+        step = int(rec["step"])
+        add("losses", "total", step, rec.get("loss"))
+        for part, v in (rec.get("losses") or {}).items():
+            add("losses", str(part), step, v)
+        stats = rec.get("stats") or {}
+        add("removed_fraction", "removed_fraction", step, stats.get("removed_fraction"))
+        for name in ("cos_harm", "cos_help"):
+            add("cosines", name, step, stats.get(name))
+        add("lr", "lr", step, rec.get("lr"))
+    return {k: v for k, v in curves.items() if v}
+
+
+_LABELS = {
+    "total": "total",
+    "align": "align (before align_weight)",
+    "teacher": "teacher probe (not in the total)",
+    "cos_harm": "cos(task, harm)",
+    "cos_help": "cos(task, help)",
+    "removed_fraction": "1 - ||g_out|| / ||g_in||",
+}
+
+
+def _draw(ax: Any, figure: str, series: Mapping[str, Curve]) -> None:
+    title, ylabel = RUN_FIGURES[figure]
+    for name, (xs, ys) in series.items():
+        style = {"lw": 2.0, "color": "black"} if name == "total" else {"lw": 1.2}
+        ax.plot(xs, ys, label=_LABELS.get(name, name), **style)
+    if figure in ("cosines", "removed_fraction") or any(
+        min(ys) < 0 < max(ys) for _, ys in series.values()
+    ):
+        ax.axhline(0, color="grey", lw=0.6, ls="--")
+    ax.set_title(title)
+    ax.set_xlabel("stage-2 step")
+    ax.set_ylabel(ylabel)
+    if figure == "lr":
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    if len(series) > 1:  # under the axes: the curves stay visible
+        ax.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.2),
+            ncol=3,
+            fontsize="small",
+            frameon=False,
+        )
+    ax.grid(alpha=0.3)
+
+
+def run_figures(
+    run: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None
+) -> dict[str, dict[str, Curve]]:
+    """PNG training curves of a run from its ``train_log.jsonl``: ``losses.png``,
+    ``removed_fraction.png``, ``cosines.png``, ``lr.png`` (those with data, see
+    :func:`run_curves`) and ``run.png`` with all of them as panels.
+
+    Args:
+        run: the run folder, or its ``train_log.jsonl``.
+        out_dir: where the PNGs go (created); default ``<run folder>/plots``.
+
+    Returns:
+        The plotted data, ``{file stem: {curve: (steps, values)}}`` (:func:`run_curves`),
+        without ``run`` (its panels are the others).
+
+    Raises:
+        FileNotFoundError: no run log.
+        ValueError: the log is damaged, or holds no stage-2 step (e.g. a stage-1 run).
+        ImportError: matplotlib is missing (the message names the ``viz`` extra).
+
+    >>> run_figures("runs/tiny")  # doctest: +SKIP
+    """
+    src = Path(run)
+    records = read_run_log(src)
+    curves = run_curves(records)
+    log_name = src if src.is_file() else src / "train_log.jsonl"
+    if not curves:
+        raise ValueError(f"{log_name} holds no stage-2 step records to plot")
+    out = Path(out_dir) if out_dir is not None else (src.parent if src.is_file() else src) / "plots"
+    plt = pyplot()
+    for figure, series in curves.items():
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        _draw(ax, figure, series)
+        fig.tight_layout()
+        _save(plt, fig, out / f"{figure}.png", dpi=110)
+    n = len(curves)
+    cols = 2 if n > 1 else 1
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.4 * cols, 3.3 * rows), squeeze=False)
+    for ax, (figure, series) in zip(axes.flat, curves.items(), strict=False):
+        _draw(ax, figure, series)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.suptitle(f"{log_name.parent.name}: {log_name.name}")
+    fig.tight_layout()
+    _save(plt, fig, out / "run.png", dpi=100)
+    return curves

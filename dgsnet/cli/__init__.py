@@ -1,10 +1,12 @@
-"""The ``dgsnet`` command line: ``train``, ``eval``, ``predict``, ``caption``, ``tsne``.
+"""The ``dgsnet`` command line: ``train``, ``eval``, ``predict``, ``import-released``,
+``caption``, ``tsne``, ``plot``, ``demo``.
 
 Run ``dgsnet <command> --help`` for the options and examples; ``docs/cli.md`` has the whole
 story (output folder layout, resume semantics, ``torchrun``, model specs).
 
 One module per command (:mod:`~dgsnet.cli.train`, :mod:`~dgsnet.cli.eval`,
-:mod:`~dgsnet.cli.predict`, :mod:`~dgsnet.cli.caption`, :mod:`~dgsnet.cli.tsne`), each with
+:mod:`~dgsnet.cli.predict`, :mod:`~dgsnet.cli.import_released`, :mod:`~dgsnet.cli.caption`,
+:mod:`~dgsnet.cli.tsne`, :mod:`~dgsnet.cli.plot`, :mod:`~dgsnet.cli.demo`), each with
 its options (``add_parser``) and ``run(args)``; shared options, the DGS options derived from
 :class:`~dgsnet.config.DGSConfig` and the ``preset < --config < flags`` layering in
 :mod:`~dgsnet.cli.options`; the error contract in :mod:`~dgsnet.cli.errors`.

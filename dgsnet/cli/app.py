@@ -7,7 +7,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from . import caption, predict, train, tsne
+from . import caption, demo, import_released, plot, predict, train, tsne
 from . import eval as eval_command
 from .errors import (
     EXIT_FAILURE,
@@ -24,7 +24,7 @@ __all__ = ["COMMANDS", "build_parser", "main", "train_settings"]
 
 #: The command modules, in the order ``dgsnet --help`` lists them. Each has ``NAME``,
 #: ``add_parser(subparsers) -> [parsers]`` (the parser, then any alias) and ``run(args)``.
-COMMANDS = (train, eval_command, predict, caption, tsne)
+COMMANDS = (train, eval_command, predict, import_released, caption, tsne, plot, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

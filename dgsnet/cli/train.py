@@ -223,6 +223,12 @@ def _add_run_options(g: argparse._ArgumentGroup) -> None:
         action="store_true",
         help="torch.use_deterministic_algorithms during training",
     )
+    g.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write the logged losses, lr and surgery statistics as TensorBoard scalars "
+        "to OUT/tensorboard (needs the tensorboard extra)",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,6 +283,13 @@ def _check_args(args: argparse.Namespace) -> None:
             )
     if args.init_from and not Path(args.init_from).exists():
         raise UsageError(f"--init-from {args.init_from} does not exist")
+    if args.tensorboard:
+        from ..training.tensorboard import require_tensorboard
+
+        try:
+            require_tensorboard()
+        except ImportError as exc:
+            raise UsageError(f"--tensorboard: {exc}") from None
 
 
 def train_options(args: argparse.Namespace, run_info: dict[str, Any]) -> TrainOptions:
@@ -307,6 +320,7 @@ def train_options(args: argparse.Namespace, run_info: dict[str, Any]) -> TrainOp
         progress=not args.quiet,
         run_info=run_info,
         handle_signals=True,
+        tensorboard=args.tensorboard,
     )
 
 

@@ -46,6 +46,7 @@ def train(
     run_info: Mapping[str, Any] | None = None,
     handle_signals: bool = False,
     precompute_text: bool = True,
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Two-stage DGS-Net training with resumable checkpoints (see :mod:`dgsnet.training`).
 
@@ -102,5 +103,6 @@ def train(
         run_info=run_info,
         handle_signals=handle_signals,
         precompute_text=precompute_text,
+        tensorboard=tensorboard,
     )
     return Trainer(wrapper, data, options, callbacks=callbacks).run()

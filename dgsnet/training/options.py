@@ -107,6 +107,9 @@ class TrainOptions:
             (fixed order and chunking; ``U x D`` floats in CPU memory for ``U`` distinct
             captions) and feed them to the wrapper; this makes resumed runs bitwise exact and
             saves text-tower work. ``False`` passes the captions (the wrapper's LRU cache).
+        tensorboard: also write the run log's records as TensorBoard scalars to
+            ``out_dir/tensorboard`` (rank 0; :mod:`dgsnet.training.tensorboard`; needs the
+            ``tensorboard`` extra).
 
     Raises:
         TrainingConfigError: a field is out of range or of the wrong type.
@@ -137,6 +140,7 @@ class TrainOptions:
     run_info: Mapping[str, Any] | None = None
     handle_signals: bool = False
     precompute_text: bool = True
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         checked: dict[str, Any] = {

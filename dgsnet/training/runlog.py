@@ -1,16 +1,26 @@
-"""The run log ``OUT/train_log.jsonl``: one JSON object a line, flushed as written."""
+"""The run log ``OUT/train_log.jsonl``: one JSON object a line, flushed as written; sinks
+(e.g. :class:`~dgsnet.training.tensorboard.TensorBoardSink`) receive the same records."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from ..io import json_safe
 
-__all__ = ["RunLog"]
+__all__ = ["LogSink", "RunLog"]
+
+
+class LogSink(Protocol):
+    """Something that receives every record of a :class:`RunLog` (``write``) and is closed
+    with it (``close``)."""
+
+    def write(self, record: Mapping[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class RunLog:
@@ -21,11 +31,16 @@ class RunLog:
         path: the log file, created with its folder if missing; ``None`` for no log.
         truncate_to: cut an existing file to this many bytes first (a resumed run drops
             what was logged after its checkpoint).
+        sinks: receive each record as written to the file (after the JSON conversion) and
+            are closed with the log; ignored without a ``path``.
     """
 
-    def __init__(self, path: Path | None, truncate_to: int | None = None) -> None:
+    def __init__(
+        self, path: Path | None, truncate_to: int | None = None, sinks: Sequence[LogSink] = ()
+    ) -> None:
         self.path = path
         self.fh: IO[str] | None = None
+        self.sinks: list[LogSink] = list(sinks) if path is not None else []
         if path is None:
             return
         if truncate_to is not None and path.exists():
@@ -38,8 +53,11 @@ class RunLog:
         """Append ``record`` as one line and flush."""
         if self.fh is None:
             return
-        self.fh.write(json.dumps(json_safe(record), sort_keys=False) + "\n")
+        safe = json_safe(record)
+        self.fh.write(json.dumps(safe, sort_keys=False) + "\n")
         self.fh.flush()
+        for sink in self.sinks:
+            sink.write(safe)
 
     def offset(self) -> int:
         """The file's length in bytes after what was written so far (0 without a file)."""
@@ -49,7 +67,10 @@ class RunLog:
         return self.fh.tell()
 
     def close(self) -> None:
-        """Close the file; later writes do nothing."""
+        """Close the file and the sinks; later writes do nothing."""
         if self.fh is not None:
             self.fh.close()
             self.fh = None
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []

@@ -308,6 +308,7 @@ FRESH_RUN_CLEARS = (
     FINAL_DIR,
     LOG_NAME,
     SUMMARY_NAME,
+    "tensorboard",  # dgsnet.training.tensorboard.TENSORBOARD_DIR
 )
 
 

@@ -70,6 +70,7 @@ from .state import (
     write_state_json,
 )
 from .step import StepRunner
+from .tensorboard import TENSORBOARD_DIR, TensorBoardSink
 
 __all__ = ["TrainResult", "TrainState", "Trainer"]
 
@@ -254,7 +255,9 @@ class Trainer:
             self._init_from(o.init_from)
         self.restored = state
         offset = int(state.get("log_offset", 0)) if state is not None else None
-        self.log = RunLog(self.out / LOG_NAME if self.main else None, truncate_to=offset)
+        tensorboard = o.tensorboard and self.main
+        sinks = [TensorBoardSink(self.out / TENSORBOARD_DIR)] if tensorboard else []
+        self.log = RunLog(self.out / LOG_NAME if self.main else None, offset, sinks)
         if self.main:
             write_run_json(self.out, o.model_info, o.run_info, self.resume_key, self.fingerprint)
         try:
