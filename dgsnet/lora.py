@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 from torch import nn
 
@@ -116,7 +117,9 @@ def attach_lora(encoder: DualEncoder, spec: LoRASpec) -> list[str]:
     for p in encoder.model.parameters():
         p.requires_grad_(False)
     config = LoraConfig(
-        r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+        # peft annotates lora_alpha as int but only divides by it; a float alpha is exact
+        r=spec.rank, lora_alpha=spec.alpha,  # type: ignore[arg-type]
+        lora_dropout=spec.dropout,
         target_modules=names, bias="none", use_rslora=spec.scaling == "rslora",
     )
     inject_adapter_in_model(config, encoder.image_tower)
@@ -131,10 +134,21 @@ def lora_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
             yield n, p
 
 
-def _tuner_layers(module: nn.Module) -> list[nn.Module]:
+class _TunerLayer(Protocol):
+    """A peft `BaseTunerLayer` that is also an `nn.Module` (every peft LoRA layer is)."""
+
+    @property
+    def disable_adapters(self) -> bool: ...
+
+    def enable_adapters(self, enabled: bool) -> None: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+
+def _tuner_layers(module: nn.Module) -> list[_TunerLayer]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+    return [cast(_TunerLayer, m) for m in module.modules() if isinstance(m, BaseTunerLayer)]
 
 
 @contextmanager
