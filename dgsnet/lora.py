@@ -1,12 +1,12 @@
 """LoRA on the image tower through peft, and the frozen teacher as "adapters off".
 
-:func:`attach_lora` injects peft ``Linear`` LoRA layers into the image tower's target
-modules; every base weight stays untouched (peft adds ``scale * B(A(dropout(x)))`` beside the
-base layer's output and never merges unless asked). ``scale`` is ``alpha / r`` (standard) or
-``alpha / sqrt(r)`` (``scaling="rslora"``: peft's ``LoraConfig(use_rslora=True)``, the form
-of the CLIP-LoRA layers the released DGS-Net code uses). peft initialises ``A`` like
-``nn.Linear`` (Kaiming-uniform, ``a = sqrt(5)``) and ``B`` at zero, as those layers do.
-:func:`adapters_disabled` is a context in which those layers return the base output only: the
+`attach_lora` injects peft `Linear` LoRA layers into the image tower's target
+modules; every base weight stays untouched (peft adds `scale * B(A(dropout(x)))` beside the
+base layer's output and never merges unless asked). `scale` is `alpha / r` (standard) or
+`alpha / sqrt(r)` (`scaling="rslora"`: peft's `LoraConfig(use_rslora=True)`, the form
+of the CLIP-LoRA layers the released DGS-Net code uses). peft initialises `A` like
+`nn.Linear` (Kaiming-uniform, `a = sqrt(5)`) and `B` at zero, as those layers do.
+`adapters_disabled` is a context in which those layers return the base output only: the
 pre-fine-tuning encoder, with no copy.
 """
 
@@ -36,8 +36,8 @@ SCALINGS = ("standard", "rslora")
 class LoRASpec:
     """Where and how LoRA adapts the image tower.
 
-    ``scaling``: ``"standard"`` multiplies the branch by ``alpha / rank``, ``"rslora"`` by
-    ``alpha / sqrt(rank)``; see :attr:`scale`.
+    `scaling`: `"standard"` multiplies the branch by `alpha / rank`, `"rslora"` by
+    `alpha / sqrt(rank)`; see `scale`.
     """
 
     rank: int = 6
@@ -55,7 +55,7 @@ class LoRASpec:
 
     @property
     def scale(self) -> float:
-        """The factor of the low-rank branch: ``alpha / r`` or ``alpha / sqrt(r)``."""
+        """The factor of the low-rank branch: `alpha / r` or `alpha / sqrt(r)`."""
         return self.alpha / (math.sqrt(self.rank) if self.scaling == "rslora" else self.rank)
 
 
@@ -65,7 +65,7 @@ def _block_index(name: str, pattern: str) -> int | None:
 
 
 def lora_target_names(encoder: DualEncoder, spec: LoRASpec) -> list[str]:
-    """Full names (relative to the image tower) of the ``nn.Linear`` modules LoRA adapts."""
+    """Full names (relative to the image tower) of the `nn.Linear` modules LoRA adapts."""
     targets = tuple(spec.targets) if spec.targets is not None else encoder.default_lora_targets
     tower = encoder.image_tower
     blocks = encoder.blocks()
@@ -153,9 +153,9 @@ def _tuner_layers(module: nn.Module) -> list[_TunerLayer]:
 
 @contextmanager
 def adapters_disabled(module: nn.Module) -> Iterator[None]:
-    """Within the context every peft layer in ``module`` returns its base output only.
+    """Within the context every peft layer in `module` returns its base output only.
 
-    The ``requires_grad`` flag of every adapter parameter is restored exactly on exit (peft's
+    The `requires_grad` flag of every adapter parameter is restored exactly on exit (peft's
     own toggle would switch all active adapters' flags back on).
     """
     layers = _tuner_layers(module)

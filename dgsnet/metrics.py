@@ -1,29 +1,30 @@
 """Evaluation metrics of the AI-generated-image detection field, in plain numpy.
 
 The conventions are those of UnivFD, CNNDetection, AIGCDetectBenchmark, NPR and DGS-Net
-(see ``docs/metrics.md``):
+(see `docs/metrics.md`):
 
-* label ``0`` = real, label ``1`` = fake;
-* a *score* is the detector's probability that the image is fake, i.e. ``sigmoid(logit)``;
-* an image is predicted fake iff ``score > threshold`` (strictly greater; ``threshold = 0.5``),
-  exactly as the reference code computes ``accuracy_score(y_true, y_pred > 0.5)``;
-* ``acc`` is the accuracy over the whole subset, ``r_acc`` / ``f_acc`` the same on the real /
-  fake images only, ``ap`` the average precision of scikit-learn's ``average_precision_score``
-  (fake = positive class), ``best_acc`` the oracle accuracy at the best threshold;
-* per-benchmark tables list one row per subset and a final ``mean`` row, the plain mean over
+* label `0` = real, label `1` = fake;
+* a *score* is the detector's probability that the image is fake, i.e. `sigmoid(logit)`;
+* an image is predicted fake iff `score > threshold` (strictly greater; `threshold = 0.5`),
+  exactly as the reference code computes `accuracy_score(y_true, y_pred > 0.5)`;
+* `acc` is the accuracy over the whole subset, `r_acc` / `f_acc` the same on the real /
+  fake images only, `ap` the average precision of scikit-learn's `average_precision_score`
+  (fake = positive class), `best_acc` the oracle accuracy at the best threshold;
+* per-benchmark tables list one row per subset and a final `mean` row, the plain mean over
   subsets, printed x100 with one decimal.
 
 This module imports numpy only (no scikit-learn, no torch); torch tensors are accepted by duck
-typing (``.detach().cpu()``). Tables of these numbers (:class:`MetricsTable`, the Markdown
-grid, the CSV files of ``dgsnet eval`` and ``dgsnet predict``) live in :mod:`dgsnet.tables`
+typing (`.detach().cpu()`). Tables of these numbers (`MetricsTable`, the Markdown
+grid, the CSV files of `dgsnet eval` and `dgsnet predict`) live in `dgsnet.tables`
 and are importable from here as well.
 
->>> from dgsnet.metrics import compute_metrics
->>> m = compute_metrics([0, 0, 1, 1], [0.2, 0.625, 0.875, 0.9])
->>> m.acc, m.r_acc, m.f_acc, m.ap
-(0.75, 0.5, 1.0, 1.0)
->>> m.best_acc, m.best_threshold
-(1.0, 0.75)
+Examples:
+    >>> from dgsnet.metrics import compute_metrics
+    >>> m = compute_metrics([0, 0, 1, 1], [0.2, 0.625, 0.875, 0.9])
+    >>> m.acc, m.r_acc, m.f_acc, m.ap
+    (0.75, 0.5, 1.0, 1.0)
+    >>> m.best_acc, m.best_threshold
+    (1.0, 0.75)
 """
 
 from __future__ import annotations
@@ -65,10 +66,10 @@ __all__ = [
     "write_tables_csv",
 ]
 
-#: The decision threshold of the field: predicted fake iff ``score > 0.5``.
+#: The decision threshold of the field: predicted fake iff `score > 0.5`.
 DEFAULT_THRESHOLD = 0.5
 
-#: The metric columns of a :class:`MetricsTable` (Markdown table and mean row), in order.
+#: The metric columns of a `MetricsTable` (Markdown table and mean row), in order.
 TABLE_COLUMNS = ("acc", "r_acc", "f_acc", "ap", "best_acc")
 
 _MAX_SHOWN = 8  # offending values listed in an error message
@@ -82,7 +83,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _as_array(x: Any, name: str) -> np.ndarray:
-    """``np.asarray`` that also takes torch tensors (CUDA, requiring grad, bfloat16)."""
+    """`np.asarray` that also takes torch tensors (CUDA, requiring grad, bfloat16)."""
     if hasattr(x, "detach") and hasattr(x, "cpu") and hasattr(x, "numpy"):
         t = x.detach().cpu()
         try:
@@ -118,7 +119,7 @@ def _shown(values: np.ndarray) -> str:
 
 
 def _numeric(arr: np.ndarray, name: str) -> np.ndarray:
-    """Return a numeric (bool/int/float) view of ``arr`` or raise TypeError."""
+    """Return a numeric (bool/int/float) view of `arr` or raise TypeError."""
     if arr.dtype.kind in "biuf":
         return arr
     if arr.dtype.kind == "O":
@@ -130,7 +131,7 @@ def _numeric(arr: np.ndarray, name: str) -> np.ndarray:
 
 
 def _labels(arr: np.ndarray) -> np.ndarray:
-    """Validate labels, return the boolean mask ``is_fake``."""
+    """Validate labels, return the boolean mask `is_fake`."""
     arr = _numeric(arr, "y_true")
     if arr.dtype.kind == "b":
         return arr.astype(bool, copy=False)
@@ -233,7 +234,7 @@ def _class_rate(correct: np.ndarray, mask: np.ndarray, metric: str, label: str) 
 
 
 class BestThreshold(NamedTuple):
-    """Oracle accuracy and a threshold achieving it (``score > threshold`` means fake)."""
+    """Oracle accuracy and a threshold achieving it (`score > threshold` means fake)."""
 
     accuracy: float
     threshold: float
@@ -275,13 +276,13 @@ def _best(fake: np.ndarray, s: np.ndarray) -> BestThreshold:
 def average_precision(y_true: Any, scores: Any) -> float:
     """Average precision with fake (label 1) as the positive class.
 
-    Equal to scikit-learn's ``average_precision_score(y_true, scores)``: the precision-recall
+    Equal to scikit-learn's `average_precision_score(y_true, scores)`: the precision-recall
     curve has one point per distinct score value (tied scores enter together) and
-    ``AP = sum_n (R_n - R_{n-1}) P_n`` over thresholds in decreasing order (no interpolation).
+    `AP = sum_n (R_n - R_{n-1}) P_n` over thresholds in decreasing order (no interpolation).
 
     Scores may be probabilities or any other finite real scores (AP only uses their order).
 
-    Raises ``ValueError`` when ``y_true`` has no fake image: AP is then undefined (recall is
+    Raises `ValueError` when `y_true` has no fake image: AP is then undefined (recall is
     0/0). scikit-learn instead warns and returns 0.0; raising keeps a meaningless 0.0 out of
     tables and means. With no real image AP is 1.0, as in scikit-learn.
     """
@@ -291,18 +292,18 @@ def average_precision(y_true: Any, scores: Any) -> float:
 
 def accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD) -> float:
     """Fraction of images classified correctly, an image being predicted fake iff
-    ``score > threshold`` (strict), as in ``accuracy_score(y_true, scores > 0.5)`` of the
+    `score > threshold` (strict), as in `accuracy_score(y_true, scores > 0.5)` of the
     reference evaluation code. A score equal to the threshold counts as real.
 
-    ``scores`` must be probabilities in [0, 1] (the sigmoid of the logit).
+    `scores` must be probabilities in [0, 1] (the sigmoid of the logit).
     """
     fake, s = _validate(y_true, scores, probabilities=True)
     return _rate(_correct(fake, s, _threshold(threshold)))
 
 
 def real_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD) -> float:
-    """:func:`accuracy` restricted to the real images (label 0): the fraction with
-    ``score <= threshold``. Raises ``ValueError`` when there is no real image."""
+    """`accuracy` restricted to the real images (label 0): the fraction with
+    `score <= threshold`. Raises `ValueError` when there is no real image."""
     fake, s = _validate(y_true, scores, probabilities=True)
     return _class_rate(
         _correct(fake, s, _threshold(threshold)), ~fake, "r_acc", "real images (label 0)"
@@ -310,8 +311,8 @@ def real_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD
 
 
 def fake_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD) -> float:
-    """:func:`accuracy` restricted to the fake images (label 1): the fraction with
-    ``score > threshold``. Raises ``ValueError`` when there is no fake image."""
+    """`accuracy` restricted to the fake images (label 1): the fraction with
+    `score > threshold`. Raises `ValueError` when there is no fake image."""
     fake, s = _validate(y_true, scores, probabilities=True)
     return _class_rate(
         _correct(fake, s, _threshold(threshold)), fake, "f_acc", "fake images (label 1)"
@@ -319,11 +320,11 @@ def fake_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD
 
 
 def best_threshold_accuracy(y_true: Any, scores: Any) -> BestThreshold:
-    """The oracle accuracy: the maximum of :func:`accuracy` over all thresholds, the two
+    """The oracle accuracy: the maximum of `accuracy` over all thresholds, the two
     extremes (every image fake, every image real) included, and a threshold achieving it.
 
-    Returns ``BestThreshold(accuracy, threshold)`` (a named tuple). Predicting fake iff
-    ``score > threshold`` reproduces ``accuracy`` exactly. Among equally good cuts the lowest
+    Returns `BestThreshold(accuracy, threshold)` (a named tuple). Predicting fake iff
+    `score > threshold` reproduces `accuracy` exactly. Among equally good cuts the lowest
     is returned; the threshold is the midpoint between the two neighbouring distinct scores
     of that cut (the lower score itself when the midpoint would round onto the upper one),
     the largest score when every image is best called real, and the float just below the
@@ -402,12 +403,12 @@ class DetectionMetrics:
 def compute_metrics(
     y_true: Any, scores: Any, *, threshold: float = DEFAULT_THRESHOLD
 ) -> DetectionMetrics:
-    """All metrics of one subset: acc, r_acc, f_acc (at ``score > threshold``), AP, and the
+    """All metrics of one subset: acc, r_acc, f_acc (at `score > threshold`), AP, and the
     oracle accuracy with its threshold.
 
-    ``scores`` must be probabilities in [0, 1] (sigmoid of the logit), ``y_true`` 0 = real and
+    `scores` must be probabilities in [0, 1] (sigmoid of the logit), `y_true` 0 = real and
     1 = fake. Both classes must be present (r_acc, f_acc and AP are otherwise undefined);
-    a ``ValueError`` says which class is missing.
+    a `ValueError` says which class is missing.
     """
     fake, s = _validate(y_true, scores, probabilities=True)
     t = _threshold(threshold)

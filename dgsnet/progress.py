@@ -46,10 +46,10 @@ def progress_bar(
     leave: bool = True,
     enabled: bool = True,
 ) -> Any:
-    """A tqdm bar over ``iterable`` (or a manual one when ``iterable`` is ``None``).
+    """A tqdm bar over `iterable` (or a manual one when `iterable` is `None`).
 
-    With ``enabled=False``, or where tqdm is not installed, the result iterates ``iterable``
-    unchanged and accepts ``update``/``set_postfix``/``close`` as no-ops, so callers never
+    With `enabled=False`, or where tqdm is not installed, the result iterates `iterable`
+    unchanged and accepts `update`/`set_postfix`/`close` as no-ops, so callers never
     branch on whether a bar exists.
     """
     if not enabled:

@@ -537,11 +537,11 @@ class _Chain:
 
 class ClipPreprocess:
     """OpenAI CLIP's evaluation preprocessing, step for step as open_clip builds it
-    (``open_clip.image_transform(size, is_train=False)``, the preprocess that
-    ``open_clip.create_model_and_transforms`` returns): resize the shorter side to ``size``
-    (bicubic; the longer side ``int(size * long / short)``), centre crop, convert to RGB
+    (`open_clip.image_transform(size, is_train=False)`, the preprocess that
+    `open_clip.create_model_and_transforms` returns): resize the shorter side to `size`
+    (bicubic; the longer side `int(size * long / short)`), centre crop, convert to RGB
     (after the resize, as open_clip does: an RGBA or palette image is resized in its own
-    mode), ``[0, 1]`` tensor, normalise. The result equals open_clip's tensor exactly.
+    mode), `[0, 1]` tensor, normalise. The result equals open_clip's tensor exactly.
     Picklable (DataLoader workers).
 
     Args:
@@ -549,8 +549,9 @@ class ClipPreprocess:
         mean: per-channel mean (default: OpenAI CLIP's).
         std: per-channel standard deviation (default: OpenAI CLIP's).
 
-    >>> ClipPreprocess(32)(Image.new("RGBA", (50, 40))).shape
-    torch.Size([3, 32, 32])
+    Examples:
+        >>> ClipPreprocess(32)(Image.new("RGBA", (50, 40))).shape
+        torch.Size([3, 32, 32])
     """
 
     def __init__(
