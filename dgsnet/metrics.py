@@ -285,6 +285,18 @@ def average_precision(y_true: Any, scores: Any) -> float:
     Raises `ValueError` when `y_true` has no fake image: AP is then undefined (recall is
     0/0). scikit-learn instead warns and returns 0.0; raising keeps a meaningless 0.0 out of
     tables and means. With no real image AP is 1.0, as in scikit-learn.
+
+    Args:
+        y_true: labels, one per image: 0 = real, 1 = fake.
+        scores: real scores, one per image (only their order matters).
+
+    Returns:
+        AP in [0, 1].
+
+    Raises:
+        ValueError: no fake image, or the inputs are invalid (different lengths, empty,
+            non-finite, labels other than 0/1).
+        TypeError: non-numeric input.
     """
     fake, s = _validate(y_true, scores, probabilities=False)
     return _ap(fake, s)
@@ -296,6 +308,18 @@ def accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD) -> 
     reference evaluation code. A score equal to the threshold counts as real.
 
     `scores` must be probabilities in [0, 1] (the sigmoid of the logit).
+
+    Args:
+        y_true: labels, one per image: 0 = real, 1 = fake.
+        scores: probabilities in [0, 1], one per image.
+        threshold: an image is predicted fake iff `score > threshold`.
+
+    Returns:
+        The accuracy in [0, 1].
+
+    Raises:
+        ValueError: inputs of different lengths, empty, non-finite, or not 0/1 labels.
+        TypeError: non-numeric input.
     """
     fake, s = _validate(y_true, scores, probabilities=True)
     return _rate(_correct(fake, s, _threshold(threshold)))
@@ -303,7 +327,20 @@ def accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD) -> 
 
 def real_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD) -> float:
     """`accuracy` restricted to the real images (label 0): the fraction with
-    `score <= threshold`. Raises `ValueError` when there is no real image."""
+    `score <= threshold`. Raises `ValueError` when there is no real image.
+
+    Args:
+        y_true: labels, one per image: 0 = real, 1 = fake.
+        scores: probabilities in [0, 1], one per image.
+        threshold: an image is predicted fake iff `score > threshold`.
+
+    Returns:
+        r_acc in [0, 1].
+
+    Raises:
+        ValueError: no real image, or the inputs are invalid.
+        TypeError: non-numeric input.
+    """
     fake, s = _validate(y_true, scores, probabilities=True)
     return _class_rate(
         _correct(fake, s, _threshold(threshold)), ~fake, "r_acc", "real images (label 0)"
@@ -312,7 +349,20 @@ def real_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD
 
 def fake_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD) -> float:
     """`accuracy` restricted to the fake images (label 1): the fraction with
-    `score > threshold`. Raises `ValueError` when there is no fake image."""
+    `score > threshold`. Raises `ValueError` when there is no fake image.
+
+    Args:
+        y_true: labels, one per image: 0 = real, 1 = fake.
+        scores: probabilities in [0, 1], one per image.
+        threshold: an image is predicted fake iff `score > threshold`.
+
+    Returns:
+        f_acc in [0, 1].
+
+    Raises:
+        ValueError: no fake image, or the inputs are invalid.
+        TypeError: non-numeric input.
+    """
     fake, s = _validate(y_true, scores, probabilities=True)
     return _class_rate(
         _correct(fake, s, _threshold(threshold)), fake, "f_acc", "fake images (label 1)"
@@ -332,6 +382,17 @@ def best_threshold_accuracy(y_true: Any, scores: Any) -> BestThreshold:
 
     Scores may be any finite reals (only their order matters); the threshold is in the same
     units. Works with one class only (the oracle then reaches 1.0).
+
+    Args:
+        y_true: labels, one per image: 0 = real, 1 = fake.
+        scores: real scores, one per image.
+
+    Returns:
+        `BestThreshold(accuracy, threshold)`.
+
+    Raises:
+        ValueError: inputs of different lengths, empty, non-finite, or not 0/1 labels.
+        TypeError: non-numeric input.
     """
     fake, s = _validate(y_true, scores, probabilities=False)
     return _best(fake, s)
@@ -382,6 +443,17 @@ class DetectionMetrics:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DetectionMetrics:
+        """Read back a record written by `to_dict`.
+
+        Args:
+            d: the record: every field, nothing else.
+
+        Returns:
+            The metrics.
+
+        Raises:
+            ValueError: keys missing or unknown, or a value out of range.
+        """
         names = [f.name for f in fields(cls)]
         missing = [k for k in names if k not in d]
         unknown = [k for k in d if k not in names]
@@ -409,6 +481,18 @@ def compute_metrics(
     `scores` must be probabilities in [0, 1] (sigmoid of the logit), `y_true` 0 = real and
     1 = fake. Both classes must be present (r_acc, f_acc and AP are otherwise undefined);
     a `ValueError` says which class is missing.
+
+    Args:
+        y_true: labels, one per image: 0 = real, 1 = fake.
+        scores: probabilities in [0, 1], one per image.
+        threshold: an image is predicted fake iff `score > threshold`.
+
+    Returns:
+        The `DetectionMetrics` of the subset.
+
+    Raises:
+        ValueError: a class is missing, or the inputs are invalid.
+        TypeError: non-numeric input.
     """
     fake, s = _validate(y_true, scores, probabilities=True)
     t = _threshold(threshold)

@@ -46,6 +46,10 @@ class CorruptImageError(DatasetError):
     """An image file cannot be decoded (unreadable, truncated, not an image).
 
     `path` holds the file, `reason` what the decoder said.
+
+    Args:
+        path: the image file.
+        reason: what the decoder said.
     """
 
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
@@ -62,6 +66,10 @@ class CaptionError(DatasetError):
     """Captions are missing for some images, ambiguous, or a caption file is malformed.
 
     `missing` lists the image paths that have no caption (possibly empty).
+
+    Args:
+        message: what is wrong.
+        missing: the image paths without a caption.
     """
 
     def __init__(self, message: str, missing: list[str] | None = None) -> None:
@@ -71,7 +79,14 @@ class CaptionError(DatasetError):
 
 def is_image_file(name: str | os.PathLike[str]) -> bool:
     """True when `name` has one of `IMAGE_EXTENSIONS` (any case) and is not hidden
-    (names starting with `.`, e.g. macOS `._x.png` resource forks, are not images)."""
+    (names starting with `.`, e.g. macOS `._x.png` resource forks, are not images).
+
+    Args:
+        name: a file name or path.
+
+    Returns:
+        Whether it names an image file.
+    """
     base = os.path.basename(os.fspath(name))
     return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
 
@@ -100,6 +115,12 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     naming the file, with the original exception chained. PIL's decompression-bomb warning is
     re-issued with the file's name in front.
 
+    Args:
+        path: the image file.
+
+    Returns:
+        The image, 8-bit RGB.
+
     Raises:
         CorruptImageError: the file cannot be decoded or mapped to 8-bit RGB.
     """
@@ -119,6 +140,12 @@ def check_image(path: str | os.PathLike[str]) -> str | None:
     Runs PIL's structural `verify()` (chunk CRCs for PNG) and then `load_image` itself
     (full decode and the 8-bit mapping), so a damaged file, a truncated file and a pixel format
     that `load_image` refuses are all reported, and nothing this passes fails to load.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        `None`, or why the file cannot be loaded.
     """
     try:
         with _open(path) as im:
@@ -187,6 +214,13 @@ def to_rgb8(im: Image.Image, path: str | os.PathLike[str] = "<image>") -> Image.
 
     `path` only names the image in errors and warnings.
 
+    Args:
+        im: the decoded image.
+        path: the image's name in messages.
+
+    Returns:
+        The image, 8-bit RGB.
+
     Raises:
         CorruptImageError: the mode has no rule, or the pixels lie outside the rule's range
             (negative signed integers, `I` values above 65535, NaN/Inf floats).
@@ -243,6 +277,13 @@ def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
     A thin alias kept only for `dgsnet.data.captions`, which still calls it with the
     arguments the other way round; it writes caption files as before (UTF-8, sorted keys,
     indent 1) through the one atomic writer in `dgsnet.io`, and returns `path`.
+
+    Args:
+        obj: the JSON value.
+        path: the file to write.
+
+    Returns:
+        `path`, as a `Path`.
     """
     from ..io import atomic_write_json as _write
 

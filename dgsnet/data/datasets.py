@@ -108,6 +108,12 @@ def collate(batch: Sequence[Sample | tuple]) -> Batch:
     Returns `Batch` `(images, captions, labels, indices, subsets)`: images stacked
     into one tensor when they are tensors of one shape (a list otherwise, e.g. PIL images),
     captions and subsets as lists, labels and indices as int64 tensors.
+
+    Args:
+        batch: `Sample` items (or plain tuples of the same fields).
+
+    Returns:
+        The `Batch`.
     """
     if len(batch) == 0:
         raise ValueError("collate got an empty batch")
@@ -144,6 +150,12 @@ def list_images(folder: str | os.PathLike[str]) -> list[str]:
 
     Image = one of `IMAGE_EXTENSIONS` in any case, not hidden. Symlinked files are
     followed, symlinked sub-folders are not (no cycles).
+
+    Args:
+        folder: the folder to search.
+
+    Returns:
+        The image paths, as strings.
     """
     out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -185,6 +197,14 @@ class LabeledImageDataset(Dataset):
 
     Attributes `paths`, `labels`, `subset_names` and `categories` are per-item lists
     in dataset order.
+
+    Args:
+        records: one record per item.
+        root: the dataset folder.
+        transform: applied to the RGB PIL image; `None` returns the image.
+        captions: as for `DetectionFolder`.
+        caption_fallback: see `CaptionStore`.
+        verify: decode every image at construction and raise listing all bad files.
     """
 
     def __init__(
@@ -256,11 +276,28 @@ class LabeledImageDataset(Dataset):
     def load(self, index: int) -> Image.Image:
         """The untransformed 8-bit RGB image at `index` (16-bit, integer and float files
         mapped by the rule in `docs/datasets.md`, "Pixel formats"); `CorruptImageError`
-        names the file when it cannot be decoded or mapped."""
+        names the file when it cannot be decoded or mapped.
+
+        Args:
+            index: the item.
+
+        Returns:
+            The image.
+
+        Raises:
+            CorruptImageError: the file cannot be decoded or mapped.
+        """
         return load_image(self._records[self._index(index)].path)
 
     def caption(self, index: int) -> str | None:
-        """The caption of item `index` (`None` without captions)."""
+        """The caption of item `index` (`None` without captions).
+
+        Args:
+            index: the item.
+
+        Returns:
+            The caption, or `None`.
+        """
         i = self._index(index)
         return None if self._captions is None else self._captions[i]
 
@@ -305,6 +342,17 @@ class LabeledImageDataset(Dataset):
 
         With `raise_error=True` (default) any bad file raises one `DatasetError`
         listing *all* of them. `num_workers > 0` checks files in that many threads.
+
+        Args:
+            num_workers: threads that check files (`0`: this thread).
+            raise_error: raise instead of returning the bad files.
+            progress: show a progress bar.
+
+        Returns:
+            `[(path, reason)]` of the files that failed, empty when all decode.
+
+        Raises:
+            DatasetError: with `raise_error=True`, some files failed.
         """
         paths = self.paths
         if num_workers > 0:
@@ -534,6 +582,20 @@ class GenImageFolder(LabeledImageDataset):
     since `root/X/<split>` cannot tell a generator `X` from an inner folder). `split` is
     `"train"` or `"val"`. Other arguments as `DetectionFolder`; the category
     recorded for captions is `None` (the inner folder name is not an object class).
+
+    Args:
+        root: the dataset folder.
+        split: `"train"` or `"val"`.
+        transform: as for `DetectionFolder`.
+        captions: as for `DetectionFolder`.
+        subsets: only these generators (unknown names raise).
+        allow_single_class: as for `DetectionFolder`.
+        caption_fallback: as for `DetectionFolder`.
+        verify: as for `DetectionFolder`.
+
+    Raises:
+        DatasetError: as for `DetectionFolder`.
+        ValueError: `split` is not `"train"` or `"val"`.
     """
 
     def __init__(
@@ -620,6 +682,15 @@ def detect_layout(root: str | os.PathLike[str]) -> Literal["detection", "genimag
     `"detection"`: `{0_real,1_fake}` folders in `root`, `root/*` or `root/*/*`;
     `"genimage"`: `{train,val}/{nature,ai}` in `root`, `root/*` or `root/*/*`.
     Raises `DatasetError` when `root` is missing, holds neither, or holds both.
+
+    Args:
+        root: the dataset folder.
+
+    Returns:
+        `"detection"` or `"genimage"`.
+
+    Raises:
+        DatasetError: `root` is missing, holds neither layout, or holds both.
     """
     root_p = _check_root(root)
     det, gen = _is_detection(root_p), _is_genimage(root_p)
@@ -644,7 +715,19 @@ def open_dataset(
     root: str | os.PathLike[str], split: Literal["train", "val"] = "val", **kwargs: Any
 ) -> LabeledImageDataset:
     """Open `root` with `DetectionFolder` or `GenImageFolder` according to
-    `detect_layout`; `split` is used for GenImage only, `kwargs` go to the class."""
+    `detect_layout`; `split` is used for GenImage only, `kwargs` go to the class.
+
+    Args:
+        root: the dataset folder.
+        split: the GenImage split (`"train"` or `"val"`).
+        **kwargs: passed to the dataset class.
+
+    Returns:
+        The dataset.
+
+    Raises:
+        DatasetError: as for `detect_layout` and the dataset class.
+    """
     if detect_layout(root) == "genimage":
         return GenImageFolder(root, split=split, **kwargs)
     return DetectionFolder(root, **kwargs)

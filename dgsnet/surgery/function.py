@@ -155,5 +155,17 @@ def gradient_surgery(
     stats: SurgeryStats | None = None,
     nonfinite: NonFinite = "raise",
 ) -> Tensor:
-    """Keyword-friendly form of `GradientSurgery.apply`."""
+    """Keyword-friendly form of `GradientSurgery.apply`.
+
+    Args:
+        x: the features, shape `(..., D)`.
+        rule: the rule applied to the gradient of `x` in backward.
+        refs: `{name: tensor}` reference gradients of `x`'s shape (detached, not copied).
+        stats: filled during backward when given.
+        nonfinite: `"raise"` or `"ignore"` for references holding NaN/Inf (see
+            `GradientSurgery`).
+
+    Returns:
+        `x` as a view whose gradient passes through `rule`.
+    """
     return GradientSurgery.apply(x, rule, refs, stats, nonfinite)

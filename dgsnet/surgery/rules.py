@@ -47,6 +47,12 @@ def sign_split(g: Tensor) -> tuple[Tensor, Tensor]:
     `g_neg = min(g, 0)` the *beneficial* ones. Exactly one of the two is zero in every
     coordinate, so `g_pos + g_neg == g` holds bit for bit (NaN stays NaN in both parts).
 
+    Args:
+        g: the gradient, any shape.
+
+    Returns:
+        `(g_pos, g_neg)`, each of `g`'s shape and dtype.
+
     Examples:
         >>> sign_split(torch.tensor([1.5, -2.0, 0.0]))
         (tensor([1.5000, 0.0000, 0.0000]), tensor([ 0., -2.,  0.]))
@@ -65,6 +71,15 @@ def drop_nonfinite(refs: Mapping[str, Tensor]) -> dict[str, Tensor]:
     All rules in this package are a no-op for a zero reference, so this turns "a broken
     reference gradient" into "no surgery for that sample". Used by
     `GradientSurgery(..., nonfinite="ignore")`.
+
+    Args:
+        refs: `{name: tensor}`, samples along the last dimension.
+
+    Returns:
+        A new dict with the same keys; the input tensors are not modified.
+
+    Raises:
+        TypeError: `refs` is not a mapping.
     """
     if not isinstance(refs, Mapping):
         raise TypeError(
@@ -131,7 +146,15 @@ class SurgeryRule:
 
     # -- math ---------------------------------------------------------------------------------
     def forward(self, grad: Tensor, refs: dict[str, Tensor]) -> Tensor:
-        """The rule's math on validated tensors; subclasses implement this."""
+        """The rule's math on validated tensors; subclasses implement this.
+
+        Args:
+            grad: the gradient, already checked and cast to the compute dtype.
+            refs: the references named in `refs`, checked and cast alike.
+
+        Returns:
+            The new gradient, of `grad`'s shape and dtype.
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -158,7 +181,20 @@ class RuleOutputError(TypeError, ValueError):
 def check_output(rule: object, out: object, like: Tensor, call: str) -> Tensor:
     """Return `out` when it is a tensor of `like`'s shape, dtype and device, else raise
     `RuleOutputError` naming `type(rule)` and `call` (how the rule was called).
-    Metadata only: nothing is read from the device."""
+    Metadata only: nothing is read from the device.
+
+    Args:
+        rule: the rule that produced `out` (for the message).
+        out: what the rule returned.
+        like: the tensor `out` must match.
+        call: how the rule was called, e.g. `"forward(grad, refs)"`.
+
+    Returns:
+        `out`.
+
+    Raises:
+        RuleOutputError: `out` is not a tensor of `like`'s shape, dtype and device.
+    """
     name = type(rule).__name__
     expected = f"a tensor of shape {tuple(like.shape)}, dtype {like.dtype}, device {like.device}"
     if not isinstance(out, Tensor):
@@ -240,7 +276,16 @@ def check_inputs(
 
 def raise_if_nonfinite(rule: SurgeryRule, refs: Mapping[str, Tensor], all_finite: Tensor) -> None:
     """Raise a `ValueError` naming the non-finite references unless `all_finite` is true.
-    Meta tensors hold no data: there is nothing to check (shape-only runs pass)."""
+    Meta tensors hold no data: there is nothing to check (shape-only runs pass).
+
+    Args:
+        rule: whose references are checked (named in the message).
+        refs: the references.
+        all_finite: a boolean tensor, true when every reference is finite.
+
+    Raises:
+        ValueError: `all_finite` is false.
+    """
     if all_finite.device.type == "meta" or bool(all_finite):
         return
     bad = [k for k, r in refs.items() if not bool(torch.isfinite(r).all())]
@@ -282,6 +327,16 @@ class OrthogonalSuppression(SurgeryRule):
     the component is removed only where `<g, u> > 0`, that is where a descent step on `g`
     would also move the features along the harmful descent direction `-u`.
 
+    Args:
+        eps: added to the norm of the positive part (`>= 0`).
+        conflict_only: remove the component only where `<g, u> > 0`.
+        ref: the name of the reference gradient in `refs`.
+
+    Raises:
+        ValueError: `eps` negative or not finite.
+        TypeError: `eps` not a number, `conflict_only` not a bool, or `ref` not a
+            non-empty string.
+
     Examples:
         >>> rule = OrthogonalSuppression(eps=0.0)
         >>> rule(torch.tensor([[3.0, 4.0]]), {"harm": torch.tensor([[1.0, 0.0]])})
@@ -310,7 +365,14 @@ def unit_vector(v: Tensor) -> Tensor:
 
     The vector is first divided by its largest magnitude, so the squared norm neither underflows
     (a reference of 1e-25 in float32 would otherwise give `||v||^2 = 0` and a huge result) nor
-    overflows (entries above about 1e19 in float32)."""
+    overflows (entries above about 1e19 in float32).
+
+    Args:
+        v: vectors over the last dimension.
+
+    Returns:
+        The unit vectors, of `v`'s shape.
+    """
     if v.shape[-1] == 0:
         return v
     # per-sample reciprocals, then multiplications: no division per element. The clamps only
@@ -325,7 +387,15 @@ def unit_vector(v: Tensor) -> Tensor:
 def harmful_direction(ref: Tensor, eps: float) -> Tensor:
     """`u = relu(ref) / (||relu(ref)|| + eps)` per sample; `u = 0` where `relu(ref) = 0`.
 
-    `eps = 0` normalises exactly, without under- or overflow (see `unit_vector`)."""
+    `eps = 0` normalises exactly, without under- or overflow (see `unit_vector`).
+
+    Args:
+        ref: the reference gradient.
+        eps: added to the norm (`>= 0`).
+
+    Returns:
+        `u`, of `ref`'s shape.
+    """
     pos = ref.clamp_min(0)
     if eps > 0:
         return pos * _inverse_norm(pos, eps)
@@ -338,7 +408,17 @@ def _inverse_norm(pos: Tensor, eps: float) -> Tensor:
 
 
 def suppress(grad: Tensor, ref: Tensor, eps: float, conflict_only: bool = False) -> Tensor:
-    """The math of `OrthogonalSuppression` on plain tensors (no validation)."""
+    """The math of `OrthogonalSuppression` on plain tensors (no validation).
+
+    Args:
+        grad: the gradient.
+        ref: the harmful reference gradient, of `grad`'s shape.
+        eps: added to the norm of the positive part.
+        conflict_only: remove the component only where `<g, u> > 0`.
+
+    Returns:
+        The suppressed gradient.
+    """
     if eps > 0:
         # with u = inv * pos: <g, u> u = (<g, pos> inv) inv pos. Written this way the work per
         # element is multiply-adds only, and u is never materialised
@@ -377,6 +457,15 @@ class PriorAlignment(SurgeryRule):
     batch size. `scale="invariant"` keeps it at `weight` for every batch size (and under
     data parallelism, where each rank sees a share of the batch).
 
+    Args:
+        weight: `lambda`, the weight of the alignment term (`>= 0`).
+        scale: `"reference"` or `"invariant"` (see above).
+        ref: the name of the reference gradient in `refs`.
+
+    Raises:
+        ValueError: `weight` negative or not finite, or `scale` unknown.
+        TypeError: `weight` not a number, or `ref` not a non-empty string.
+
     Examples:
         >>> PriorAlignment(weight=0.5, scale="invariant")(
         ...     torch.zeros(1, 2), {"help": torch.tensor([[2.0, -4.0]])})
@@ -397,7 +486,14 @@ class PriorAlignment(SurgeryRule):
         return {"weight": self.weight, "scale": self.scale, "ref": self.ref}
 
     def factor(self, num_samples: int) -> float:
-        """The multiplier of `min(r, 0)`: `weight / B` or `weight`."""
+        """The multiplier of `min(r, 0)`: `weight / B` or `weight`.
+
+        Args:
+            num_samples: `B`, the number of samples in the gradient.
+
+        Returns:
+            `weight / num_samples` for `scale="reference"`, else `weight`.
+        """
         if self.scale == "reference":
             return self.weight / num_samples if num_samples else 0.0
         return self.weight
@@ -419,6 +515,12 @@ class ConflictProjection(SurgeryRule):
 
     A zero reference is a no-op. This is a second, independent example of the rule API: it acts
     on whole vectors, where DGS-Net's rules act on sign-split coordinates.
+
+    Args:
+        ref: the name of the reference gradient in `refs`.
+
+    Raises:
+        TypeError: `ref` is not a non-empty string.
 
     Examples:
         >>> ConflictProjection()(torch.tensor([[1.0, -1.0]]), {"other": torch.tensor([[0.0, 1.0]])})
@@ -449,6 +551,12 @@ class Compose(SurgeryRule):
       gradient, alignment term included).
     * `Compose([OrthogonalSuppression(), PriorAlignment()])`: project the task gradient, then
       add the beneficial direction, as the paper's prose describes.
+
+    Args:
+        rules: the rules, applied first to last.
+
+    Raises:
+        TypeError: `rules` is not a sequence of `SurgeryRule`.
     """
 
     def __init__(self, rules: Sequence[SurgeryRule]) -> None:
