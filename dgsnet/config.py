@@ -174,9 +174,18 @@ class DGSConfig:
 
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Every field as a JSON-ready dict (the input of `from_dict`)."""
         return dataclasses.asdict(self)
 
     def to_json(self, path: str | Path | None = None) -> str:
+        """The config as JSON (sorted keys), written atomically to `path` if given.
+
+        Args:
+            path: where to write the JSON as well, or `None`.
+
+        Returns:
+            The JSON text.
+        """
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
             from .io import atomic_write_text
@@ -192,6 +201,12 @@ class DGSConfig:
         therefore loads as `"standard"` (`alpha / r`), the only scaling dgsnet had then.
         Unknown keys warn and are ignored; the retired `extra` key (always an empty dict,
         nothing read it) is dropped silently.
+
+        Args:
+            data: the dict.
+
+        Returns:
+            The config.
 
         Raises:
             TypeError: `data` is not a dict.
@@ -213,6 +228,18 @@ class DGSConfig:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> DGSConfig:
+        """A config from JSON text or a JSON file (see `from_dict`).
+
+        Args:
+            text_or_path: JSON text (starting with `{`), or the path of a JSON file.
+
+        Returns:
+            The config.
+
+        Raises:
+            ValueError: not valid JSON, or a field holds an invalid value.
+            TypeError: the JSON is not an object.
+        """
         text = str(text_or_path)
         if isinstance(text_or_path, Path) or not text.lstrip().startswith("{"):
             text = Path(text_or_path).read_text()

@@ -26,7 +26,12 @@ class TrainingConfigError(ValueError):
 
 class NonFiniteError(FloatingPointError):
     """The loss or a gradient was NaN/Inf (`on_nonfinite="raise"`); the message names the
-    stage, epoch and step. `step` holds the global stage-2 step number."""
+    stage, epoch and step. `step` holds the global stage-2 step number.
+
+    Args:
+        message: what was non-finite, and where.
+        step: the global stage-2 step, when known.
+    """
 
     def __init__(self, message: str, step: int | None = None) -> None:
         super().__init__(message)

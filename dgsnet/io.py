@@ -33,7 +33,12 @@ class CheckpointError(ValueError):
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a
-    partial file: temp file in the same folder, flush, fsync, `os.replace`, fsync folder."""
+    partial file: temp file in the same folder, flush, fsync, `os.replace`, fsync folder.
+
+    Args:
+        path: the file to write (its folder is created).
+        data: the bytes.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -53,7 +58,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def fsync_dir(directory: Path) -> None:
     """Best effort: make a rename inside `directory` durable (POSIX); skipped where the
-    platform has no directory file descriptors."""
+    platform has no directory file descriptors.
+
+    Args:
+        directory: the folder that holds the renamed file.
+    """
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
@@ -87,12 +96,25 @@ def _default_mode(path: Path) -> int:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` as UTF-8 with `atomic_write_bytes`.
+
+    Args:
+        path: the file to write.
+        text: the text.
+    """
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: Path, data: Any, *, indent: int = 2, ensure_ascii: bool = True) -> None:
     """Write `data` as JSON (sorted keys) with `atomic_write_text`.
-    `ensure_ascii=False` writes non-ASCII text as UTF-8 instead of `\\u` escapes."""
+    `ensure_ascii=False` writes non-ASCII text as UTF-8 instead of `\\u` escapes.
+
+    Args:
+        path: the file to write.
+        data: a JSON value.
+        indent: JSON indentation.
+        ensure_ascii: escape non-ASCII characters.
+    """
     text = json.dumps(data, indent=indent, sort_keys=True, ensure_ascii=ensure_ascii)
     atomic_write_text(path, text + "\n")
 
@@ -169,7 +191,16 @@ def json_safe(
 def save_tensors(
     path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None
 ) -> str:
-    """Write `tensors` as safetensors atomically; return the file's sha256."""
+    """Write `tensors` as safetensors atomically; return the file's sha256.
+
+    Args:
+        path: the file to write.
+        tensors: `{name: tensor}`.
+        metadata: string metadata stored in the file's header.
+
+    Returns:
+        The hex sha256 of the file written.
+    """
     from safetensors.torch import save
 
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
@@ -178,6 +209,14 @@ def save_tensors(
 
 
 def sha256_file(path: Path) -> str:
+    """The hex sha256 of the file at `path`, read in chunks.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The hex digest.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -186,7 +225,19 @@ def sha256_file(path: Path) -> str:
 
 
 def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, Tensor]:
-    """Read a safetensors file, checking its sha256 when given; clear errors on damage."""
+    """Read a safetensors file, checking its sha256 when given; clear errors on damage.
+
+    Args:
+        path: the safetensors file.
+        expected_sha256: the hex sha256 the file must have, or `None` not to check.
+
+    Returns:
+        `{name: tensor}`.
+
+    Raises:
+        CheckpointError: the file is missing, does not match `expected_sha256`, or is not a
+            safetensors file.
+    """
     from safetensors.torch import load
 
     path = Path(path)

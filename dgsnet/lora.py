@@ -65,7 +65,19 @@ def _block_index(name: str, pattern: str) -> int | None:
 
 
 def lora_target_names(encoder: DualEncoder, spec: LoRASpec) -> list[str]:
-    """Full names (relative to the image tower) of the `nn.Linear` modules LoRA adapts."""
+    """Full names (relative to the image tower) of the `nn.Linear` modules LoRA adapts.
+
+    Args:
+        encoder: the adapter whose image tower is searched.
+        spec: the targets and layers to adapt.
+
+    Returns:
+        The module names, in the tower's module order.
+
+    Raises:
+        ValueError: a target matches no `nn.Linear`, a layer is out of range, or layers are
+            given for an encoder without a block list.
+    """
     targets = tuple(spec.targets) if spec.targets is not None else encoder.default_lora_targets
     tower = encoder.image_tower
     blocks = encoder.blocks()
@@ -108,7 +120,15 @@ def _linear_leaves(tower: nn.Module) -> list[str]:
 
 
 def attach_lora(encoder: DualEncoder, spec: LoRASpec) -> list[str]:
-    """Freeze the whole model, inject LoRA into the image tower; return the adapted names."""
+    """Freeze the whole model, inject LoRA into the image tower; return the adapted names.
+
+    Args:
+        encoder: the adapter whose image tower gets LoRA.
+        spec: rank, alpha, dropout, scaling, targets and layers.
+
+    Returns:
+        The adapted module names (relative to the image tower).
+    """
     from peft import LoraConfig, inject_adapter_in_model
 
     targets = tuple(spec.targets) if spec.targets is not None else encoder.default_lora_targets
@@ -129,6 +149,14 @@ def attach_lora(encoder: DualEncoder, spec: LoRASpec) -> list[str]:
 
 
 def lora_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """The LoRA parameters of `module` (names containing `lora_`), as `(name, parameter)`.
+
+    Args:
+        module: the module to search.
+
+    Yields:
+        `(name, parameter)` pairs.
+    """
     for n, p in module.named_parameters():
         if "lora_" in n:
             yield n, p
@@ -157,6 +185,12 @@ def adapters_disabled(module: nn.Module) -> Iterator[None]:
 
     The `requires_grad` flag of every adapter parameter is restored exactly on exit (peft's
     own toggle would switch all active adapters' flags back on).
+
+    Args:
+        module: the module whose peft layers are switched off.
+
+    Yields:
+        Nothing; the adapters are off inside the `with` block.
     """
     layers = _tuner_layers(module)
     flags = [(p, p.requires_grad) for m in layers for p in m.parameters()]
@@ -173,7 +207,14 @@ def adapters_disabled(module: nn.Module) -> Iterator[None]:
 
 
 def check_no_merge(module: nn.Module) -> None:
-    """Raise if any peft layer has been merged (the teacher would then see adapted weights)."""
+    """Raise if any peft layer has been merged (the teacher would then see adapted weights).
+
+    Args:
+        module: the module to check.
+
+    Raises:
+        RuntimeError: a peft layer has merged weights.
+    """
     for m in _tuner_layers(module):
         if getattr(m, "merged", False):
             raise RuntimeError(

@@ -45,6 +45,19 @@ class ModelSpec:
 
     @classmethod
     def parse(cls, spec: str | ModelSpec, pretrained: str | None = None) -> ModelSpec:
+        """The spec that a string names (see the class doc).
+
+        Args:
+            spec: the string, or a `ModelSpec` (returned as is, or with `pretrained` set).
+            pretrained: the open_clip weights, when the string carries no `@<pretrained>`.
+
+        Returns:
+            The spec.
+
+        Raises:
+            ModelLoadError: the string names no model, or `pretrained` is given where it
+                does not apply.
+        """
         if isinstance(spec, ModelSpec):
             if pretrained is not None and spec.kind == "open_clip":
                 return cls("open_clip", spec.name, pretrained)
@@ -112,7 +125,11 @@ class ModelSpec:
 
 
 class HFPreprocess:
-    """A Hugging Face image processor as a `PIL image -> (3, H, W)` transform."""
+    """A Hugging Face image processor as a `PIL image -> (3, H, W)` transform.
+
+    Args:
+        processor: e.g. `transformers.AutoImageProcessor.from_pretrained(path)`.
+    """
 
     def __init__(self, processor: Any) -> None:
         self.processor = processor
@@ -154,7 +171,15 @@ class ModelBundle:
         return not self.flip and self.transform_kind == "model"
 
     def transform(self, train: bool = False, degrade: Any = None) -> Callable[[Any], Tensor]:
-        """The dataset transform: `[degrade] -> [augmentation if train] -> preprocess`."""
+        """The dataset transform: `[degrade] -> [augmentation if train] -> preprocess`.
+
+        Args:
+            train: the training transform (with the augmentation) instead of the evaluation one.
+            degrade: a degradation applied first, or `None`.
+
+        Returns:
+            `PIL image -> (3, H, W)` tensor.
+        """
         from .data import default_transform
 
         if self.transform_kind == "patch-selection":
@@ -223,6 +248,20 @@ def build_model(
     Pretrained weights are never downloaded silently from here: open_clip / transformers use
     their local caches first; without network access they must already be there (or pass a
     local file / folder). Failures raise `ModelLoadError` with the reason.
+
+    Args:
+        spec: the model spec string or `ModelSpec`.
+        pretrained: open_clip weights (a tag or a local file), when `spec` carries none.
+        transform: `"model"` or `"patch-selection"` (see above).
+        flip: random horizontal flip in the training transform.
+        device: where to put the model.
+        cache_dir: the weights cache of open_clip / transformers.
+
+    Returns:
+        The model, its tokenizer and its transforms (`ModelBundle`).
+
+    Raises:
+        ModelLoadError: the spec is invalid or the model cannot be built or loaded.
     """
     if transform not in ("model", "patch-selection"):
         raise ModelLoadError(f"transform must be 'model' or 'patch-selection', got {transform!r}")

@@ -88,7 +88,17 @@ DEFAULT_PRESET = "reference"
 
 
 def get_preset(name: str) -> TrainPreset:
-    """The preset called `name`; `KeyError` naming the known ones otherwise."""
+    """The preset called `name`; `KeyError` naming the known ones otherwise.
+
+    Args:
+        name: the preset's name.
+
+    Returns:
+        The preset.
+
+    Raises:
+        KeyError: no preset has that name (the message lists the known ones).
+    """
     try:
         return TRAIN_PRESETS[name]
     except KeyError:

@@ -51,6 +51,18 @@ def progress_bar(
     With `enabled=False`, or where tqdm is not installed, the result iterates `iterable`
     unchanged and accepts `update`/`set_postfix`/`close` as no-ops, so callers never
     branch on whether a bar exists.
+
+    Args:
+        iterable: what to iterate, or `None` for a bar updated by hand.
+        total: the number of items (default: `len(iterable)` when it has one).
+        initial: the count to start from (a resumed loop).
+        desc: the label in front of the bar.
+        unit: the name of one item.
+        leave: keep the bar on screen when done.
+        enabled: `False` gives the no-op bar.
+
+    Returns:
+        The tqdm bar, or the no-op stand-in.
     """
     if not enabled:
         return _NoBar(iterable)

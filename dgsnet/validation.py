@@ -85,6 +85,13 @@ def inputs_finite(images: Tensor, text: Tensor | None = None) -> Tensor:
     """A 0-d bool tensor: no NaN/Inf in the images (and text features).
 
     No device sync: the caller reads it together with the step's other checks.
+
+    Args:
+        images: the pixel batch.
+        text: precomputed text features, or `None`.
+
+    Returns:
+        The 0-d bool tensor, on the images' device.
     """
     ok = torch.isfinite(images).all()
     return ok if text is None else ok & torch.isfinite(text).all().to(ok.device)
@@ -92,6 +99,10 @@ def inputs_finite(images: Tensor, text: Tensor | None = None) -> Tensor:
 
 def raise_nonfinite_inputs(images: Tensor, text: Tensor | None = None) -> None:
     """Raise if the images (or text features) hold NaN/Inf; return if there are none.
+
+    Args:
+        images: the pixel batch.
+        text: precomputed text features, or `None`.
 
     Raises:
         NonFiniteInputError: names the batch positions of the non-finite samples.
@@ -180,6 +191,10 @@ def check_labels(
 def check_text_features(text: Tensor, feature_dim: int) -> None:
     """Precomputed text features must be `(B, feature_dim)` and hold data.
 
+    Args:
+        text: the text features.
+        feature_dim: `D`, the joint feature dimension.
+
     Raises:
         ValueError: another shape, or a meta tensor.
     """
@@ -193,6 +208,12 @@ def check_text_features(text: Tensor, feature_dim: int) -> None:
 
 def check_captions(text: Sequence[Any]) -> list[str]:
     """A non-empty sequence of caption strings, as a list.
+
+    Args:
+        text: the captions.
+
+    Returns:
+        The captions, as a list.
 
     Raises:
         ValueError: the sequence is empty.
@@ -243,6 +264,13 @@ def check_tokens(ids: Tensor, *, device: torch.device, vocab: int | None) -> Ten
 def check_index(index: Any, batch: int) -> Tensor | None:
     """Dataset indices of a batch: `None`, or `batch` integers in `[0, MAX_INDEX)`.
 
+    Args:
+        index: the indices, or `None`.
+        batch: `B`, the number of images.
+
+    Returns:
+        `None`, or the indices as a `(B,)` integer tensor.
+
     Raises:
         TypeError: not convertible to a tensor.
         ValueError: wrong shape or dtype, a meta tensor, or values out of range.
@@ -285,6 +313,12 @@ def unpack_stage1_batch(batch: Any) -> tuple[Tensor, Any, Any]:
     only when the fourth item is a tensor), or a mapping with `images`/`image`,
     `labels`/`label` and optionally `index`/`indices`.
 
+    Args:
+        batch: one batch of a stage-1 loader.
+
+    Returns:
+        `(images, labels, index)`, `index` being `None` when the batch has none.
+
     Raises:
         ValueError: none of these forms.
     """
@@ -307,7 +341,14 @@ def unpack_stage1_batch(batch: Any) -> tuple[Tensor, Any, Any]:
 
 
 def vocab_size(model: Any) -> int | None:
-    """The text tower's vocabulary size (open_clip / OpenAI CLIP / Hugging Face), else None."""
+    """The text tower's vocabulary size (open_clip / OpenAI CLIP / Hugging Face), else None.
+
+    Args:
+        model: the CLIP-like model.
+
+    Returns:
+        The vocabulary size, or `None` when the model does not say.
+    """
     for owner in (model, getattr(model, "text", None)):
         emb = getattr(owner, "token_embedding", None)
         if isinstance(emb, nn.Embedding):
@@ -318,7 +359,14 @@ def vocab_size(model: Any) -> int | None:
 
 
 def autocast_enabled(device_type: str) -> bool:
-    """Whether autocast is on for `device_type` (any torch since 2.0)."""
+    """Whether autocast is on for `device_type` (any torch since 2.0).
+
+    Args:
+        device_type: e.g. `"cuda"` or `"cpu"`.
+
+    Returns:
+        Whether autocast is on.
+    """
     try:
         return bool(torch.is_autocast_enabled(device_type))
     except TypeError:  # torch < 2.4: no device argument

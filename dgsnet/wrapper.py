@@ -268,12 +268,26 @@ class DGSWrapper(nn.Module):
         return F.normalize(feats, dim=-1) if self.config.normalize_features else feats
 
     def encode_student(self, images: Tensor) -> Tensor:
-        """Student image features (LoRA on), with grad."""
+        """Student image features (LoRA on), with grad.
+
+        Args:
+            images: `(B, 3, H, W)` pixels.
+
+        Returns:
+            `(B, D)` features.
+        """
         return self._post(self.encoder.encode_image(images))
 
     @torch.no_grad()
     def encode_teacher(self, images: Tensor) -> Tensor:
-        """Teacher image features: the pre-fine-tuning encoder (adapters off), no grad."""
+        """Teacher image features: the pre-fine-tuning encoder (adapters off), no grad.
+
+        Args:
+            images: `(B, 3, H, W)` pixels.
+
+        Returns:
+            `(B, D)` features, detached.
+        """
         if self._teacher_encoder is not None:
             return self._post(self._teacher_encoder.encode_image_pooled(images))
         check_no_merge(self.encoder.image_tower)
@@ -378,6 +392,20 @@ class DGSWrapper(nn.Module):
         Bad input raises `TypeError`/`ValueError` naming what was expected; with
         `config.nonfinite="raise"` (default) so do NaN/Inf images or text features
         (`"ignore"` lets the non-finite loss through for the trainer to handle).
+
+        Args:
+            images: `(B, 3, H, W)` pixels.
+            text: `B` captions (strings), their tokens, or `(B, D)` text features.
+            labels: `(B,)` labels, 0 = real, 1 = fake.
+            index: `(B,)` dataset indices of the images, or `None` (see above).
+
+        Returns:
+            The loss and its parts (`DGSOutput`).
+
+        Raises:
+            TypeError: an input of the wrong kind or dtype.
+            ValueError: an input of the wrong shape or value.
+            NonFiniteInputError: NaN/Inf images or text features with `nonfinite="raise"`.
         """
         cfg = self.config
         batch = self._check_images(images)
@@ -491,7 +519,14 @@ class DGSWrapper(nn.Module):
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
         """Student logits only: the cost of the plain fine-tuned model. Runs in eval mode
-        (no LoRA dropout), then restores the module's training flag."""
+        (no LoRA dropout), then restores the module's training flag.
+
+        Args:
+            images: `(B, 3, H, W)` pixels.
+
+        Returns:
+            The image head's logits, one row per image.
+        """
         self._check_images(images)
         was_training = self.training
         self.eval()
@@ -517,7 +552,19 @@ class DGSWrapper(nn.Module):
         labels)` or mappings with keys `images`, `labels` and optionally `index`. With
         indices, the teacher features of the first epoch are kept (on the CPU) for the later
         epochs (`cache_features`), and the final head's logits fill the teacher cache that
-        stage 2 reads. Returns the mean loss of each epoch."""
+        stage 2 reads. Returns the mean loss of each epoch.
+
+        Args:
+            loader: the batches (see above).
+            epochs: passes over `loader`.
+            lr: the Adam learning rate.
+            betas: the Adam betas.
+            progress: show a progress bar.
+            cache_features: keep the first epoch's teacher features for the later ones.
+
+        Returns:
+            The mean loss of each epoch.
+        """
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -574,7 +621,14 @@ class DGSWrapper(nn.Module):
         """Write LoRA weights and the three heads (safetensors) and the config (JSON),
         each atomically; the JSON, written last, records the weights' sha256.
 
-        See `dgsnet.checkpoint.save_dgs_checkpoint`."""
+        See `dgsnet.checkpoint.save_dgs_checkpoint`.
+
+        Args:
+            directory: the folder to write (created if needed).
+
+        Returns:
+            The folder, as a `Path`.
+        """
         return save_dgs_checkpoint(self, directory)
 
     @classmethod
@@ -583,6 +637,15 @@ class DGSWrapper(nn.Module):
     ) -> DGSWrapper:
         """Rebuild a wrapper around a fresh `model` (the same architecture as when saved)
         and load the LoRA weights and heads.
+
+        Args:
+            directory: the folder `save_pretrained` wrote.
+            model: a fresh model of the saved architecture.
+            tokenizer: the model's tokenizer (needed for string captions).
+            loss_fn: the custom loss the wrapper was built with, if any.
+
+        Returns:
+            The wrapper, with the saved weights and config.
 
         Raises:
             CheckpointError: (`dgsnet.io`) the folder is damaged or does not fit
@@ -597,5 +660,13 @@ class DGSWrapper(nn.Module):
     def load_checkpoint(self, directory: str | Path, _meta: dict[str, Any] | None = None) -> None:
         """Load weights written by `save_pretrained` into this wrapper (strict).
 
-        See `dgsnet.checkpoint.load_dgs_checkpoint`."""
+        See `dgsnet.checkpoint.load_dgs_checkpoint`.
+
+        Args:
+            directory: the folder `save_pretrained` wrote.
+            _meta: the folder's JSON, when already read (internal).
+
+        Raises:
+            CheckpointError: the folder is damaged or does not fit this wrapper.
+        """
         load_dgs_checkpoint(self, directory, _meta)

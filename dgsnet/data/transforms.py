@@ -335,18 +335,39 @@ class PatchSelection:
 
     def patches(self, img: Any) -> tuple[Tensor, tuple[int, int]]:
         """All whole patches in raster order, `(N, 3, p, p)` float64 in [0, 1], and the grid
-        `(rows, cols)` they came from (after any upscaling)."""
+        `(rows, cols)` they came from (after any upscaling).
+
+        Args:
+            img: the image, in any form `__call__` accepts.
+
+        Returns:
+            `(patches, (rows, cols))`.
+        """
         tiles, grid = self._patches_np(img)
         return torch.from_numpy(np.ascontiguousarray(tiles)), grid
 
     def entropies(self, img: Any) -> Tensor:
-        """Spectral entropy of every patch, raster order, `(N,)` float64."""
+        """Spectral entropy of every patch, raster order, `(N,)` float64.
+
+        Args:
+            img: the image, in any form `__call__` accepts.
+
+        Returns:
+            The entropies.
+        """
         tiles, _ = self._patches_np(img)
         return torch.from_numpy(_entropy_np(_gray_np(tiles), self.spectrum))
 
     def select(self, entropies: Tensor | np.ndarray) -> Tensor:
         """Indices of the kept patches: the `n_low` lowest (ascending), then the `n_high`
-        highest (ascending). Stable: equal scores keep raster order."""
+        highest (ascending). Stable: equal scores keep raster order.
+
+        Args:
+            entropies: `(N,)` scores, one per patch.
+
+        Returns:
+            The `n_low + n_high` patch indices.
+        """
         e = entropies.detach().cpu().numpy() if isinstance(entropies, Tensor) else entropies
         return torch.from_numpy(self._select_np(np.asarray(e)))
 
@@ -363,7 +384,15 @@ class PatchSelection:
 
     def tile(self, img: Any, generator: torch.Generator | None = None) -> Tensor:
         """Steps 1-5: the `(3, S, S)` float32 mosaic in [0, 1], before flip and
-        normalisation."""
+        normalisation.
+
+        Args:
+            img: the image, in any form `__call__` accepts.
+            generator: the random generator of the patch shuffle (with `shuffle=True`), or `None`.
+
+        Returns:
+            The mosaic.
+        """
         return torch.from_numpy(np.ascontiguousarray(self._mosaic(img, generator)))
 
     def __call__(self, img: Any) -> Tensor:
