@@ -1,4 +1,4 @@
-"""``python -m dgsnet``: the ``dgsnet`` command line (see :mod:`dgsnet.cli`)."""
+"""`python -m dgsnet`: the `dgsnet` command line (see `dgsnet.cli`)."""
 
 import sys
 

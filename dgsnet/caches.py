@@ -1,22 +1,23 @@
-"""The two exact caches of :class:`~dgsnet.DGSWrapper`: teacher outputs and text features.
+"""The two exact caches of `DGSWrapper`: teacher outputs and text features.
 
 Both only ever return what was computed before for the same key, so they change the cost of a
-step, never its result (``docs/performance.md``).
+step, never its result (`docs/performance.md`).
 
-* :class:`TeacherCache` keeps one row per dataset index (the teacher head's logits for that
+* `TeacherCache` keeps one row per dataset index (the teacher head's logits for that
   image), on the CPU. It is valid only while an index always maps to the same preprocessed
-  image. :meth:`TeacherCache.export` and :meth:`TeacherCache.restore` move it in and out of a
+  image. `TeacherCache.export` and `TeacherCache.restore` move it in and out of a
   training checkpoint.
-* :class:`TextCache` keeps the frozen text tower's feature for each caption string, least
-  recently used first out, up to ``capacity`` captions.
+* `TextCache` keeps the frozen text tower's feature for each caption string, least
+  recently used first out, up to `capacity` captions.
 
->>> import torch
->>> cache = TeacherCache()
->>> cache.store(torch.tensor([3, 5]), torch.ones(2, 1))
->>> len(cache), cache.lookup(torch.tensor([5, 3])).shape
-(2, torch.Size([2, 1]))
->>> cache.lookup(torch.tensor([4])) is None
-True
+Examples:
+    >>> import torch
+    >>> cache = TeacherCache()
+    >>> cache.store(torch.tensor([3, 5]), torch.ones(2, 1))
+    >>> len(cache), cache.lookup(torch.tensor([5, 3])).shape
+    (2, torch.Size([2, 1]))
+    >>> cache.lookup(torch.tensor([4])) is None
+    True
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ MAX_INDEX = 2**31
 class TeacherCache:
     """Rows keyed by a non-negative integer dataset index, kept on the CPU.
 
-    The table is dense (position ``i`` holds index ``i``) and grows on demand, at least
-    doubling, so storing ``K`` indices costs amortised ``O(K)``.
+    The table is dense (position `i` holds index `i`) and grows on demand, at least
+    doubling, so storing `K` indices costs amortised `O(K)`.
     """
 
     def __init__(self) -> None:
@@ -54,13 +55,13 @@ class TeacherCache:
         self._filled = torch.zeros(0, dtype=torch.bool)
 
     def lookup(self, index: Tensor) -> Tensor | None:
-        """The rows for ``index`` (a 1-d integer tensor), if every one is cached.
+        """The rows for `index` (a 1-d integer tensor), if every one is cached.
 
         Args:
             index: dataset indices, any device.
 
         Returns:
-            A CPU tensor ``(len(index), ...)``, or ``None`` when any index has no row.
+            A CPU tensor `(len(index), ...)`, or `None` when any index has no row.
         """
         if self._data is None or index.numel() == 0:
             return None
@@ -70,16 +71,16 @@ class TeacherCache:
         return self._data[idx]
 
     def store(self, index: Tensor, rows: Tensor) -> None:
-        """Keep ``rows[i]`` for ``index[i]`` (detached, copied to the CPU).
+        """Keep `rows[i]` for `index[i]` (detached, copied to the CPU).
 
         Rows of another shape or dtype than the cached ones replace the whole table.
 
         Args:
-            index: ``K`` non-negative dataset indices below :data:`MAX_INDEX`.
-            rows: a tensor ``(K, ...)``.
+            index: `K` non-negative dataset indices below `MAX_INDEX`.
+            rows: a tensor `(K, ...)`.
 
         Raises:
-            ValueError: ``index`` and ``rows`` disagree in length, or an index is out of range.
+            ValueError: `index` and `rows` disagree in length, or an index is out of range.
         """
         if index.dim() != 1 or rows.dim() < 1 or rows.shape[0] != index.shape[0]:
             raise ValueError(
@@ -99,7 +100,7 @@ class TeacherCache:
         self._filled[idx] = True
 
     def _reserve(self, need: int, rows: Tensor) -> None:
-        """Make room for indices below ``need``, with a table fit for ``rows``."""
+        """Make room for indices below `need`, with a table fit for `rows`."""
         data = self._data
         if data is None or data.shape[1:] != rows.shape[1:] or data.dtype != rows.dtype:
             self._data = rows.new_zeros((max(need, 1024), *rows.shape[1:]))
@@ -116,8 +117,8 @@ class TeacherCache:
         """Everything cached, for a checkpoint.
 
         Returns:
-            ``{"index": int64 (K,), "rows": (K, ...)}`` with the indices ascending; ``K = 0``
-            (and ``rows`` of shape ``(0,)``) when the cache is empty.
+            `{"index": int64 (K,), "rows": (K, ...)}` with the indices ascending; `K = 0`
+            (and `rows` of shape `(0,)`) when the cache is empty.
         """
         idx = self._filled.nonzero().flatten()
         if self._data is None or idx.numel() == 0:
@@ -125,10 +126,10 @@ class TeacherCache:
         return {"index": idx.long(), "rows": self._data[idx]}
 
     def restore(self, tensors: Mapping[str, Tensor]) -> None:
-        """Replace the cache's content with what :meth:`export` returned.
+        """Replace the cache's content with what `export` returned.
 
         Args:
-            tensors: a mapping with ``"index"`` (``K`` integers) and ``"rows"`` (``(K, ...)``).
+            tensors: a mapping with `"index"` (`K` integers) and `"rows"` (`(K, ...)`).
 
         Raises:
             ValueError: a key is missing, or the two tensors do not fit together.
@@ -186,11 +187,11 @@ class TextCache:
 
         Args:
             captions: the captions, repeats allowed.
-            encode: maps a list of ``U`` captions to their features ``(U, D)``.
+            encode: maps a list of `U` captions to their features `(U, D)`.
 
         Returns:
-            A tensor ``(len(captions), D)`` on the device of the cached rows (the device
-            ``encode`` returns). With ``capacity == 0`` this is ``encode(captions)`` itself.
+            A tensor `(len(captions), D)` on the device of the cached rows (the device
+            `encode` returns). With `capacity == 0` this is `encode(captions)` itself.
         """
         if self._capacity == 0:
             return encode(list(captions))

@@ -1,4 +1,4 @@
-"""``DGSConfig``: every knob of DGS fine-tuning, validated, with a JSON round trip."""
+"""`DGSConfig`: every knob of DGS fine-tuning, validated, with a JSON round trip."""
 
 from __future__ import annotations
 
@@ -16,35 +16,35 @@ Order = Literal["align_then_project", "project_then_align"]
 AlignScale = Literal["reference", "invariant"]
 LoRAScaling = Literal["standard", "rslora"]
 
-#: keys that earlier dgsnet versions wrote and this one dropped: ``{key: value that carries no
-#: information}``. Such a key with that value loads silently; any other value warns.
+#: keys that earlier dgsnet versions wrote and this one dropped: `{key: value that carries no
+#: information}`. Such a key with that value loads silently; any other value warns.
 _RETIRED_KEYS: dict[str, Any] = {"extra": {}}
 
 
 @dataclass
 class DGSConfig:
-    """Configuration of :class:`~dgsnet.DGSWrapper`.
+    """Configuration of `DGSWrapper`.
 
     The surgery defaults reproduce the released DGS-Net training code's gradients (see
-    ``docs/config.md``): alignment weight 0.2 with its ``lambda/B`` scaling, alignment added
-    *before* the projection, ``eps=1e-6``, LoRA rank 6 / alpha 6 / dropout 0.8. Two LoRA
-    settings default to the common convention instead and :meth:`reference` switches them to
+    `docs/config.md`): alignment weight 0.2 with its `lambda/B` scaling, alignment added
+    *before* the projection, `eps=1e-6`, LoRA rank 6 / alpha 6 / dropout 0.8. Two LoRA
+    settings default to the common convention instead and `reference` switches them to
     the released code's: the targets (default: the encoder's own, open_clip q/k/v and the MLP,
-    Hugging Face q/k/v; released: q/k/v only) and the scaling (default ``"standard"``,
-    ``alpha / r``; released ``"rslora"``, ``alpha / sqrt(r)``).
+    Hugging Face q/k/v; released: q/k/v only) and the scaling (default `"standard"`,
+    `alpha / r`; released `"rslora"`, `alpha / sqrt(r)`).
 
-    ``lora_scaling``: ``"standard"`` scales the low-rank branch by ``alpha / r`` (peft's and
-    loralib's default), ``"rslora"`` by ``alpha / sqrt(r)`` (rank-stabilised LoRA; the layers
-    of the public CLIP-LoRA code that the released DGS-Net uses). With ``r = alpha = 6`` the
-    branch is ``1`` resp. ``sqrt(6) = 2.449`` times ``B A x``.
+    `lora_scaling`: `"standard"` scales the low-rank branch by `alpha / r` (peft's and
+    loralib's default), `"rslora"` by `alpha / sqrt(r)` (rank-stabilised LoRA; the layers
+    of the public CLIP-LoRA code that the released DGS-Net uses). With `r = alpha = 6` the
+    branch is `1` resp. `sqrt(6) = 2.449` times `B A x`.
 
-    ``feature_distill``: weight ``w`` of a feature-distillation term ``w * MSE(f, f_T)``
+    `feature_distill`: weight `w` of a feature-distillation term `w * MSE(f, f_T)`
     between the student's and the frozen teacher's image features, mean over the batch and
-    the feature dimension (``torch.nn.functional.mse_loss``'s default). It is taken on the raw
-    student features, so its gradient ``2 w (f - f_T) / (B D)`` reaches the encoder without
-    passing through the Orthogonal Suppression projection. ``0`` (default): off. With
-    ``suppression=False, alignment=False`` it is the paper's "global feature distillation"
-    ablation: ``L_img + w * MSE``.
+    the feature dimension (`torch.nn.functional.mse_loss`'s default). It is taken on the raw
+    student features, so its gradient `2 w (f - f_T) / (B D)` reaches the encoder without
+    passing through the Orthogonal Suppression projection. `0` (default): off. With
+    `suppression=False, alignment=False` it is the paper's "global feature distillation"
+    ablation: `L_img + w * MSE`.
     """
 
     num_classes: int = 1
@@ -149,14 +149,14 @@ class DGSConfig:
     @property
     def plain(self) -> bool:
         """True when both DGS components are off: a LoRA fine-tuning step on the image loss
-        (plus the feature-distillation term if ``feature_distill > 0``), with no text."""
+        (plus the feature-distillation term if `feature_distill > 0`), with no text."""
         return not (self.suppression or self.alignment)
 
     # -- presets ------------------------------------------------------------------------------
     @classmethod
     def reference(cls, **overrides: Any) -> DGSConfig:
         """The released code's setup: LoRA r=6, alpha=6, dropout 0.8 on q/k/v of every block,
-        scaled by alpha / sqrt(r) (``lora_scaling="rslora"``); alignment 0.2 with lambda/B
+        scaled by alpha / sqrt(r) (`lora_scaling="rslora"`); alignment 0.2 with lambda/B
         scaling, added before the projection.
 
         Args:
@@ -174,9 +174,18 @@ class DGSConfig:
 
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Every field as a JSON-ready dict (the input of `from_dict`)."""
         return dataclasses.asdict(self)
 
     def to_json(self, path: str | Path | None = None) -> str:
+        """The config as JSON (sorted keys), written atomically to `path` if given.
+
+        Args:
+            path: where to write the JSON as well, or `None`.
+
+        Returns:
+            The JSON text.
+        """
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
             from .io import atomic_write_text
@@ -186,15 +195,21 @@ class DGSConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DGSConfig:
-        """A config from :meth:`to_dict`'s output, e.g. a checkpoint's JSON.
+        """A config from `to_dict`'s output, e.g. a checkpoint's JSON.
 
-        Missing fields take their defaults; a file written before ``lora_scaling`` existed
-        therefore loads as ``"standard"`` (``alpha / r``), the only scaling dgsnet had then.
-        Unknown keys warn and are ignored; the retired ``extra`` key (always an empty dict,
+        Missing fields take their defaults; a file written before `lora_scaling` existed
+        therefore loads as `"standard"` (`alpha / r`), the only scaling dgsnet had then.
+        Unknown keys warn and are ignored; the retired `extra` key (always an empty dict,
         nothing read it) is dropped silently.
 
+        Args:
+            data: the dict.
+
+        Returns:
+            The config.
+
         Raises:
-            TypeError: ``data`` is not a dict.
+            TypeError: `data` is not a dict.
             ValueError: a field holds an invalid value.
         """
         if not isinstance(data, dict):
@@ -213,6 +228,18 @@ class DGSConfig:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> DGSConfig:
+        """A config from JSON text or a JSON file (see `from_dict`).
+
+        Args:
+            text_or_path: JSON text (starting with `{`), or the path of a JSON file.
+
+        Returns:
+            The config.
+
+        Raises:
+            ValueError: not valid JSON, or a field holds an invalid value.
+            TypeError: the JSON is not an object.
+        """
         text = str(text_or_path)
         if isinstance(text_or_path, Path) or not text.lstrip().startswith("{"):
             text = Path(text_or_path).read_text()

@@ -20,13 +20,18 @@ class ModelLoadError(ValueError):
 
 
 class TrainingConfigError(ValueError):
-    """An argument of :func:`~dgsnet.training.train` / :func:`~dgsnet.training.evaluate` is
+    """An argument of `train` / `evaluate` is
     invalid, or a resumed run does not match the checkpoint it resumes."""
 
 
 class NonFiniteError(FloatingPointError):
-    """The loss or a gradient was NaN/Inf (``on_nonfinite="raise"``); the message names the
-    stage, epoch and step. ``step`` holds the global stage-2 step number."""
+    """The loss or a gradient was NaN/Inf (`on_nonfinite="raise"`); the message names the
+    stage, epoch and step. `step` holds the global stage-2 step number.
+
+    Args:
+        message: what was non-finite, and where.
+        step: the global stage-2 step, when known.
+    """
 
     def __init__(self, message: str, step: int | None = None) -> None:
         super().__init__(message)
@@ -34,9 +39,9 @@ class NonFiniteError(FloatingPointError):
 
 
 class NonFiniteInputError(ValueError):
-    """A batch handed to :class:`~dgsnet.DGSWrapper` holds NaN/Inf images or text features
-    (``DGSConfig(nonfinite="raise")``); the message names the batch positions."""
+    """A batch handed to `DGSWrapper` holds NaN/Inf images or text features
+    (`DGSConfig(nonfinite="raise")`); the message names the batch positions."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint (``handle_signals``)."""
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint (`handle_signals`)."""

@@ -32,8 +32,13 @@ class CheckpointError(ValueError):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a
-    partial file: temp file in the same folder, flush, fsync, ``os.replace``, fsync folder."""
+    """Write `data` to `path` so that readers see the old file or the new one, never a
+    partial file: temp file in the same folder, flush, fsync, `os.replace`, fsync folder.
+
+    Args:
+        path: the file to write (its folder is created).
+        data: the bytes.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -52,8 +57,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def fsync_dir(directory: Path) -> None:
-    """Best effort: make a rename inside ``directory`` durable (POSIX); skipped where the
-    platform has no directory file descriptors."""
+    """Best effort: make a rename inside `directory` durable (POSIX); skipped where the
+    platform has no directory file descriptors.
+
+    Args:
+        directory: the folder that holds the renamed file.
+    """
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
@@ -87,12 +96,25 @@ def _default_mode(path: Path) -> int:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` as UTF-8 with `atomic_write_bytes`.
+
+    Args:
+        path: the file to write.
+        text: the text.
+    """
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: Path, data: Any, *, indent: int = 2, ensure_ascii: bool = True) -> None:
-    """Write ``data`` as JSON (sorted keys) with :func:`atomic_write_text`.
-    ``ensure_ascii=False`` writes non-ASCII text as UTF-8 instead of ``\\u`` escapes."""
+    """Write `data` as JSON (sorted keys) with `atomic_write_text`.
+    `ensure_ascii=False` writes non-ASCII text as UTF-8 instead of `\\u` escapes.
+
+    Args:
+        path: the file to write.
+        data: a JSON value.
+        indent: JSON indentation.
+        ensure_ascii: escape non-ASCII characters.
+    """
     text = json.dumps(data, indent=indent, sort_keys=True, ensure_ascii=ensure_ascii)
     atomic_write_text(path, text + "\n")
 
@@ -104,34 +126,35 @@ def json_safe(
     drop_private: bool = False,
     default: Callable[[Any], Any] | None = None,
 ) -> Any:
-    """``obj`` as plain JSON values (dict, list, str, int, float, bool, None), the one JSON
-    sanitiser of dgsnet (run logs, ``run.json``, ``summary.json``, the training state's
+    """`obj` as plain JSON values (dict, list, str, int, float, bool, None), the one JSON
+    sanitiser of dgsnet (run logs, `run.json`, `summary.json`, the training state's
     checksum, the options the command line records).
 
-    Conversions: mappings become dicts with ``str`` keys; tuples, lists and sets become lists
-    (a set sorted by ``repr`` of its items, so that the output is stable); ``os.PathLike``
+    Conversions: mappings become dicts with `str` keys; tuples, lists and sets become lists
+    (a set sorted by `repr` of its items, so that the output is stable); `os.PathLike`
     becomes its path string; numpy scalars and arrays and torch tensors become Python numbers
-    (a one-element tensor its single number) or nested lists; with ``finite=True`` a NaN or
-    infinite float becomes its name, ``"nan"``, ``"inf"`` or ``"-inf"`` (strict JSON has no
+    (a one-element tensor its single number) or nested lists; with `finite=True` a NaN or
+    infinite float becomes its name, `"nan"`, `"inf"` or `"-inf"` (strict JSON has no
     such numbers).
 
     Args:
         obj: the value to convert; not modified.
-        finite: replace non-finite floats by their names (``False`` keeps them as floats, for
-            ``json.dumps(..., allow_nan=True)``).
-        drop_private: leave out mapping entries whose key starts with ``_`` or whose value is
-            callable (what an ``argparse.Namespace`` carries besides the options).
+        finite: replace non-finite floats by their names (`False` keeps them as floats, for
+            `json.dumps(..., allow_nan=True)`).
+        drop_private: leave out mapping entries whose key starts with `_` or whose value is
+            callable (what an `argparse.Namespace` carries besides the options).
         default: called on a value of any other type, its result converted in turn; without
             it such a value raises.
 
     Returns:
-        A structure that ``json.dumps`` serialises without a ``default``.
+        A structure that `json.dumps` serialises without a `default`.
 
     Raises:
-        TypeError: a value of a type listed nowhere above, and no ``default``.
+        TypeError: a value of a type listed nowhere above, and no `default`.
 
-    >>> json_safe({"a": (1, float("inf")), 2: Path("x")})
-    {'a': [1, 'inf'], '2': 'x'}
+    Examples:
+        >>> json_safe({"a": (1, float("inf")), 2: Path("x")})
+        {'a': [1, 'inf'], '2': 'x'}
     """
 
     def convert(value: Any) -> Any:
@@ -168,7 +191,16 @@ def json_safe(
 def save_tensors(
     path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None
 ) -> str:
-    """Write ``tensors`` as safetensors atomically; return the file's sha256."""
+    """Write `tensors` as safetensors atomically; return the file's sha256.
+
+    Args:
+        path: the file to write.
+        tensors: `{name: tensor}`.
+        metadata: string metadata stored in the file's header.
+
+    Returns:
+        The hex sha256 of the file written.
+    """
     from safetensors.torch import save
 
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
@@ -177,6 +209,14 @@ def save_tensors(
 
 
 def sha256_file(path: Path) -> str:
+    """The hex sha256 of the file at `path`, read in chunks.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The hex digest.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -185,7 +225,19 @@ def sha256_file(path: Path) -> str:
 
 
 def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, Tensor]:
-    """Read a safetensors file, checking its sha256 when given; clear errors on damage."""
+    """Read a safetensors file, checking its sha256 when given; clear errors on damage.
+
+    Args:
+        path: the safetensors file.
+        expected_sha256: the hex sha256 the file must have, or `None` not to check.
+
+    Returns:
+        `{name: tensor}`.
+
+    Raises:
+        CheckpointError: the file is missing, does not match `expected_sha256`, or is not a
+            safetensors file.
+    """
     from safetensors.torch import load
 
     path = Path(path)

@@ -1,12 +1,12 @@
 """LoRA on the image tower through peft, and the frozen teacher as "adapters off".
 
-:func:`attach_lora` injects peft ``Linear`` LoRA layers into the image tower's target
-modules; every base weight stays untouched (peft adds ``scale * B(A(dropout(x)))`` beside the
-base layer's output and never merges unless asked). ``scale`` is ``alpha / r`` (standard) or
-``alpha / sqrt(r)`` (``scaling="rslora"``: peft's ``LoraConfig(use_rslora=True)``, the form
-of the CLIP-LoRA layers the released DGS-Net code uses). peft initialises ``A`` like
-``nn.Linear`` (Kaiming-uniform, ``a = sqrt(5)``) and ``B`` at zero, as those layers do.
-:func:`adapters_disabled` is a context in which those layers return the base output only: the
+`attach_lora` injects peft `Linear` LoRA layers into the image tower's target
+modules; every base weight stays untouched (peft adds `scale * B(A(dropout(x)))` beside the
+base layer's output and never merges unless asked). `scale` is `alpha / r` (standard) or
+`alpha / sqrt(r)` (`scaling="rslora"`: peft's `LoraConfig(use_rslora=True)`, the form
+of the CLIP-LoRA layers the released DGS-Net code uses). peft initialises `A` like
+`nn.Linear` (Kaiming-uniform, `a = sqrt(5)`) and `B` at zero, as those layers do.
+`adapters_disabled` is a context in which those layers return the base output only: the
 pre-fine-tuning encoder, with no copy.
 """
 
@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 from torch import nn
 
@@ -35,8 +36,8 @@ SCALINGS = ("standard", "rslora")
 class LoRASpec:
     """Where and how LoRA adapts the image tower.
 
-    ``scaling``: ``"standard"`` multiplies the branch by ``alpha / rank``, ``"rslora"`` by
-    ``alpha / sqrt(rank)``; see :attr:`scale`.
+    `scaling`: `"standard"` multiplies the branch by `alpha / rank`, `"rslora"` by
+    `alpha / sqrt(rank)`; see `scale`.
     """
 
     rank: int = 6
@@ -54,7 +55,7 @@ class LoRASpec:
 
     @property
     def scale(self) -> float:
-        """The factor of the low-rank branch: ``alpha / r`` or ``alpha / sqrt(r)``."""
+        """The factor of the low-rank branch: `alpha / r` or `alpha / sqrt(r)`."""
         return self.alpha / (math.sqrt(self.rank) if self.scaling == "rslora" else self.rank)
 
 
@@ -64,7 +65,19 @@ def _block_index(name: str, pattern: str) -> int | None:
 
 
 def lora_target_names(encoder: DualEncoder, spec: LoRASpec) -> list[str]:
-    """Full names (relative to the image tower) of the ``nn.Linear`` modules LoRA adapts."""
+    """Full names (relative to the image tower) of the `nn.Linear` modules LoRA adapts.
+
+    Args:
+        encoder: the adapter whose image tower is searched.
+        spec: the targets and layers to adapt.
+
+    Returns:
+        The module names, in the tower's module order.
+
+    Raises:
+        ValueError: a target matches no `nn.Linear`, a layer is out of range, or layers are
+            given for an encoder without a block list.
+    """
     targets = tuple(spec.targets) if spec.targets is not None else encoder.default_lora_targets
     tower = encoder.image_tower
     blocks = encoder.blocks()
@@ -107,7 +120,15 @@ def _linear_leaves(tower: nn.Module) -> list[str]:
 
 
 def attach_lora(encoder: DualEncoder, spec: LoRASpec) -> list[str]:
-    """Freeze the whole model, inject LoRA into the image tower; return the adapted names."""
+    """Freeze the whole model, inject LoRA into the image tower; return the adapted names.
+
+    Args:
+        encoder: the adapter whose image tower gets LoRA.
+        spec: rank, alpha, dropout, scaling, targets and layers.
+
+    Returns:
+        The adapted module names (relative to the image tower).
+    """
     from peft import LoraConfig, inject_adapter_in_model
 
     targets = tuple(spec.targets) if spec.targets is not None else encoder.default_lora_targets
@@ -116,7 +137,9 @@ def attach_lora(encoder: DualEncoder, spec: LoRASpec) -> list[str]:
     for p in encoder.model.parameters():
         p.requires_grad_(False)
     config = LoraConfig(
-        r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+        # peft annotates lora_alpha as int but only divides by it; a float alpha is exact
+        r=spec.rank, lora_alpha=spec.alpha,  # type: ignore[arg-type]
+        lora_dropout=spec.dropout,
         target_modules=names, bias="none", use_rslora=spec.scaling == "rslora",
     )
     inject_adapter_in_model(config, encoder.image_tower)
@@ -126,23 +149,48 @@ def attach_lora(encoder: DualEncoder, spec: LoRASpec) -> list[str]:
 
 
 def lora_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """The LoRA parameters of `module` (names containing `lora_`), as `(name, parameter)`.
+
+    Args:
+        module: the module to search.
+
+    Yields:
+        `(name, parameter)` pairs.
+    """
     for n, p in module.named_parameters():
         if "lora_" in n:
             yield n, p
 
 
-def _tuner_layers(module: nn.Module) -> list[nn.Module]:
+class _TunerLayer(Protocol):
+    """A peft `BaseTunerLayer` that is also an `nn.Module` (every peft LoRA layer is)."""
+
+    @property
+    def disable_adapters(self) -> bool: ...
+
+    def enable_adapters(self, enabled: bool) -> None: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+
+def _tuner_layers(module: nn.Module) -> list[_TunerLayer]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+    return [cast(_TunerLayer, m) for m in module.modules() if isinstance(m, BaseTunerLayer)]
 
 
 @contextmanager
 def adapters_disabled(module: nn.Module) -> Iterator[None]:
-    """Within the context every peft layer in ``module`` returns its base output only.
+    """Within the context every peft layer in `module` returns its base output only.
 
-    The ``requires_grad`` flag of every adapter parameter is restored exactly on exit (peft's
+    The `requires_grad` flag of every adapter parameter is restored exactly on exit (peft's
     own toggle would switch all active adapters' flags back on).
+
+    Args:
+        module: the module whose peft layers are switched off.
+
+    Yields:
+        Nothing; the adapters are off inside the `with` block.
     """
     layers = _tuner_layers(module)
     flags = [(p, p.requires_grad) for m in layers for p in m.parameters()]
@@ -159,7 +207,14 @@ def adapters_disabled(module: nn.Module) -> Iterator[None]:
 
 
 def check_no_merge(module: nn.Module) -> None:
-    """Raise if any peft layer has been merged (the teacher would then see adapted weights)."""
+    """Raise if any peft layer has been merged (the teacher would then see adapted weights).
+
+    Args:
+        module: the module to check.
+
+    Raises:
+        RuntimeError: a peft layer has merged weights.
+    """
     for m in _tuner_layers(module):
         if getattr(m, "merged", False):
             raise RuntimeError(

@@ -1,29 +1,30 @@
 """Evaluation metrics of the AI-generated-image detection field, in plain numpy.
 
 The conventions are those of UnivFD, CNNDetection, AIGCDetectBenchmark, NPR and DGS-Net
-(see ``docs/metrics.md``):
+(see `docs/metrics.md`):
 
-* label ``0`` = real, label ``1`` = fake;
-* a *score* is the detector's probability that the image is fake, i.e. ``sigmoid(logit)``;
-* an image is predicted fake iff ``score > threshold`` (strictly greater; ``threshold = 0.5``),
-  exactly as the reference code computes ``accuracy_score(y_true, y_pred > 0.5)``;
-* ``acc`` is the accuracy over the whole subset, ``r_acc`` / ``f_acc`` the same on the real /
-  fake images only, ``ap`` the average precision of scikit-learn's ``average_precision_score``
-  (fake = positive class), ``best_acc`` the oracle accuracy at the best threshold;
-* per-benchmark tables list one row per subset and a final ``mean`` row, the plain mean over
+* label `0` = real, label `1` = fake;
+* a *score* is the detector's probability that the image is fake, i.e. `sigmoid(logit)`;
+* an image is predicted fake iff `score > threshold` (strictly greater; `threshold = 0.5`),
+  exactly as the reference code computes `accuracy_score(y_true, y_pred > 0.5)`;
+* `acc` is the accuracy over the whole subset, `r_acc` / `f_acc` the same on the real /
+  fake images only, `ap` the average precision of scikit-learn's `average_precision_score`
+  (fake = positive class), `best_acc` the oracle accuracy at the best threshold;
+* per-benchmark tables list one row per subset and a final `mean` row, the plain mean over
   subsets, printed x100 with one decimal.
 
 This module imports numpy only (no scikit-learn, no torch); torch tensors are accepted by duck
-typing (``.detach().cpu()``). Tables of these numbers (:class:`MetricsTable`, the Markdown
-grid, the CSV files of ``dgsnet eval`` and ``dgsnet predict``) live in :mod:`dgsnet.tables`
+typing (`.detach().cpu()`). Tables of these numbers (`MetricsTable`, the Markdown
+grid, the CSV files of `dgsnet eval` and `dgsnet predict`) live in `dgsnet.tables`
 and are importable from here as well.
 
->>> from dgsnet.metrics import compute_metrics
->>> m = compute_metrics([0, 0, 1, 1], [0.2, 0.625, 0.875, 0.9])
->>> m.acc, m.r_acc, m.f_acc, m.ap
-(0.75, 0.5, 1.0, 1.0)
->>> m.best_acc, m.best_threshold
-(1.0, 0.75)
+Examples:
+    >>> from dgsnet.metrics import compute_metrics
+    >>> m = compute_metrics([0, 0, 1, 1], [0.2, 0.625, 0.875, 0.9])
+    >>> m.acc, m.r_acc, m.f_acc, m.ap
+    (0.75, 0.5, 1.0, 1.0)
+    >>> m.best_acc, m.best_threshold
+    (1.0, 0.75)
 """
 
 from __future__ import annotations
@@ -65,10 +66,10 @@ __all__ = [
     "write_tables_csv",
 ]
 
-#: The decision threshold of the field: predicted fake iff ``score > 0.5``.
+#: The decision threshold of the field: predicted fake iff `score > 0.5`.
 DEFAULT_THRESHOLD = 0.5
 
-#: The metric columns of a :class:`MetricsTable` (Markdown table and mean row), in order.
+#: The metric columns of a `MetricsTable` (Markdown table and mean row), in order.
 TABLE_COLUMNS = ("acc", "r_acc", "f_acc", "ap", "best_acc")
 
 _MAX_SHOWN = 8  # offending values listed in an error message
@@ -82,7 +83,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _as_array(x: Any, name: str) -> np.ndarray:
-    """``np.asarray`` that also takes torch tensors (CUDA, requiring grad, bfloat16)."""
+    """`np.asarray` that also takes torch tensors (CUDA, requiring grad, bfloat16)."""
     if hasattr(x, "detach") and hasattr(x, "cpu") and hasattr(x, "numpy"):
         t = x.detach().cpu()
         try:
@@ -118,7 +119,7 @@ def _shown(values: np.ndarray) -> str:
 
 
 def _numeric(arr: np.ndarray, name: str) -> np.ndarray:
-    """Return a numeric (bool/int/float) view of ``arr`` or raise TypeError."""
+    """Return a numeric (bool/int/float) view of `arr` or raise TypeError."""
     if arr.dtype.kind in "biuf":
         return arr
     if arr.dtype.kind == "O":
@@ -130,7 +131,7 @@ def _numeric(arr: np.ndarray, name: str) -> np.ndarray:
 
 
 def _labels(arr: np.ndarray) -> np.ndarray:
-    """Validate labels, return the boolean mask ``is_fake``."""
+    """Validate labels, return the boolean mask `is_fake`."""
     arr = _numeric(arr, "y_true")
     if arr.dtype.kind == "b":
         return arr.astype(bool, copy=False)
@@ -233,7 +234,7 @@ def _class_rate(correct: np.ndarray, mask: np.ndarray, metric: str, label: str) 
 
 
 class BestThreshold(NamedTuple):
-    """Oracle accuracy and a threshold achieving it (``score > threshold`` means fake)."""
+    """Oracle accuracy and a threshold achieving it (`score > threshold` means fake)."""
 
     accuracy: float
     threshold: float
@@ -275,15 +276,27 @@ def _best(fake: np.ndarray, s: np.ndarray) -> BestThreshold:
 def average_precision(y_true: Any, scores: Any) -> float:
     """Average precision with fake (label 1) as the positive class.
 
-    Equal to scikit-learn's ``average_precision_score(y_true, scores)``: the precision-recall
+    Equal to scikit-learn's `average_precision_score(y_true, scores)`: the precision-recall
     curve has one point per distinct score value (tied scores enter together) and
-    ``AP = sum_n (R_n - R_{n-1}) P_n`` over thresholds in decreasing order (no interpolation).
+    `AP = sum_n (R_n - R_{n-1}) P_n` over thresholds in decreasing order (no interpolation).
 
     Scores may be probabilities or any other finite real scores (AP only uses their order).
 
-    Raises ``ValueError`` when ``y_true`` has no fake image: AP is then undefined (recall is
+    Raises `ValueError` when `y_true` has no fake image: AP is then undefined (recall is
     0/0). scikit-learn instead warns and returns 0.0; raising keeps a meaningless 0.0 out of
     tables and means. With no real image AP is 1.0, as in scikit-learn.
+
+    Args:
+        y_true: labels, one per image: 0 = real, 1 = fake.
+        scores: real scores, one per image (only their order matters).
+
+    Returns:
+        AP in [0, 1].
+
+    Raises:
+        ValueError: no fake image, or the inputs are invalid (different lengths, empty,
+            non-finite, labels other than 0/1).
+        TypeError: non-numeric input.
     """
     fake, s = _validate(y_true, scores, probabilities=False)
     return _ap(fake, s)
@@ -291,18 +304,43 @@ def average_precision(y_true: Any, scores: Any) -> float:
 
 def accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD) -> float:
     """Fraction of images classified correctly, an image being predicted fake iff
-    ``score > threshold`` (strict), as in ``accuracy_score(y_true, scores > 0.5)`` of the
+    `score > threshold` (strict), as in `accuracy_score(y_true, scores > 0.5)` of the
     reference evaluation code. A score equal to the threshold counts as real.
 
-    ``scores`` must be probabilities in [0, 1] (the sigmoid of the logit).
+    `scores` must be probabilities in [0, 1] (the sigmoid of the logit).
+
+    Args:
+        y_true: labels, one per image: 0 = real, 1 = fake.
+        scores: probabilities in [0, 1], one per image.
+        threshold: an image is predicted fake iff `score > threshold`.
+
+    Returns:
+        The accuracy in [0, 1].
+
+    Raises:
+        ValueError: inputs of different lengths, empty, non-finite, or not 0/1 labels.
+        TypeError: non-numeric input.
     """
     fake, s = _validate(y_true, scores, probabilities=True)
     return _rate(_correct(fake, s, _threshold(threshold)))
 
 
 def real_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD) -> float:
-    """:func:`accuracy` restricted to the real images (label 0): the fraction with
-    ``score <= threshold``. Raises ``ValueError`` when there is no real image."""
+    """`accuracy` restricted to the real images (label 0): the fraction with
+    `score <= threshold`. Raises `ValueError` when there is no real image.
+
+    Args:
+        y_true: labels, one per image: 0 = real, 1 = fake.
+        scores: probabilities in [0, 1], one per image.
+        threshold: an image is predicted fake iff `score > threshold`.
+
+    Returns:
+        r_acc in [0, 1].
+
+    Raises:
+        ValueError: no real image, or the inputs are invalid.
+        TypeError: non-numeric input.
+    """
     fake, s = _validate(y_true, scores, probabilities=True)
     return _class_rate(
         _correct(fake, s, _threshold(threshold)), ~fake, "r_acc", "real images (label 0)"
@@ -310,8 +348,21 @@ def real_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD
 
 
 def fake_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD) -> float:
-    """:func:`accuracy` restricted to the fake images (label 1): the fraction with
-    ``score > threshold``. Raises ``ValueError`` when there is no fake image."""
+    """`accuracy` restricted to the fake images (label 1): the fraction with
+    `score > threshold`. Raises `ValueError` when there is no fake image.
+
+    Args:
+        y_true: labels, one per image: 0 = real, 1 = fake.
+        scores: probabilities in [0, 1], one per image.
+        threshold: an image is predicted fake iff `score > threshold`.
+
+    Returns:
+        f_acc in [0, 1].
+
+    Raises:
+        ValueError: no fake image, or the inputs are invalid.
+        TypeError: non-numeric input.
+    """
     fake, s = _validate(y_true, scores, probabilities=True)
     return _class_rate(
         _correct(fake, s, _threshold(threshold)), fake, "f_acc", "fake images (label 1)"
@@ -319,11 +370,11 @@ def fake_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD
 
 
 def best_threshold_accuracy(y_true: Any, scores: Any) -> BestThreshold:
-    """The oracle accuracy: the maximum of :func:`accuracy` over all thresholds, the two
+    """The oracle accuracy: the maximum of `accuracy` over all thresholds, the two
     extremes (every image fake, every image real) included, and a threshold achieving it.
 
-    Returns ``BestThreshold(accuracy, threshold)`` (a named tuple). Predicting fake iff
-    ``score > threshold`` reproduces ``accuracy`` exactly. Among equally good cuts the lowest
+    Returns `BestThreshold(accuracy, threshold)` (a named tuple). Predicting fake iff
+    `score > threshold` reproduces `accuracy` exactly. Among equally good cuts the lowest
     is returned; the threshold is the midpoint between the two neighbouring distinct scores
     of that cut (the lower score itself when the midpoint would round onto the upper one),
     the largest score when every image is best called real, and the float just below the
@@ -331,6 +382,17 @@ def best_threshold_accuracy(y_true: Any, scores: Any) -> BestThreshold:
 
     Scores may be any finite reals (only their order matters); the threshold is in the same
     units. Works with one class only (the oracle then reaches 1.0).
+
+    Args:
+        y_true: labels, one per image: 0 = real, 1 = fake.
+        scores: real scores, one per image.
+
+    Returns:
+        `BestThreshold(accuracy, threshold)`.
+
+    Raises:
+        ValueError: inputs of different lengths, empty, non-finite, or not 0/1 labels.
+        TypeError: non-numeric input.
     """
     fake, s = _validate(y_true, scores, probabilities=False)
     return _best(fake, s)
@@ -381,6 +443,17 @@ class DetectionMetrics:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DetectionMetrics:
+        """Read back a record written by `to_dict`.
+
+        Args:
+            d: the record: every field, nothing else.
+
+        Returns:
+            The metrics.
+
+        Raises:
+            ValueError: keys missing or unknown, or a value out of range.
+        """
         names = [f.name for f in fields(cls)]
         missing = [k for k in names if k not in d]
         unknown = [k for k in d if k not in names]
@@ -402,12 +475,24 @@ class DetectionMetrics:
 def compute_metrics(
     y_true: Any, scores: Any, *, threshold: float = DEFAULT_THRESHOLD
 ) -> DetectionMetrics:
-    """All metrics of one subset: acc, r_acc, f_acc (at ``score > threshold``), AP, and the
+    """All metrics of one subset: acc, r_acc, f_acc (at `score > threshold`), AP, and the
     oracle accuracy with its threshold.
 
-    ``scores`` must be probabilities in [0, 1] (sigmoid of the logit), ``y_true`` 0 = real and
+    `scores` must be probabilities in [0, 1] (sigmoid of the logit), `y_true` 0 = real and
     1 = fake. Both classes must be present (r_acc, f_acc and AP are otherwise undefined);
-    a ``ValueError`` says which class is missing.
+    a `ValueError` says which class is missing.
+
+    Args:
+        y_true: labels, one per image: 0 = real, 1 = fake.
+        scores: probabilities in [0, 1], one per image.
+        threshold: an image is predicted fake iff `score > threshold`.
+
+    Returns:
+        The `DetectionMetrics` of the subset.
+
+    Raises:
+        ValueError: a class is missing, or the inputs are invalid.
+        TypeError: non-numeric input.
     """
     fake, s = _validate(y_true, scores, probabilities=True)
     t = _threshold(threshold)

@@ -1,9 +1,10 @@
 """The model factory: a spec string -> CLIP model, tokenizer and image transforms.
 
->>> bundle = build_model("tiny")
->>> model, tokenizer, train_transform, eval_transform = bundle
->>> str(bundle.spec), bundle.image_size
-('tiny:32', 32)
+Examples:
+    >>> bundle = build_model("tiny")
+    >>> model, tokenizer, train_transform, eval_transform = bundle
+    >>> str(bundle.spec), bundle.image_size
+    ('tiny:32', 32)
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ _TINY_DEFAULT_SIZE = 32
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which CLIP to build. Parsed from a string by :meth:`parse`:
+    """Which CLIP to build. Parsed from a string by `parse`:
 
-    * ``tiny`` / ``tiny:<size>``: a tiny randomly initialised open_clip ViT (always the same
+    * `tiny` / `tiny:<size>`: a tiny randomly initialised open_clip ViT (always the same
       weights: seed 0), image size 32 by default (a multiple of 8), for trying the pipeline;
-    * ``<open_clip name>@<pretrained>`` (or the name with ``pretrained=``), e.g.
-      ``ViT-L-14@openai``: ``open_clip.create_model_and_transforms(name, pretrained=...)``;
-      ``pretrained`` is a tag or a local weights file; the weights must be in the local cache
+    * `<open_clip name>@<pretrained>` (or the name with `pretrained=`), e.g.
+      `ViT-L-14@openai`: `open_clip.create_model_and_transforms(name, pretrained=...)`;
+      `pretrained` is a tag or a local weights file; the weights must be in the local cache
       or on disk when there is no network;
-    * ``hf:<path or hub id>``: a Hugging Face CLIP/SigLIP (``AutoModel``, ``AutoTokenizer``,
-      ``AutoImageProcessor``).
+    * `hf:<path or hub id>`: a Hugging Face CLIP/SigLIP (`AutoModel`, `AutoTokenizer`,
+      `AutoImageProcessor`).
     """
 
     kind: str
@@ -44,6 +45,19 @@ class ModelSpec:
 
     @classmethod
     def parse(cls, spec: str | ModelSpec, pretrained: str | None = None) -> ModelSpec:
+        """The spec that a string names (see the class doc).
+
+        Args:
+            spec: the string, or a `ModelSpec` (returned as is, or with `pretrained` set).
+            pretrained: the open_clip weights, when the string carries no `@<pretrained>`.
+
+        Returns:
+            The spec.
+
+        Raises:
+            ModelLoadError: the string names no model, or `pretrained` is given where it
+                does not apply.
+        """
         if isinstance(spec, ModelSpec):
             if pretrained is not None and spec.kind == "open_clip":
                 return cls("open_clip", spec.name, pretrained)
@@ -111,7 +125,11 @@ class ModelSpec:
 
 
 class HFPreprocess:
-    """A Hugging Face image processor as a ``PIL image -> (3, H, W)`` transform."""
+    """A Hugging Face image processor as a `PIL image -> (3, H, W)` transform.
+
+    Args:
+        processor: e.g. `transformers.AutoImageProcessor.from_pretrained(path)`.
+    """
 
     def __init__(self, processor: Any) -> None:
         self.processor = processor
@@ -126,12 +144,12 @@ class HFPreprocess:
 
 @dataclass
 class ModelBundle:
-    """What :func:`build_model` returns. Unpacks as
-    ``model, tokenizer, train_transform, eval_transform = build_model("tiny")``.
+    """What `build_model` returns. Unpacks as
+    `model, tokenizer, train_transform, eval_transform = build_model("tiny")`.
 
-    ``preprocess`` is the model's deterministic image preprocessing (PIL -> tensor);
-    ``train_transform`` adds the training augmentation (random flip, patch shuffle) and
-    ``deterministic_train`` says whether it is deterministic (only then may :func:`train`
+    `preprocess` is the model's deterministic image preprocessing (PIL -> tensor);
+    `train_transform` adds the training augmentation (random flip, patch shuffle) and
+    `deterministic_train` says whether it is deterministic (only then may `train`
     pass dataset indices to the wrapper's teacher cache).
     """
 
@@ -153,7 +171,15 @@ class ModelBundle:
         return not self.flip and self.transform_kind == "model"
 
     def transform(self, train: bool = False, degrade: Any = None) -> Callable[[Any], Tensor]:
-        """The dataset transform: ``[degrade] -> [augmentation if train] -> preprocess``."""
+        """The dataset transform: `[degrade] -> [augmentation if train] -> preprocess`.
+
+        Args:
+            train: the training transform (with the augmentation) instead of the evaluation one.
+            degrade: a degradation applied first, or `None`.
+
+        Returns:
+            `PIL image -> (3, H, W)` tensor.
+        """
         from .data import default_transform
 
         if self.transform_kind == "patch-selection":
@@ -212,16 +238,30 @@ def build_model(
     device: str | torch.device = "cpu",
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> ModelBundle:
-    """Build a CLIP model, its tokenizer and its transforms from a spec (see :class:`ModelSpec`).
+    """Build a CLIP model, its tokenizer and its transforms from a spec (see `ModelSpec`).
 
-    ``transform``: ``"model"`` (the model's own preprocessing) or ``"patch-selection"``
+    `transform`: `"model"` (the model's own preprocessing) or `"patch-selection"`
     (DGS-Net's 7x7 spectral-entropy patch mosaic, ImageNet mean/std; the image size must be a
-    multiple of 7). ``flip``: random horizontal flip in the training transform (the reference
+    multiple of 7). `flip`: random horizontal flip in the training transform (the reference
     setting; makes the training transform non-deterministic).
 
     Pretrained weights are never downloaded silently from here: open_clip / transformers use
     their local caches first; without network access they must already be there (or pass a
-    local file / folder). Failures raise :class:`ModelLoadError` with the reason.
+    local file / folder). Failures raise `ModelLoadError` with the reason.
+
+    Args:
+        spec: the model spec string or `ModelSpec`.
+        pretrained: open_clip weights (a tag or a local file), when `spec` carries none.
+        transform: `"model"` or `"patch-selection"` (see above).
+        flip: random horizontal flip in the training transform.
+        device: where to put the model.
+        cache_dir: the weights cache of open_clip / transformers.
+
+    Returns:
+        The model, its tokenizer and its transforms (`ModelBundle`).
+
+    Raises:
+        ModelLoadError: the spec is invalid or the model cannot be built or loaded.
     """
     if transform not in ("model", "patch-selection"):
         raise ModelLoadError(f"transform must be 'model' or 'patch-selection', got {transform!r}")

@@ -1,14 +1,15 @@
-"""Named training settings for ``dgsnet train --preset NAME``.
+"""Named training settings for `dgsnet train --preset NAME`.
 
-A preset is the lowest layer of a run's options: ``preset < --config file < command-line
-flags``. Two presets only pick the :class:`~dgsnet.config.DGSConfig` the DGS options start
-from; ``aigibench-setting2`` is a whole setting (backbone, preprocessing, schedule, DGS config):
-the paper's training run, see ``docs/paper-setting.md``.
+A preset is the lowest layer of a run's options: `preset < --config file < command-line
+flags`. Two presets only pick the `DGSConfig` the DGS options start
+from; `aigibench-setting2` is a whole setting (backbone, preprocessing, schedule, DGS config):
+the paper's training run, see `docs/paper-setting.md`.
 
->>> from dgsnet.presets import get_preset
->>> p = get_preset("aigibench-setting2")
->>> p.options["model"], p.options["transform"], p.dgs_config().lora_targets
-('ViT-L-14@openai', 'patch-selection', ['q_proj', 'k_proj', 'v_proj'])
+Examples:
+    >>> from dgsnet.presets import get_preset
+    >>> p = get_preset("aigibench-setting2")
+    >>> p.options["model"], p.options["transform"], p.dgs_config().lora_targets
+    ('ViT-L-14@openai', 'patch-selection', ['q_proj', 'k_proj', 'v_proj'])
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ __all__ = ["TrainPreset", "TRAIN_PRESETS", "DEFAULT_PRESET", "get_preset"]
 
 @dataclass(frozen=True)
 class TrainPreset:
-    """A named layer of ``dgsnet train`` options.
+    """A named layer of `dgsnet train` options.
 
-    ``dgs``: the DGSConfig the DGS options start from (``"reference"``:
-    :meth:`DGSConfig.reference`, ``"library"``: ``DGSConfig()``). ``options``: values of
-    ``dgsnet train`` options (argparse destinations, e.g. ``"batch_size"``), applied below a
-    ``--config`` file and the flags. ``subsets``: the training subsets the setting was defined
+    `dgs`: the DGSConfig the DGS options start from (`"reference"`:
+    `DGSConfig.reference`, `"library"`: `DGSConfig()`). `options`: values of
+    `dgsnet train` options (argparse destinations, e.g. `"batch_size"`), applied below a
+    `--config` file and the flags. `subsets`: the training subsets the setting was defined
     on (a warning names any difference; empty: no expectation).
     """
 
@@ -47,7 +48,7 @@ class TrainPreset:
         return DGSConfig.reference() if self.dgs == "reference" else DGSConfig()
 
 
-#: the DGS-Net paper's training run: AIGIBench Setting-II (``docs/paper-setting.md``)
+#: the DGS-Net paper's training run: AIGIBench Setting-II (`docs/paper-setting.md`)
 AIGIBENCH_SETTING2 = TrainPreset(
     name="aigibench-setting2",
     summary="the paper's training run: OpenAI CLIP ViT-L/14, patch-selection + flip, stage 1 "
@@ -87,7 +88,17 @@ DEFAULT_PRESET = "reference"
 
 
 def get_preset(name: str) -> TrainPreset:
-    """The preset called ``name``; ``KeyError`` naming the known ones otherwise."""
+    """The preset called `name`; `KeyError` naming the known ones otherwise.
+
+    Args:
+        name: the preset's name.
+
+    Returns:
+        The preset.
+
+    Raises:
+        KeyError: no preset has that name (the message lists the known ones).
+    """
     try:
         return TRAIN_PRESETS[name]
     except KeyError:

@@ -46,11 +46,23 @@ def progress_bar(
     leave: bool = True,
     enabled: bool = True,
 ) -> Any:
-    """A tqdm bar over ``iterable`` (or a manual one when ``iterable`` is ``None``).
+    """A tqdm bar over `iterable` (or a manual one when `iterable` is `None`).
 
-    With ``enabled=False``, or where tqdm is not installed, the result iterates ``iterable``
-    unchanged and accepts ``update``/``set_postfix``/``close`` as no-ops, so callers never
+    With `enabled=False`, or where tqdm is not installed, the result iterates `iterable`
+    unchanged and accepts `update`/`set_postfix`/`close` as no-ops, so callers never
     branch on whether a bar exists.
+
+    Args:
+        iterable: what to iterate, or `None` for a bar updated by hand.
+        total: the number of items (default: `len(iterable)` when it has one).
+        initial: the count to start from (a resumed loop).
+        desc: the label in front of the bar.
+        unit: the name of one item.
+        leave: keep the bar on screen when done.
+        enabled: `False` gives the no-op bar.
+
+    Returns:
+        The tqdm bar, or the no-op stand-in.
     """
     if not enabled:
         return _NoBar(iterable)

@@ -1,13 +1,14 @@
-"""Tables of detection metrics: :class:`MetricsTable` (one row per subset and a mean row),
-the Markdown grid, and the CSV text of ``dgsnet eval`` (several roots) and ``dgsnet predict``
+"""Tables of detection metrics: `MetricsTable` (one row per subset and a mean row),
+the Markdown grid, and the CSV text of `dgsnet eval` (several roots) and `dgsnet predict`
 (per-image scores).
 
-Every name here is also importable from :mod:`dgsnet.metrics`, which computes the numbers.
+Every name here is also importable from `dgsnet.metrics`, which computes the numbers.
 
->>> from dgsnet.metrics import MetricsTable
->>> t = MetricsTable.from_predictions({"a": ([0, 1], [0.2, 0.9])})
->>> t.mean()["acc"]
-1.0
+Examples:
+    >>> from dgsnet.metrics import MetricsTable
+    >>> t = MetricsTable.from_predictions({"a": ([0, 1], [0.2, 0.9])})
+    >>> t.mean()["acc"]
+    1.0
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def _pairs(items: Mapping[str, Any] | Iterable[tuple[str, Any]], what: str):
 
 
 def _write_text(path: PathLike, text: str) -> None:
-    """Atomically, with :func:`dgsnet.io.atomic_write_text` (imported here, so that this
+    """Atomically, with `dgsnet.io.atomic_write_text` (imported here, so that this
     module still loads on its own with numpy only)."""
     from .io import atomic_write_text
 
@@ -84,7 +85,15 @@ def _write_text(path: PathLike, text: str) -> None:
 
 def markdown_grid(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown table with padded columns: the first left-aligned, the others right-aligned
-    (the layout of :meth:`MetricsTable.to_markdown`). Cells are strings, already escaped."""
+    (the layout of `MetricsTable.to_markdown`). Cells are strings, already escaped.
+
+    Args:
+        header: the column names.
+        rows: the cells, one list per row.
+
+    Returns:
+        The table, one line per row, without a final newline.
+    """
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
 
     def line(row: list[str]) -> str:
@@ -99,18 +108,24 @@ def markdown_grid(header: list[str], rows: list[list[str]]) -> str:
 
 
 class MetricsTable:
-    """Per-subset :class:`DetectionMetrics` in a fixed order, with a mean row.
+    """Per-subset `DetectionMetrics` in a fixed order, with a mean row.
 
     The mean row is the plain (unweighted) mean over subsets of each column of
-    :data:`TABLE_COLUMNS`, computed from the unrounded values.
+    `TABLE_COLUMNS`, computed from the unrounded values.
 
-    >>> t = MetricsTable.from_predictions({"a": ([0, 1], [0.2, 0.9]), "b": ([0, 1], [0.6, 0.7])})
-    >>> print(t.to_markdown())
-    | subset |   acc | r_acc | f_acc |    ap | best_acc |
-    |:-------|------:|------:|------:|------:|---------:|
-    | a      | 100.0 | 100.0 | 100.0 | 100.0 |    100.0 |
-    | b      |  50.0 |   0.0 | 100.0 | 100.0 |    100.0 |
-    | mean   |  75.0 |  50.0 | 100.0 | 100.0 |    100.0 |
+    Args:
+        rows: `{subset: metrics}` or `(subset, metrics)` pairs, in table order.
+        threshold: the threshold the metrics were computed at (recorded with the table).
+
+    Examples:
+        >>> preds = {"a": ([0, 1], [0.2, 0.9]), "b": ([0, 1], [0.6, 0.7])}
+        >>> t = MetricsTable.from_predictions(preds)
+        >>> print(t.to_markdown())
+        | subset |   acc | r_acc | f_acc |    ap | best_acc |
+        |:-------|------:|------:|------:|------:|---------:|
+        | a      | 100.0 | 100.0 | 100.0 | 100.0 |    100.0 |
+        | b      |  50.0 |   0.0 | 100.0 | 100.0 |    100.0 |
+        | mean   |  75.0 |  50.0 | 100.0 | 100.0 |    100.0 |
     """
 
     def __init__(
@@ -135,8 +150,19 @@ class MetricsTable:
         *,
         threshold: float = DEFAULT_THRESHOLD,
     ) -> MetricsTable:
-        """Build a table from ``{subset: (y_true, scores)}``, keeping the subsets' order.
-        An invalid subset raises with the subset's name in the message."""
+        """Build a table from `{subset: (y_true, scores)}`, keeping the subsets' order.
+        An invalid subset raises with the subset's name in the message.
+
+        Args:
+            predictions: `{subset: (y_true, scores)}` or `(subset, (y_true, scores))` pairs.
+            threshold: an image is predicted fake iff `score > threshold`.
+
+        Returns:
+            The table.
+
+        Raises:
+            ValueError: a subset's labels or scores are invalid.
+        """
         rows = {}
         for name, pred in _pairs(predictions, "predictions"):
             if not (isinstance(pred, (tuple, list)) and len(pred) == 2):
@@ -186,7 +212,7 @@ class MetricsTable:
         return self.to_markdown()
 
     def mean(self) -> dict[str, float]:
-        """The plain mean over subsets of each column of :data:`TABLE_COLUMNS`."""
+        """The plain mean over subsets of each column of `TABLE_COLUMNS`."""
         n = len(self._rows)
         return {c: math.fsum(getattr(m, c) for m in self._rows.values()) / n for c in TABLE_COLUMNS}
 
@@ -194,8 +220,15 @@ class MetricsTable:
 
     def to_markdown(self, path: PathLike | None = None) -> str:
         """The table as Markdown: columns subset / acc / r_acc / f_acc / ap / best_acc, values
-        x100 with one decimal, a final ``mean`` row. Written atomically to ``path`` if given.
-        A ``|`` in a subset name is escaped as ``\\|``."""
+        x100 with one decimal, a final `mean` row. Written atomically to `path` if given.
+        A `|` in a subset name is escaped as `\\|`.
+
+        Args:
+            path: where to write the table as well, or `None`.
+
+        Returns:
+            The Markdown text.
+        """
         body = [
             [name.replace("|", "\\|"), *(getattr(m, c) for c in TABLE_COLUMNS)]
             for name, m in self._rows.items()
@@ -228,10 +261,14 @@ class MetricsTable:
     def to_csv(self, path_or_file: PathLike | IO[str]) -> None:
         """Write the table as CSV: columns subset, acc, r_acc, f_acc, ap, best_acc,
         best_threshold, n_real, n_fake; rates as fractions in [0, 1] at full precision (not
-        x100); a final ``mean`` row whose best_threshold/n_real/n_fake cells are empty.
+        x100); a final `mean` row whose best_threshold/n_real/n_fake cells are empty.
 
-        ``path_or_file`` is a path (written atomically) or an open text file (written in
-        place; open it with ``newline=""``)."""
+        `path_or_file` is a path (written atomically) or an open text file (written in
+        place; open it with `newline=""`).
+
+        Args:
+            path_or_file: a path or an open text file.
+        """
         text = self._csv_text()
         if isinstance(path_or_file, (str, os.PathLike)):
             _write_text(path_or_file, text)
@@ -244,7 +281,7 @@ class MetricsTable:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: format tag, version, threshold, the subsets in order (a list),
-        and the mean row (informative; :meth:`from_dict` recomputes it)."""
+        and the mean row (informative; `from_dict` recomputes it)."""
         return {
             "format": _TABLE_FORMAT,
             "version": _TABLE_VERSION,
@@ -255,6 +292,17 @@ class MetricsTable:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MetricsTable:
+        """Read back a table written by `to_dict`.
+
+        Args:
+            d: the record.
+
+        Returns:
+            The table.
+
+        Raises:
+            ValueError: not a dgsnet metrics table, an unsupported version, or a bad subset record.
+        """
         if not isinstance(d, Mapping) or d.get("format") != _TABLE_FORMAT:
             raise ValueError(f"not a dgsnet metrics table (expected format {_TABLE_FORMAT!r})")
         if d.get("version") != _TABLE_VERSION:
@@ -278,12 +326,28 @@ class MetricsTable:
         return cls(rows, threshold=d.get("threshold", DEFAULT_THRESHOLD))
 
     def to_json(self, path: PathLike, *, indent: int | None = 2) -> None:
-        """Write :meth:`to_dict` as JSON, atomically."""
+        """Write `to_dict` as JSON, atomically.
+
+        Args:
+            path: the file to write.
+            indent: JSON indentation (`None`: one line).
+        """
         text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
         _write_text(path, text + "\n")
 
     @classmethod
     def from_json(cls, path: PathLike) -> MetricsTable:
+        """Read back a table written by `to_json`.
+
+        Args:
+            path: the file written by `to_json`.
+
+        Returns:
+            The table.
+
+        Raises:
+            ValueError: as for `from_dict`, or the file is not JSON.
+        """
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
 
@@ -297,11 +361,18 @@ def roots_summary_markdown(tables: Mapping[str, MetricsTable]) -> str:
     """One Markdown row per root: its number of subsets and its mean row (the plain mean over
     its subsets, x100, one decimal), i.e. one row per benchmark when each root is one.
 
-    >>> t = MetricsTable.from_predictions({"a": ([0, 1], [0.2, 0.9])})
-    >>> print(roots_summary_markdown({"bench": t}))
-    | root  | subsets |   acc | r_acc | f_acc |    ap | best_acc |
-    |:------|--------:|------:|------:|------:|------:|---------:|
-    | bench |       1 | 100.0 | 100.0 | 100.0 | 100.0 |    100.0 |
+    Args:
+        tables: `{root: table}`, in row order.
+
+    Returns:
+        The Markdown text.
+
+    Examples:
+        >>> t = MetricsTable.from_predictions({"a": ([0, 1], [0.2, 0.9])})
+        >>> print(roots_summary_markdown({"bench": t}))
+        | root  | subsets |   acc | r_acc | f_acc |    ap | best_acc |
+        |:------|--------:|------:|------:|------:|------:|---------:|
+        | bench |       1 | 100.0 | 100.0 | 100.0 | 100.0 |    100.0 |
     """
     rows = [
         [
@@ -316,7 +387,15 @@ def roots_summary_markdown(tables: Mapping[str, MetricsTable]) -> str:
 
 def tables_csv(tables: Mapping[str, MetricsTable], degradation: str) -> str:
     """Several tables as one CSV text: columns root, degradation, then those of
-    :meth:`MetricsTable.to_csv` (each table's rows, its mean row included)."""
+    `MetricsTable.to_csv` (each table's rows, its mean row included).
+
+    Args:
+        tables: `{root: table}`.
+        degradation: the value of the degradation column.
+
+    Returns:
+        The CSV text.
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["root", "degradation", *_CSV_COLUMNS])
@@ -328,13 +407,28 @@ def tables_csv(tables: Mapping[str, MetricsTable], degradation: str) -> str:
 
 
 def write_tables_csv(path: PathLike, tables: Mapping[str, MetricsTable], degradation: str) -> None:
-    """Write :func:`tables_csv` to ``path``, atomically."""
+    """Write `tables_csv` to `path`, atomically.
+
+    Args:
+        path: the file to write.
+        tables: `{root: table}`.
+        degradation: the value of the degradation column.
+    """
     _write_text(path, tables_csv(tables, degradation))
 
 
 def scores_csv(paths: Iterable[str], scores: Iterable[float], threshold: float) -> str:
     """Per-image scores as CSV text: columns path, score (6 decimals), label_pred (1 when
-    ``score > threshold``, else 0)."""
+    `score > threshold`, else 0).
+
+    Args:
+        paths: the image paths.
+        scores: one score per path.
+        threshold: an image is predicted fake iff `score > threshold`.
+
+    Returns:
+        The CSV text.
+    """
     t = float(threshold)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -1,38 +1,39 @@
 """Invariant checks for gradient-surgery rules, to call from your own unit tests.
 
-Each ``assert_*`` function runs a rule (a :class:`~dgsnet.surgery.SurgeryRule`) on the inputs you
-give it, measures how far the result is from one invariant, and raises :class:`AssertionError`
+Each `assert_*` function runs a rule (a `SurgeryRule`) on the inputs you
+give it, measures how far the result is from one invariant, and raises `AssertionError`
 naming the invariant, the worst sample and the deviation (absolute, and relative to the
 sample's norm) when the deviation exceeds the tolerance. Misuse of a check itself (a reference
-key that is not there, a non-positive scale) raises ``ValueError``.
+key that is not there, a non-positive scale) raises `ValueError`.
 
-Tolerances are per sample (a sample is one vector over the last dimension)::
+Tolerances are per sample (a sample is one vector over the last dimension):
 
-    |actual - expected| <= atol + rtol * scale
+```text
+|actual - expected| <= atol + rtol * scale
+```
 
-elementwise, where ``scale`` is the larger of the sample's L2 norm in the input gradient and
+elementwise, where `scale` is the larger of the sample's L2 norm in the input gradient and
 in the expected result (so that a result which cancels to almost nothing is still judged
-against the size of what went in). ``atol=None`` / ``rtol=None`` pick a default from the
+against the size of what went in). `atol=None` / `rtol=None` pick a default from the
 gradient's dtype:
 
-=========== ========= =========
-dtype       rtol      atol
-=========== ========= =========
-float64     1e-11     1e-300
-float32     1e-5      1e-37
-float16     4e-3      1e-7
-bfloat16    3.2e-2    1e-37
-=========== ========= =========
+| dtype    | rtol   | atol   |
+|----------|--------|--------|
+| float64  | 1e-11  | 1e-300 |
+| float32  | 1e-5   | 1e-37  |
+| float16  | 4e-3   | 1e-7   |
+| bfloat16 | 3.2e-2 | 1e-37  |
 
 Low-precision rules compute in float32 and round once on the way out, which the float16 and
 bfloat16 defaults allow for (about four units in the last place).
 
->>> import torch
->>> from dgsnet.surgery import OrthogonalSuppression
->>> from dgsnet.testing import assert_idempotent, assert_orthogonal
->>> g, harm = torch.randn(4, 16, dtype=torch.float64), torch.randn(4, 16, dtype=torch.float64)
->>> assert_orthogonal(OrthogonalSuppression(eps=0.0), g, {"harm": harm})
->>> assert_idempotent(OrthogonalSuppression(eps=0.0), g, {"harm": harm})
+Examples:
+    >>> import torch
+    >>> from dgsnet.surgery import OrthogonalSuppression
+    >>> from dgsnet.testing import assert_idempotent, assert_orthogonal
+    >>> g, harm = torch.randn(4, 16, dtype=torch.float64), torch.randn(4, 16, dtype=torch.float64)
+    >>> assert_orthogonal(OrthogonalSuppression(eps=0.0), g, {"harm": harm})
+    >>> assert_idempotent(OrthogonalSuppression(eps=0.0), g, {"harm": harm})
 """
 
 from __future__ import annotations
@@ -70,7 +71,17 @@ _DEFAULT_TOLS: dict[torch.dtype, tuple[float, float]] = {
 
 
 def default_tolerances(dtype: torch.dtype) -> tuple[float, float]:
-    """``(rtol, atol)`` used by the checks for a gradient of ``dtype`` (see the module doc)."""
+    """`(rtol, atol)` used by the checks for a gradient of `dtype` (see the module doc).
+
+    Args:
+        dtype: the gradient's floating-point dtype.
+
+    Returns:
+        `(rtol, atol)`: the table's values, or `(4 * eps, tiny)` of a dtype not listed.
+
+    Raises:
+        ValueError: `dtype` is not a floating-point type.
+    """
     if dtype in _DEFAULT_TOLS:
         return _DEFAULT_TOLS[dtype]
     if not dtype.is_floating_point:
@@ -88,7 +99,7 @@ def _tols(dtype: torch.dtype, atol: float | None, rtol: float | None) -> tuple[f
 
 def _check_tol(name: str, value: object) -> float:
     """A tolerance must be a finite number >= 0: a NaN tolerance would fail every comparison
-    (``x <= nan`` is false) and an infinite one pass every comparison."""
+    (`x <= nan` is false) and an infinite one pass every comparison."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     v = float(value)
@@ -109,8 +120,8 @@ def _name(rule: object) -> str:
 
 def _call(rule: SurgeryRule, grad: Tensor, refs: Mapping[str, Tensor], what: str) -> Tensor:
     """Run the rule and check that it returned a tensor of the gradient's shape. A rule output
-    that the rule API itself refuses (:class:`~dgsnet.surgery.RuleOutputError`) is a failure of
-    the rule, reported as ``AssertionError``."""
+    that the rule API itself refuses (`RuleOutputError`) is a failure of
+    the rule, reported as `AssertionError`."""
     try:
         out = rule(grad, refs)
     except RuleOutputError as exc:
@@ -128,13 +139,13 @@ def _call(rule: SurgeryRule, grad: Tensor, refs: Mapping[str, Tensor], what: str
 
 
 def _rows(t: Tensor) -> Tensor:
-    """View ``t`` as ``(samples, D)`` in float64 (a 1-D tensor is one sample)."""
+    """View `t` as `(samples, D)` in float64 (a 1-D tensor is one sample)."""
     t = t.detach().to(torch.float64)
     return t.reshape(1, -1) if t.dim() == 1 else t.reshape(-1, t.shape[-1])
 
 
 def _row_norm(t: Tensor) -> Tensor:
-    """Per-sample L2 norm of a ``(samples, D)`` float64 tensor, without under/overflow."""
+    """Per-sample L2 norm of a `(samples, D)` float64 tensor, without under/overflow."""
     if t.shape[-1] == 0:
         return torch.zeros(t.shape[0], 1, dtype=t.dtype, device=t.device)
     m = t.abs().amax(dim=-1, keepdim=True)
@@ -159,12 +170,12 @@ def _fmt_sample(shape: Sequence[int], flat_row: int) -> str:
 
 
 def _finite_part(t: Tensor) -> Tensor:
-    """``t`` with NaN and infinities replaced by 0: what a scale is measured on."""
+    """`t` with NaN and infinities replaced by 0: what a scale is measured on."""
     return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _nonfinite_rows(tensors: Iterable[Tensor]) -> Tensor | None:
-    """Per sample (``(samples, 1)``): does any of ``tensors`` hold a NaN/Inf there?"""
+    """Per sample (`(samples, 1)`): does any of `tensors` hold a NaN/Inf there?"""
     rows: Tensor | None = None
     for t in tensors:
         r = ~torch.isfinite(_rows(t)).all(dim=-1, keepdim=True)
@@ -183,9 +194,9 @@ def _compare(
     shape: Sequence[int],
     note: str = "",
 ) -> None:
-    """Per-sample ``|actual - expected| <= atol + rtol * scale``; ``AssertionError`` otherwise.
+    """Per-sample `|actual - expected| <= atol + rtol * scale`; `AssertionError` otherwise.
 
-    ``scale`` is the largest per-sample L2 norm among ``expected`` and ``scale_from`` (the
+    `scale` is the largest per-sample L2 norm among `expected` and `scale_from` (the
     inputs), measured on their finite entries. NaN and infinities are judged first, and
     reported as such (never as a deviation of 0 or a bound of NaN):
 
@@ -276,15 +287,25 @@ def _ref_keys(
 
 
 def assert_finite_and_shaped(rule: SurgeryRule, grad: Tensor, refs: Mapping[str, Tensor]) -> None:
-    """The rule returns a finite tensor of ``grad``'s shape, dtype and device, and leaves its
-    inputs unmodified (no in-place edits of ``grad`` or of the references).
+    """The rule returns a finite tensor of `grad`'s shape, dtype and device, and leaves its
+    inputs unmodified (no in-place edits of `grad` or of the references).
 
-    ``grad`` and ``refs`` must be finite.
+    `grad` and `refs` must be finite.
 
-    >>> import torch
-    >>> from dgsnet.surgery import PriorAlignment
-    >>> g = torch.randn(2, 3, 8, dtype=torch.bfloat16)
-    >>> assert_finite_and_shaped(PriorAlignment(), g, {"help": torch.randn(2, 3, 8)})
+    Args:
+        rule: the rule under test.
+        grad: the gradient to pass to the rule, shape `(..., D)`.
+        refs: the reference gradients, `{name: tensor}` of `grad`'s shape.
+
+    Raises:
+        AssertionError: the invariant is violated (the message names the worst sample).
+        ValueError: misuse of the check (a missing reference key, a bad tolerance or scale).
+
+    Examples:
+        >>> import torch
+        >>> from dgsnet.surgery import PriorAlignment
+        >>> g = torch.randn(2, 3, 8, dtype=torch.bfloat16)
+        >>> assert_finite_and_shaped(PriorAlignment(), g, {"help": torch.randn(2, 3, 8)})
     """
     _check_finite_inputs("assert_finite_and_shaped", grad, refs)
     before = grad.detach().clone()
@@ -327,15 +348,28 @@ def assert_orthogonal(
     atol: float | None = None,
     rtol: float | None = None,
 ) -> None:
-    """The result has no component along ``u = max(refs[ref], 0) / ||max(refs[ref], 0)||``:
-    per sample, ``|<rule(grad), u>| <= atol + rtol * max(||grad||, ||rule(grad)||)``.
+    """The result has no component along `u = max(refs[ref], 0) / ||max(refs[ref], 0)||`:
+    per sample, `|<rule(grad), u>| <= atol + rtol * max(||grad||, ||rule(grad)||)`.
 
     Samples whose reference has no positive part are not constrained.
 
-    >>> import torch
-    >>> from dgsnet.surgery import OrthogonalSuppression
-    >>> g, harm = torch.randn(8, 32), torch.randn(8, 32)
-    >>> assert_orthogonal(OrthogonalSuppression(eps=0.0), g, {"harm": harm})
+    Args:
+        rule: the rule under test.
+        grad: the gradient to pass to the rule, shape `(..., D)`.
+        refs: the reference gradients, `{name: tensor}` of `grad`'s shape.
+        ref: the reference whose positive part the result must be orthogonal to.
+        atol: absolute tolerance; `None` picks the dtype's default (see the module doc).
+        rtol: relative tolerance; `None` picks the dtype's default (see the module doc).
+
+    Raises:
+        AssertionError: the invariant is violated (the message names the worst sample).
+        ValueError: misuse of the check (a missing reference key, a bad tolerance or scale).
+
+    Examples:
+        >>> import torch
+        >>> from dgsnet.surgery import OrthogonalSuppression
+        >>> g, harm = torch.randn(8, 32), torch.randn(8, 32)
+        >>> assert_orthogonal(OrthogonalSuppression(eps=0.0), g, {"harm": harm})
     """
     if ref not in refs:
         raise ValueError(f"assert_orthogonal: refs has no key {ref!r} (keys: {sorted(refs)})")
@@ -377,12 +411,24 @@ def assert_idempotent(
     atol: float | None = None,
     rtol: float | None = None,
 ) -> None:
-    """Applying the rule twice changes nothing: ``rule(rule(grad)) == rule(grad)``.
+    """Applying the rule twice changes nothing: `rule(rule(grad)) == rule(grad)`.
 
-    >>> import torch
-    >>> from dgsnet.surgery import ConflictProjection
-    >>> g, other = torch.randn(8, 32), torch.randn(8, 32)
-    >>> assert_idempotent(ConflictProjection(), g, {"other": other})
+    Args:
+        rule: the rule under test.
+        grad: the gradient to pass to the rule, shape `(..., D)`.
+        refs: the reference gradients, `{name: tensor}` of `grad`'s shape.
+        atol: absolute tolerance; `None` picks the dtype's default (see the module doc).
+        rtol: relative tolerance; `None` picks the dtype's default (see the module doc).
+
+    Raises:
+        AssertionError: the invariant is violated (the message names the worst sample).
+        ValueError: misuse of the check (a missing reference key, a bad tolerance or scale).
+
+    Examples:
+        >>> import torch
+        >>> from dgsnet.surgery import ConflictProjection
+        >>> g, other = torch.randn(8, 32), torch.randn(8, 32)
+        >>> assert_idempotent(ConflictProjection(), g, {"other": other})
     """
     atol, rtol = _tols(grad.dtype, atol, rtol)
     once = _call(rule, grad, refs, "the gradient")
@@ -417,14 +463,27 @@ def assert_positively_homogeneous(
     atol: float | None = None,
     rtol: float | None = None,
 ) -> None:
-    """Scaling the gradient by ``c > 0`` scales the result: ``rule(c g) == c rule(g)`` for each
-    ``c`` in ``scales`` (the references stay fixed).
+    """Scaling the gradient by `c > 0` scales the result: `rule(c g) == c rule(g)` for each
+    `c` in `scales` (the references stay fixed).
 
-    >>> import torch
-    >>> from dgsnet.surgery import OrthogonalSuppression
-    >>> g, harm = torch.randn(8, 32), torch.randn(8, 32)
-    >>> rule = OrthogonalSuppression()
-    >>> assert_positively_homogeneous(rule, g, {"harm": harm}, scales=(1e-3, 7.0))
+    Args:
+        rule: the rule under test.
+        grad: the gradient to pass to the rule, shape `(..., D)`.
+        refs: the reference gradients, `{name: tensor}` of `grad`'s shape.
+        scales: the positive factors `c` to scale `grad` by.
+        atol: absolute tolerance; `None` picks the dtype's default (see the module doc).
+        rtol: relative tolerance; `None` picks the dtype's default (see the module doc).
+
+    Raises:
+        AssertionError: the invariant is violated (the message names the worst sample).
+        ValueError: misuse of the check (a missing reference key, a bad tolerance or scale).
+
+    Examples:
+        >>> import torch
+        >>> from dgsnet.surgery import OrthogonalSuppression
+        >>> g, harm = torch.randn(8, 32), torch.randn(8, 32)
+        >>> rule = OrthogonalSuppression()
+        >>> assert_positively_homogeneous(rule, g, {"harm": harm}, scales=(1e-3, 7.0))
     """
     scales = _check_scales("assert_positively_homogeneous", scales)
     atol, rtol = _tols(grad.dtype, atol, rtol)
@@ -453,14 +512,28 @@ def assert_reference_scale_invariant(
     atol: float | None = None,
     rtol: float | None = None,
 ) -> None:
-    """Scaling the references ``keys`` (default: all the rule reads) by ``c > 0`` does not
-    change the result: ``rule(g, c r) == rule(g, r)``; true of rules that use only a
-    reference's direction (``OrthogonalSuppression(eps=0)``, ``ConflictProjection``).
+    """Scaling the references `keys` (default: all the rule reads) by `c > 0` does not
+    change the result: `rule(g, c r) == rule(g, r)`; true of rules that use only a
+    reference's direction (`OrthogonalSuppression(eps=0)`, `ConflictProjection`).
 
-    >>> import torch
-    >>> from dgsnet.surgery import ConflictProjection
-    >>> g, other = torch.randn(8, 32), torch.randn(8, 32)
-    >>> assert_reference_scale_invariant(ConflictProjection(), g, {"other": other})
+    Args:
+        rule: the rule under test.
+        grad: the gradient to pass to the rule, shape `(..., D)`.
+        refs: the reference gradients, `{name: tensor}` of `grad`'s shape.
+        keys: the references to scale; `None` means all the rule reads.
+        scales: the positive factors `c` to scale the references by.
+        atol: absolute tolerance; `None` picks the dtype's default (see the module doc).
+        rtol: relative tolerance; `None` picks the dtype's default (see the module doc).
+
+    Raises:
+        AssertionError: the invariant is violated (the message names the worst sample).
+        ValueError: misuse of the check (a missing reference key, a bad tolerance or scale).
+
+    Examples:
+        >>> import torch
+        >>> from dgsnet.surgery import ConflictProjection
+        >>> g, other = torch.randn(8, 32), torch.randn(8, 32)
+        >>> assert_reference_scale_invariant(ConflictProjection(), g, {"other": other})
     """
     scales = _check_scales("assert_reference_scale_invariant", scales)
     keys = _ref_keys(rule, refs, keys)
@@ -485,12 +558,20 @@ def assert_reference_scale_invariant(
 def assert_sign_split_reconstructs(
     g: Tensor, split: Callable[[Tensor], tuple[Tensor, Tensor]] = sign_split
 ) -> None:
-    """``g_pos, g_neg = split(g)`` is the sign split of ``g``: ``g_pos + g_neg == g`` exactly
-    (NaN where ``g`` is NaN), ``g_pos >= 0``, ``g_neg <= 0``, and no coordinate is nonzero in
-    both parts. Together these determine ``g_pos = max(g, 0)`` and ``g_neg = min(g, 0)``.
+    """`g_pos, g_neg = split(g)` is the sign split of `g`: `g_pos + g_neg == g` exactly
+    (NaN where `g` is NaN), `g_pos >= 0`, `g_neg <= 0`, and no coordinate is nonzero in
+    both parts. Together these determine `g_pos = max(g, 0)` and `g_neg = min(g, 0)`.
 
-    >>> import torch
-    >>> assert_sign_split_reconstructs(torch.tensor([1.5, -2.0, 0.0, float("inf")]))
+    Args:
+        g: the tensor to split.
+        split: the function under test, returning `(g_pos, g_neg)`.
+
+    Raises:
+        AssertionError: the invariant is violated (the message names the worst sample).
+
+    Examples:
+        >>> import torch
+        >>> assert_sign_split_reconstructs(torch.tensor([1.5, -2.0, 0.0, float("inf")]))
     """
     if not isinstance(g, Tensor):
         raise TypeError(
@@ -563,14 +644,27 @@ def assert_noop_on_zero_reference(
     atol: float | None = None,
     rtol: float | None = None,
 ) -> None:
-    """With the references ``keys`` (default: all the rule reads) set to zero, the rule returns
-    ``grad`` unchanged and produces no NaN. Pass ``atol=0, rtol=0`` to demand bit equality.
+    """With the references `keys` (default: all the rule reads) set to zero, the rule returns
+    `grad` unchanged and produces no NaN. Pass `atol=0, rtol=0` to demand bit equality.
 
-    >>> import torch
-    >>> from dgsnet.surgery import OrthogonalSuppression
-    >>> g = torch.randn(8, 32)
-    >>> rule = OrthogonalSuppression(eps=0.0)
-    >>> assert_noop_on_zero_reference(rule, g, {"harm": g}, atol=0, rtol=0)
+    Args:
+        rule: the rule under test.
+        grad: the gradient to pass to the rule, shape `(..., D)`.
+        refs: the reference gradients, `{name: tensor}` of `grad`'s shape.
+        keys: the references to set to zero; `None` means all the rule reads.
+        atol: absolute tolerance; `None` picks the dtype's default (see the module doc).
+        rtol: relative tolerance; `None` picks the dtype's default (see the module doc).
+
+    Raises:
+        AssertionError: the invariant is violated (the message names the worst sample).
+        ValueError: misuse of the check (a missing reference key, a bad tolerance or scale).
+
+    Examples:
+        >>> import torch
+        >>> from dgsnet.surgery import OrthogonalSuppression
+        >>> g = torch.randn(8, 32)
+        >>> rule = OrthogonalSuppression(eps=0.0)
+        >>> assert_noop_on_zero_reference(rule, g, {"harm": g}, atol=0, rtol=0)
     """
     keys = _ref_keys(rule, refs, keys)
     atol, rtol = _tols(grad.dtype, atol, rtol)
@@ -590,7 +684,7 @@ def assert_noop_on_zero_reference(
 
 
 def _max_or_zero(t: Tensor) -> float:
-    """``max(t)`` as a float (NaN when ``t`` holds one), 0 for an empty tensor."""
+    """`max(t)` as a float (NaN when `t` holds one), 0 for an empty tensor."""
     return float(t.max()) if t.numel() else 0.0
 
 
@@ -648,18 +742,33 @@ def assert_gradcheck(
     rtol: float = 1e-3,
     fast_mode: bool = False,
 ) -> None:
-    """``torch.autograd.gradcheck`` of the rule in float64, as a function of ``grad`` (through
-    the full ``rule(grad, refs)`` call) and, with ``wrt_refs=True``, of the references the rule
-    reads (through ``rule.forward``, since calling a rule detaches its references).
+    """`torch.autograd.gradcheck` of the rule in float64, as a function of `grad` (through
+    the full `rule(grad, refs)` call) and, with `wrt_refs=True`, of the references the rule
+    reads (through `rule.forward`, since calling a rule detaches its references).
 
-    Failure raises ``AssertionError`` with the largest analytical-vs-numerical Jacobian
-    deviation. Use small inputs (the Jacobian has ``numel(grad)**2`` entries) away from the
-    rule's kinks (a coordinate or inner product within ``eps`` of zero).
+    Failure raises `AssertionError` with the largest analytical-vs-numerical Jacobian
+    deviation. Use small inputs (the Jacobian has `numel(grad)**2` entries) away from the
+    rule's kinks (a coordinate or inner product within `eps` of zero).
 
-    >>> import torch
-    >>> from dgsnet.surgery import OrthogonalSuppression
-    >>> g, harm = torch.randn(2, 5), torch.randn(2, 5)
-    >>> assert_gradcheck(OrthogonalSuppression(), g, {"harm": harm})
+    Args:
+        rule: the rule under test.
+        grad: the gradient to pass to the rule, shape `(..., D)`.
+        refs: the reference gradients, `{name: tensor}` of `grad`'s shape.
+        wrt_refs: also check the Jacobian with respect to the references.
+        eps: the finite-difference step.
+        atol: absolute tolerance of `torch.autograd.gradcheck`.
+        rtol: relative tolerance of `torch.autograd.gradcheck`.
+        fast_mode: `gradcheck`'s fast mode (a random projection of the Jacobian).
+
+    Raises:
+        AssertionError: the invariant is violated (the message names the worst sample).
+        ValueError: misuse of the check (a missing reference key, a bad tolerance or scale).
+
+    Examples:
+        >>> import torch
+        >>> from dgsnet.surgery import OrthogonalSuppression
+        >>> g, harm = torch.randn(2, 5), torch.randn(2, 5)
+        >>> assert_gradcheck(OrthogonalSuppression(), g, {"harm": harm})
     """
     name = _name(rule)
     eps = _check_tol("eps", eps)
@@ -738,16 +847,28 @@ def assert_fused_matches_eager(
     *,
     rtol: float | None = None,
 ) -> None:
-    """``fuse(rule)(grad, refs)`` equals ``rule(grad, refs)``: same dtype and shape, and per
-    sample ``|fused - eager| <= atol + rtol * scale`` (``rtol`` defaults to 1e-6 for float32 and
+    """`fuse(rule)(grad, refs)` equals `rule(grad, refs)`: same dtype and shape, and per
+    sample `|fused - eager| <= atol + rtol * scale` (`rtol` defaults to 1e-6 for float32 and
     float64 and to one unit in the last place for float16/bfloat16, where both paths round the
-    float32 result once). When ``torch.compile`` is unavailable the fused rule falls back to
+    float32 result once). When `torch.compile` is unavailable the fused rule falls back to
     eager with a warning; the comparison still runs (and then trivially holds).
 
-    >>> import torch
-    >>> from dgsnet.surgery import OrthogonalSuppression
-    >>> g, harm = torch.randn(4, 8), torch.randn(4, 8)
-    >>> assert_fused_matches_eager(OrthogonalSuppression(), g, {"harm": harm})  # doctest: +SKIP
+    Args:
+        rule: the rule under test.
+        grad: the gradient to pass to the rule, shape `(..., D)`.
+        refs: the reference gradients, `{name: tensor}` of `grad`'s shape.
+        atol: absolute tolerance per sample.
+        rtol: relative tolerance; `None` picks the default described above.
+
+    Raises:
+        AssertionError: the invariant is violated (the message names the worst sample).
+        ValueError: misuse of the check (a missing reference key, a bad tolerance or scale).
+
+    Examples:
+        >>> import torch
+        >>> from dgsnet.surgery import OrthogonalSuppression
+        >>> g, harm = torch.randn(4, 8), torch.randn(4, 8)
+        >>> assert_fused_matches_eager(OrthogonalSuppression(), g, {"harm": harm})  # doctest: +SKIP
     """
     eager = rule.rule if isinstance(rule, FusedRule) else rule
     atol = _check_tol("atol", atol)
@@ -789,15 +910,29 @@ def assert_surgery_backward_applies_rule(
     atol: float | None = None,
     rtol: float | None = None,
 ) -> None:
-    """Through ``GradientSurgery.apply(x, rule, refs)``, the forward pass returns ``x`` itself
-    (a view sharing its storage) and the gradient passed back to ``x`` equals
-    ``rule(grad_output, refs)`` (with ``nonfinite="ignore"``: of the references with their
-    non-finite samples zeroed). ``grad_output`` defaults to a seeded standard normal tensor.
+    """Through `GradientSurgery.apply(x, rule, refs)`, the forward pass returns `x` itself
+    (a view sharing its storage) and the gradient passed back to `x` equals
+    `rule(grad_output, refs)` (with `nonfinite="ignore"`: of the references with their
+    non-finite samples zeroed). `grad_output` defaults to a seeded standard normal tensor.
 
-    >>> import torch
-    >>> from dgsnet.surgery import OrthogonalSuppression
-    >>> x, harm = torch.randn(4, 8), torch.randn(4, 8)
-    >>> assert_surgery_backward_applies_rule(OrthogonalSuppression(), x, {"harm": harm})
+    Args:
+        rule: the rule under test.
+        x: the feature tensor the surgery is applied to.
+        refs: the reference gradients, `{name: tensor}` of `grad`'s shape.
+        grad_output: the gradient arriving at the output; `None` draws a seeded standard normal one.
+        nonfinite: `"raise"` or `"ignore"`, passed to `GradientSurgery`.
+        atol: absolute tolerance; `None` picks the dtype's default (see the module doc).
+        rtol: relative tolerance; `None` picks the dtype's default (see the module doc).
+
+    Raises:
+        AssertionError: the invariant is violated (the message names the worst sample).
+        ValueError: misuse of the check (a missing reference key, a bad tolerance or scale).
+
+    Examples:
+        >>> import torch
+        >>> from dgsnet.surgery import OrthogonalSuppression
+        >>> x, harm = torch.randn(4, 8), torch.randn(4, 8)
+        >>> assert_surgery_backward_applies_rule(OrthogonalSuppression(), x, {"harm": harm})
     """
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError("assert_surgery_backward_applies_rule: x must be a floating-point tensor")

@@ -1,11 +1,11 @@
-"""Input checks of :class:`~dgsnet.DGSWrapper`: images, labels, captions, token ids, indices.
+"""Input checks of `DGSWrapper`: images, labels, captions, token ids, indices.
 
 Each check either returns the input ready for the step (moved to the model's device, labels
-as class indices) or raises ``TypeError``/``ValueError`` naming what was expected and what
-arrived. Nothing is changed silently: a ``(B, 1)`` label column is the one reshaping accepted.
+as class indices) or raises `TypeError`/`ValueError` naming what was expected and what
+arrived. Nothing is changed silently: a `(B, 1)` label column is the one reshaping accepted.
 
 The checks are written to cost no device synchronisation where the data allows it: labels are
-validated on their host copy, and :func:`inputs_finite` returns a device flag that the step
+validated on their host copy, and `inputs_finite` returns a device flag that the step
 reads together with its other checks.
 """
 
@@ -45,16 +45,16 @@ def check_images(
     """Check a batch of images for a model and return its batch size.
 
     Args:
-        images: should be a floating tensor ``(B, 3, H, W)`` with ``B >= 1``.
-        image_size: the model's ``(H, W)``, or ``None`` when it accepts any size.
+        images: should be a floating tensor `(B, 3, H, W)` with `B >= 1`.
+        image_size: the model's `(H, W)`, or `None` when it accepts any size.
         device: where the model lives; the images must already be there.
         dtype: the image tower's weight dtype; images must match it unless autocast is on.
 
     Returns:
-        ``B``.
+        `B`.
 
     Raises:
-        TypeError: ``images`` is not a tensor.
+        TypeError: `images` is not a tensor.
         ValueError: wrong rank, dtype, shape, device, or an empty batch.
     """
     if not isinstance(images, Tensor):
@@ -85,6 +85,13 @@ def inputs_finite(images: Tensor, text: Tensor | None = None) -> Tensor:
     """A 0-d bool tensor: no NaN/Inf in the images (and text features).
 
     No device sync: the caller reads it together with the step's other checks.
+
+    Args:
+        images: the pixel batch.
+        text: precomputed text features, or `None`.
+
+    Returns:
+        The 0-d bool tensor, on the images' device.
     """
     ok = torch.isfinite(images).all()
     return ok if text is None else ok & torch.isfinite(text).all().to(ok.device)
@@ -92,6 +99,10 @@ def inputs_finite(images: Tensor, text: Tensor | None = None) -> Tensor:
 
 def raise_nonfinite_inputs(images: Tensor, text: Tensor | None = None) -> None:
     """Raise if the images (or text features) hold NaN/Inf; return if there are none.
+
+    Args:
+        images: the pixel batch.
+        text: precomputed text features, or `None`.
 
     Raises:
         NonFiniteInputError: names the batch positions of the non-finite samples.
@@ -121,10 +132,10 @@ def check_labels(
     num_classes: int,
     custom_loss: bool = False,
 ) -> Tensor:
-    """Check labels and move them to ``device``.
+    """Check labels and move them to `device`.
 
     Args:
-        labels: a tensor or sequence of ``batch`` class indices (``(B,)`` or ``(B, 1)``).
+        labels: a tensor or sequence of `batch` class indices (`(B,)` or `(B, 1)`).
         batch: the number of images.
         device: the model's device.
         num_classes: 1 (binary: labels in {0, 1}) or the number of classes.
@@ -132,7 +143,7 @@ def check_labels(
             checked then.
 
     Returns:
-        Labels ``(B,)`` on ``device`` (``bool`` ones as ``int64``).
+        Labels `(B,)` on `device` (`bool` ones as `int64`).
 
     Raises:
         TypeError: not convertible to a tensor, or complex.
@@ -178,7 +189,11 @@ def check_labels(
 
 
 def check_text_features(text: Tensor, feature_dim: int) -> None:
-    """Precomputed text features must be ``(B, feature_dim)`` and hold data.
+    """Precomputed text features must be `(B, feature_dim)` and hold data.
+
+    Args:
+        text: the text features.
+        feature_dim: `D`, the joint feature dimension.
 
     Raises:
         ValueError: another shape, or a meta tensor.
@@ -194,6 +209,12 @@ def check_text_features(text: Tensor, feature_dim: int) -> None:
 def check_captions(text: Sequence[Any]) -> list[str]:
     """A non-empty sequence of caption strings, as a list.
 
+    Args:
+        text: the captions.
+
+    Returns:
+        The captions, as a list.
+
     Raises:
         ValueError: the sequence is empty.
         TypeError: an item is not a string.
@@ -207,7 +228,7 @@ def check_captions(text: Sequence[Any]) -> list[str]:
 
 
 def check_tokens(ids: Tensor, *, device: torch.device, vocab: int | None) -> Tensor:
-    """Token ids given by the caller: an integer ``(B, L)`` tensor of ids in the vocabulary.
+    """Token ids given by the caller: an integer `(B, L)` tensor of ids in the vocabulary.
 
     Out-of-range ids would fail deep inside the embedding (on CUDA as a device assert), so
     they are refused here.
@@ -215,14 +236,14 @@ def check_tokens(ids: Tensor, *, device: torch.device, vocab: int | None) -> Ten
     Args:
         ids: the token ids.
         device: the model's device.
-        vocab: the vocabulary size, or ``None`` when unknown (only negatives are refused).
+        vocab: the vocabulary size, or `None` when unknown (only negatives are refused).
 
     Returns:
-        ``ids`` on ``device``.
+        `ids` on `device`.
 
     Raises:
         TypeError: a complex or bool tensor.
-        ValueError: wrong rank, a meta tensor, or ids outside ``[0, vocab)``.
+        ValueError: wrong rank, a meta tensor, or ids outside `[0, vocab)`.
     """
     if ids.is_complex() or ids.dtype == torch.bool:
         raise TypeError(f"token ids must be an integer tensor (B, L), got dtype {ids.dtype}")
@@ -241,7 +262,14 @@ def check_tokens(ids: Tensor, *, device: torch.device, vocab: int | None) -> Ten
 
 
 def check_index(index: Any, batch: int) -> Tensor | None:
-    """Dataset indices of a batch: ``None``, or ``batch`` integers in ``[0, MAX_INDEX)``.
+    """Dataset indices of a batch: `None`, or `batch` integers in `[0, MAX_INDEX)`.
+
+    Args:
+        index: the indices, or `None`.
+        batch: `B`, the number of images.
+
+    Returns:
+        `None`, or the indices as a `(B,)` integer tensor.
 
     Raises:
         TypeError: not convertible to a tensor.
@@ -279,11 +307,17 @@ def check_index(index: Any, batch: int) -> Tensor | None:
 
 
 def unpack_stage1_batch(batch: Any) -> tuple[Tensor, Any, Any]:
-    """``(images, labels, index or None)`` from a stage-1 batch.
+    """`(images, labels, index or None)` from a stage-1 batch.
 
-    Accepted: ``(images, labels)``, ``(images, captions, labels[, index, ...])`` (an index
-    only when the fourth item is a tensor), or a mapping with ``images``/``image``,
-    ``labels``/``label`` and optionally ``index``/``indices``.
+    Accepted: `(images, labels)`, `(images, captions, labels[, index, ...])` (an index
+    only when the fourth item is a tensor), or a mapping with `images`/`image`,
+    `labels`/`label` and optionally `index`/`indices`.
+
+    Args:
+        batch: one batch of a stage-1 loader.
+
+    Returns:
+        `(images, labels, index)`, `index` being `None` when the batch has none.
 
     Raises:
         ValueError: none of these forms.
@@ -307,7 +341,14 @@ def unpack_stage1_batch(batch: Any) -> tuple[Tensor, Any, Any]:
 
 
 def vocab_size(model: Any) -> int | None:
-    """The text tower's vocabulary size (open_clip / OpenAI CLIP / Hugging Face), else None."""
+    """The text tower's vocabulary size (open_clip / OpenAI CLIP / Hugging Face), else None.
+
+    Args:
+        model: the CLIP-like model.
+
+    Returns:
+        The vocabulary size, or `None` when the model does not say.
+    """
     for owner in (model, getattr(model, "text", None)):
         emb = getattr(owner, "token_embedding", None)
         if isinstance(emb, nn.Embedding):
@@ -318,7 +359,14 @@ def vocab_size(model: Any) -> int | None:
 
 
 def autocast_enabled(device_type: str) -> bool:
-    """Whether autocast is on for ``device_type`` (any torch since 2.0)."""
+    """Whether autocast is on for `device_type` (any torch since 2.0).
+
+    Args:
+        device_type: e.g. `"cuda"` or `"cpu"`.
+
+    Returns:
+        Whether autocast is on.
+    """
     try:
         return bool(torch.is_autocast_enabled(device_type))
     except TypeError:  # torch < 2.4: no device argument

@@ -1,37 +1,41 @@
-r"""``DGSWrapper``: DGS-Net fine-tuning of a CLIP-like dual encoder inside your own loop.
+r"""`DGSWrapper`: DGS-Net fine-tuning of a CLIP-like dual encoder inside your own loop.
 
 The step follows the DGS-Net paper (Distillation-Guided Gradient Surgery, arXiv 2511.13108)
 and the training step of the authors' released code (HorizonTEL/DGS-Net,
-``networks/trainer.py``); ``docs/wrapper.md`` walks through it. Per batch of ``B`` images with
+`networks/trainer.py`); `docs/wrapper.md` walks through it. Per batch of `B` images with
 captions and labels the wrapper computes:
 
-* student features ``f = E_img(x)`` (LoRA on), teacher features ``f_T`` (adapters off, no
-  grad), text features ``t`` (frozen text tower, cached per caption);
-* ``L_img = loss(h(f'), y)`` with
-  ``f' = GradientSurgery(f, OrthogonalSuppression, harm=g_text)``,
-  ``L_text = loss(h_t(t), y)``, ``L_T = loss(h_T(f_T), y)`` (value only),
-  ``g_text = dL_text/dt`` and ``g_img = dL_T/df_T`` (closed form for linear heads);
-* the alignment term ``L_align = mean_b <f'_b, min(g_img_b, 0)>``, attached to ``f'`` so that
-  the projection also sees it (the reference order), or to ``f`` (project first, then align:
-  the paper's order). With ``align_scale="reference"`` the references are the gradients of the
-  mean-reduced losses (each carries ``1/B``, so the alignment is weighted ``lambda/B``, as in
-  the released code); with ``"invariant"`` they are per-sample gradients (no ``1/B``), which makes
-  the step independent of the batch size, ``eps`` included;
-* ``loss = L_img + L_text + align_weight * L_align`` (``+ feature_distill * MSE(f, f_T)``
-  when feature distillation is on; taken on the raw features ``f``, so the projection does
+* student features `f = E_img(x)` (LoRA on), teacher features `f_T` (adapters off, no
+  grad), text features `t` (frozen text tower, cached per caption);
+* `L_img = loss(h(f'), y)` with
+  `f' = GradientSurgery(f, OrthogonalSuppression, harm=g_text)`,
+  `L_text = loss(h_t(t), y)`, `L_T = loss(h_T(f_T), y)` (value only),
+  `g_text = dL_text/dt` and `g_img = dL_T/df_T` (closed form for linear heads);
+* the alignment term `L_align = mean_b <f'_b, min(g_img_b, 0)>`, attached to `f'` so that
+  the projection also sees it (the reference order), or to `f` (project first, then align:
+  the paper's order). With `align_scale="reference"` the references are the gradients of the
+  mean-reduced losses (each carries `1/B`, so the alignment is weighted `lambda/B`, as in
+  the released code); with `"invariant"` they are per-sample gradients (no `1/B`), which makes
+  the step independent of the batch size, `eps` included;
+* `loss = L_img + L_text + align_weight * L_align` (`+ feature_distill * MSE(f, f_T)`
+  when feature distillation is on; taken on the raw features `f`, so the projection does
   not act on its gradient).
 
 Realising the alignment as a loss term rather than inside the backward hook gives the same
-gradient as ``PriorAlignment`` and keeps it correct under loss scaling and data parallelism.
+gradient as `PriorAlignment` and keeps it correct under loss scaling and data parallelism.
 
 The pieces around the step live in their own modules: input checks in
-:mod:`dgsnet.validation`, the text and teacher caches in :mod:`dgsnet.caches`, checkpoint files
-in :mod:`dgsnet.checkpoint`.
+`dgsnet.validation`, the text and teacher caches in `dgsnet.caches`, checkpoint files
+in `dgsnet.checkpoint`.
 
->>> import open_clip                                                  # doctest: +SKIP
->>> model, _, _ = open_clip.create_model_and_transforms("ViT-L-14", pretrained="openai")
->>> dgs = DGSWrapper(model, open_clip.get_tokenizer("ViT-L-14"), DGSConfig.reference())
->>> out = dgs(images, captions, labels); out.loss.backward()
+Examples:
+    >>> import open_clip  # doctest: +SKIP
+    >>> model, _, _ = open_clip.create_model_and_transforms(  # doctest: +SKIP
+    ...     "ViT-L-14", pretrained="openai")
+    >>> tokenizer = open_clip.get_tokenizer("ViT-L-14")  # doctest: +SKIP
+    >>> dgs = DGSWrapper(model, tokenizer, DGSConfig.reference())  # doctest: +SKIP
+    >>> out = dgs(images, captions, labels)  # doctest: +SKIP
+    >>> out.loss.backward()  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -82,12 +86,12 @@ __all__ = ["DGSWrapper", "DGSOutput", "WEIGHTS_NAME", "CONFIG_NAME"]
 
 @dataclass
 class DGSOutput:
-    """What :meth:`DGSWrapper.forward` returns.
+    """What `DGSWrapper.forward` returns.
 
-    ``loss`` is ready for ``.backward()``; ``logits`` are the student's; ``losses`` holds the
-    detached parts (``image``, ``text``, ``teacher``, ``align``, and ``distill``, the
-    unweighted ``MSE(f, f_T)``, when ``feature_distill > 0``); ``stats`` the surgery
-    diagnostics as floats, available after ``loss.backward()`` (empty before).
+    `loss` is ready for `.backward()`; `logits` are the student's; `losses` holds the
+    detached parts (`image`, `text`, `teacher`, `align`, and `distill`, the
+    unweighted `MSE(f, f_T)`, when `feature_distill > 0`); `stats` the surgery
+    diagnostics as floats, available after `loss.backward()` (empty before).
     """
 
     loss: Tensor
@@ -101,11 +105,11 @@ class DGSOutput:
 
 
 def _register_output_pytree() -> None:
-    """Make :class:`DGSOutput` a pytree node, so that ``DistributedDataParallel`` finds its
-    tensors. DDP routes the forward output through its ``_DDPSink`` with ``tree_flatten``
-    (``static_graph=True``, ``find_unused_parameters=True``); an unregistered dataclass is an
-    opaque leaf there, and with ``static_graph=True`` the first step's gradients were then never
-    all-reduced (each rank kept its local gradient). ``tests/test_distributed.py`` checks this."""
+    """Make `DGSOutput` a pytree node, so that `DistributedDataParallel` finds its
+    tensors. DDP routes the forward output through its `_DDPSink` with `tree_flatten`
+    (`static_graph=True`, `find_unused_parameters=True`); an unregistered dataclass is an
+    opaque leaf there, and with `static_graph=True` the first step's gradients were then never
+    all-reduced (each rank kept its local gradient). `tests/test_distributed.py` checks this."""
     try:
         from torch.utils import _pytree as pytree
     except ImportError:  # pragma: no cover - very old torch
@@ -132,14 +136,14 @@ class DGSWrapper(nn.Module):
     """DGS-Net around a CLIP-like dual encoder (see the module docstring).
 
     Args:
-        model: open_clip / OpenAI CLIP model, Hugging Face ``CLIPModel``/``SiglipModel``, or a
-            :class:`~dgsnet.encoders.DualEncoder`. It is modified in place: frozen, LoRA
+        model: open_clip / OpenAI CLIP model, Hugging Face `CLIPModel`/`SiglipModel`, or a
+            `DualEncoder`. It is modified in place: frozen, LoRA
             injected into its image tower (and, for open_clip, its attention split into
             q/k/v projections; the function is unchanged).
-        tokenizer: turns caption strings into tokens (``open_clip.get_tokenizer(name)``, a
+        tokenizer: turns caption strings into tokens (`open_clip.get_tokenizer(name)`, a
             Hugging Face tokenizer); optional when captions come as tokens or features.
-        config: a :class:`DGSConfig`.
-        loss_fn: optional ``loss_fn(logits, labels) -> scalar`` replacing BCE/CE for all three
+        config: a `DGSConfig`.
+        loss_fn: optional `loss_fn(logits, labels) -> scalar` replacing BCE/CE for all three
             heads (reference gradients then come from autograd on the heads).
     """
 
@@ -190,9 +194,9 @@ class DGSWrapper(nn.Module):
             )
             self.rule = fuse(rule) if config.fused else rule
         self.text_cache = TextCache(config.text_cache_size)
-        """Text features by caption (LRU); its capacity follows ``config.text_cache_size``."""
+        """Text features by caption (LRU); its capacity follows `config.text_cache_size`."""
         self.teacher_cache = TeacherCache()
-        """Teacher logits by dataset index (filled when ``index`` is passed to the step)."""
+        """Teacher logits by dataset index (filled when `index` is passed to the step)."""
         self._trunk_start = self._find_trunk_start()
         # one base weight of the image tower, found once: its dtype is what images must match
         # (nn.Module.to converts parameters in place, so the reference stays current)
@@ -264,12 +268,26 @@ class DGSWrapper(nn.Module):
         return F.normalize(feats, dim=-1) if self.config.normalize_features else feats
 
     def encode_student(self, images: Tensor) -> Tensor:
-        """Student image features (LoRA on), with grad."""
+        """Student image features (LoRA on), with grad.
+
+        Args:
+            images: `(B, 3, H, W)` pixels.
+
+        Returns:
+            `(B, D)` features.
+        """
         return self._post(self.encoder.encode_image(images))
 
     @torch.no_grad()
     def encode_teacher(self, images: Tensor) -> Tensor:
-        """Teacher image features: the pre-fine-tuning encoder (adapters off), no grad."""
+        """Teacher image features: the pre-fine-tuning encoder (adapters off), no grad.
+
+        Args:
+            images: `(B, 3, H, W)` pixels.
+
+        Returns:
+            `(B, D)` features, detached.
+        """
         if self._teacher_encoder is not None:
             return self._post(self._teacher_encoder.encode_image_pooled(images))
         check_no_merge(self.encoder.image_tower)
@@ -283,19 +301,19 @@ class DGSWrapper(nn.Module):
         """Text features of the frozen text tower, no grad.
 
         Args:
-            text: a list of caption strings, token ids (``LongTensor (B, L)`` or a Hugging
-                Face token mapping), or precomputed features (a floating tensor ``(B, D)``).
-            batch_size: when given, the number of rows ``text`` must yield.
-            use_cache: look captions up in (and add them to) :attr:`text_cache`, an LRU bounded
-                by ``config.text_cache_size``. ``False`` encodes every caption and keeps no
+            text: a list of caption strings, token ids (`LongTensor (B, L)` or a Hugging
+                Face token mapping), or precomputed features (a floating tensor `(B, D)`).
+            batch_size: when given, the number of rows `text` must yield.
+            use_cache: look captions up in (and add them to) `text_cache`, an LRU bounded
+                by `config.text_cache_size`. `False` encodes every caption and keeps no
                 copy (for a caller that holds its own table of caption features).
 
         Returns:
-            A tensor ``(B, D)`` on the wrapper's device.
+            A tensor `(B, D)` on the wrapper's device.
 
         Raises:
-            TypeError: ``text`` is none of the accepted kinds.
-            ValueError: wrong shape, empty list, or ``batch_size`` rows not matched.
+            TypeError: `text` is none of the accepted kinds.
+            ValueError: wrong shape, empty list, or `batch_size` rows not matched.
         """
         if isinstance(text, str):
             raise TypeError("text must be a list of captions, got a single string")
@@ -365,15 +383,29 @@ class DGSWrapper(nn.Module):
         return self.encode_student(images), f_teacher
 
     def forward(self, images: Tensor, text: Any, labels: Any, index: Any = None) -> DGSOutput:
-        """One DGS training step's loss; call ``.backward()`` on ``out.loss``.
+        """One DGS training step's loss; call `.backward()` on `out.loss`.
 
-        ``index``: optional dataset indices of the images. Passing them declares that an
+        `index`: optional dataset indices of the images. Passing them declares that an
         index always maps to the same preprocessed image (deterministic transforms); the
         teacher's outputs are then cached per index and later epochs skip its forward.
 
-        Bad input raises ``TypeError``/``ValueError`` naming what was expected; with
-        ``config.nonfinite="raise"`` (default) so do NaN/Inf images or text features
-        (``"ignore"`` lets the non-finite loss through for the trainer to handle).
+        Bad input raises `TypeError`/`ValueError` naming what was expected; with
+        `config.nonfinite="raise"` (default) so do NaN/Inf images or text features
+        (`"ignore"` lets the non-finite loss through for the trainer to handle).
+
+        Args:
+            images: `(B, 3, H, W)` pixels.
+            text: `B` captions (strings), their tokens, or `(B, D)` text features.
+            labels: `(B,)` labels, 0 = real, 1 = fake.
+            index: `(B,)` dataset indices of the images, or `None` (see above).
+
+        Returns:
+            The loss and its parts (`DGSOutput`).
+
+        Raises:
+            TypeError: an input of the wrong kind or dtype.
+            ValueError: an input of the wrong shape or value.
+            NonFiniteInputError: NaN/Inf images or text features with `nonfinite="raise"`.
         """
         cfg = self.config
         batch = self._check_images(images)
@@ -448,8 +480,8 @@ class DGSWrapper(nn.Module):
         return DGSOutput(loss=loss, logits=logits, losses=losses, surgery=stats)
 
     def _plain_step(self, images: Tensor, y: Tensor, check_finite: bool) -> DGSOutput:
-        """``config.plain``: the student's loss alone (no text, no surgery), plus
-        ``feature_distill * MSE(f, f_T)`` when feature distillation is on."""
+        """`config.plain`: the student's loss alone (no text, no surgery), plus
+        `feature_distill * MSE(f, f_T)` when feature distillation is on."""
         if check_finite and not bool(self._inputs_finite(images)):
             self._raise_nonfinite_inputs(images)
         weight = self.config.feature_distill
@@ -468,12 +500,12 @@ class DGSWrapper(nn.Module):
     def _guard_help(
         self, g_help: Tensor, inputs_ok: Tensor | None, images: Tensor, t: Tensor
     ) -> tuple[Tensor, Tensor | None]:
-        """The non-finite policy for the help reference ``g_help``.
+        """The non-finite policy for the help reference `g_help`.
 
-        ``nonfinite="ignore"``: rows with NaN/Inf become zero (no alignment for them).
-        ``"raise"``: one device sync reads the inputs' flag and the reference's; NaN/Inf in
-        the inputs, else in the reference, raise :class:`~dgsnet.errors.NonFiniteInputError`.
-        Returns the reference and ``None`` for a flag that is checked now."""
+        `nonfinite="ignore"`: rows with NaN/Inf become zero (no alignment for them).
+        `"raise"`: one device sync reads the inputs' flag and the reference's; NaN/Inf in
+        the inputs, else in the reference, raise `NonFiniteInputError`.
+        Returns the reference and `None` for a flag that is checked now."""
         if self.config.nonfinite == "ignore":
             return g_help.masked_fill(~torch.isfinite(g_help).all(-1, keepdim=True), 0.0), inputs_ok
         if not bool(torch.isfinite(g_help).all() & cast(Tensor, inputs_ok)):
@@ -487,7 +519,14 @@ class DGSWrapper(nn.Module):
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
         """Student logits only: the cost of the plain fine-tuned model. Runs in eval mode
-        (no LoRA dropout), then restores the module's training flag."""
+        (no LoRA dropout), then restores the module's training flag.
+
+        Args:
+            images: `(B, 3, H, W)` pixels.
+
+        Returns:
+            The image head's logits, one row per image.
+        """
         self._check_images(images)
         was_training = self.training
         self.eval()
@@ -507,13 +546,25 @@ class DGSWrapper(nn.Module):
         progress: bool = False,
         cache_features: bool = True,
     ) -> list[float]:
-        """Stage 1: train ``teacher_head`` as a linear probe on frozen teacher features.
+        """Stage 1: train `teacher_head` as a linear probe on frozen teacher features.
 
-        ``loader`` yields batches ``(images, captions, labels[, index, ...])``, ``(images,
-        labels)`` or mappings with keys ``images``, ``labels`` and optionally ``index``. With
+        `loader` yields batches `(images, captions, labels[, index, ...])`, `(images,
+        labels)` or mappings with keys `images`, `labels` and optionally `index`. With
         indices, the teacher features of the first epoch are kept (on the CPU) for the later
-        epochs (``cache_features``), and the final head's logits fill the teacher cache that
-        stage 2 reads. Returns the mean loss of each epoch."""
+        epochs (`cache_features`), and the final head's logits fill the teacher cache that
+        stage 2 reads. Returns the mean loss of each epoch.
+
+        Args:
+            loader: the batches (see above).
+            epochs: passes over `loader`.
+            lr: the Adam learning rate.
+            betas: the Adam betas.
+            progress: show a progress bar.
+            cache_features: keep the first epoch's teacher features for the later ones.
+
+        Returns:
+            The mean loss of each epoch.
+        """
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -570,19 +621,35 @@ class DGSWrapper(nn.Module):
         """Write LoRA weights and the three heads (safetensors) and the config (JSON),
         each atomically; the JSON, written last, records the weights' sha256.
 
-        See :func:`dgsnet.checkpoint.save_dgs_checkpoint`."""
+        See `dgsnet.checkpoint.save_dgs_checkpoint`.
+
+        Args:
+            directory: the folder to write (created if needed).
+
+        Returns:
+            The folder, as a `Path`.
+        """
         return save_dgs_checkpoint(self, directory)
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, model: Any, tokenizer: Any = None, loss_fn: LossFn | None = None
     ) -> DGSWrapper:
-        """Rebuild a wrapper around a fresh ``model`` (the same architecture as when saved)
+        """Rebuild a wrapper around a fresh `model` (the same architecture as when saved)
         and load the LoRA weights and heads.
 
+        Args:
+            directory: the folder `save_pretrained` wrote.
+            model: a fresh model of the saved architecture.
+            tokenizer: the model's tokenizer (needed for string captions).
+            loss_fn: the custom loss the wrapper was built with, if any.
+
+        Returns:
+            The wrapper, with the saved weights and config.
+
         Raises:
-            CheckpointError: (:mod:`dgsnet.io`) the folder is damaged or does not fit
-                ``model``.
+            CheckpointError: (`dgsnet.io`) the folder is damaged or does not fit
+                `model`.
         """
         meta = read_checkpoint_meta(directory)
         config = config_from_meta(meta, directory)
@@ -591,7 +658,15 @@ class DGSWrapper(nn.Module):
         return wrapper
 
     def load_checkpoint(self, directory: str | Path, _meta: dict[str, Any] | None = None) -> None:
-        """Load weights written by :meth:`save_pretrained` into this wrapper (strict).
+        """Load weights written by `save_pretrained` into this wrapper (strict).
 
-        See :func:`dgsnet.checkpoint.load_dgs_checkpoint`."""
+        See `dgsnet.checkpoint.load_dgs_checkpoint`.
+
+        Args:
+            directory: the folder `save_pretrained` wrote.
+            _meta: the folder's JSON, when already read (internal).
+
+        Raises:
+            CheckpointError: the folder is damaged or does not fit this wrapper.
+        """
         load_dgs_checkpoint(self, directory, _meta)

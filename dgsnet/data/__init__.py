@@ -1,10 +1,11 @@
 """Data toolkit: benchmark folder layouts, caption files and generation, transforms.
 
->>> from dgsnet.data import DetectionFolder, PatchSelection, collate        # doctest: +SKIP
->>> ds = DetectionFolder("AIGIBench/train", transform=PatchSelection(flip=True),
-...                      captions="auto")                                  # doctest: +SKIP
+Examples:
+    >>> from dgsnet.data import DetectionFolder, PatchSelection, collate        # doctest: +SKIP
+    >>> ds = DetectionFolder("AIGIBench/train", transform=PatchSelection(flip=True),
+    ...                      captions="auto")                                  # doctest: +SKIP
 
-See ``docs/datasets.md`` and ``docs/captions.md``.
+See `docs/datasets.md` and `docs/captions.md`.
 """
 
 from ._common import IMAGE_EXTENSIONS, CaptionError, CorruptImageError, DatasetError

@@ -1,4 +1,4 @@
-"""Pieces shared by :mod:`dgsnet.data.datasets` and :mod:`dgsnet.data.captions`.
+"""Pieces shared by `dgsnet.data.datasets` and `dgsnet.data.captions`.
 
 Errors, the image-file rule, and image loading that never hides a broken file and maps every
 pixel format to 8-bit RGB by one stated rule. Kept in one private module so that the two
@@ -45,7 +45,11 @@ class DatasetError(ValueError):
 class CorruptImageError(DatasetError):
     """An image file cannot be decoded (unreadable, truncated, not an image).
 
-    ``path`` holds the file, ``reason`` what the decoder said.
+    `path` holds the file, `reason` what the decoder said.
+
+    Args:
+        path: the image file.
+        reason: what the decoder said.
     """
 
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
@@ -61,7 +65,11 @@ class CorruptImageError(DatasetError):
 class CaptionError(DatasetError):
     """Captions are missing for some images, ambiguous, or a caption file is malformed.
 
-    ``missing`` lists the image paths that have no caption (possibly empty).
+    `missing` lists the image paths that have no caption (possibly empty).
+
+    Args:
+        message: what is wrong.
+        missing: the image paths without a caption.
     """
 
     def __init__(self, message: str, missing: list[str] | None = None) -> None:
@@ -70,14 +78,21 @@ class CaptionError(DatasetError):
 
 
 def is_image_file(name: str | os.PathLike[str]) -> bool:
-    """True when ``name`` has one of :data:`IMAGE_EXTENSIONS` (any case) and is not hidden
-    (names starting with ``.``, e.g. macOS ``._x.png`` resource forks, are not images)."""
+    """True when `name` has one of `IMAGE_EXTENSIONS` (any case) and is not hidden
+    (names starting with `.`, e.g. macOS `._x.png` resource forks, are not images).
+
+    Args:
+        name: a file name or path.
+
+    Returns:
+        Whether it names an image file.
+    """
     base = os.path.basename(os.fspath(name))
     return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
 
 
 def truncated_images_allowed() -> bool:
-    """Whether ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is switched on (by anyone).
+    """Whether `PIL.ImageFile.LOAD_TRUNCATED_IMAGES` is switched on (by anyone).
 
     dgsnet never switches it on; when some other code has, truncated files decode without an
     error (their missing part comes out grey), so the datasets warn about it.
@@ -86,19 +101,25 @@ def truncated_images_allowed() -> bool:
 
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open ``path``, decode it completely and return an 8-bit RGB :class:`PIL.Image.Image`.
+    """Open `path`, decode it completely and return an 8-bit RGB `PIL.Image.Image`.
 
-    Every pixel format is mapped to 8 bits per channel by a fixed rule (``docs/datasets.md``,
-    "Pixel formats"): 16-bit samples keep their high byte (``v >> 8``); 32-bit integer (``I``)
-    pixels are read as 16-bit data and must lie in 0..65535; float (``F``) pixels are taken as
+    Every pixel format is mapped to 8 bits per channel by a fixed rule (`docs/datasets.md`,
+    "Pixel formats"): 16-bit samples keep their high byte (`v >> 8`); 32-bit integer (`I`)
+    pixels are read as 16-bit data and must lie in 0..65535; float (`F`) pixels are taken as
     0..1, clipped (with a warning naming the file when any lies outside) and rounded,
-    ``floor(v * 255 + 0.5)``; signed-integer pixels must not be negative; alpha is dropped. An
+    `floor(v * 255 + 0.5)`; signed-integer pixels must not be negative; alpha is dropped. An
     image that cannot be mapped without guessing is refused, never loaded with wrong pixels.
 
     The file is closed on return. Any problem (missing file, not an image, truncated data,
-    decompression bomb, a pixel format outside the rule) raises :class:`CorruptImageError`
+    decompression bomb, a pixel format outside the rule) raises `CorruptImageError`
     naming the file, with the original exception chained. PIL's decompression-bomb warning is
     re-issued with the file's name in front.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        The image, 8-bit RGB.
 
     Raises:
         CorruptImageError: the file cannot be decoded or mapped to 8-bit RGB.
@@ -114,11 +135,17 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
 
 
 def check_image(path: str | os.PathLike[str]) -> str | None:
-    """Return ``None`` when :func:`load_image` would succeed on ``path``, else a one-line reason.
+    """Return `None` when `load_image` would succeed on `path`, else a one-line reason.
 
-    Runs PIL's structural ``verify()`` (chunk CRCs for PNG) and then :func:`load_image` itself
+    Runs PIL's structural `verify()` (chunk CRCs for PNG) and then `load_image` itself
     (full decode and the 8-bit mapping), so a damaged file, a truncated file and a pixel format
-    that :func:`load_image` refuses are all reported, and nothing this passes fails to load.
+    that `load_image` refuses are all reported, and nothing this passes fails to load.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        `None`, or why the file cannot be loaded.
     """
     try:
         with _open(path) as im:
@@ -131,18 +158,18 @@ def check_image(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-#: serialises the short header parse in :func:`_open` (``warnings.catch_warnings`` swaps
-#: process-wide state, and ``DetectionFolder.verify`` opens files from several threads)
+#: serialises the short header parse in `_open` (`warnings.catch_warnings` swaps
+#: process-wide state, and `DetectionFolder.verify` opens files from several threads)
 _OPEN_LOCK = threading.Lock()
 
 
 def _open(path: str | os.PathLike[str]) -> Image.Image:
-    """``Image.open(path)``, with PIL's ``DecompressionBombWarning`` re-issued naming the file.
+    """`Image.open(path)`, with PIL's `DecompressionBombWarning` re-issued naming the file.
 
-    PIL emits the warning from inside ``Image.open`` without the file name (and, under the
+    PIL emits the warning from inside `Image.open` without the file name (and, under the
     default filter, only once per process). The warning filters in force still apply: with an
-    ``"error"`` filter PIL's warning raises here (and :func:`load_image` turns it into a
-    :class:`CorruptImageError` naming the file); other warnings caught meanwhile are passed on.
+    `"error"` filter PIL's warning raises here (and `load_image` turns it into a
+    `CorruptImageError` naming the file); other warnings caught meanwhile are passed on.
     """
     with _OPEN_LOCK, warnings.catch_warnings(record=True) as caught:
         im = Image.open(path)
@@ -158,11 +185,11 @@ def _open(path: str | os.PathLike[str]) -> Image.Image:
 
 
 class ImageRangeWarning(UserWarning):
-    """A float image held values outside 0..1, which :func:`load_image` clipped."""
+    """A float image held values outside 0..1, which `load_image` clipped."""
 
 
 #: modes with 8-bit channels that PIL converts to RGB itself (alpha dropped, CMYK, YCbCr, LAB
-#: and HSV converted, palette looked up, ``1`` as 0/255)
+#: and HSV converted, palette looked up, `1` as 0/255)
 _PIL_CONVERTED = frozenset(
     {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"}
 )
@@ -183,13 +210,20 @@ def _grey_to_rgb(a: np.ndarray) -> Image.Image:
 
 
 def to_rgb8(im: Image.Image, path: str | os.PathLike[str] = "<image>") -> Image.Image:
-    """Map a decoded image of any PIL mode to 8-bit RGB by the rule of :func:`load_image`.
+    """Map a decoded image of any PIL mode to 8-bit RGB by the rule of `load_image`.
 
-    ``path`` only names the image in errors and warnings.
+    `path` only names the image in errors and warnings.
+
+    Args:
+        im: the decoded image.
+        path: the image's name in messages.
+
+    Returns:
+        The image, 8-bit RGB.
 
     Raises:
         CorruptImageError: the mode has no rule, or the pixels lie outside the rule's range
-            (negative signed integers, ``I`` values above 65535, NaN/Inf floats).
+            (negative signed integers, `I` values above 65535, NaN/Inf floats).
     """
     mode = im.mode
     if mode in _SIXTEEN_BIT:  # any byte order; numpy reads it as unsigned 16-bit
@@ -238,11 +272,18 @@ def to_rgb8(im: Image.Image, path: str | os.PathLike[str] = "<image>") -> Image.
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """Deprecated: use :func:`dgsnet.io.atomic_write_json` (note its order: ``(path, data)``).
+    """Deprecated: use `dgsnet.io.atomic_write_json` (note its order: `(path, data)`).
 
-    A thin alias kept only for :mod:`dgsnet.data.captions`, which still calls it with the
+    A thin alias kept only for `dgsnet.data.captions`, which still calls it with the
     arguments the other way round; it writes caption files as before (UTF-8, sorted keys,
-    indent 1) through the one atomic writer in :mod:`dgsnet.io`, and returns ``path``.
+    indent 1) through the one atomic writer in `dgsnet.io`, and returns `path`.
+
+    Args:
+        obj: the JSON value.
+        path: the file to write.
+
+    Returns:
+        `path`, as a `Path`.
     """
     from ..io import atomic_write_json as _write
 

@@ -1,13 +1,13 @@
 """Captions for DGS-Net's text branch, in three modules re-exported here.
 
-* ``dgsnet.data.caption_files``: where caption JSON files live, reading and writing them;
-* ``dgsnet.data.caption_store``: :class:`CaptionStore` (captions by image path, matched
+* `dgsnet.data.caption_files`: where caption JSON files live, reading and writing them;
+* `dgsnet.data.caption_store`: `CaptionStore` (captions by image path, matched
   robustly) and the label-free fallback captions;
-* ``dgsnet.data.captioners``: :class:`TemplateCaptioner`, :class:`BlipCaptioner` and
-  :func:`generate_captions`.
+* `dgsnet.data.captioners`: `TemplateCaptioner`, `BlipCaptioner` and
+  `generate_captions`.
 
-This module keeps ``from dgsnet.data.captions import ...`` working; ``dgsnet.data`` exports
-the same names. See ``docs/captions.md``.
+This module keeps `from dgsnet.data.captions import ...` working; `dgsnet.data` exports
+the same names. See `docs/captions.md`.
 """
 
 from __future__ import annotations

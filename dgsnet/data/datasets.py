@@ -1,20 +1,21 @@
 """Benchmark folder layouts for AI-generated-image detection, as PyTorch datasets.
 
-Two layouts are read (``docs/datasets.md`` has the tree diagrams):
+Two layouts are read (`docs/datasets.md` has the tree diagrams):
 
-- :class:`DetectionFolder`: ``<root>/<subset>[/<category>]/{0_real,1_fake}/...`` as used by
-  CNNDetection, UnivFD, AIGCDetectBenchmark, AIGIBench and NPR; ``root`` may also hold
-  ``0_real``/``1_fake`` itself (one subset named after the folder).
-- :class:`GenImageFolder`: ``<root>/<generator>[/<inner>]/{train,val}/{nature,ai}/...``.
+- `DetectionFolder`: `<root>/<subset>[/<category>]/{0_real,1_fake}/...` as used by
+  CNNDetection, UnivFD, AIGCDetectBenchmark, AIGIBench and NPR; `root` may also hold
+  `0_real`/`1_fake` itself (one subset named after the folder).
+- `GenImageFolder`: `<root>/<generator>[/<inner>]/{train,val}/{nature,ai}/...`.
 
 Label 0 is real, 1 is fake. Files are listed in a sorted, deterministic order. An item is a
-:class:`Sample` ``(image, caption, label, subset, index, path)``; :func:`collate` batches them
-for a :class:`~torch.utils.data.DataLoader`, keeping the dataset ``index`` (the key of teacher
+`Sample` `(image, caption, label, subset, index, path)`; `collate` batches them
+for a `DataLoader`, keeping the dataset `index` (the key of teacher
 feature caches) and the subset names.
 
->>> ds = DetectionFolder("datasets/test", transform=preprocess)        # doctest: +SKIP
->>> loader = DataLoader(ds, batch_size=32, collate_fn=collate)          # doctest: +SKIP
->>> for name, part in ds.by_subset().items(): evaluate(name, part)      # doctest: +SKIP
+Examples:
+    >>> ds = DetectionFolder("datasets/test", transform=preprocess)        # doctest: +SKIP
+    >>> loader = DataLoader(ds, batch_size=32, collate_fn=collate)          # doctest: +SKIP
+    >>> for name, part in ds.by_subset().items(): evaluate(name, part)      # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Sample(NamedTuple):
     image: Any
     """the transformed image (a PIL image when the dataset has no transform)"""
     caption: str | None
-    """the caption, or ``None`` when the dataset has no captions"""
+    """the caption, or `None` when the dataset has no captions"""
     label: int
     """0 real, 1 fake"""
     subset: str
@@ -89,24 +90,30 @@ class Sample(NamedTuple):
 
 
 class Batch(NamedTuple):
-    """What :func:`collate` returns."""
+    """What `collate` returns."""
 
     images: Any
-    """``(B, C, H, W)`` tensor when the images are equally sized tensors, else a list"""
+    """`(B, C, H, W)` tensor when the images are equally sized tensors, else a list"""
     captions: list[str | None]
     labels: torch.Tensor
-    """``(B,)`` int64, 0 real / 1 fake (``labels.float()`` for a BCE loss)"""
+    """`(B,)` int64, 0 real / 1 fake (`labels.float()` for a BCE loss)"""
     indices: torch.Tensor
-    """``(B,)`` int64 dataset indices"""
+    """`(B,)` int64 dataset indices"""
     subsets: list[str]
 
 
 def collate(batch: Sequence[Sample | tuple]) -> Batch:
-    """Batch :class:`Sample` items for a :class:`~torch.utils.data.DataLoader`.
+    """Batch `Sample` items for a `DataLoader`.
 
-    Returns :class:`Batch` ``(images, captions, labels, indices, subsets)``: images stacked
+    Returns `Batch` `(images, captions, labels, indices, subsets)`: images stacked
     into one tensor when they are tensors of one shape (a list otherwise, e.g. PIL images),
     captions and subsets as lists, labels and indices as int64 tensors.
+
+    Args:
+        batch: `Sample` items (or plain tuples of the same fields).
+
+    Returns:
+        The `Batch`.
     """
     if len(batch) == 0:
         raise ValueError("collate got an empty batch")
@@ -139,10 +146,16 @@ class _Record:
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[str]:
-    """All image files under ``folder`` (recursively), sorted by their path components.
+    """All image files under `folder` (recursively), sorted by their path components.
 
-    Image = one of :data:`IMAGE_EXTENSIONS` in any case, not hidden. Symlinked files are
+    Image = one of `IMAGE_EXTENSIONS` in any case, not hidden. Symlinked files are
     followed, symlinked sub-folders are not (no cycles).
+
+    Args:
+        folder: the folder to search.
+
+    Returns:
+        The image paths, as strings.
     """
     out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -179,11 +192,19 @@ def _folder_name(p: Path) -> str:
 
 
 class LabeledImageDataset(Dataset):
-    """Base of :class:`DetectionFolder` and :class:`GenImageFolder`: a list of (path, label,
+    """Base of `DetectionFolder` and `GenImageFolder`: a list of (path, label,
     subset, category) records with loading, captions, per-subset views and verification.
 
-    Attributes ``paths``, ``labels``, ``subset_names`` and ``categories`` are per-item lists
+    Attributes `paths`, `labels`, `subset_names` and `categories` are per-item lists
     in dataset order.
+
+    Args:
+        records: one record per item.
+        root: the dataset folder.
+        transform: applied to the RGB PIL image; `None` returns the image.
+        captions: as for `DetectionFolder`.
+        caption_fallback: see `CaptionStore`.
+        verify: decode every image at construction and raise listing all bad files.
     """
 
     def __init__(
@@ -253,13 +274,30 @@ class LabeledImageDataset(Dataset):
         return i
 
     def load(self, index: int) -> Image.Image:
-        """The untransformed 8-bit RGB image at ``index`` (16-bit, integer and float files
-        mapped by the rule in ``docs/datasets.md``, "Pixel formats"); :class:`CorruptImageError`
-        names the file when it cannot be decoded or mapped."""
+        """The untransformed 8-bit RGB image at `index` (16-bit, integer and float files
+        mapped by the rule in `docs/datasets.md`, "Pixel formats"); `CorruptImageError`
+        names the file when it cannot be decoded or mapped.
+
+        Args:
+            index: the item.
+
+        Returns:
+            The image.
+
+        Raises:
+            CorruptImageError: the file cannot be decoded or mapped.
+        """
         return load_image(self._records[self._index(index)].path)
 
     def caption(self, index: int) -> str | None:
-        """The caption of item ``index`` (``None`` without captions)."""
+        """The caption of item `index` (`None` without captions).
+
+        Args:
+            index: the item.
+
+        Returns:
+            The caption, or `None`.
+        """
         i = self._index(index)
         return None if self._captions is None else self._captions[i]
 
@@ -278,19 +316,19 @@ class LabeledImageDataset(Dataset):
         return list(dict.fromkeys(self.subset_names))
 
     def subset_indices(self) -> dict[str, list[int]]:
-        """``{subset: [dataset indices]}``."""
+        """`{subset: [dataset indices]}`."""
         out: dict[str, list[int]] = {name: [] for name in self.subsets()}
         for i, s in enumerate(self.subset_names):
             out[s].append(i)
         return out
 
     def by_subset(self) -> dict[str, Subset]:
-        """``{subset: torch.utils.data.Subset}`` for per-subset evaluation; items keep their
-        global ``index``."""
+        """`{subset: torch.utils.data.Subset}` for per-subset evaluation; items keep their
+        global `index`."""
         return {name: Subset(self, idx) for name, idx in self.subset_indices().items()}
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """``{subset: {"real": n, "fake": n}}``."""
+        """`{subset: {"real": n, "fake": n}}`."""
         out = {name: {"real": 0, "fake": 0} for name in self.subsets()}
         for s, y in zip(self.subset_names, self.labels, strict=True):
             out[s]["fake" if y else "real"] += 1
@@ -300,10 +338,21 @@ class LabeledImageDataset(Dataset):
     def verify(
         self, num_workers: int = 0, raise_error: bool = True, progress: bool = False
     ) -> list[tuple[str, str]]:
-        """Decode every image once; return ``[(path, reason)]`` for the bad ones.
+        """Decode every image once; return `[(path, reason)]` for the bad ones.
 
-        With ``raise_error=True`` (default) any bad file raises one :class:`DatasetError`
-        listing *all* of them. ``num_workers > 0`` checks files in that many threads.
+        With `raise_error=True` (default) any bad file raises one `DatasetError`
+        listing *all* of them. `num_workers > 0` checks files in that many threads.
+
+        Args:
+            num_workers: threads that check files (`0`: this thread).
+            raise_error: raise instead of returning the bad files.
+            progress: show a progress bar.
+
+        Returns:
+            `[(path, reason)]` of the files that failed, empty when all decode.
+
+        Raises:
+            DatasetError: with `raise_error=True`, some files failed.
         """
         paths = self.paths
         if num_workers > 0:
@@ -420,37 +469,39 @@ def _detection_leaves(root: Path) -> tuple[list[tuple[str, str | None, Path]], l
 
 
 class DetectionFolder(LabeledImageDataset):
-    """The ``{0_real,1_fake}`` layout of CNNDetection, UnivFD, AIGCDetectBenchmark, AIGIBench
-    and NPR::
+    """The `{0_real,1_fake}` layout of CNNDetection, UnivFD, AIGCDetectBenchmark, AIGIBench
+    and NPR:
 
-        root/<subset>/0_real/*.png             root/<subset>/<category>/0_real/*.png
-        root/<subset>/1_fake/*.png     or      root/<subset>/<category>/1_fake/*.png
+    ```text
+    root/<subset>/0_real/*.png             root/<subset>/<category>/0_real/*.png
+    root/<subset>/1_fake/*.png     or      root/<subset>/<category>/1_fake/*.png
+    ```
 
-    or ``root/{0_real,1_fake}`` directly (one subset named after ``root``). Categories (e.g.
-    ProGAN's ``airplane``, ``car``...) are merged into their subset and kept in
-    :attr:`categories`. Folders that hold neither form are ignored (listed in
-    :attr:`ignored_dirs`, e.g. a ``train_text`` caption folder). Class folders are read
+    or `root/{0_real,1_fake}` directly (one subset named after `root`). Categories (e.g.
+    ProGAN's `airplane`, `car`...) are merged into their subset and kept in
+    `categories`. Folders that hold neither form are ignored (listed in
+    `ignored_dirs`, e.g. a `train_text` caption folder). Class folders are read
     recursively.
 
     Args:
         root: the dataset folder.
-        transform: applied to the RGB PIL image (e.g. an open_clip ``preprocess``,
-            :class:`~dgsnet.data.PatchSelection`); ``None`` returns the PIL image.
-        captions: ``None``; a :class:`~dgsnet.data.CaptionStore` (one without a root is
-            rebased on ``root``); a mapping path -> caption; a caption JSON file; or ``"auto"``
-            to locate ``<split>_text/<split>.json`` with
-            :func:`~dgsnet.data.find_caption_file`. All captions are resolved at construction:
-            missing ones raise :class:`~dgsnet.data.CaptionError` listing a few.
+        transform: applied to the RGB PIL image (e.g. an open_clip `preprocess`,
+            `PatchSelection`); `None` returns the PIL image.
+        captions: `None`; a `CaptionStore` (one without a root is
+            rebased on `root`); a mapping path -> caption; a caption JSON file; or `"auto"`
+            to locate `<split>_text/<split>.json` with
+            `find_caption_file`. All captions are resolved at construction:
+            missing ones raise `CaptionError` listing a few.
         subsets: only these subsets (unknown names raise).
-        allow_single_class: accept a subset with only ``0_real`` or only ``1_fake`` (or an
+        allow_single_class: accept a subset with only `0_real` or only `1_fake` (or an
             empty one of the two).
-        caption_fallback: see :class:`~dgsnet.data.CaptionStore` (``True``: neutral template
+        caption_fallback: see `CaptionStore` (`True`: neutral template
             captions with a warning).
         verify: decode every image at construction and raise listing all bad files.
 
     Raises:
         DatasetError: root missing; no class folders; a subset without one class folder; a
-            class folder with no images; unknown subset names; (with ``verify``) bad images.
+            class folder with no images; unknown subset names; (with `verify`) bad images.
     """
 
     def __init__(
@@ -495,7 +546,7 @@ def _has_genimage_classes(d: Path) -> bool:
 
 
 def _genimage_split_dirs(gen: Path, split: str) -> list[tuple[str | None, Path]]:
-    """Split folders of one generator: ``gen/<split>`` or ``gen/<inner>/<split>``."""
+    """Split folders of one generator: `gen/<split>` or `gen/<inner>/<split>`."""
     if _has_genimage_classes(gen / split):
         return [(None, gen / split)]
     return [
@@ -517,18 +568,34 @@ def _genimage_leaves(root: Path, split: str) -> list[tuple[str, str | None, Path
 
 
 class GenImageFolder(LabeledImageDataset):
-    """The GenImage layout, one subset per generator::
+    """The GenImage layout, one subset per generator:
 
-        root/<generator>/<split>/nature/*.JPEG      (real, label 0)
-        root/<generator>/<split>/ai/*.png           (fake, label 1)
+    ```text
+    root/<generator>/<split>/nature/*.JPEG      (real, label 0)
+    root/<generator>/<split>/ai/*.png           (fake, label 1)
+    ```
 
     as well as the distributed form with one extra folder per generator
-    (``root/<generator>/<inner>/<split>/...``, e.g. ``ADM/imagenet_ai_0508_adm/val/ai``) and a
-    ``root`` that is a single generator (``root/<split>/{nature,ai}``; a single generator
+    (`root/<generator>/<inner>/<split>/...`, e.g. `ADM/imagenet_ai_0508_adm/val/ai`) and a
+    `root` that is a single generator (`root/<split>/{nature,ai}`; a single generator
     folder that still holds its inner folder is read with the inner folder as subset name,
-    since ``root/X/<split>`` cannot tell a generator ``X`` from an inner folder). ``split`` is
-    ``"train"`` or ``"val"``. Other arguments as :class:`DetectionFolder`; the category
-    recorded for captions is ``None`` (the inner folder name is not an object class).
+    since `root/X/<split>` cannot tell a generator `X` from an inner folder). `split` is
+    `"train"` or `"val"`. Other arguments as `DetectionFolder`; the category
+    recorded for captions is `None` (the inner folder name is not an object class).
+
+    Args:
+        root: the dataset folder.
+        split: `"train"` or `"val"`.
+        transform: as for `DetectionFolder`.
+        captions: as for `DetectionFolder`.
+        subsets: only these generators (unknown names raise).
+        allow_single_class: as for `DetectionFolder`.
+        caption_fallback: as for `DetectionFolder`.
+        verify: as for `DetectionFolder`.
+
+    Raises:
+        DatasetError: as for `DetectionFolder`.
+        ValueError: `split` is not `"train"` or `"val"`.
     """
 
     def __init__(
@@ -576,7 +643,7 @@ class GenImageFolder(LabeledImageDataset):
 
 
 def _find_dirs(root: Path, depth: int, test: Callable[[Path], bool]) -> bool:
-    """Whether ``test`` holds for ``root`` or a folder at most ``depth`` levels below it."""
+    """Whether `test` holds for `root` or a folder at most `depth` levels below it."""
     frontier = [root]
     for level in range(depth + 1):
         if any(test(d) for d in frontier):
@@ -598,7 +665,7 @@ def _is_genimage(root: Path) -> bool:
 
 
 def _layout_hint(root: Path, other: Literal["detection", "genimage"]) -> str:
-    """A hint when ``root`` holds the *other* layout."""
+    """A hint when `root` holds the *other* layout."""
     try:
         if other == "genimage" and _is_genimage(root):
             return "; it looks like a GenImage folder: use GenImageFolder"
@@ -610,11 +677,20 @@ def _layout_hint(root: Path, other: Literal["detection", "genimage"]) -> str:
 
 
 def detect_layout(root: str | os.PathLike[str]) -> Literal["detection", "genimage"]:
-    """Tell which layout ``root`` holds.
+    """Tell which layout `root` holds.
 
-    ``"detection"``: ``{0_real,1_fake}`` folders in ``root``, ``root/*`` or ``root/*/*``;
-    ``"genimage"``: ``{train,val}/{nature,ai}`` in ``root``, ``root/*`` or ``root/*/*``.
-    Raises :class:`DatasetError` when ``root`` is missing, holds neither, or holds both.
+    `"detection"`: `{0_real,1_fake}` folders in `root`, `root/*` or `root/*/*`;
+    `"genimage"`: `{train,val}/{nature,ai}` in `root`, `root/*` or `root/*/*`.
+    Raises `DatasetError` when `root` is missing, holds neither, or holds both.
+
+    Args:
+        root: the dataset folder.
+
+    Returns:
+        `"detection"` or `"genimage"`.
+
+    Raises:
+        DatasetError: `root` is missing, holds neither layout, or holds both.
     """
     root_p = _check_root(root)
     det, gen = _is_detection(root_p), _is_genimage(root_p)
@@ -638,8 +714,20 @@ def detect_layout(root: str | os.PathLike[str]) -> Literal["detection", "genimag
 def open_dataset(
     root: str | os.PathLike[str], split: Literal["train", "val"] = "val", **kwargs: Any
 ) -> LabeledImageDataset:
-    """Open ``root`` with :class:`DetectionFolder` or :class:`GenImageFolder` according to
-    :func:`detect_layout`; ``split`` is used for GenImage only, ``kwargs`` go to the class."""
+    """Open `root` with `DetectionFolder` or `GenImageFolder` according to
+    `detect_layout`; `split` is used for GenImage only, `kwargs` go to the class.
+
+    Args:
+        root: the dataset folder.
+        split: the GenImage split (`"train"` or `"val"`).
+        **kwargs: passed to the dataset class.
+
+    Returns:
+        The dataset.
+
+    Raises:
+        DatasetError: as for `detect_layout` and the dataset class.
+    """
     if detect_layout(root) == "genimage":
         return GenImageFolder(root, split=split, **kwargs)
     return DetectionFolder(root, **kwargs)

@@ -335,18 +335,39 @@ class PatchSelection:
 
     def patches(self, img: Any) -> tuple[Tensor, tuple[int, int]]:
         """All whole patches in raster order, `(N, 3, p, p)` float64 in [0, 1], and the grid
-        `(rows, cols)` they came from (after any upscaling)."""
+        `(rows, cols)` they came from (after any upscaling).
+
+        Args:
+            img: the image, in any form `__call__` accepts.
+
+        Returns:
+            `(patches, (rows, cols))`.
+        """
         tiles, grid = self._patches_np(img)
         return torch.from_numpy(np.ascontiguousarray(tiles)), grid
 
     def entropies(self, img: Any) -> Tensor:
-        """Spectral entropy of every patch, raster order, `(N,)` float64."""
+        """Spectral entropy of every patch, raster order, `(N,)` float64.
+
+        Args:
+            img: the image, in any form `__call__` accepts.
+
+        Returns:
+            The entropies.
+        """
         tiles, _ = self._patches_np(img)
         return torch.from_numpy(_entropy_np(_gray_np(tiles), self.spectrum))
 
     def select(self, entropies: Tensor | np.ndarray) -> Tensor:
         """Indices of the kept patches: the `n_low` lowest (ascending), then the `n_high`
-        highest (ascending). Stable: equal scores keep raster order."""
+        highest (ascending). Stable: equal scores keep raster order.
+
+        Args:
+            entropies: `(N,)` scores, one per patch.
+
+        Returns:
+            The `n_low + n_high` patch indices.
+        """
         e = entropies.detach().cpu().numpy() if isinstance(entropies, Tensor) else entropies
         return torch.from_numpy(self._select_np(np.asarray(e)))
 
@@ -363,7 +384,15 @@ class PatchSelection:
 
     def tile(self, img: Any, generator: torch.Generator | None = None) -> Tensor:
         """Steps 1-5: the `(3, S, S)` float32 mosaic in [0, 1], before flip and
-        normalisation."""
+        normalisation.
+
+        Args:
+            img: the image, in any form `__call__` accepts.
+            generator: the random generator of the patch shuffle (with `shuffle=True`), or `None`.
+
+        Returns:
+            The mosaic.
+        """
         return torch.from_numpy(np.ascontiguousarray(self._mosaic(img, generator)))
 
     def __call__(self, img: Any) -> Tensor:
@@ -537,11 +566,11 @@ class _Chain:
 
 class ClipPreprocess:
     """OpenAI CLIP's evaluation preprocessing, step for step as open_clip builds it
-    (``open_clip.image_transform(size, is_train=False)``, the preprocess that
-    ``open_clip.create_model_and_transforms`` returns): resize the shorter side to ``size``
-    (bicubic; the longer side ``int(size * long / short)``), centre crop, convert to RGB
+    (`open_clip.image_transform(size, is_train=False)`, the preprocess that
+    `open_clip.create_model_and_transforms` returns): resize the shorter side to `size`
+    (bicubic; the longer side `int(size * long / short)`), centre crop, convert to RGB
     (after the resize, as open_clip does: an RGBA or palette image is resized in its own
-    mode), ``[0, 1]`` tensor, normalise. The result equals open_clip's tensor exactly.
+    mode), `[0, 1]` tensor, normalise. The result equals open_clip's tensor exactly.
     Picklable (DataLoader workers).
 
     Args:
@@ -549,8 +578,9 @@ class ClipPreprocess:
         mean: per-channel mean (default: OpenAI CLIP's).
         std: per-channel standard deviation (default: OpenAI CLIP's).
 
-    >>> ClipPreprocess(32)(Image.new("RGBA", (50, 40))).shape
-    torch.Size([3, 32, 32])
+    Examples:
+        >>> ClipPreprocess(32)(Image.new("RGBA", (50, 40))).shape
+        torch.Size([3, 32, 32])
     """
 
     def __init__(

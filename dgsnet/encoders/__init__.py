@@ -43,10 +43,12 @@ def wrap_encoder(model: Any, tokenizer: Any = None) -> DualEncoder:
             model.tokenizer = tokenizer
         return model
     if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a CLIP-like nn.Module or a DualEncoder, got {type(model).__name__}")
+        raise TypeError(
+            f"expected a CLIP-like nn.Module or a DualEncoder, got {type(model).__name__}"
+        )
     if hasattr(model, "get_image_features") and hasattr(model, "get_text_features"):
         return HFCLIPEncoder(model, tokenizer)
-    if hasattr(model, "encode_image") and hasattr(model, "encode_text") and hasattr(model, "visual"):
+    if all(hasattr(model, a) for a in ("encode_image", "encode_text", "visual")):
         return OpenCLIPEncoder(model, tokenizer)
     raise TypeError(
         f"{type(model).__name__} is not a recognised dual encoder: expected open_clip/OpenAI CLIP "

@@ -57,15 +57,36 @@ class DualEncoder:
         raise NotImplementedError
 
     def encode_image(self, pixels: Tensor) -> Tensor:
-        """`(B, 3, H, W)` pixels to `(B, D)` joint-space image features."""
+        """`(B, 3, H, W)` pixels to `(B, D)` joint-space image features.
+
+        Args:
+            pixels: `(B, 3, H, W)` preprocessed images.
+
+        Returns:
+            `(B, D)` features.
+        """
         raise NotImplementedError
 
     def encode_text(self, tokens: Tokens) -> Tensor:
-        """Tokens of `B` captions to `(B, D)` joint-space text features."""
+        """Tokens of `B` captions to `(B, D)` joint-space text features.
+
+        Args:
+            tokens: what `tokenize` returns, for `B` captions.
+
+        Returns:
+            `(B, D)` features.
+        """
         raise NotImplementedError
 
     def tokenize(self, texts: Sequence[str]) -> Tokens:
-        """Tokenise captions, truncating each to the model's context length."""
+        """Tokenise captions, truncating each to the model's context length.
+
+        Args:
+            texts: the captions.
+
+        Returns:
+            The tokens (`Tokens`).
+        """
         raise NotImplementedError
 
     @property
@@ -75,7 +96,11 @@ class DualEncoder:
 
     # -- optional -----------------------------------------------------------------------------
     def prepare_for_lora(self, targets: Sequence[str]) -> None:
-        """Restructure the image tower, if needed, so that every target is an `nn.Linear`."""
+        """Restructure the image tower, if needed, so that every target is an `nn.Linear`.
+
+        Args:
+            targets: the leaf module names LoRA will adapt.
+        """
 
     def blocks(self) -> Sequence[nn.Module] | None:
         """The image tower's transformer blocks in order (for the shared-trunk optimisation)."""
@@ -84,7 +109,16 @@ class DualEncoder:
     def encode_image_split(
         self, pixels: Tensor, start: int
     ) -> tuple[Tensor, Any]:  # pragma: no cover - optional capability
-        """Run the tower up to block `start` and return `(activation, state)`."""
+        """Run the tower up to block `start` and return `(activation, state)`.
+
+        Args:
+            pixels: `(B, 3, H, W)` preprocessed images.
+            start: the index of the first block not run.
+
+        Returns:
+            The activation entering block `start`, and the state `encode_image_from`
+            needs with it.
+        """
         raise NotImplementedError
 
     def encode_image_from(
@@ -93,6 +127,16 @@ class DualEncoder:
         """Continue `encode_image_split`'s result from block `start` to the features.
 
         `pooled_only=True` allows skipping work the pooled features never read.
+
+        Args:
+            hidden: the activation entering block `start`.
+            state: what `encode_image_split` returned with it.
+            start: the index of the first block to run.
+            pooled_only: the caller reads only the pooled features, so work they never
+                read may be skipped.
+
+        Returns:
+            `(B, D)` features.
         """
         raise NotImplementedError
 
@@ -101,12 +145,25 @@ class DualEncoder:
 
         Adapters may skip work the pooled features never read (the teacher's forward uses
         this).
+
+        Args:
+            pixels: `(B, 3, H, W)` preprocessed images.
+
+        Returns:
+            `(B, D)` features.
         """
         return self.encode_image(pixels)
 
     # -- helpers ------------------------------------------------------------------------------
     def feature_dim(self, device: torch.device | None = None) -> int:
-        """The joint feature dimension, measured by one forward of a tiny batch."""
+        """The joint feature dimension, measured by one forward of a tiny batch.
+
+        Args:
+            device: a device for the probe forward (adapters may ignore it).
+
+        Returns:
+            `D`.
+        """
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
@@ -116,6 +173,12 @@ class DualEncoder:
 
 def first_param(module: nn.Module) -> Tensor:
     """The first parameter of `module`, else its first buffer (to read device and dtype).
+
+    Args:
+        module: the module.
+
+    Returns:
+        Its first parameter or buffer.
 
     Raises:
         ValueError: the module has neither.

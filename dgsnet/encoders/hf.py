@@ -8,7 +8,7 @@ are accepted.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,17 @@ def _features(out: Any) -> Tensor:
     raise TypeError(f"cannot find features in the model output of type {type(out).__name__}")
 
 
+class _HFModel(Protocol):
+    """The members of a transformers `CLIPModel` / `SiglipModel` that the adapter uses."""
+
+    vision_model: nn.Module
+    config: Any  # a CLIPConfig / SiglipConfig: `vision_config`, `text_config`, ...
+
+    def get_image_features(self, pixel_values: Tensor) -> Any: ...
+
+    def get_text_features(self, **inputs: Tensor) -> Any: ...
+
+
 class HFCLIPEncoder(DualEncoder):
     """Adapter for `transformers` CLIP-like models (CLIP, SigLIP and relatives).
 
@@ -42,8 +53,12 @@ class HFCLIPEncoder(DualEncoder):
     default_lora_targets = ("q_proj", "k_proj", "v_proj")
 
     @property
+    def _hf(self) -> _HFModel:
+        return cast(_HFModel, self.model)
+
+    @property
     def image_tower(self) -> nn.Module:
-        return self.model.vision_model
+        return self._hf.vision_model
 
     @property
     def _is_siglip(self) -> bool:
@@ -51,24 +66,25 @@ class HFCLIPEncoder(DualEncoder):
 
     @property
     def image_size(self) -> tuple[int, int] | None:
-        size = getattr(self.model.config.vision_config, "image_size", None)
+        size = getattr(self._hf.config.vision_config, "image_size", None)
         if size is None:
             return None
         return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
     @property
     def context_length(self) -> int:
-        return int(self.model.config.text_config.max_position_embeddings)
+        return int(self._hf.config.text_config.max_position_embeddings)
 
     def encode_image(self, pixels: Tensor) -> Tensor:
-        return _features(self.model.get_image_features(pixel_values=pixels))
+        return _features(self._hf.get_image_features(pixel_values=pixels))
 
     def encode_text(self, tokens: Tokens) -> Tensor:
         if isinstance(tokens, Tensor):
-            return _features(self.model.get_text_features(input_ids=tokens))
+            return _features(self._hf.get_text_features(input_ids=tokens))
         if isinstance(tokens, Mapping):
-            keep = {k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask", "position_ids")}
-            return _features(self.model.get_text_features(**keep))
+            names = ("input_ids", "attention_mask", "position_ids")
+            keep = {k: v for k, v in tokens.items() if k in names}
+            return _features(self._hf.get_text_features(**keep))
         raise TypeError(f"text tokens must be a tensor or a mapping, got {type(tokens).__name__}")
 
     def tokenize(self, texts: Sequence[str]) -> Tokens:
@@ -92,7 +108,7 @@ class HFCLIPEncoder(DualEncoder):
         return getattr(enc, "layers", None)
 
     def feature_dim(self, device: torch.device | None = None) -> int:
-        cfg = self.model.config
+        cfg = self._hf.config
         dim = getattr(cfg, "projection_dim", None)
         if dim is None or self._is_siglip:
             dim = cfg.vision_config.hidden_size

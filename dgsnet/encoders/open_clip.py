@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,45 @@ from torch import Tensor, nn
 from .base import DualEncoder, Tokens, first_param
 
 QKV = ("q_proj", "k_proj", "v_proj")
+
+
+class _CLIPModel(Protocol):
+    """The members of an open_clip / OpenAI CLIP model that the adapter calls."""
+
+    visual: nn.Module
+
+    def encode_image(self, image: Tensor) -> Tensor: ...
+
+    def encode_text(self, text: Tensor) -> Tensor: ...
+
+
+class _Transformer(Protocol):
+    """open_clip's `Transformer`: the block list of the image tower."""
+
+    resblocks: nn.ModuleList
+
+
+class _VisionTower(Protocol):
+    """open_clip's `VisionTransformer`, the members the split forward uses."""
+
+    transformer: _Transformer
+    proj: Tensor | None
+
+    def _embeds(self, x: Tensor) -> Tensor: ...
+
+    def _pool(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+class _ResidualBlock(Protocol):
+    """open_clip's `ResidualAttentionBlock`, the members `_class_token_block` uses."""
+
+    ln_1: nn.Module
+    ln_2: nn.Module
+    ls_1: nn.Module
+    ls_2: nn.Module
+    mlp: nn.Module
+
+    def attention(self, q_x: Tensor, k_x: Tensor, v_x: Tensor) -> Tensor: ...
 
 
 class SplitAttention(nn.Module):
@@ -41,10 +80,18 @@ class SplitAttention(nn.Module):
             `add_zero_attn` set.
     """
 
+    # registered with setattr in __init__; declared for the type checker
+    q_proj: nn.Linear
+    k_proj: nn.Linear
+    v_proj: nn.Linear
+    out_proj: nn.Linear
+
     def __init__(self, mha: nn.MultiheadAttention) -> None:
         super().__init__()
         if not mha._qkv_same_embed_dim or mha.in_proj_weight is None:
-            raise ValueError("SplitAttention supports self-attention with equal q/k/v dimensions only")
+            raise ValueError(
+                "SplitAttention supports self-attention with equal q/k/v dimensions only"
+            )
         if mha.bias_k is not None or mha.add_zero_attn:
             raise ValueError("SplitAttention does not support add_bias_kv or add_zero_attn")
         d = mha.embed_dim
@@ -144,8 +191,16 @@ class OpenCLIPEncoder(DualEncoder):
     default_lora_targets = ("q_proj", "k_proj", "v_proj", "c_fc", "c_proj")
 
     @property
+    def _clip(self) -> _CLIPModel:
+        return cast(_CLIPModel, self.model)
+
+    @property
+    def _vision(self) -> _VisionTower:
+        return cast(_VisionTower, self.image_tower)
+
+    @property
     def image_tower(self) -> nn.Module:
-        return self.model.visual
+        return self._clip.visual
 
     @property
     def image_size(self) -> tuple[int, int] | None:
@@ -161,23 +216,25 @@ class OpenCLIPEncoder(DualEncoder):
 
     @property
     def context_length(self) -> int:
-        n = getattr(self.model, "context_length", None)
+        n: Any = getattr(self.model, "context_length", None)
         if n is None:
             n = getattr(getattr(self.model, "text", None), "context_length", 77)
         return int(n)
 
     def encode_image(self, pixels: Tensor) -> Tensor:
-        return self.model.encode_image(pixels)
+        return self._clip.encode_image(pixels)
 
     def encode_text(self, tokens: Tokens) -> Tensor:
         if not isinstance(tokens, Tensor):
-            raise TypeError(f"open_clip text tokens must be a LongTensor, got {type(tokens).__name__}")
+            raise TypeError(
+                f"open_clip text tokens must be a LongTensor, got {type(tokens).__name__}"
+            )
         if tokens.dim() != 2 or tokens.shape[1] != self.context_length:
             raise ValueError(
                 f"open_clip text tokens must have shape (B, {self.context_length}) (the model's "
                 f"context length), got {tuple(tokens.shape)}"
             )
-        return self.model.encode_text(tokens)
+        return self._clip.encode_text(tokens)
 
     def tokenize(self, texts: Sequence[str]) -> Tokens:
         if self.tokenizer is None:
@@ -191,7 +248,7 @@ class OpenCLIPEncoder(DualEncoder):
             kwargs["context_length"] = self.context_length
         if "truncate" in params:  # OpenAI clip.tokenize raises on long captions unless asked
             kwargs["truncate"] = True
-        tokens = self.tokenizer(list(texts), **kwargs)
+        tokens: Tensor = self.tokenizer(list(texts), **kwargs)
         return tokens[:, : self.context_length]
 
     def prepare_for_lora(self, targets: Sequence[str]) -> None:
@@ -211,7 +268,7 @@ class OpenCLIPEncoder(DualEncoder):
     def encode_image_split(self, pixels: Tensor, start: int) -> tuple[Tensor, Any]:
         if not self._supports_split():
             raise NotImplementedError("this image tower does not expose _embeds/_pool")
-        v = self.image_tower
+        v = self._vision
         x = v._embeds(pixels)
         batch_first = getattr(v.transformer, "batch_first", True)
         if not batch_first:
@@ -228,10 +285,12 @@ class OpenCLIPEncoder(DualEncoder):
         """
         from open_clip.transformer import ResidualAttentionBlock
 
-        v = self.image_tower
+        v = self._vision
         if not self._supports_split() or getattr(v, "attn_pool", None) is not None:
             return False
-        if getattr(v, "pool_type", None) != "tok" or getattr(v.transformer, "grad_checkpointing", False):
+        if getattr(v, "pool_type", None) != "tok":
+            return False
+        if getattr(v.transformer, "grad_checkpointing", False):
             return False
         last = v.transformer.resblocks[-1]
         return type(last) is ResidualAttentionBlock and not hasattr(last, "ln_1_kv")
@@ -239,14 +298,15 @@ class OpenCLIPEncoder(DualEncoder):
     def encode_image_from(
         self, hidden: Tensor, state: Any, start: int, pooled_only: bool = False
     ) -> Tensor:
-        v = self.image_tower
+        v = self._vision
         blocks = v.transformer.resblocks
         class_only = pooled_only and start < len(blocks) and self._class_token_pooling()
         x = hidden
         for blk in blocks[start : len(blocks) - 1 if class_only else len(blocks)]:
             x = blk(x)
         if class_only:
-            x = _class_token_block(blocks[-1], x, batch_first=bool(state))
+            last = cast(_ResidualBlock, blocks[-1])
+            x = _class_token_block(last, x, batch_first=bool(state))
         if not state:
             x = x.transpose(0, 1)
         pooled, _ = v._pool(x)
@@ -270,7 +330,8 @@ class OpenCLIPEncoder(DualEncoder):
         p = first_param(self.image_tower)
         h, w = self.image_size or (224, 224)
         with torch.no_grad():
-            return int(self.encode_image(torch.zeros(1, 3, h, w, device=p.device, dtype=p.dtype)).shape[-1])
+            probe = torch.zeros(1, 3, h, w, device=p.device, dtype=p.dtype)
+            return int(self.encode_image(probe).shape[-1])
 
     def describe(self) -> dict[str, Any]:
         blocks = self.blocks()
@@ -282,7 +343,7 @@ class OpenCLIPEncoder(DualEncoder):
         }
 
 
-def _class_token_block(blk: nn.Module, x: Tensor, batch_first: bool) -> Tensor:
+def _class_token_block(blk: _ResidualBlock, x: Tensor, batch_first: bool) -> Tensor:
     """The last residual block evaluated for the class token only.
 
     Its query attends to every token, but only its own row is computed (the pooled features
@@ -291,7 +352,7 @@ def _class_token_block(blk: nn.Module, x: Tensor, batch_first: bool) -> Tensor:
     kv = blk.ln_1(x)
     q = kv[:, :1] if batch_first else kv[:1]
     res = x[:, :1] if batch_first else x[:1]
-    out = res + blk.ls_1(blk.attention(q_x=q, k_x=kv, v_x=kv))
+    out: Tensor = res + blk.ls_1(blk.attention(q_x=q, k_x=kv, v_x=kv))
     return out + blk.ls_2(blk.mlp(blk.ln_2(out)))
 
 

@@ -1,11 +1,12 @@
 """Gradient surgery on feature gradients: the sign split, the DGS-Net rules, and
-:class:`GradientSurgery`, the autograd function that applies a rule in backward.
+`GradientSurgery`, the autograd function that applies a rule in backward.
 
->>> import torch
->>> from dgsnet.surgery import GradientSurgery, OrthogonalSuppression
->>> f = torch.randn(4, 8, requires_grad=True)
->>> g_ref = torch.randn(4, 8)
->>> out = GradientSurgery.apply(f, OrthogonalSuppression(), {"harm": g_ref})
+Examples:
+    >>> import torch
+    >>> from dgsnet.surgery import GradientSurgery, OrthogonalSuppression
+    >>> f = torch.randn(4, 8, requires_grad=True)
+    >>> g_ref = torch.randn(4, 8)
+    >>> out = GradientSurgery.apply(f, OrthogonalSuppression(), {"harm": g_ref})
 """
 
 from .function import GradientSurgery, SurgeryStats, gradient_surgery

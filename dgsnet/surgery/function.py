@@ -1,4 +1,4 @@
-"""``GradientSurgery``: an identity in the forward pass that edits the gradient in backward."""
+"""`GradientSurgery`: an identity in the forward pass that edits the gradient in backward."""
 
 from __future__ import annotations
 
@@ -18,23 +18,23 @@ NonFinite = Literal["raise", "ignore"]
 class SurgeryStats:
     """Diagnostics of one surgery, filled during backward and summarised on demand.
 
-    :meth:`record` keeps detached references to the gradient before and after the rule (no
-    copies, no device synchronisation in the backward pass); :meth:`summary` turns them into
+    `record` keeps detached references to the gradient before and after the rule (no
+    copies, no device synchronisation in the backward pass); `summary` turns them into
     Python floats:
 
-    * ``grad_norm_in`` / ``grad_norm_out``: mean per-sample L2 norm before / after;
-    * ``removed_fraction``: ``1 - ||g_out||_F / ||g_in||_F``, the fraction of gradient norm
+    * `grad_norm_in` / `grad_norm_out`: mean per-sample L2 norm before / after;
+    * `removed_fraction`: `1 - ||g_out||_F / ||g_in||_F`, the fraction of gradient norm
       the surgery removed (negative when it added more than it removed);
-    * ``cos_<ref>``: for each reference, the mean per-sample cosine between the incoming
-      gradient and that reference's relevant part (the positive part for ``harm``, the
-      negative part for ``help``, the whole vector otherwise); 0 for samples with a zero part.
+    * `cos_<ref>`: for each reference, the mean per-sample cosine between the incoming
+      gradient and that reference's relevant part (the positive part for `harm`, the
+      negative part for `help`, the whole vector otherwise); 0 for samples with a zero part.
     """
 
     def __init__(self) -> None:
         self.grad_in: Tensor | None = None
         self.grad_out: Tensor | None = None
         self.refs: dict[str, Tensor] = {}
-        #: references the caller adds for the diagnostics only (kept across :meth:`record`)
+        #: references the caller adds for the diagnostics only (kept across `record`)
         self.extra_refs: dict[str, Tensor] = {}
 
     @property
@@ -75,31 +75,32 @@ class SurgeryStats:
 
 
 class GradientSurgery(torch.autograd.Function):
-    """Identity in the forward pass; ``rule(grad, refs)`` on the gradient in backward.
+    """Identity in the forward pass; `rule(grad, refs)` on the gradient in backward.
 
-    ``GradientSurgery.apply(x, rule, refs, stats=None, nonfinite="raise")``
+    `GradientSurgery.apply(x, rule, refs, stats=None, nonfinite="raise")`
 
-    * ``x``: the features, shape ``(..., D)``; returned as a view (no copy).
-    * ``rule``: a :class:`~dgsnet.surgery.SurgeryRule`.
-    * ``refs``: ``{name: tensor}`` reference gradients of ``x``'s shape. They are detached:
-      no gradient flows into them. They are saved with ``ctx.save_for_backward`` (no copy),
+    * `x`: the features, shape `(..., D)`; returned as a view (no copy).
+    * `rule`: a `SurgeryRule`.
+    * `refs`: `{name: tensor}` reference gradients of `x`'s shape. They are detached:
+      no gradient flows into them. They are saved with `ctx.save_for_backward` (no copy),
       so changing one in place between this call and the backward pass makes backward raise
-      torch's ``RuntimeError`` ("... modified by an inplace operation") instead of computing
-      the surgery from the changed values. To reuse a buffer, pass ``buf.clone()``.
-    * ``stats``: an optional :class:`SurgeryStats` filled during backward.
-    * ``nonfinite``: ``"raise"`` (default) raises a ``ValueError`` in backward when a reference
-      holds NaN/Inf; ``"ignore"`` zeroes the affected samples' references, so those samples'
+      torch's `RuntimeError` ("... modified by an inplace operation") instead of computing
+      the surgery from the changed values. To reuse a buffer, pass `buf.clone()`.
+    * `stats`: an optional `SurgeryStats` filled during backward.
+    * `nonfinite`: `"raise"` (default) raises a `ValueError` in backward when a reference
+      holds NaN/Inf; `"ignore"` zeroes the affected samples' references, so those samples'
       gradients pass unchanged.
 
-    Double backward (``create_graph=True``) is supported: the rule is written in differentiable
+    Double backward (`create_graph=True`) is supported: the rule is written in differentiable
     torch ops, and its references are constants.
 
-    >>> from dgsnet.surgery import OrthogonalSuppression
-    >>> x = torch.ones(2, 3, requires_grad=True)
-    >>> y = GradientSurgery.apply(x, OrthogonalSuppression(eps=0.0), {"harm": torch.eye(3)[:2]})
-    >>> y.sum().backward(); x.grad
-    tensor([[0., 1., 1.],
-            [1., 0., 1.]])
+    Examples:
+        >>> from dgsnet.surgery import OrthogonalSuppression
+        >>> x = torch.ones(2, 3, requires_grad=True)
+        >>> y = GradientSurgery.apply(x, OrthogonalSuppression(eps=0.0), {"harm": torch.eye(3)[:2]})
+        >>> y.sum().backward(); x.grad
+        tensor([[0., 1., 1.],
+                [1., 0., 1.]])
     """
 
     @staticmethod
@@ -154,5 +155,17 @@ def gradient_surgery(
     stats: SurgeryStats | None = None,
     nonfinite: NonFinite = "raise",
 ) -> Tensor:
-    """Keyword-friendly form of ``GradientSurgery.apply``."""
+    """Keyword-friendly form of `GradientSurgery.apply`.
+
+    Args:
+        x: the features, shape `(..., D)`.
+        rule: the rule applied to the gradient of `x` in backward.
+        refs: `{name: tensor}` reference gradients of `x`'s shape (detached, not copied).
+        stats: filled during backward when given.
+        nonfinite: `"raise"` or `"ignore"` for references holding NaN/Inf (see
+            `GradientSurgery`).
+
+    Returns:
+        `x` as a view whose gradient passes through `rule`.
+    """
     return GradientSurgery.apply(x, rule, refs, stats, nonfinite)

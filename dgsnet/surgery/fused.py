@@ -42,6 +42,8 @@ class FusedRule(SurgeryRule):
         TypeError: `rule` is not a `SurgeryRule`.
     """
 
+    rule: SurgeryRule
+
     def __init__(self, rule: SurgeryRule, **compile_kwargs: Any) -> None:
         if not isinstance(rule, SurgeryRule):
             raise TypeError(f"fuse expects a SurgeryRule, got {type(rule).__name__}")

@@ -1,12 +1,13 @@
 """Gradient-surgery rules: pure tensor math on feature gradients.
 
-A rule maps the gradient arriving at a feature tensor, ``grad`` of shape ``(..., D)``, and a
+A rule maps the gradient arriving at a feature tensor, `grad` of shape `(..., D)`, and a
 mapping of named reference gradients of the same shape to a new gradient of that shape. Every
 rule works per sample over the last dimension: the leading dimensions are independent samples.
 
-Writing a rule means subclassing :class:`SurgeryRule` and implementing :meth:`SurgeryRule.forward`
-on tensors that have already been validated (see ``docs/custom-rules.md``)::
+Writing a rule means subclassing `SurgeryRule` and implementing `SurgeryRule.forward`
+on tensors that have already been validated (see `docs/custom-rules.md`).
 
+Examples:
     >>> import torch
     >>> from dgsnet.surgery import OrthogonalSuppression
     >>> g = torch.tensor([[1.0, 1.0]]); harm = torch.tensor([[2.0, -5.0]])
@@ -42,12 +43,19 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 def sign_split(g: Tensor) -> tuple[Tensor, Tensor]:
     """Split a gradient into its positive and negative parts.
 
-    ``g_pos = max(g, 0)`` holds the *harmful* coordinates (raising the feature raises the loss),
-    ``g_neg = min(g, 0)`` the *beneficial* ones. Exactly one of the two is zero in every
-    coordinate, so ``g_pos + g_neg == g`` holds bit for bit (NaN stays NaN in both parts).
+    `g_pos = max(g, 0)` holds the *harmful* coordinates (raising the feature raises the loss),
+    `g_neg = min(g, 0)` the *beneficial* ones. Exactly one of the two is zero in every
+    coordinate, so `g_pos + g_neg == g` holds bit for bit (NaN stays NaN in both parts).
 
-    >>> sign_split(torch.tensor([1.5, -2.0, 0.0]))
-    (tensor([1.5000, 0.0000, 0.0000]), tensor([ 0., -2.,  0.]))
+    Args:
+        g: the gradient, any shape.
+
+    Returns:
+        `(g_pos, g_neg)`, each of `g`'s shape and dtype.
+
+    Examples:
+        >>> sign_split(torch.tensor([1.5, -2.0, 0.0]))
+        (tensor([1.5000, 0.0000, 0.0000]), tensor([ 0., -2.,  0.]))
     """
     if not isinstance(g, Tensor):
         raise TypeError(f"sign_split expects a torch.Tensor, got {type(g).__name__}")
@@ -57,12 +65,21 @@ def sign_split(g: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def drop_nonfinite(refs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Return ``refs`` with every sample (row over the last dimension) that holds a NaN or an
+    """Return `refs` with every sample (row over the last dimension) that holds a NaN or an
     infinity replaced by zeros.
 
     All rules in this package are a no-op for a zero reference, so this turns "a broken
     reference gradient" into "no surgery for that sample". Used by
-    ``GradientSurgery(..., nonfinite="ignore")``.
+    `GradientSurgery(..., nonfinite="ignore")`.
+
+    Args:
+        refs: `{name: tensor}`, samples along the last dimension.
+
+    Returns:
+        A new dict with the same keys; the input tensors are not modified.
+
+    Raises:
+        TypeError: `refs` is not a mapping.
     """
     if not isinstance(refs, Mapping):
         raise TypeError(
@@ -84,8 +101,8 @@ class SurgeryRule:
 
     Calling a rule validates its inputs, computes in float32 when the gradient is float16 or
     bfloat16, and returns a tensor of the gradient's shape and dtype. Subclasses set
-    :attr:`refs` (the names of the reference gradients they read) and implement
-    :meth:`forward`, which receives the gradient and *only its own* references, all of one
+    `refs` (the names of the reference gradients they read) and implement
+    `forward`, which receives the gradient and *only its own* references, all of one
     floating dtype (float32 or float64), already checked for shape, device and finiteness.
     """
 
@@ -102,17 +119,17 @@ class SurgeryRule:
     def prepare(
         self, grad: Tensor, refs: Mapping[str, Tensor], check_finite: bool = True
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Validate ``grad`` and the references this rule reads; return them in the compute
+        """Validate `grad` and the references this rule reads; return them in the compute
         dtype.
 
         Args:
-            grad: the incoming gradient, shape ``(..., D)``, floating point.
-            refs: ``{name: tensor}``; the keys in :attr:`refs` must be there.
-            check_finite: ``False`` skips the one check that reads the data (the fused path
+            grad: the incoming gradient, shape `(..., D)`, floating point.
+            refs: `{name: tensor}`; the keys in `refs` must be there.
+            check_finite: `False` skips the one check that reads the data (the fused path
                 folds it into its kernel).
 
         Returns:
-            ``(grad, used)``: the gradient and this rule's references (detached), all in the
+            `(grad, used)`: the gradient and this rule's references (detached), all in the
             compute dtype (float32 for float16/bfloat16 gradients, else the gradient's).
 
         Raises:
@@ -129,7 +146,15 @@ class SurgeryRule:
 
     # -- math ---------------------------------------------------------------------------------
     def forward(self, grad: Tensor, refs: dict[str, Tensor]) -> Tensor:
-        """The rule's math on validated tensors; subclasses implement this."""
+        """The rule's math on validated tensors; subclasses implement this.
+
+        Args:
+            grad: the gradient, already checked and cast to the compute dtype.
+            refs: the references named in `refs`, checked and cast alike.
+
+        Returns:
+            The new gradient, of `grad`'s shape and dtype.
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -148,15 +173,28 @@ class SurgeryRule:
 
 class RuleOutputError(TypeError, ValueError):
     """A rule returned something other than a tensor of the gradient's shape, dtype and
-    device (for instance ``None``, a list, a flattened or a float64 tensor). The message names
-    the rule's class, what was expected and what arrived. A ``TypeError`` and a ``ValueError``
-    at once, so either ``except`` catches it."""
+    device (for instance `None`, a list, a flattened or a float64 tensor). The message names
+    the rule's class, what was expected and what arrived. A `TypeError` and a `ValueError`
+    at once, so either `except` catches it."""
 
 
 def check_output(rule: object, out: object, like: Tensor, call: str) -> Tensor:
-    """Return ``out`` when it is a tensor of ``like``'s shape, dtype and device, else raise
-    :class:`RuleOutputError` naming ``type(rule)`` and ``call`` (how the rule was called).
-    Metadata only: nothing is read from the device."""
+    """Return `out` when it is a tensor of `like`'s shape, dtype and device, else raise
+    `RuleOutputError` naming `type(rule)` and `call` (how the rule was called).
+    Metadata only: nothing is read from the device.
+
+    Args:
+        rule: the rule that produced `out` (for the message).
+        out: what the rule returned.
+        like: the tensor `out` must match.
+        call: how the rule was called, e.g. `"forward(grad, refs)"`.
+
+    Returns:
+        `out`.
+
+    Raises:
+        RuleOutputError: `out` is not a tensor of `like`'s shape, dtype and device.
+    """
     name = type(rule).__name__
     expected = f"a tensor of shape {tuple(like.shape)}, dtype {like.dtype}, device {like.device}"
     if not isinstance(out, Tensor):
@@ -179,16 +217,16 @@ def check_inputs(
     *,
     what: Literal["gradient", "features"],
 ) -> None:
-    """The one validation of a gradient (or features) and the references ``rule`` reads:
+    """The one validation of a gradient (or features) and the references `rule` reads:
     types, dtypes, shapes and devices, metadata only (no device synchronisation). Used by
-    :meth:`SurgeryRule.prepare` and by ``GradientSurgery``'s forward pass.
+    `SurgeryRule.prepare` and by `GradientSurgery`'s forward pass.
 
     Args:
-        owner: the name that starts every message (the rule's class, or ``GradientSurgery``).
-        rule: whose :attr:`SurgeryRule.refs` are checked.
-        target: the tensor the references must match, called ``what`` in the messages.
-        refs: ``{name: tensor}``.
-        what: ``"gradient"`` (a rule's input) or ``"features"`` (``GradientSurgery``'s).
+        owner: the name that starts every message (the rule's class, or `GradientSurgery`).
+        rule: whose `SurgeryRule.refs` are checked.
+        target: the tensor the references must match, called `what` in the messages.
+        refs: `{name: tensor}`.
+        what: `"gradient"` (a rule's input) or `"features"` (`GradientSurgery`'s).
 
     Raises:
         TypeError: not a tensor, not floating point, refs not a mapping.
@@ -237,8 +275,17 @@ def check_inputs(
 
 
 def raise_if_nonfinite(rule: SurgeryRule, refs: Mapping[str, Tensor], all_finite: Tensor) -> None:
-    """Raise a ``ValueError`` naming the non-finite references unless ``all_finite`` is true.
-    Meta tensors hold no data: there is nothing to check (shape-only runs pass)."""
+    """Raise a `ValueError` naming the non-finite references unless `all_finite` is true.
+    Meta tensors hold no data: there is nothing to check (shape-only runs pass).
+
+    Args:
+        rule: whose references are checked (named in the message).
+        refs: the references.
+        all_finite: a boolean tensor, true when every reference is finite.
+
+    Raises:
+        ValueError: `all_finite` is false.
+    """
     if all_finite.device.type == "meta" or bool(all_finite):
         return
     bad = [k for k, r in refs.items() if not bool(torch.isfinite(r).all())]
@@ -267,21 +314,33 @@ def _check_nonneg_float(rule: str, arg: str, value: object) -> float:
 class OrthogonalSuppression(SurgeryRule):
     r"""Remove the component of the gradient along the normalised harmful direction.
 
-    With ``r`` the reference gradient (by default ``refs["harm"]``, the text classifier's
+    With `r` the reference gradient (by default `refs["harm"]`, the text classifier's
     feature gradient in DGS-Net), per sample:
 
-    .. math::
-        u = \frac{\max(r, 0)}{\lVert \max(r, 0) \rVert_2 + \varepsilon}, \qquad
-        g' = g - \langle g, u \rangle\, u
+    $$
+    u = \frac{\max(r, 0)}{\lVert \max(r, 0) \rVert_2 + \varepsilon}, \qquad
+    g' = g - \langle g, u \rangle\, u
+    $$
 
-    ``eps=1e-6`` (default) is the released reference code's choice; ``eps=0`` normalises
-    exactly (a zero positive part then gives ``u = 0``, a no-op). With ``conflict_only=True``
-    the component is removed only where ``<g, u> > 0``, that is where a descent step on ``g``
-    would also move the features along the harmful descent direction ``-u``.
+    `eps=1e-6` (default) is the released reference code's choice; `eps=0` normalises
+    exactly (a zero positive part then gives `u = 0`, a no-op). With `conflict_only=True`
+    the component is removed only where `<g, u> > 0`, that is where a descent step on `g`
+    would also move the features along the harmful descent direction `-u`.
 
-    >>> rule = OrthogonalSuppression(eps=0.0)
-    >>> rule(torch.tensor([[3.0, 4.0]]), {"harm": torch.tensor([[1.0, 0.0]])})
-    tensor([[0., 4.]])
+    Args:
+        eps: added to the norm of the positive part (`>= 0`).
+        conflict_only: remove the component only where `<g, u> > 0`.
+        ref: the name of the reference gradient in `refs`.
+
+    Raises:
+        ValueError: `eps` negative or not finite.
+        TypeError: `eps` not a number, `conflict_only` not a bool, or `ref` not a
+            non-empty string.
+
+    Examples:
+        >>> rule = OrthogonalSuppression(eps=0.0)
+        >>> rule(torch.tensor([[3.0, 4.0]]), {"harm": torch.tensor([[1.0, 0.0]])})
+        tensor([[0., 4.]])
     """
 
     def __init__(self, eps: float = 1e-6, conflict_only: bool = False, ref: str = "harm") -> None:
@@ -302,11 +361,18 @@ class OrthogonalSuppression(SurgeryRule):
 
 
 def unit_vector(v: Tensor) -> Tensor:
-    """``v / ||v||`` per sample (over the last dimension), ``0`` where ``v = 0``.
+    """`v / ||v||` per sample (over the last dimension), `0` where `v = 0`.
 
     The vector is first divided by its largest magnitude, so the squared norm neither underflows
-    (a reference of 1e-25 in float32 would otherwise give ``||v||^2 = 0`` and a huge result) nor
-    overflows (entries above about 1e19 in float32)."""
+    (a reference of 1e-25 in float32 would otherwise give `||v||^2 = 0` and a huge result) nor
+    overflows (entries above about 1e19 in float32).
+
+    Args:
+        v: vectors over the last dimension.
+
+    Returns:
+        The unit vectors, of `v`'s shape.
+    """
     if v.shape[-1] == 0:
         return v
     # per-sample reciprocals, then multiplications: no division per element. The clamps only
@@ -319,9 +385,17 @@ def unit_vector(v: Tensor) -> Tensor:
 
 
 def harmful_direction(ref: Tensor, eps: float) -> Tensor:
-    """``u = relu(ref) / (||relu(ref)|| + eps)`` per sample; ``u = 0`` where ``relu(ref) = 0``.
+    """`u = relu(ref) / (||relu(ref)|| + eps)` per sample; `u = 0` where `relu(ref) = 0`.
 
-    ``eps = 0`` normalises exactly, without under- or overflow (see :func:`unit_vector`)."""
+    `eps = 0` normalises exactly, without under- or overflow (see `unit_vector`).
+
+    Args:
+        ref: the reference gradient.
+        eps: added to the norm (`>= 0`).
+
+    Returns:
+        `u`, of `ref`'s shape.
+    """
     pos = ref.clamp_min(0)
     if eps > 0:
         return pos * _inverse_norm(pos, eps)
@@ -329,12 +403,22 @@ def harmful_direction(ref: Tensor, eps: float) -> Tensor:
 
 
 def _inverse_norm(pos: Tensor, eps: float) -> Tensor:
-    """``1 / (||pos|| + eps)`` per sample."""
+    """`1 / (||pos|| + eps)` per sample."""
     return 1.0 / (torch.linalg.vector_norm(pos, dim=-1, keepdim=True) + eps)
 
 
 def suppress(grad: Tensor, ref: Tensor, eps: float, conflict_only: bool = False) -> Tensor:
-    """The math of :class:`OrthogonalSuppression` on plain tensors (no validation)."""
+    """The math of `OrthogonalSuppression` on plain tensors (no validation).
+
+    Args:
+        grad: the gradient.
+        ref: the harmful reference gradient, of `grad`'s shape.
+        eps: added to the norm of the positive part.
+        conflict_only: remove the component only where `<g, u> > 0`.
+
+    Returns:
+        The suppressed gradient.
+    """
     if eps > 0:
         # with u = inv * pos: <g, u> u = (<g, pos> inv) inv pos. Written this way the work per
         # element is multiply-adds only, and u is never materialised
@@ -357,24 +441,35 @@ AlignScale = Literal["reference", "invariant"]
 class PriorAlignment(SurgeryRule):
     r"""Add the beneficial (negative) part of a reference gradient.
 
-    With ``r`` the reference (by default ``refs["help"]``, the frozen teacher classifier's
-    feature gradient in DGS-Net) and ``B`` the number of samples (the product of all leading
+    With `r` the reference (by default `refs["help"]`, the frozen teacher classifier's
+    feature gradient in DGS-Net) and `B` the number of samples (the product of all leading
     dimensions):
 
-    .. math::
-        g' = g + \lambda\, s\, \min(r, 0), \qquad
-        s = \begin{cases} 1/B & \texttt{scale="reference"} \\ 1 & \texttt{scale="invariant"}
-        \end{cases}
+    $$
+    g' = g + \lambda\, s\, \min(r, 0), \qquad
+    s = \begin{cases} 1/B & \texttt{scale="reference"} \\ 1 & \texttt{scale="invariant"}
+    \end{cases}
+    $$
 
-    ``scale="reference"`` reproduces the released code, whose loss term
-    ``mean_b <f_b, min(r_b, 0)>`` puts a second ``1/B`` on a reference gradient that already
+    `scale="reference"` reproduces the released code, whose loss term
+    `mean_b <f_b, min(r_b, 0)>` puts a second `1/B` on a reference gradient that already
     carries one; the alignment's weight relative to the task gradient then shrinks with the
-    batch size. ``scale="invariant"`` keeps it at ``weight`` for every batch size (and under
+    batch size. `scale="invariant"` keeps it at `weight` for every batch size (and under
     data parallelism, where each rank sees a share of the batch).
 
-    >>> PriorAlignment(weight=0.5, scale="invariant")(
-    ...     torch.zeros(1, 2), {"help": torch.tensor([[2.0, -4.0]])})
-    tensor([[ 0., -2.]])
+    Args:
+        weight: `lambda`, the weight of the alignment term (`>= 0`).
+        scale: `"reference"` or `"invariant"` (see above).
+        ref: the name of the reference gradient in `refs`.
+
+    Raises:
+        ValueError: `weight` negative or not finite, or `scale` unknown.
+        TypeError: `weight` not a number, or `ref` not a non-empty string.
+
+    Examples:
+        >>> PriorAlignment(weight=0.5, scale="invariant")(
+        ...     torch.zeros(1, 2), {"help": torch.tensor([[2.0, -4.0]])})
+        tensor([[ 0., -2.]])
     """
 
     def __init__(self, weight: float = 0.2, scale: AlignScale = "reference", ref: str = "help"):
@@ -391,7 +486,14 @@ class PriorAlignment(SurgeryRule):
         return {"weight": self.weight, "scale": self.scale, "ref": self.ref}
 
     def factor(self, num_samples: int) -> float:
-        """The multiplier of ``min(r, 0)``: ``weight / B`` or ``weight``."""
+        """The multiplier of `min(r, 0)`: `weight / B` or `weight`.
+
+        Args:
+            num_samples: `B`, the number of samples in the gradient.
+
+        Returns:
+            `weight / num_samples` for `scale="reference"`, else `weight`.
+        """
         if self.scale == "reference":
             return self.weight / num_samples if num_samples else 0.0
         return self.weight
@@ -404,16 +506,25 @@ class PriorAlignment(SurgeryRule):
 class ConflictProjection(SurgeryRule):
     r"""Whole-vector conflict projection in the style of PCGrad (Yu et al., 2020).
 
-    Where the gradient and the reference conflict (``<g, r> < 0``), remove from ``g`` its
-    component along ``r``; elsewhere leave ``g`` unchanged:
+    Where the gradient and the reference conflict (`<g, r> < 0`), remove from `g` its
+    component along `r`; elsewhere leave `g` unchanged:
 
-    .. math:: g' = g - \frac{\min(\langle g, r\rangle, 0)}{\lVert r \rVert^2} r
+    $$
+    g' = g - \frac{\min(\langle g, r\rangle, 0)}{\lVert r \rVert^2} r
+    $$
 
     A zero reference is a no-op. This is a second, independent example of the rule API: it acts
     on whole vectors, where DGS-Net's rules act on sign-split coordinates.
 
-    >>> ConflictProjection()(torch.tensor([[1.0, -1.0]]), {"other": torch.tensor([[0.0, 1.0]])})
-    tensor([[1., 0.]])
+    Args:
+        ref: the name of the reference gradient in `refs`.
+
+    Raises:
+        TypeError: `ref` is not a non-empty string.
+
+    Examples:
+        >>> ConflictProjection()(torch.tensor([[1.0, -1.0]]), {"other": torch.tensor([[0.0, 1.0]])})
+        tensor([[1., 0.]])
     """
 
     def __init__(self, ref: str = "other") -> None:
@@ -431,15 +542,21 @@ class ConflictProjection(SurgeryRule):
 
 
 class Compose(SurgeryRule):
-    """Apply rules in order: ``Compose([a, b])(g) == b(a(g))``.
+    """Apply rules in order: `Compose([a, b])(g) == b(a(g))`.
 
     The two DGS-Net orders:
 
-    * ``Compose([PriorAlignment(), OrthogonalSuppression()])``: align, then project the sum.
+    * `Compose([PriorAlignment(), OrthogonalSuppression()])`: align, then project the sum.
       This is what the released reference code computes (its projection hook sees the total
       gradient, alignment term included).
-    * ``Compose([OrthogonalSuppression(), PriorAlignment()])``: project the task gradient, then
+    * `Compose([OrthogonalSuppression(), PriorAlignment()])`: project the task gradient, then
       add the beneficial direction, as the paper's prose describes.
+
+    Args:
+        rules: the rules, applied first to last.
+
+    Raises:
+        TypeError: `rules` is not a sequence of `SurgeryRule`.
     """
 
     def __init__(self, rules: Sequence[SurgeryRule]) -> None:
