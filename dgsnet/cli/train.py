@@ -13,7 +13,15 @@ from ..io import json_safe
 from ..presets import TRAIN_PRESETS, get_preset
 from .common import check_roots, resolve_device, status
 from .errors import EXIT_OK, UsageError
-from .options import Formatter, add_dgs_options, add_model_options, common_parent, dgs_config, wrap
+from .options import (
+    Formatter,
+    add_dgs_options,
+    add_model_options,
+    add_precision_options,
+    common_parent,
+    dgs_config,
+    wrap,
+)
 
 if TYPE_CHECKING:
     from ..training import TrainOptions
@@ -223,6 +231,7 @@ def _add_run_options(g: argparse._ArgumentGroup) -> None:
         action="store_true",
         help="torch.use_deterministic_algorithms during training",
     )
+    add_precision_options(g, compile=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,6 +316,8 @@ def train_options(args: argparse.Namespace, run_info: dict[str, Any]) -> TrainOp
         progress=not args.quiet,
         run_info=run_info,
         handle_signals=True,
+        precision=args.precision,
+        compile=args.compile,
     )
 
 

@@ -46,6 +46,8 @@ def train(
     run_info: Mapping[str, Any] | None = None,
     handle_signals: bool = False,
     precompute_text: bool = True,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> TrainResult:
     """Two-stage DGS-Net training with resumable checkpoints (see :mod:`dgsnet.training`).
 
@@ -101,5 +103,7 @@ def train(
         run_info=run_info,
         handle_signals=handle_signals,
         precompute_text=precompute_text,
+        precision=precision,
+        compile=compile,
     )
     return Trainer(wrapper, data, options, callbacks=callbacks).run()
