@@ -372,3 +372,24 @@ def test_cli_bf16_train_eval_predict_and_refused_resume(bench, test_bench, tmp_p
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "path,score,label_pred" and len(lines) == 2
     assert main(["predict", os.fspath(out), os.fspath(img), "--precision", "fp64"]) == 2
+
+
+# ------------------------------------------------------------------------------------------
+# the GPU benchmark's Python part, on the CPU with the tiny model
+# ------------------------------------------------------------------------------------------
+def test_precision_benchmark_runs_tiny_on_cpu(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "precision_step.py"
+    spec = importlib.util.spec_from_file_location("precision_step", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "p.json"
+    argv = ["--tiny", "--device", "cpu", "--batch", "2", "--steps", "1", "--warmup", "1"]
+    assert mod.main([*argv, "--json", os.fspath(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [r["precision"] for r in data["results"]] == ["fp32", "tf32", "bf16", "fp16"]
+    assert all(r["median_s"] > 0 and np.isfinite(r["last_loss"]) for r in data["results"])
+    text = capsys.readouterr().out
+    assert "x fp32" in text and "fp16" in text
