@@ -144,9 +144,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, device_name:
         mem = r["peak_gib"]
         mem_s = f"{mem:10.2f}" if mem is not None else f"{'-':>10}"
         mem_r = (
-            f"{mem / ref['peak_gib']:9.2f}"
-            if mem is not None and ref["peak_gib"]
-            else f"{'-':>9}"
+            f"{mem / ref['peak_gib']:9.2f}" if mem is not None and ref["peak_gib"] else f"{'-':>9}"
         )
         print(f"{r['precision']:<14}{1e3 * t:10.1f}{t / ref['median_s']:9.2f}"
               f"{ref['median_s'] / t:10.2f}{mem_s}{mem_r}{r['skipped_steps']:9d}")  # fmt: skip
