@@ -51,7 +51,8 @@ class StepRunner:
             (:meth:`dgsnet.training.precision.Precision.autocast`; default: none).
         scaler: a ``torch.amp.GradScaler`` (fp16) or ``None``. With a scaler, a non-finite
             gradient after unscaling is a loss-scale overflow: the scaler skips the update and
-            lowers the scale, and the step is recorded as skipped (never an error).
+            lowers the scale, and the step is recorded as skipped; only when the scale has
+            fallen below 1 does ``on_nonfinite="raise"`` raise (the gradient itself is bad).
     """
 
     model: nn.Module
@@ -124,6 +125,15 @@ class StepRunner:
         record["loss_scale"] = scale
         if bad is not None:
             opt.zero_grad(set_to_none=True)
+            if scale < 1.0 and self.on_nonfinite == "raise":
+                # an overflow at a loss scale below 1 is not a scaling problem: the gradient
+                # itself is not finite
+                raise NonFiniteError(
+                    f"non-finite gradient of {bad} at {where} even at fp16 loss scale "
+                    f"{scale:g}; lower the learning rate, check the data, train in bf16 or "
+                    "fp32, or pass on_nonfinite='skip' (--on-nonfinite skip)",
+                    step=int(record["step"]),
+                )
             record.update(
                 skipped=True,
                 reason=f"fp16 loss-scale overflow (gradient of {bad}) at {where}; the scale "
