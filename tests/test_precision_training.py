@@ -402,6 +402,31 @@ def test_compiled_image_tower_equals_eager():
     assert max(errs.values()) <= 1e-4, errs
 
 
+def test_compile_option_compiles_the_image_tower_before_stage2(bench, tmp_path, monkeypatch):
+    import dgsnet.training.trainer as trainer_mod
+
+    calls = []
+    monkeypatch.setattr(trainer_mod, "compile_image_tower", lambda enc: calls.append(enc) or 1)
+    result = run(bench, tmp_path, compile=True, epochs=1)
+    assert calls == [result.wrapper.encoder]
+    calls.clear()
+    run(bench, tmp_path / "b", epochs=1)
+    assert calls == []  # opt-in
+
+
+@pytest.mark.gpu
+@cuda
+def test_bf16_train_and_evaluate_on_cuda(bench, test_bench, tmp_path):
+    """The CUDA path: pinned loaders, non-blocking copies, bf16 autocast on the device."""
+    result = run(bench, tmp_path, device="cuda", precision="bf16", epochs=1)
+    assert result.skipped_steps == 0
+    wrapper, bundle = load_trained(tmp_path, device="cuda")
+    t16 = evaluate(wrapper, [test_bench], bundle.eval_transform, batch_size=4, precision="bf16")
+    t32 = evaluate(wrapper, [test_bench], bundle.eval_transform, batch_size=4)
+    a, b = t16[os.fspath(test_bench)]["biggan"], t32[os.fspath(test_bench)]["biggan"]
+    assert a.n_real == b.n_real == 3
+
+
 # ------------------------------------------------------------------------------------------
 # command line
 # ------------------------------------------------------------------------------------------
