@@ -28,6 +28,7 @@ from .models import ModelBundle, ModelSpec, build_model
 from .progress import progress_bar
 from .training.data import iterate_loader
 from .training.options import check_int_at_least
+from .training.precision import parse_precision
 from .training.state import FINAL_DIR, LAST_DIR, MODEL_INFO_NAME, RUN_NAME
 from .wrapper import CONFIG_NAME, DGSWrapper
 
@@ -112,10 +113,20 @@ def predict_scores(
     num_workers: int = 0,
     progress: bool = False,
     desc: str = "predicting",
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """Scores (probability of fake) of every item of a :class:`dgsnet.data.Sample` dataset
-    with the student; returns ``(scores, labels, subsets, paths)`` in dataset order."""
+    with the student; returns ``(scores, labels, subsets, paths)`` in dataset order.
+
+    ``precision``: ``"fp32"`` (default), ``"tf32"``, ``"bf16"`` or ``"fp16"`` (see
+    :mod:`dgsnet.training.precision`): the TF32 flags during the call (restored afterwards)
+    and the autocast dtype of the forward passes; scores are computed from float32 logits.
+    On CUDA the loader pins memory and copies batches without blocking."""
     from .data import collate
+    from .training.precision import Precision
+
+    policy = Precision.parse(precision, wrapper.device)
+    on_cuda = wrapper.device.type == "cuda"
 
     def collate_keep_paths(samples: Sequence[Any]) -> tuple[Any, list[str]]:
         return collate(samples), [s.path for s in samples]
@@ -126,15 +137,17 @@ def predict_scores(
         shuffle=False,
         num_workers=num_workers,
         collate_fn=collate_keep_paths,
+        pin_memory=on_cuda,
     )
     was_training = wrapper.training
     wrapper.eval()
     scores, labels, subsets, paths = [], [], [], []
     bar = progress_bar(total=len(loader), desc=desc, enabled=progress)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), policy.activate():
             for batch, batch_paths in iterate_loader(loader):
-                logits = wrapper.predict(batch.images.to(wrapper.device))
+                with policy.autocast():
+                    logits = wrapper.predict(batch.images.to(wrapper.device, non_blocking=on_cuda))
                 scores.append(_scores_from_logits(logits).cpu().numpy().astype(np.float64))
                 labels.append(batch.labels.numpy())
                 subsets.extend(batch.subsets)
@@ -162,6 +175,7 @@ def evaluate(
     split: str = "val",
     threshold: float = 0.5,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, MetricsTable]:
     """Evaluate the student on each test root; returns ``{root: MetricsTable}`` (one row per
     subset, plus the mean row when printed), in the order given.
@@ -169,7 +183,8 @@ def evaluate(
     ``transform``: the model's deterministic preprocessing (e.g. ``bundle.preprocess`` or
     ``bundle.eval_transform``; default: CLIP preprocessing at the model's image size).
     ``jpeg_quality`` / ``blur_sigma`` / ``resize_scale``: :class:`dgsnet.data.Degrade` applied
-    to every image before it (robustness tables). Roots use the detection layout
+    to every image before it (robustness tables). ``precision``: as in
+    :func:`predict_scores` (checked before any image is read). Roots use the detection layout
     ``<root>/<subset>[/<category>]/{0_real,1_fake}`` or GenImage's (``split``)."""
     from .data import Degrade, default_transform, open_dataset
 
@@ -179,6 +194,7 @@ def evaluate(
     if not roots:
         raise TrainingConfigError("evaluate needs at least one test root")
     batch_size = check_int_at_least("batch_size", batch_size)
+    parse_precision(precision)
     degrade = Degrade(jpeg_quality=jpeg_quality, blur_sigma=blur_sigma, resize_scale=resize_scale)
     if transform is None:
         size = wrapper.encoder.image_size
@@ -199,6 +215,7 @@ def evaluate(
             num_workers=num_workers,
             progress=progress,
             desc=f"evaluating {Path(key).name}",
+            precision=precision,
         )
         preds: dict[str, tuple[list[int], list[float]]] = {}
         for s, y, name in zip(scores.tolist(), labels.tolist(), names, strict=True):

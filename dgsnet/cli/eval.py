@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         threshold=args.threshold,
         progress=not args.quiet,
+        precision=args.precision,
     )
     _print_tables(tables, degradation)
     _write_outputs(args, tables, degradation)

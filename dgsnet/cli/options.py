@@ -3,6 +3,8 @@
 * :func:`common_parent`: ``--debug``, ``--quiet``, ``--device`` (every command).
 * :func:`add_model_options`, :func:`add_scoring_options`: the model of a run or checkpoint,
   and the threshold and preprocessing override of ``eval`` and ``predict``.
+* :func:`add_precision_options`: ``--precision`` (``train``, ``eval``, ``predict``) and
+  ``--compile`` (``train``).
 * :func:`add_dgs_options`: one option per :class:`~dgsnet.config.DGSConfig` field, derived
   from ``dataclasses.fields(DGSConfig)`` (:data:`DGS_FLAGS` only adjusts help text and names);
   :func:`dgs_config` builds the run's config from them.
@@ -32,6 +34,7 @@ __all__ = [
     "Formatter",
     "add_dgs_options",
     "add_model_options",
+    "add_precision_options",
     "add_scoring_options",
     "common_parent",
     "dgs_config",
@@ -109,6 +112,31 @@ def add_model_options(g: argparse._ArgumentGroup, *, train: bool) -> None:
     )
 
 
+PRECISION_CHOICES = ("fp32", "tf32", "bf16", "fp16")
+
+
+def add_precision_options(g: argparse._ArgumentGroup, *, compile: bool) -> None:
+    """``--precision {fp32,tf32,bf16,fp16}`` and, with ``compile``, ``--compile``.
+
+    Args:
+        g: the option group to add them to.
+        compile: add ``--compile`` (``train`` only).
+    """
+    g.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="fp32",
+        help="fp32: float32, TF32 off; tf32: TF32 matmuls/convolutions (CUDA); bf16: bfloat16 "
+        "autocast; fp16: float16 autocast + loss scaling (default: fp32)",
+    )
+    if compile:
+        g.add_argument(
+            "--compile",
+            action="store_true",
+            help="torch.compile the image tower (first steps are slower while it compiles)",
+        )
+
+
 def add_scoring_options(p: argparse.ArgumentParser, threshold_group: Any) -> None:
     """Options shared by ``eval`` and ``predict``: the decision threshold (in
     ``threshold_group``), the model options of a trained checkpoint, and a preprocessing
@@ -122,6 +150,7 @@ def add_scoring_options(p: argparse.ArgumentParser, threshold_group: Any) -> Non
     )
     g = p.add_argument_group("model")
     add_model_options(g, train=False)
+    add_precision_options(g, compile=False)
     g.add_argument(
         "--transform",
         choices=("model", "patch-selection"),

@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         progress=not args.quiet and args.out is not None,
+        precision=args.precision,
     )
     text = scores_csv(done_paths, scores.tolist(), args.threshold)
     if args.out:

@@ -13,7 +13,15 @@ from ..io import json_safe
 from ..presets import TRAIN_PRESETS, get_preset
 from .common import check_roots, resolve_device, status
 from .errors import EXIT_OK, UsageError
-from .options import Formatter, add_dgs_options, add_model_options, common_parent, dgs_config, wrap
+from .options import (
+    Formatter,
+    add_dgs_options,
+    add_model_options,
+    add_precision_options,
+    common_parent,
+    dgs_config,
+    wrap,
+)
 
 if TYPE_CHECKING:
     from ..training import TrainOptions
@@ -229,6 +237,7 @@ def _add_run_options(g: argparse._ArgumentGroup) -> None:
         help="also write the logged losses, lr and surgery statistics as TensorBoard scalars "
         "to OUT/tensorboard (needs the tensorboard extra)",
     )
+    add_precision_options(g, compile=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,6 +330,8 @@ def train_options(args: argparse.Namespace, run_info: dict[str, Any]) -> TrainOp
         run_info=run_info,
         handle_signals=True,
         tensorboard=args.tensorboard,
+        precision=args.precision,
+        compile=args.compile,
     )
 
 

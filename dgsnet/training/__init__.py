@@ -1,9 +1,9 @@
 r"""The training engine behind ``dgsnet train`` / ``dgsnet eval``, usable from Python too.
 
 Pieces (see ``docs/cli.md`` for the command line on top of them), one module each:
-``options`` (:class:`TrainOptions`), ``seeding``, ``distributed``, ``data`` (items, the
-resumable sampler, the fingerprint, loaders), ``state`` (the output-folder layout and the
-resumable checkpoint), ``runlog``, ``signals`` and ``trainer`` (:class:`Trainer`,
+``options`` (:class:`TrainOptions`), ``precision``, ``seeding``, ``distributed``, ``data``
+(items, the resumable sampler, the fingerprint, loaders), ``state`` (the output-folder layout
+and the resumable checkpoint), ``runlog``, ``signals`` and ``trainer`` (:class:`Trainer`,
 :func:`train`); the model factory is :mod:`dgsnet.models` and loading and evaluation
 :mod:`dgsnet.evaluation` (their names are re-exported here).
 
@@ -31,6 +31,10 @@ exactly the weights of an uninterrupted one:
 
 With ``deterministic=True`` :func:`train` also switches on
 ``torch.use_deterministic_algorithms`` for its duration (bitwise repeatable CPU runs).
+
+Precision (:mod:`dgsnet.training.precision`): ``precision="fp32"`` (default), ``"tf32"``,
+``"bf16"`` (autocast) or ``"fp16"`` (autocast + ``GradScaler``, its state checkpointed);
+``compile=True`` runs ``torch.compile`` on the image tower.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from .api import train
 from .data import ResumableSampler, TrainItems, dataset_fingerprint, open_datasets
 from .distributed import DistInfo, setup_distributed
 from .options import TrainOptions
+from .precision import PRECISIONS, Precision, compile_image_tower
 from .seeding import seed_everything
 from .state import (
     FINAL_DIR,
@@ -84,6 +89,9 @@ __all__ = [
     "NonFiniteError",
     "TrainingInterrupted",
     "TrainOptions",
+    "PRECISIONS",
+    "Precision",
+    "compile_image_tower",
     "TrainState",
     "TrainResult",
     "Trainer",

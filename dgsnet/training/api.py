@@ -47,6 +47,8 @@ def train(
     handle_signals: bool = False,
     precompute_text: bool = True,
     tensorboard: bool = False,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> TrainResult:
     """Two-stage DGS-Net training with resumable checkpoints (see :mod:`dgsnet.training`).
 
@@ -104,5 +106,7 @@ def train(
         handle_signals=handle_signals,
         precompute_text=precompute_text,
         tensorboard=tensorboard,
+        precision=precision,
+        compile=compile,
     )
     return Trainer(wrapper, data, options, callbacks=callbacks).run()

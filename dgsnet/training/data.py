@@ -249,7 +249,8 @@ class Stage1Batches:
             if self.stop():
                 raise TrainingInterrupted("interrupted during stage 1 (stage 1 restarts on resume)")
             index = batch.indices if self.pass_index else None
-            yield batch.images.to(self.device), batch.captions, batch.labels, index
+            images = batch.images.to(self.device, non_blocking=True)
+            yield images, batch.captions, batch.labels, index
 
 
 def iterate_loader(loader: DataLoader) -> Iterator[Any]:

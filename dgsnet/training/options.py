@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TrainingConfigError
+from .precision import parse_precision
 
 __all__ = ["TrainOptions", "check_int_at_least", "check_positive_float", "parse_stage"]
 
@@ -110,6 +111,13 @@ class TrainOptions:
         tensorboard: also write the run log's records as TensorBoard scalars to
             ``out_dir/tensorboard`` (rank 0; :mod:`dgsnet.training.tensorboard`; needs the
             ``tensorboard`` extra).
+        precision: ``"fp32"`` (default; TF32 off), ``"tf32"`` (TF32 matmuls and
+            convolutions on CUDA), ``"bf16"`` (bfloat16 autocast of the forward passes) or
+            ``"fp16"`` (float16 autocast and a ``torch.amp.GradScaler`` whose state is
+            checkpointed); see :mod:`dgsnet.training.precision`. Recorded in ``run.json``; a
+            run resumes only in the precision it started in.
+        compile: ``torch.compile`` the image tower (the student encoder) before stage 2
+            (:func:`~dgsnet.training.precision.compile_image_tower`); opt-in.
 
     Raises:
         TrainingConfigError: a field is out of range or of the wrong type.
@@ -141,6 +149,8 @@ class TrainOptions:
     handle_signals: bool = False
     precompute_text: bool = True
     tensorboard: bool = False
+    precision: str = "fp32"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         checked: dict[str, Any] = {
@@ -161,6 +171,9 @@ class TrainOptions:
             raise TrainingConfigError(
                 f"on_nonfinite must be 'raise' or 'skip', got {self.on_nonfinite!r}"
             )
+        checked["precision"] = parse_precision(self.precision)
+        if not isinstance(self.compile, bool):
+            raise TrainingConfigError(f"compile must be True or False, got {self.compile!r}")
         betas = self.betas
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise TrainingConfigError(f"betas must be two numbers in [0, 1), got {betas!r}")

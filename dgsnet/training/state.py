@@ -32,6 +32,7 @@ from ..io import (
     sha256_file,
 )
 from ..wrapper import WEIGHTS_NAME, DGSWrapper
+from .precision import DEFAULT_PRECISION
 
 __all__ = [
     "FINAL_DIR",
@@ -215,7 +216,8 @@ def load_training_state(
     epochs: int,
 ) -> dict[str, Any]:
     state = read_state_json(ckpt / STATE_NAME)
-    saved_key = state.get("resume_key", {})
+    # a run folder written before the precision option existed trained in float32
+    saved_key = {"precision": DEFAULT_PRECISION, **state.get("resume_key", {})}
     diff = sorted(
         k
         for k in set(saved_key) | set(resume_key)

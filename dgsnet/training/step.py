@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,12 @@ class StepRunner:
         text_table: ``(features (U, D), row of each item (N,))``, or ``None`` to pass the
             captions themselves.
         n_batches: the batches of an epoch on this rank (for messages).
+        autocast: a function returning the context the forward pass runs in
+            (:meth:`dgsnet.training.precision.Precision.autocast`; default: none).
+        scaler: a ``torch.amp.GradScaler`` (fp16) or ``None``. With a scaler, a non-finite
+            gradient after unscaling is a loss-scale overflow: the scaler skips the update and
+            lowers the scale, and the step is recorded as skipped; only when the scale has
+            fallen below 1 does ``on_nonfinite="raise"`` raise (the gradient itself is bad).
     """
 
     model: nn.Module
@@ -58,6 +65,8 @@ class StepRunner:
     on_nonfinite: str
     text_table: tuple[Tensor, Tensor] | None
     n_batches: int
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+    scaler: Any = None
 
     def __call__(self, batch: Any, step: int, epoch: int, batch_i: int) -> dict[str, Any]:
         """Step ``step`` (global), batch ``batch_i`` of ``epoch`` (0-based); returns the
@@ -77,6 +86,8 @@ class StepRunner:
         }
         if reason is None:
             assert out is not None
+            if self.scaler is not None:
+                return self._scaled_update(out, record, where)
             out.loss.backward()
             bad = first_nonfinite_grad(self.named)
             if bad is not None:
@@ -100,6 +111,40 @@ class StepRunner:
         record["stats"] = out.stats
         return record
 
+    def _scaled_update(self, out: Any, record: dict[str, Any], where: str) -> dict[str, Any]:
+        """Backward through the scaled loss, unscale, step (the scaler skips the update when a
+        gradient overflowed), update the scale; fill ``record`` (``loss_scale`` added)."""
+        scaler, opt = self.scaler, self.optimizer
+        scaler.scale(out.loss).backward()
+        scaler.unscale_(opt)
+        bad = first_nonfinite_grad(self.named)
+        scale = float(scaler.get_scale())
+        scaler.step(opt)
+        scaler.update()
+        record["loss"] = float(out.loss.detach().item())
+        record["loss_scale"] = scale
+        if bad is not None:
+            opt.zero_grad(set_to_none=True)
+            if scale < 1.0 and self.on_nonfinite == "raise":
+                # an overflow at a loss scale below 1 is not a scaling problem: the gradient
+                # itself is not finite
+                raise NonFiniteError(
+                    f"non-finite gradient of {bad} at {where} even at fp16 loss scale "
+                    f"{scale:g}; lower the learning rate, check the data, train in bf16 or "
+                    "fp32, or pass on_nonfinite='skip' (--on-nonfinite skip)",
+                    step=int(record["step"]),
+                )
+            record.update(
+                skipped=True,
+                reason=f"fp16 loss-scale overflow (gradient of {bad}) at {where}; the scale "
+                f"goes from {scale:g} to {float(scaler.get_scale()):g}",
+                overflow=True,
+            )
+            return record
+        record["losses"] = {k: float(v.item()) for k, v in out.losses.items()}
+        record["stats"] = out.stats
+        return record
+
     def _forward(self, batch: Any, where: str) -> tuple[Any, str | None]:
         """The model's output on ``batch`` and why the step cannot go on (``None``: it can),
         agreed across ranks."""
@@ -114,7 +159,8 @@ class StepRunner:
         reason: str | None = None
         out = None
         try:
-            out = self.model(images, text, labels, index=index)
+            with self.autocast():
+                out = self.model(images, text, labels, index=index)
             loss_value = out.loss.detach()
             if not bool(torch.isfinite(loss_value)):
                 reason = f"non-finite loss ({loss_value.item()}) at {where}"

@@ -39,6 +39,7 @@ from .data import (
 )
 from .distributed import DistInfo, any_rank, barrier, broadcast_parameters, setup_distributed
 from .options import TrainOptions
+from .precision import Precision, compile_image_tower, scaler_state
 from .runlog import RunLog
 from .seeding import (
     derive_seed,
@@ -145,6 +146,8 @@ class Trainer:
         self.out = Path(options.out_dir)
         self.cfg = wrapper.config
         self.device = wrapper.device
+        self.precision = Precision.parse(options.precision, self.device)
+        self.scaler: torch.amp.GradScaler | None = None
         self._check_stage2_has_teacher()
         # set by run(): the data, the distributed setting and what a resumed run restores
         self.dist = DistInfo()
@@ -194,7 +197,11 @@ class Trainer:
         self._prepare_out_dir()
         self._restore()
         try:
-            with deterministic_algorithms(o.deterministic, self.device), self.stop:
+            with (
+                deterministic_algorithms(o.deterministic, self.device),
+                self.precision.activate(),
+                self.stop,
+            ):
                 self._emit("train_begin")
                 if self.options.runs_stage1 and not self.stage1_done:
                     self._stage1()
@@ -227,6 +234,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "deterministic_transform": bool(o.deterministic_transform),
             "model": (o.model_info or {}).get("spec"),
+            "precision": o.precision,
         }
 
     def _prepare_out_dir(self) -> None:
@@ -323,14 +331,15 @@ class Trainer:
             o.num_workers,
             lambda: self.stop.requested,
         )
-        history = wrapper.fit_teacher_head(
-            batches,
-            epochs=o.stage1_epochs,
-            lr=o.stage1_lr,
-            betas=o.betas,
-            progress=o.progress and self.main,
-            cache_features=bool(o.deterministic_transform),
-        )
+        with self.precision.autocast():  # the frozen encoder's forward passes
+            history = wrapper.fit_teacher_head(
+                batches,
+                epochs=o.stage1_epochs,
+                lr=o.stage1_lr,
+                betas=o.betas,
+                progress=o.progress and self.main,
+                cache_features=bool(o.deterministic_transform),
+            )
         if self.dist.distributed:
             broadcast_parameters(wrapper.teacher_head, self.dist)
             # each rank filled its teacher cache with its own head: refill from the broadcast
@@ -351,6 +360,9 @@ class Trainer:
         assert self.items is not None
         self.ts.stage = 2
         self._make_optimizer()
+        self.scaler = self.precision.make_scaler((self.restored or {}).get("grad_scaler"))
+        if o.compile:
+            compile_image_tower(self.wrapper.encoder)
         self.model = self._parallel_model()
         self.ts.model = self.model
         self.sampler = ResumableSampler(
@@ -371,12 +383,10 @@ class Trainer:
             device=self.device,
             pass_index=bool(o.deterministic_transform),
             on_nonfinite=o.on_nonfinite,
-            text_table=(
-                caption_table(self.wrapper, self.items)
-                if o.precompute_text and not self.cfg.plain
-                else None
-            ),
+            text_table=self._caption_table() if o.precompute_text and not self.cfg.plain else None,
             n_batches=self.n_batches,
+            autocast=self.precision.autocast,
+            scaler=self.scaler,
         )
         self.wrapper.train()
         for epoch in range(self.start_epoch, o.epochs):
@@ -384,6 +394,14 @@ class Trainer:
             self.start_batch = 0
             self._end_epoch(epoch)
         self.wrapper.eval()
+
+    def _caption_table(self) -> Any:
+        """The precomputed text features, computed under the run's autocast (as the step
+        would compute them) and kept in float32."""
+        assert self.items is not None
+        with self.precision.autocast():
+            table = caption_table(self.wrapper, self.items)
+        return None if table is None else (table[0].float(), table[1])
 
     def _make_optimizer(self) -> None:
         """Adam and the step schedule; their state from the checkpoint on a resumed run."""
@@ -535,6 +553,8 @@ class Trainer:
             "rng": rng_state(),
             "optimizer": opt_meta,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "precision": self.options.precision,
+            "grad_scaler": scaler_state(self.scaler),
             "resume_key": self.resume_key,
             "dataset": self.fingerprint,
             "weights_sha256": sha256_file(tmp / WEIGHTS_NAME),
