@@ -13,15 +13,15 @@ Suppression keeps out of the image features.
 Stage 1 fits the teacher head as a linear probe on the frozen encoder; stage 2 trains LoRA and
 the image and text heads with the gradient surgery. For a real run, build the model with
 
-```python
+``python
 model, _, preprocess = open_clip.create_model_and_transforms("ViT-L-14", pretrained="openai")
 tokenizer = open_clip.get_tokenizer("ViT-L-14")
-```
+``
 
 Example:
-    ```bash
+    ``bash
     python -m dgsnet.demo --train 128 --test 64 --epochs 1
-    ```
+    ``
 """
 
 from __future__ import annotations

@@ -1,34 +1,37 @@
 """Read the checkpoints published with the released DGS-Net code (HorizonTEL/DGS-Net).
 
-The released training script saves each stage with a plain ``torch.save(model.state_dict())``:
+The released training script saves each stage with a plain `torch.save(model.state_dict())`:
 
-* ``model_epoch_step1.pth`` (stage 1): ``clip_model_frozen.*`` (the OpenAI CLIP) and
-  ``img_frozen_fc.{weight,bias}`` (the teacher head, a linear probe on frozen features);
-* ``model_epoch_step2.pth`` (stage 2): ``clip_model.*`` (the student CLIP, whose vision
-  attention is split into ``attn.{q,k,v}_proj.{weight,bias,w_lora_A,w_lora_B}`` and
-  ``attn.proj.{weight,bias}``), ``clip_model_frozen.clip_model_frozen.*`` (the pristine CLIP,
-  the teacher), ``clip_model_frozen.img_frozen_fc.*`` (the teacher head), ``img_fc.*`` and
-  ``text_fc.*`` (the image and text heads).
+* `model_epoch_step1.pth` (stage 1): `clip_model_frozen.*` (the OpenAI CLIP) and
+  `img_frozen_fc.{weight,bias}` (the teacher head, a linear probe on frozen features);
+* `model_epoch_step2.pth` (stage 2): `clip_model.*` (the student CLIP, whose vision
+  attention is split into `attn.{q,k,v}_proj.{weight,bias,w_lora_A,w_lora_B}` and
+  `attn.proj.{weight,bias}`), `clip_model_frozen.clip_model_frozen.*` (the pristine CLIP,
+  the teacher), `clip_model_frozen.img_frozen_fc.*` (the teacher head), `img_fc.*` and
+  `text_fc.*` (the image and text heads).
 
-The LoRA layers (the public CLIP-LoRA code, ``loralib/layers.py``) compute
-``W x + b + scaling * dropout(x) A^T B^T`` with ``scaling = alpha / sqrt(r)`` on q, k and v of
+The LoRA layers (the public CLIP-LoRA code, `loralib/layers.py`) compute
+`W x + b + scaling * dropout(x) A^T B^T` with `scaling = alpha / sqrt(r)` on q, k and v of
 every vision block. When such a model is switched to eval mode the layers add
-``scaling * B A`` into ``weight`` in place, so a file saved afterwards holds *merged* q/k/v
+`scaling * B A` into `weight` in place, so a file saved afterwards holds *merged* q/k/v
 weights. The pristine teacher in the same file tells the cases apart exactly: unmerged
-student weights equal the teacher's, merged ones differ by ``scaling * B A`` up to float
+student weights equal the teacher's, merged ones differ by `scaling * B A` up to float
 rounding. Both are handled (the base weights always come from the pristine copy) and
-:attr:`ReleasedImport.merged` says which one was found.
+`ReleasedImport.merged` says which one was found.
 
-Loading is safe: ``torch.load(path, map_location="cpu", weights_only=True)``, never a full
+Loading is safe: `torch.load(path, map_location="cpu", weights_only=True)`, never a full
 unpickle. Every problem (a truncated file, an object that is not a tensor, an unknown or a
 missing key, a shape that does not fit, a student that is not the teacher plus LoRA) raises
-one :class:`~dgsnet.io.CheckpointError` naming the key.
+one `CheckpointError` naming the key.
 
->>> from dgsnet.interop import load_released                     # doctest: +SKIP
->>> dgs = load_released("model_epoch_step2.pth")                 # no download needed
->>> dgs.released_import.merged, dgs.released_import.rank
-(False, 6)
->>> scores = dgs.predict(images).sigmoid()
+Examples:
+    The released file itself (no download of the OpenAI weights is needed):
+
+    >>> from dgsnet.interop import load_released
+    >>> dgs = load_released("model_epoch_step2.pth")  # doctest: +SKIP
+    >>> dgs.released_import.merged, dgs.released_import.rank  # doctest: +SKIP
+    (False, 6)
+    >>> scores = dgs.predict(images).sigmoid()  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -93,23 +96,23 @@ IMPORT_NAME = "released_import.json"
 
 @dataclass(frozen=True)
 class ReleasedImport:
-    """What was found in a released checkpoint (stored as ``wrapper.released_import`` and in
-    the run folder's ``released_import.json``).
+    """What was found in a released checkpoint (stored as `wrapper.released_import` and in
+    the run folder's `released_import.json`).
 
     Attributes:
         source: the file read.
         sha256: its SHA-256.
         stage: 1 (teacher head only) or 2 (student LoRA and the three heads).
-        merged: stage 2: ``True`` if the file holds merged q/k/v weights (saved in eval mode),
-            ``False`` if unmerged; ``None`` for stage 1 or when every ``B`` is zero (the two
+        merged: stage 2: `True` if the file holds merged q/k/v weights (saved in eval mode),
+            `False` if unmerged; `None` for stage 1 or when every `B` is zero (the two
             cases are then the same weights).
-        rank: the LoRA rank (from the shape of ``w_lora_A``; stage 1: the released default).
+        rank: the LoRA rank (from the shape of `w_lora_A`; stage 1: the released default).
         alpha: the LoRA alpha used (not stored in the file).
-        scaling: ``alpha / sqrt(rank)``, the released layers' factor.
+        scaling: `alpha / sqrt(rank)`, the released layers' factor.
         model_config: the open_clip model config of the CLIP in the file.
         weight_deviation: the largest absolute difference between the student's q/k/v
             weights and what the case found predicts (pristine weight, or pristine + scaling
-            * B A): float rounding, ``0.0`` when bit-exact. The import always uses the
+            * B A): float rounding, `0.0` when bit-exact. The import always uses the
             pristine weight plus the LoRA branch.
     """
 
@@ -129,12 +132,12 @@ class ReleasedImport:
 
 @dataclass
 class ReleasedCheckpoint:
-    """A validated released checkpoint, split into its parts (see :func:`read_released`).
+    """A validated released checkpoint, split into its parts (see `read_released`).
 
-    ``base``: the pristine CLIP's state dict (open_clip / OpenAI names); ``lora``:
-    ``{"transformer.resblocks.{i}.attn.{q,k,v}_proj": (A, B)}`` (names relative to the image
-    tower; empty for stage 1); ``teacher_head``, ``image_head``, ``text_head``: ``(weight,
-    bias)`` (the last two ``None`` for stage 1).
+    `base`: the pristine CLIP's state dict (open_clip / OpenAI names); `lora`:
+    `{"transformer.resblocks.{i}.attn.{q,k,v}_proj": (A, B)}` (names relative to the image
+    tower; empty for stage 1); `teacher_head`, `image_head`, `text_head`: `(weight,
+    bias)` (the last two `None` for stage 1).
     """
 
     info: ReleasedImport
@@ -185,7 +188,7 @@ def _load_state_dict(path: Path) -> dict[str, Tensor]:
 
 
 def _split(path: Path, sd: dict[str, Tensor]) -> tuple[int, dict[str, dict[str, Tensor]]]:
-    """The stage and ``{part: {name without prefix: tensor}}``; unknown keys raise."""
+    """The stage and `{part: {name without prefix: tensor}}`; unknown keys raise."""
     if "img_fc.weight" in sd or any(k.startswith(STUDENT) for k in sd):
         stage = 2
         prefixes: tuple[str, ...] = (TEACHER2, TEACHER_HEAD2, STUDENT, *HEADS)
@@ -239,18 +242,18 @@ def released_model_config(
 
     Width, layers, patch size, image size, MLP ratio, embedding dim, context length and
     vocabulary come from the weights; the number of heads cannot (it does not change a
-    shape), so ``head_width`` gives it (OpenAI CLIP: 64 for every model, text and image).
-    ``quick_gelu``: OpenAI CLIP uses QuickGELU (``x * sigmoid(1.702 x)``).
+    shape), so `head_width` gives it (OpenAI CLIP: 64 for every model, text and image).
+    `quick_gelu`: OpenAI CLIP uses QuickGELU (`x * sigmoid(1.702 x)`).
 
     Args:
-        base: the CLIP's state dict (``visual.conv1.weight``, ``token_embedding.weight``...).
+        base: the CLIP's state dict (`visual.conv1.weight`, `token_embedding.weight`...).
         head_width: width of one attention head.
         quick_gelu: the activation of the MLPs.
         path: named in errors.
         prefix: the keys' prefix in the file, named in errors.
 
     Returns:
-        ``{"embed_dim", "quick_gelu", "vision_cfg", "text_cfg"}`` for ``open_clip.CLIP(**cfg)``.
+        `{"embed_dim", "quick_gelu", "vision_cfg", "text_cfg"}` for `open_clip.CLIP(**cfg)`.
 
     Raises:
         CheckpointError: a key needed is missing or a shape does not fit a CLIP ViT.
@@ -464,13 +467,13 @@ def read_released(
     """Read and validate a released stage-1 or stage-2 checkpoint (safe loading only).
 
     Args:
-        path: ``model_epoch_step1.pth`` or ``model_epoch_step2.pth`` (any name).
+        path: `model_epoch_step1.pth` or `model_epoch_step2.pth` (any name).
         alpha: the LoRA alpha it was trained with (released: 6); not stored in the file.
         head_width: attention head width of the CLIP (OpenAI: 64), for the model config.
         quick_gelu: the CLIP's MLP activation is QuickGELU (OpenAI: yes).
 
     Returns:
-        The parts of the checkpoint and a :class:`ReleasedImport` summary.
+        The parts of the checkpoint and a `ReleasedImport` summary.
 
     Raises:
         CheckpointError: the file is missing, truncated, holds a non-tensor object, or has an
@@ -529,7 +532,7 @@ def _build_clip(cfg: Mapping[str, Any]) -> nn.Module:
 def _check_base(
     path: Path, own: Mapping[str, Tensor], base: Mapping[str, Tensor], prefix: str
 ) -> None:
-    """The model's state dict ``own`` and the file's pristine CLIP have the same keys and
+    """The model's state dict `own` and the file's pristine CLIP have the same keys and
     shapes (errors name the file's key)."""
     missing = sorted(set(own) - set(base))
     if missing:
@@ -552,7 +555,7 @@ def _check_base(
 
 
 def _load_base(path: Path, model: nn.Module, base: Mapping[str, Tensor], prefix: str) -> None:
-    """Load the pristine weights into ``model`` (strict; errors name the file's key)."""
+    """Load the pristine weights into `model` (strict; errors name the file's key)."""
     own = model.state_dict()
     _check_base(path, own, base, prefix)
     with torch.no_grad():
@@ -609,23 +612,23 @@ def load_released(
     head_width: int = 64,
     quick_gelu: bool = True,
 ) -> Any:
-    """A :class:`~dgsnet.DGSWrapper` holding a released DGS-Net checkpoint.
+    """A `DGSWrapper` holding a released DGS-Net checkpoint.
 
     The student is the pristine CLIP of the file plus its LoRA with the released scaling
-    ``alpha / sqrt(r)`` (``DGSConfig.reference(lora_scaling="rslora")``, rank read from the
-    shapes of ``A``); the heads are the file's. A stage-1 file gives the teacher head (LoRA
-    ``B = 0`` and fresh image/text heads), from which stage 2 can start.
-    ``wrapper.released_import`` (a :class:`ReleasedImport`) says what was found, including
+    `alpha / sqrt(r)` (`DGSConfig.reference(lora_scaling="rslora")`, rank read from the
+    shapes of `A`); the heads are the file's. A stage-1 file gives the teacher head (LoRA
+    `B = 0` and fresh image/text heads), from which stage 2 can start.
+    `wrapper.released_import` (a `ReleasedImport`) says what was found, including
     whether the q/k/v weights were saved merged.
 
     Args:
-        path: the released ``.pth`` file.
+        path: the released `.pth` file.
         model: an open_clip CLIP to load into (its weights are replaced by the file's
-            pristine CLIP; its architecture must match, else :class:`CheckpointError`).
-            ``None``: build the open_clip model from the shapes of the file's weights
-            (:func:`released_model_config`); nothing is downloaded.
-        tokenizer: for captions (training); ``None``: open_clip's CLIP BPE tokenizer when
-            ``model`` is ``None``.
+            pristine CLIP; its architecture must match, else `CheckpointError`).
+            `None`: build the open_clip model from the shapes of the file's weights
+            (`released_model_config`); nothing is downloaded.
+        tokenizer: for captions (training); `None`: open_clip's CLIP BPE tokenizer when
+            `model` is `None`.
         alpha: the LoRA alpha of the run (released: 6; not stored in the file).
         dropout: LoRA dropout for further training (released: 0.8; no effect on predictions).
         head_width: attention head width when building the model (OpenAI CLIP: 64).
@@ -635,7 +638,7 @@ def load_released(
         The wrapper, in eval mode.
 
     Raises:
-        CheckpointError: see :func:`read_released`; also a ``model`` that does not fit.
+        CheckpointError: see `read_released`; also a `model` that does not fit.
     """
     ckpt = read_released(path, alpha=alpha, head_width=head_width, quick_gelu=quick_gelu)
     prefix = TEACHER2 if ckpt.info.stage == 2 else TEACHER1
@@ -670,36 +673,36 @@ def write_run_folder(
     model_config: Mapping[str, Any] | None = None,
     image_size: int | None = None,
 ) -> Path:
-    """Write ``wrapper`` as a dgsnet run folder that ``dgsnet eval`` / ``dgsnet predict``
-    (and :func:`dgsnet.training.load_trained`) accept, recording the released preprocessing.
+    """Write `wrapper` as a dgsnet run folder that `dgsnet eval` / `dgsnet predict`
+    (and `dgsnet.training.load_trained`) accept, recording the released preprocessing.
 
-    Layout: ``OUT/final/`` (``dgs_weights.safetensors``, ``dgs_config.json``,
-    ``dgsnet_model.json``), ``OUT/released_import.json`` (what was imported) and, when the base
-    CLIP is stored (``base`` and ``model_config`` given), ``OUT/base_model/`` (an open_clip
-    ``local-dir`` folder: ``open_clip_config.json``, ``open_clip_model.safetensors``) which
-    ``dgsnet_model.json`` names by a path relative to ``final/``, so the folder can be moved.
-    Otherwise ``model_spec`` (e.g. ``ViT-L-14-quickgelu@openai``) names the base model.
-    The preprocessing recorded: ``patch-selection`` (49 patches of ``image_size / 7``
+    Layout: `OUT/final/` (`dgs_weights.safetensors`, `dgs_config.json`,
+    `dgsnet_model.json`), `OUT/released_import.json` (what was imported) and, when the base
+    CLIP is stored (`base` and `model_config` given), `OUT/base_model/` (an open_clip
+    `local-dir` folder: `open_clip_config.json`, `open_clip_model.safetensors`) which
+    `dgsnet_model.json` names by a path relative to `final/`, so the folder can be moved.
+    Otherwise `model_spec` (e.g. `ViT-L-14-quickgelu@openai`) names the base model.
+    The preprocessing recorded: `patch-selection` (49 patches of `image_size / 7`
     pixels, the 24 lowest and 25 highest by spectral entropy, tiled; ImageNet mean/std), no
     flip.
 
-    The folder is assembled beside ``out_dir`` and renamed into place at the end; an
-    existing ``out_dir`` is refused.
+    The folder is assembled beside `out_dir` and renamed into place at the end; an
+    existing `out_dir` is refused.
 
     Args:
-        wrapper: the wrapper to save (``wrapper.released_import`` is recorded if present).
+        wrapper: the wrapper to save (`wrapper.released_import` is recorded if present).
         out_dir: the run folder to create.
-        model_spec: the base model's spec, when ``base`` is not stored.
+        model_spec: the base model's spec, when `base` is not stored.
         base: the pristine CLIP's state dict (open_clip names) to store.
-        model_config: its open_clip config (with ``base``).
+        model_config: its open_clip config (with `base`).
         image_size: the model's input size (default: the wrapper's encoder's).
 
     Returns:
-        ``out_dir``.
+        `out_dir`.
 
     Raises:
-        FileExistsError: ``out_dir`` exists.
-        ValueError: neither ``model_spec`` nor ``base`` + ``model_config`` given.
+        FileExistsError: `out_dir` exists.
+        ValueError: neither `model_spec` nor `base` + `model_config` given.
     """
     from .data import IMAGENET_MEAN, IMAGENET_STD
     from .training import MODEL_INFO_NAME
@@ -766,24 +769,24 @@ def import_released(
     head_width: int = 64,
     quick_gelu: bool = True,
 ) -> ReleasedImport:
-    """Turn a released checkpoint into a dgsnet run folder (``dgsnet import-released``).
+    """Turn a released checkpoint into a dgsnet run folder (`dgsnet import-released`).
 
     Args:
-        path: the released ``.pth`` file.
+        path: the released `.pth` file.
         out_dir: the run folder to create (must not exist).
-        model: optional model spec (e.g. ``ViT-L-14-quickgelu@openai``). ``None``: the file's
-            pristine CLIP is stored in the folder (``base_model/``), nothing is downloaded.
+        model: optional model spec (e.g. `ViT-L-14-quickgelu@openai`). `None`: the file's
+            pristine CLIP is stored in the folder (`base_model/`), nothing is downloaded.
             With a spec, the spec's weights must equal the file's pristine CLIP (checked);
             the folder then refers to the spec instead of storing the weights.
-        alpha, dropout, head_width, quick_gelu: as in :func:`load_released`.
+        alpha, dropout, head_width, quick_gelu: as in `load_released`.
 
     Returns:
-        What was imported (also in ``OUT/released_import.json``).
+        What was imported (also in `OUT/released_import.json`).
 
     Raises:
-        CheckpointError: a bad file (see :func:`read_released`), or a ``model`` whose weights
+        CheckpointError: a bad file (see `read_released`), or a `model` whose weights
             are not the file's pristine CLIP.
-        FileExistsError: ``out_dir`` exists.
+        FileExistsError: `out_dir` exists.
     """
     out = Path(out_dir)
     if out.exists():

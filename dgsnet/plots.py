@@ -1,13 +1,14 @@
 """Figures: per-subset accuracy bars of evaluation tables, the t-SNE feature map, and the
-training curves of a run (:func:`run_figures`, ``dgsnet plot``).
+training curves of a run (`run_figures`, `dgsnet plot`).
 
-These need the ``viz`` extra (``pip install 'dgsnet[viz]'``: matplotlib, scikit-learn); a
-missing package raises :class:`ImportError` naming the extra. Figures are drawn with the
-non-interactive ``Agg`` backend and written as PNG.
+These need the `viz` extra (`pip install 'dgsnet[viz]'`: matplotlib, scikit-learn); a
+missing package raises `ImportError` naming the extra. Figures are drawn with the
+non-interactive `Agg` backend and written as PNG.
 
->>> from dgsnet.metrics import MetricsTable
->>> t = MetricsTable.from_predictions({"a": ([0, 1], [0.2, 0.9])})
->>> accuracy_figure({"data/test": t}, "acc.png")  # doctest: +SKIP
+Examples:
+    >>> from dgsnet.metrics import MetricsTable
+    >>> t = MetricsTable.from_predictions({"a": ([0, 1], [0.2, 0.9])})
+    >>> accuracy_figure({"data/test": t}, "acc.png")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ _VIZ_HINT = "pip install 'dgsnet[viz]'"
 
 
 def pyplot() -> Any:
-    """``matplotlib.pyplot`` with the ``Agg`` backend.
+    """`matplotlib.pyplot` with the `Agg` backend.
 
     Raises:
-        ImportError: matplotlib is not installed (the message names the ``viz`` extra).
+        ImportError: matplotlib is not installed (the message names the `viz` extra).
     """
     try:
         import matplotlib
@@ -68,7 +69,7 @@ def accuracy_figure(
     subset and the mean row, a dashed line at chance (50 %).
 
     Args:
-        tables: ``{root: table}`` as :func:`dgsnet.training.evaluate` returns it.
+        tables: `{root: table}` as `dgsnet.training.evaluate` returns it.
         path: the PNG file (its folder is created).
         degradation: the degradation's name, shown in each title.
     """
@@ -101,7 +102,7 @@ def require_tsne() -> None:
     """Check that the t-SNE figure can be made (matplotlib and scikit-learn installed).
 
     Raises:
-        ImportError: a package is missing (the message names the ``viz`` extra).
+        ImportError: a package is missing (the message names the `viz` extra).
     """
     pyplot()
     _tsne_class()
@@ -118,10 +119,10 @@ def _tsne_class() -> Any:
 
 
 def tsne_embedding(features: np.ndarray, perplexity: float, seed: int = 0) -> np.ndarray:
-    """2-D t-SNE of ``features`` (n x d), PCA-initialised, seeded.
+    """2-D t-SNE of `features` (n x d), PCA-initialised, seeded.
 
     Raises:
-        ImportError: scikit-learn is not installed (the message names the ``viz`` extra).
+        ImportError: scikit-learn is not installed (the message names the `viz` extra).
     """
     tsne = _tsne_class()(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
     return np.asarray(tsne.fit_transform(features))
@@ -143,8 +144,8 @@ def tsne_figure(
     2-D embeddings, real images in blue and fake in red, with counts in the legend.
 
     Args:
-        embeddings: ``{"teacher": (n, 2), "student": (n, 2)}``.
-        labels: ``(n,)`` labels, 0 real, 1 fake.
+        embeddings: `{"teacher": (n, 2), "student": (n, 2)}`.
+        labels: `(n,)` labels, 0 real, 1 fake.
         path: the PNG file (its folder is created).
         title: the figure's title.
     """
@@ -168,10 +169,10 @@ def tsne_figure(
 # training curves from OUT/train_log.jsonl
 # ------------------------------------------------------------------------------------------
 
-#: ``{x values, y values}`` of one curve: the global stage-2 step and the logged value.
+#: `{x values, y values}` of one curve: the global stage-2 step and the logged value.
 Curve = tuple[list[int], list[float]]
 
-#: The figures of :func:`run_figures`: file stem -> (title, y label).
+#: The figures of `run_figures`: file stem -> (title, y label).
 RUN_FIGURES: dict[str, tuple[str, str]] = {
     "losses": ("stage-2 loss and its parts", "loss"),
     "removed_fraction": ("gradient norm removed by the surgery", "removed fraction"),
@@ -181,8 +182,8 @@ RUN_FIGURES: dict[str, tuple[str, str]] = {
 
 
 def read_run_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of a run log (``train_log.jsonl``), or of ``RUN_DIR/train_log.jsonl``
-    when ``path`` is a folder. A last line cut short by a killed run is left out.
+    """The records of a run log (`train_log.jsonl`), or of `RUN_DIR/train_log.jsonl`
+    when `path` is a folder. A last line cut short by a killed run is left out.
 
     Raises:
         FileNotFoundError: no log there.
@@ -219,22 +220,23 @@ def _value(v: Any) -> float | None:
 
 
 def run_curves(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Curve]]:
-    """The curves of :func:`run_figures` from run-log records: ``{figure: {curve: (steps,
-    values)}}`` over the stage-2 ``"step"`` records, skipping values that are missing or not
+    """The curves of `run_figures` from run-log records: `{figure: {curve: (steps,
+    values)}}` over the stage-2 `"step"` records, skipping values that are missing or not
     finite (a skipped step logs a NaN loss and no parts).
 
-    * ``losses``: ``total`` (the ``loss`` key) and each part of ``losses`` (``image``,
-      ``text``, ``align``, ``teacher``, ``distill``: what the run logged);
-    * ``removed_fraction``: ``stats.removed_fraction``;
-    * ``cosines``: ``stats.cos_harm`` and ``stats.cos_help`` (cosine of the task gradient
+    * `losses`: `total` (the `loss` key) and each part of `losses` (`image`,
+      `text`, `align`, `teacher`, `distill`: what the run logged);
+    * `removed_fraction`: `stats.removed_fraction`;
+    * `cosines`: `stats.cos_harm` and `stats.cos_help` (cosine of the task gradient
       with the harmful and the helpful text references);
-    * ``lr``: the learning rate.
+    * `lr`: the learning rate.
 
     Figures without any point are left out (a run without surgery logs no statistics).
 
-    >>> run_curves([{"event": "step", "step": 1, "loss": 0.7, "losses": {"image": 0.6},
-    ...              "stats": {"removed_fraction": 0.1}, "lr": 1e-3}])["losses"]
-    {'total': ([1], [0.7]), 'image': ([1], [0.6])}
+    Examples:
+        >>> run_curves([{"event": "step", "step": 1, "loss": 0.7, "losses": {"image": 0.6},
+        ...              "stats": {"removed_fraction": 0.1}, "lr": 1e-3}])["losses"]
+        {'total': ([1], [0.7]), 'image': ([1], [0.6])}
     """
     curves: dict[str, dict[str, Curve]] = {name: {} for name in RUN_FIGURES}
 
@@ -298,24 +300,25 @@ def _draw(ax: Any, figure: str, series: Mapping[str, Curve]) -> None:
 def run_figures(
     run: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None
 ) -> dict[str, dict[str, Curve]]:
-    """PNG training curves of a run from its ``train_log.jsonl``: ``losses.png``,
-    ``removed_fraction.png``, ``cosines.png``, ``lr.png`` (those with data, see
-    :func:`run_curves`) and ``run.png`` with all of them as panels.
+    """PNG training curves of a run from its `train_log.jsonl`: `losses.png`,
+    `removed_fraction.png`, `cosines.png`, `lr.png` (those with data, see
+    `run_curves`) and `run.png` with all of them as panels.
 
     Args:
-        run: the run folder, or its ``train_log.jsonl``.
-        out_dir: where the PNGs go (created); default ``<run folder>/plots``.
+        run: the run folder, or its `train_log.jsonl`.
+        out_dir: where the PNGs go (created); default `<run folder>/plots`.
 
     Returns:
-        The plotted data, ``{file stem: {curve: (steps, values)}}`` (:func:`run_curves`),
-        without ``run`` (its panels are the others).
+        The plotted data, `{file stem: {curve: (steps, values)}}` (`run_curves`),
+        without `run` (its panels are the others).
 
     Raises:
         FileNotFoundError: no run log.
         ValueError: the log is damaged, or holds no stage-2 step (e.g. a stage-1 run).
-        ImportError: matplotlib is missing (the message names the ``viz`` extra).
+        ImportError: matplotlib is missing (the message names the `viz` extra).
 
-    >>> run_figures("runs/tiny")  # doctest: +SKIP
+    Examples:
+        >>> run_figures("runs/tiny")  # doctest: +SKIP
     """
     src = Path(run)
     records = read_run_log(src)

@@ -1,4 +1,4 @@
-"""``python -m dgsnet.cli`` (and ``torchrun ... -m dgsnet.cli``): the ``dgsnet`` command."""
+"""`python -m dgsnet.cli` (and `torchrun ... -m dgsnet.cli`): the `dgsnet` command."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""The ``dgsnet`` parser (a loop over the command modules) and :func:`main`."""
+"""The `dgsnet` parser (a loop over the command modules) and `main`."""
 
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ from .options import Formatter, dgs_config, parse_args, wrap
 
 __all__ = ["COMMANDS", "build_parser", "main", "train_settings"]
 
-#: The command modules, in the order ``dgsnet --help`` lists them. Each has ``NAME``,
-#: ``add_parser(subparsers) -> [parsers]`` (the parser, then any alias) and ``run(args)``.
+#: The command modules, in the order `dgsnet --help` lists them. Each has `NAME`,
+#: `add_parser(subparsers) -> [parsers]` (the parser, then any alias) and `run(args)`.
 COMMANDS = (train, eval_command, predict, import_released, caption, tsne, plot, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``dgsnet`` argument parser, with one subcommand per module of :data:`COMMANDS`."""
+    """The `dgsnet` argument parser, with one subcommand per module of `COMMANDS`."""
     from .. import __version__
 
     parser = argparse.ArgumentParser(
@@ -50,22 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train_settings(argv: Sequence[str]) -> dict[str, object]:
-    """The effective settings of ``dgsnet train ARGV...`` without running it (``argv`` are the
-    arguments after ``train``): the dict that the run records as ``OUT/run.json["options"]``.
-    Reads the ``--config`` file if one is given; builds no model and opens no data.
+    """The effective settings of `dgsnet train ARGV...` without running it (`argv` are the
+    arguments after `train`): the dict that the run records as `OUT/run.json["options"]`.
+    Reads the `--config` file if one is given; builds no model and opens no data.
 
-    >>> train_settings(["--preset", "aigibench-setting2", "data/train", "-o", "runs/x"])["model"]
-    'ViT-L-14@openai'
+    Examples:
+        >>> train_settings(["--preset", "aigibench-setting2", "data/train", "-o", "runs/x"])["model"]
+        'ViT-L-14@openai'
     """
     args = parse_args(build_parser(), ["train", *argv])
     return train.run_options(args, dgs_config(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dgsnet`` command; returns the exit status.
+    """Entry point of the `dgsnet` command; returns the exit status.
 
-    Errors print one ``dgsnet: error: ...`` line (exit status by type, see
-    :mod:`dgsnet.cli.errors`); ``--debug`` lets the exception and its traceback through.
+    Errors print one `dgsnet: error: ...` line (exit status by type, see
+    `dgsnet.cli.errors`); `--debug` lets the exception and its traceback through.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv

@@ -1,4 +1,4 @@
-"""``dgsnet caption``: write the caption JSON of a dataset (BLIP or templates); resumable."""
+"""`dgsnet caption`: write the caption JSON of a dataset (BLIP or templates); resumable."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ Template captions carry no per-image content and weaken the text branch (a warni
 
 
 def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
-    """Add ``caption`` and its options to the subparsers ``sub``."""
+    """Add `caption` and its options to the subparsers `sub`."""
     p = sub.add_parser(
         NAME,
         parents=[common_parent()],
@@ -80,7 +80,7 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
 
 
 def _images(root: str) -> tuple[list[str], dict[str, str | None]]:
-    """The images under ``root`` and their categories (from the dataset layout when ``root``
+    """The images under `root` and their categories (from the dataset layout when `root`
     has one; else every image found, without categories)."""
     from ..data import DatasetError, list_images, open_dataset
 
@@ -115,7 +115,7 @@ def _captioner(args: argparse.Namespace, categories: dict[str, str | None]) -> A
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``dgsnet caption``; returns the exit status."""
+    """Run `dgsnet caption`; returns the exit status."""
     from ..data import caption_file_candidates, generate_captions
 
     check_roots([args.root])

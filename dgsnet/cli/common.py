@@ -15,14 +15,14 @@ __all__ = ["check_positive", "check_roots", "load_checkpoint", "resolve_device",
 
 
 def status(args: argparse.Namespace, message: str) -> None:
-    """Print a status line to stderr unless ``--quiet``."""
+    """Print a status line to stderr unless `--quiet`."""
     if not getattr(args, "quiet", False):
         print(message, file=sys.stderr, flush=True)
 
 
 def resolve_device(name: str) -> Any:
-    """The ``torch.device`` for ``--device NAME`` (``auto``: CUDA when available). Under
-    ``torchrun`` a bare ``cuda`` becomes this process's ``cuda:LOCAL_RANK``."""
+    """The `torch.device` for `--device NAME` (`auto`: CUDA when available). Under
+    `torchrun` a bare `cuda` becomes this process's `cuda:LOCAL_RANK`."""
     import torch
 
     if name == "auto":
@@ -40,13 +40,13 @@ def resolve_device(name: str) -> Any:
 
 
 def check_positive(name: str, value: Any, minimum: int = 1) -> None:
-    """Raise :class:`UsageError` unless ``value`` is an int ``>= minimum`` (not a bool)."""
+    """Raise `UsageError` unless `value` is an int `>= minimum` (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def check_roots(roots: Sequence[str], what: str = "root") -> None:
-    """Raise :class:`UsageError` unless every path exists and is a folder."""
+    """Raise `UsageError` unless every path exists and is a folder."""
     for r in roots:
         p = Path(r)
         if not p.exists():
@@ -56,8 +56,8 @@ def check_roots(roots: Sequence[str], what: str = "root") -> None:
 
 
 def load_checkpoint(args: argparse.Namespace) -> tuple[Any, Any]:
-    """``(wrapper, bundle)`` of ``args.checkpoint`` (a training or checkpoint folder) on
-    ``--device``, with the ``--model``/``--pretrained``/``--cache-dir``/``--transform``
+    """`(wrapper, bundle)` of `args.checkpoint` (a training or checkpoint folder) on
+    `--device`, with the `--model`/`--pretrained`/`--cache-dir`/`--transform`
     options."""
     from ..training import load_trained
 

@@ -1,4 +1,4 @@
-"""``dgsnet demo``: the quickstart of :mod:`dgsnet.demo` (tiny random CLIP, synthetic data)."""
+"""`dgsnet demo`: the quickstart of `dgsnet.demo` (tiny random CLIP, synthetic data)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ The same program as `python -m dgsnet.demo`: nothing is downloaded and no data i
 
 
 def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
-    """Add ``demo`` and the options of :func:`dgsnet.demo.build_parser` to the subparsers
-    ``sub``."""
+    """Add `demo` and the options of `dgsnet.demo.build_parser` to the subparsers
+    `sub`."""
     from .. import demo
 
     p = sub.add_parser(
@@ -45,7 +45,7 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``dgsnet demo`` (:func:`dgsnet.demo.run` with the parsed options)."""
+    """Run `dgsnet demo` (`dgsnet.demo.run` with the parsed options)."""
     from .. import demo
 
     demo.run(

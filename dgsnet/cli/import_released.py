@@ -1,4 +1,4 @@
-"""``dgsnet import-released``: turn a released DGS-Net checkpoint into a dgsnet run folder."""
+"""`dgsnet import-released`: turn a released DGS-Net checkpoint into a dgsnet run folder."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ one was found. docs/released-checkpoints.md has the details.
 
 
 def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
-    """Add ``import-released`` and its options to the subparsers ``sub``."""
+    """Add `import-released` and its options to the subparsers `sub`."""
     from ..interop import RELEASED_ALPHA
 
     p = sub.add_parser(
@@ -81,10 +81,10 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``dgsnet import-released``; returns the exit status.
+    """Run `dgsnet import-released`; returns the exit status.
 
     Raises:
-        UsageError: ``--out`` exists, ``--alpha`` is not a positive number, or the file is
+        UsageError: `--out` exists, `--alpha` is not a positive number, or the file is
             not a released checkpoint (the reading error's message, one line).
     """
     from ..interop import import_released

@@ -1,15 +1,15 @@
-"""Options shared by several commands, the DGS options, and the layering of ``train``'s values.
+"""Options shared by several commands, the DGS options, and the layering of `train`'s values.
 
-* :func:`common_parent`: ``--debug``, ``--quiet``, ``--device`` (every command).
-* :func:`add_model_options`, :func:`add_scoring_options`: the model of a run or checkpoint,
-  and the threshold and preprocessing override of ``eval`` and ``predict``.
-* :func:`add_precision_options`: ``--precision`` (``train``, ``eval``, ``predict``) and
-  ``--compile`` (``train``).
-* :func:`add_dgs_options`: one option per :class:`~dgsnet.config.DGSConfig` field, derived
-  from ``dataclasses.fields(DGSConfig)`` (:data:`DGS_FLAGS` only adjusts help text and names);
-  :func:`dgs_config` builds the run's config from them.
-* :func:`parse_args`: for ``train``, option values are layered
-  ``parser defaults < the preset's options < the --config file < command-line flags``.
+* `common_parent`: `--debug`, `--quiet`, `--device` (every command).
+* `add_model_options`, `add_scoring_options`: the model of a run or checkpoint,
+  and the threshold and preprocessing override of `eval` and `predict`.
+* `add_precision_options`: `--precision` (`train`, `eval`, `predict`) and
+  `--compile` (`train`).
+* `add_dgs_options`: one option per `DGSConfig` field, derived
+  from `dataclasses.fields(DGSConfig)` (`DGS_FLAGS` only adjusts help text and names);
+  `dgs_config` builds the run's config from them.
+* `parse_args`: for `train`, option values are layered
+  `parser defaults < the preset's options < the --config file < command-line flags`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _term_width() -> int:
 
 
 def wrap(text: str) -> str:
-    """``text`` filled to the help width (at most 100 columns)."""
+    """`text` filled to the help width (at most 100 columns)."""
     return textwrap.fill(text, min(100, _term_width()) - 2)
 
 
@@ -70,7 +70,7 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def common_parent() -> argparse.ArgumentParser:
-    """The parent parser of every command: ``--debug``, ``--quiet``/``-q``, ``--device``."""
+    """The parent parser of every command: `--debug`, `--quiet`/`-q`, `--device`."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("general")
     g.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -84,7 +84,7 @@ def common_parent() -> argparse.ArgumentParser:
 
 
 def add_model_options(g: argparse._ArgumentGroup, *, train: bool) -> None:
-    """``--model``, ``--pretrained``, ``--cache-dir``: the backbone of a new run (``train``),
+    """`--model`, `--pretrained`, `--cache-dir`: the backbone of a new run (`train`),
     or the base model of a checkpoint that does not record it."""
     if train:
         g.add_argument(
@@ -116,11 +116,11 @@ PRECISION_CHOICES = ("fp32", "tf32", "bf16", "fp16")
 
 
 def add_precision_options(g: argparse._ArgumentGroup, *, compile: bool) -> None:
-    """``--precision {fp32,tf32,bf16,fp16}`` and, with ``compile``, ``--compile``.
+    """`--precision {fp32,tf32,bf16,fp16}` and, with `compile`, `--compile`.
 
     Args:
         g: the option group to add them to.
-        compile: add ``--compile`` (``train`` only).
+        compile: add `--compile` (`train` only).
     """
     g.add_argument(
         "--precision",
@@ -138,8 +138,8 @@ def add_precision_options(g: argparse._ArgumentGroup, *, compile: bool) -> None:
 
 
 def add_scoring_options(p: argparse.ArgumentParser, threshold_group: Any) -> None:
-    """Options shared by ``eval`` and ``predict``: the decision threshold (in
-    ``threshold_group``), the model options of a trained checkpoint, and a preprocessing
+    """Options shared by `eval` and `predict`: the decision threshold (in
+    `threshold_group`), the model options of a trained checkpoint, and a preprocessing
     override."""
     threshold_group.add_argument(
         "--threshold",
@@ -166,12 +166,12 @@ def add_scoring_options(p: argparse.ArgumentParser, threshold_group: Any) -> Non
 
 @dataclass(frozen=True)
 class DgsFlag:
-    """How one :class:`DGSConfig` field appears on the command line.
+    """How one `DGSConfig` field appears on the command line.
 
-    ``help``/``metavar``: the help text and value name (default: generic ones naming the
-    field). ``flag``: the option name without ``--`` (default: the field name with dashes;
-    ``no-`` is prefixed for a bool field whose default is ``True``). ``hidden``: the field has
-    no option (it stays reachable through the ``"dgs"`` object of a ``--config`` file).
+    `help`/`metavar`: the help text and value name (default: generic ones naming the
+    field). `flag`: the option name without `--` (default: the field name with dashes;
+    `no-` is prefixed for a bool field whose default is `True`). `hidden`: the field has
+    no option (it stays reachable through the `"dgs"` object of a `--config` file).
     """
 
     help: str | None = None
@@ -182,8 +182,8 @@ class DgsFlag:
 
 #: Adjustments to the options derived from the DGSConfig fields (their order is the order of
 #: the help). A field not listed here gets an option with generic help, after these; a bool
-#: field becomes ``--<name>`` (default ``False``) or ``--no-<name>`` (default ``True``), a
-#: ``Literal`` field a choice, a list field a one-or-more option.
+#: field becomes `--<name>` (default `False`) or `--no-<name>` (default `True`), a
+#: `Literal` field a choice, a list field a one-or-more option.
 DGS_FLAGS: dict[str, DgsFlag] = {
     # binary real/fake detection is what train/eval/predict are built for
     "num_classes": DgsFlag(hidden=True),
@@ -214,7 +214,7 @@ DGS_FLAGS: dict[str, DgsFlag] = {
 
 
 def _without_none(tp: Any) -> Any:
-    """``X`` for ``X | None`` (``Optional[X]``), else ``tp``."""
+    """`X` for `X | None` (`Optional[X]`), else `tp`."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if type(None) in typing.get_args(tp) and len(args) == 1:
         return args[0]
@@ -222,7 +222,7 @@ def _without_none(tp: Any) -> Any:
 
 
 def _argument(name: str, tp: Any, default: Any, spec: DgsFlag) -> tuple[str, dict[str, Any]]:
-    """The option string and ``add_argument`` keywords of one field, or ``("", {})`` when
+    """The option string and `add_argument` keywords of one field, or `("", {})` when
     its type has no command-line form (a dict, for example)."""
     tp = _without_none(tp)
     flag = "--" + (spec.flag or name.replace("_", "-"))
@@ -251,8 +251,8 @@ def _argument(name: str, tp: Any, default: Any, spec: DgsFlag) -> tuple[str, dic
 
 
 def dgs_flags() -> list[tuple[str, dict[str, Any]]]:
-    """``(option string, add_argument keywords)`` for each DGSConfig field that has an option:
-    the fields listed in :data:`DGS_FLAGS` in its order (the help's order), then the others in
+    """`(option string, add_argument keywords)` for each DGSConfig field that has an option:
+    the fields listed in `DGS_FLAGS` in its order (the help's order), then the others in
     the order of the fields."""
     hints = typing.get_type_hints(DGSConfig)
     listed = list(DGS_FLAGS)
@@ -273,18 +273,18 @@ def dgs_flags() -> list[tuple[str, dict[str, Any]]]:
 
 
 def add_dgs_options(g: argparse._ArgumentGroup) -> None:
-    """One option per DGSConfig field (:func:`dgs_flags`); each defaults to ``None``, i.e.
+    """One option per DGSConfig field (`dgs_flags`); each defaults to `None`, i.e.
     "what the preset and the config file say"."""
     for flag, kw in dgs_flags():
         g.add_argument(flag, **kw)
 
 
 def dgs_config(args: argparse.Namespace) -> DGSConfig:
-    """The run's DGSConfig: the preset's, then the ``"dgs"`` object of the config file, then
+    """The run's DGSConfig: the preset's, then the `"dgs"` object of the config file, then
     the DGS flags given on the command line.
 
     Raises:
-        UsageError: an unknown field in ``"dgs"``, or a value DGSConfig rejects.
+        UsageError: an unknown field in `"dgs"`, or a value DGSConfig rejects.
     """
     data = get_preset(args.preset).dgs_config().to_dict()
     overrides = args.dgs or {}
@@ -310,9 +310,9 @@ _CONFIG_SKIP = {"help", "config", "func", "_subparsers", "debug", "dgs"}
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Parse ``argv``; for ``train``, layer the option values: parser defaults < the preset's
-    options < the ``--config`` file < command-line flags. The preset is the ``--preset`` flag,
-    else the config file's ``"preset"``, else ``reference``; ``args.preset`` holds it."""
+    """Parse `argv`; for `train`, layer the option values: parser defaults < the preset's
+    options < the `--config` file < command-line flags. The preset is the `--preset` flag,
+    else the config file's `"preset"`, else `reference`; `args.preset` holds it."""
     args = parser.parse_args(argv)
     if args.command != "train":
         return args
@@ -342,8 +342,8 @@ def _load_json_object(path: Path) -> dict[str, Any]:
 
 
 def read_config(config: str, train_parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """The ``--config`` file's options as ``{dest: value}``, checked against the parser's
-    options (unknown names and invalid choices raise :class:`UsageError`)."""
+    """The `--config` file's options as `{dest: value}`, checked against the parser's
+    options (unknown names and invalid choices raise `UsageError`)."""
     path = Path(config)
     data = _load_json_object(path)
     actions = {a.dest: a for a in train_parser._actions if a.dest not in _CONFIG_SKIP}

@@ -1,4 +1,4 @@
-"""``dgsnet plot``: PNG training curves of a run from its ``train_log.jsonl``."""
+"""`dgsnet plot`: PNG training curves of a run from its `train_log.jsonl`."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ Needs the viz extra (pip install 'dgsnet[viz]').
 
 
 def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
-    """Add ``plot`` and its options to the subparsers ``sub``."""
+    """Add `plot` and its options to the subparsers `sub`."""
     p = sub.add_parser(
         NAME,
         formatter_class=Formatter,
@@ -50,7 +50,7 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``dgsnet plot``; returns the exit status.
+    """Run `dgsnet plot`; returns the exit status.
 
     Raises:
         UsageError: no run log at RUN_DIR, a damaged log, a log without stage-2 steps, or

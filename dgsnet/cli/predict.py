@@ -1,4 +1,4 @@
-"""``dgsnet predict``: score images or folders with a checkpoint (CSV path,score,label_pred)."""
+"""`dgsnet predict`: score images or folders with a checkpoint (CSV path,score,label_pred)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ label_pred = 1 (fake) when score > threshold, else 0 (real). Folders are searche
 
 
 def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
-    """Add ``predict`` and its options to the subparsers ``sub``."""
+    """Add `predict` and its options to the subparsers `sub`."""
     p = sub.add_parser(
         NAME,
         parents=[common_parent()],
@@ -52,7 +52,7 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
 
 
 class _PathDataset:
-    """Images given by path; a corrupt one raises a one-argument :class:`DatasetError` (so
+    """Images given by path; a corrupt one raises a one-argument `DatasetError` (so
     that it keeps its type when re-raised from a DataLoader worker)."""
 
     def __init__(self, paths: list[str], transform: Any) -> None:
@@ -73,7 +73,7 @@ class _PathDataset:
 
 
 def _image_paths(inputs: list[str]) -> list[str]:
-    """The image files named by ``inputs`` (files, and folders searched recursively), each
+    """The image files named by `inputs` (files, and folders searched recursively), each
     once, in order."""
     from ..data import list_images
     from ..data._common import is_image_file
@@ -96,7 +96,7 @@ def _image_paths(inputs: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``dgsnet predict``; returns the exit status."""
+    """Run `dgsnet predict`; returns the exit status."""
     from ..metrics import scores_csv
 
     check_positive("--batch-size", args.batch_size)

@@ -1,4 +1,4 @@
-"""``dgsnet tsne`` (alias ``features``): t-SNE of teacher vs student features, real vs fake."""
+"""`dgsnet tsne` (alias `features`): t-SNE of teacher vs student features, real vs fake."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ off) and the student's (DGS fine-tuned) image features, real vs fake. Needs the 
 
 
 def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
-    """Add ``tsne`` (and its alias ``features``) to the subparsers ``sub``."""
+    """Add `tsne` (and its alias `features`) to the subparsers `sub`."""
     p = sub.add_parser(
         NAME,
         aliases=["features"],
@@ -70,7 +70,7 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
 
 
 def _sample(args: argparse.Namespace, labels: Any) -> list[int]:
-    """Up to ``--max-per-class`` random indices of each class (seeded, sorted per class)."""
+    """Up to `--max-per-class` random indices of each class (seeded, sorted per class)."""
     import numpy as np
 
     rng = np.random.default_rng(args.seed)
@@ -87,7 +87,7 @@ def _sample(args: argparse.Namespace, labels: Any) -> list[int]:
 
 
 def _features(args: argparse.Namespace, wrapper: Any, ds: Any, chosen: list[int]) -> Any:
-    """``(features {"teacher", "student"}, labels, subsets)`` of the chosen images."""
+    """`(features {"teacher", "student"}, labels, subsets)` of the chosen images."""
     import numpy as np
     import torch
     from torch.utils.data import DataLoader, Subset
@@ -108,7 +108,7 @@ def _features(args: argparse.Namespace, wrapper: Any, ds: Any, chosen: list[int]
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``dgsnet tsne``; returns the exit status."""
+    """Run `dgsnet tsne`; returns the exit status."""
     import numpy as np
 
     from ..data import open_dataset

@@ -1,18 +1,19 @@
 """The caption store: captions by image path, matched robustly, with label-free fallbacks.
 
 DGS-Net's text branch encodes one caption per training image with the frozen CLIP text
-encoder. Caption files (``dgsnet.data.caption_files``) key captions by image path as the
+encoder. Caption files (`dgsnet.data.caption_files`) key captions by image path as the
 writer spelled them: usually absolute paths on the machine that wrote the file, sometimes
-paths relative to the dataset root. :class:`CaptionStore` finds the caption of an image by
-exact key, by absolute path, by path relative to ``root``, and finally by the longest unique
+paths relative to the dataset root. `CaptionStore` finds the caption of an image by
+exact key, by absolute path, by path relative to `root`, and finally by the longest unique
 path suffix, so a file written on another machine still matches.
 
->>> store = CaptionStore({"/old/disk/train/progan/car/0_real/1.png": "a car"})
->>> store.get("/new/place/train/progan/car/0_real/1.png")
-'a car'
+Examples:
+    >>> store = CaptionStore({"/old/disk/train/progan/car/0_real/1.png": "a car"})
+    >>> store.get("/new/place/train/progan/car/0_real/1.png")
+    'a car'
 
-An image without a caption raises, or gets a template caption (:func:`class_name_caption`)
-when a ``fallback`` is set; see ``docs/captions.md`` for the policy.
+An image without a caption raises, or gets a template caption (`class_name_caption`)
+when a `fallback` is set; see `docs/captions.md` for the policy.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class CaptionFallbackWarning(UserWarning):
     """A template caption stands in for a real (BLIP) caption.
 
     The training still runs, but the text branch then carries no per-image semantic content,
-    so Orthogonal Suppression no longer does what the method intends (see ``docs/captions.md``).
-    Turn it into an error with ``warnings.simplefilter("error", CaptionFallbackWarning)``.
+    so Orthogonal Suppression no longer does what the method intends (see `docs/captions.md`).
+    Turn it into an error with `warnings.simplefilter("error", CaptionFallbackWarning)`.
     """
 
 
@@ -71,28 +72,29 @@ def class_name_caption(
 ) -> str:
     """A template caption for an image that has no generated caption.
 
-    By default the caption does **not** depend on ``label``: it is
-    ``"a photo of {article} {category}"`` when the object category is known (ProGAN-style
-    ``<subset>/<category>/{0_real,1_fake}`` folders, e.g. ``"a photo of a car"``) and
-    :data:`NEUTRAL_CAPTION` (``"a photo of an object"``) otherwise.
+    By default the caption does **not** depend on `label`: it is
+    `"a photo of {article} {category}"` when the object category is known (ProGAN-style
+    `<subset>/<category>/{0_real,1_fake}` folders, e.g. `"a photo of a car"`) and
+    `NEUTRAL_CAPTION` (`"a photo of an object"`) otherwise.
 
-    Why not ``"a photo of a fake image"``: in DGS-Net the text branch exists to expose the
+    Why not `"a photo of a fake image"`: in DGS-Net the text branch exists to expose the
     *semantic* content of an image, whose gradient direction Orthogonal Suppression removes
     from the image branch's update. A caption that states the label turns the text head into a
     label oracle: its loss collapses within a few steps and the "harmful" direction it defines
     is the text embedding of the words "real"/"fake", i.e. the label concept itself, so the
     surgery would suppress the very signal the detector must learn instead of content
-    shortcuts. ``label`` is only used by templates that ask for it explicitly through the
-    ``{class_name}`` (``real``/``fake``) or ``{label}`` (``0``/``1``) fields, which warn.
+    shortcuts. `label` is only used by templates that ask for it explicitly through the
+    `{class_name}` (`real`/`fake`) or `{label}` (`0`/`1`) fields, which warn.
 
-    Template fields: ``{category}`` (underscores become spaces), ``{article}`` (``a``/``an``
-    for the category), ``{class_name}``, ``{label}``. A template that needs ``{category}`` when
-    none is known gives :data:`NEUTRAL_CAPTION`.
+    Template fields: `{category}` (underscores become spaces), `{article}` (`a`/`an`
+    for the category), `{class_name}`, `{label}`. A template that needs `{category}` when
+    none is known gives `NEUTRAL_CAPTION`.
 
-    >>> class_name_caption(1, category="airplane")
-    'a photo of an airplane'
-    >>> class_name_caption(0)
-    'a photo of an object'
+    Examples:
+        >>> class_name_caption(1, category="airplane")
+        'a photo of an airplane'
+        >>> class_name_caption(0)
+        'a photo of an object'
     """
     cat = category.replace("_", " ").strip() if category else None
     if template is None:
@@ -165,7 +167,7 @@ def _make_fallback(spec: FallbackSpec) -> Callable[[str, str | None], str] | Non
 
 
 def _norm(path: str) -> str:
-    """Normalise a path string for comparison: ``/`` separators, no ``.``/``..``/``//``."""
+    """Normalise a path string for comparison: `/` separators, no `.`/`..`/`//`."""
     s = path.replace("\\", "/")
     s = posixpath.normpath(s) if s else s
     return s
@@ -191,28 +193,29 @@ def _common_suffix(a: tuple[str, ...], b: tuple[str, ...]) -> int:
 class CaptionStore:
     """Captions keyed by image path, looked up robustly.
 
-    ``get(path)`` resolves ``path`` against the keys in this order and returns the first hit:
+    `get(path)` resolves `path` against the keys in this order and returns the first hit:
 
-    1. the key spelled exactly like ``path``;
-    2. the same file after normalising both sides (``/`` separators, ``.``/``..`` removed),
-       comparing absolute paths; relative keys are taken relative to ``root`` when given;
-    3. ``path`` relative to ``root``, compared with relative keys;
-    4. with ``suffix_match=True`` (default): the key sharing the longest trailing run of path
-       components with ``path`` (a file written on another machine). When ``path`` lies under
-       ``root`` the shared run must cover *all* of ``path`` relative to ``root`` (its identity
-       in the data set: ``progan/car/0_real/001.png`` never matches
-       ``biggan/0_real/001.png``); otherwise it must be at least ``min_suffix`` components
-       (default 3, e.g. ``<subset>/0_real/001.png``), a heuristic: pass ``root``. Two keys
-       that match equally well raise :class:`CaptionError`.
+    1. the key spelled exactly like `path`;
+    2. the same file after normalising both sides (`/` separators, `.`/`..` removed),
+       comparing absolute paths; relative keys are taken relative to `root` when given;
+    3. `path` relative to `root`, compared with relative keys;
+    4. with `suffix_match=True` (default): the key sharing the longest trailing run of path
+       components with `path` (a file written on another machine). When `path` lies under
+       `root` the shared run must cover *all* of `path` relative to `root` (its identity
+       in the data set: `progan/car/0_real/001.png` never matches
+       `biggan/0_real/001.png`); otherwise it must be at least `min_suffix` components
+       (default 3, e.g. `<subset>/0_real/001.png`), a heuristic: pass `root`. Two keys
+       that match equally well raise `CaptionError`.
 
-    Missing captions raise :class:`CaptionError` unless ``fallback`` is set: ``True`` for
-    :func:`class_name_caption` (neutral or category template), a template string, or a
-    callable ``(path, category) -> str``. Every fallback use is announced with a
-    :class:`CaptionFallbackWarning`.
+    Missing captions raise `CaptionError` unless `fallback` is set: `True` for
+    `class_name_caption` (neutral or category template), a template string, or a
+    callable `(path, category) -> str`. Every fallback use is announced with a
+    `CaptionFallbackWarning`.
 
-    >>> s = CaptionStore({"progan/car/0_real/1.png": "a car"}, root="/data/train")
-    >>> s.get("/data/train/progan/car/0_real/1.png")
-    'a car'
+    Examples:
+        >>> s = CaptionStore({"progan/car/0_real/1.png": "a car"}, root="/data/train")
+        >>> s.get("/data/train/progan/car/0_real/1.png")
+        'a car'
     """
 
     def __init__(
@@ -257,7 +260,7 @@ class CaptionStore:
                 self._by_name.setdefault(comps[-1], []).append((comps, key))
 
     def with_root(self, root: str | os.PathLike[str]) -> CaptionStore:
-        """The same captions and options, resolving against ``root`` (the datasets use this to
+        """The same captions and options, resolving against `root` (the datasets use this to
         give a root-less store their own root, which makes suffix matches exact)."""
         return CaptionStore(
             self._raw,
@@ -295,7 +298,7 @@ class CaptionStore:
 
     # -- lookup -------------------------------------------------------------------------------
     def resolve(self, path: str | os.PathLike[str]) -> str | None:
-        """The key holding ``path``'s caption, or ``None``; :class:`CaptionError` when several
+        """The key holding `path`'s caption, or `None`; `CaptionError` when several
         keys match equally well by suffix."""
         s = os.fspath(path)
         if s in self._raw:
@@ -337,13 +340,13 @@ class CaptionStore:
         return best_keys[0]
 
     def find(self, path: str | os.PathLike[str]) -> str | None:
-        """The caption of ``path``, or ``None`` (never the fallback)."""
+        """The caption of `path`, or `None` (never the fallback)."""
         key = self.resolve(path)
         return None if key is None else self._raw[key]
 
     def get(self, path: str | os.PathLike[str], category: str | None = None) -> str:
-        """The caption of ``path``; the fallback (with a warning) or :class:`CaptionError` when
-        there is none. ``category`` feeds the fallback template."""
+        """The caption of `path`; the fallback (with a warning) or `CaptionError` when
+        there is none. `category` feeds the fallback template."""
         key = self.resolve(path)
         if key is not None:
             return self._raw[key]
@@ -353,7 +356,7 @@ class CaptionStore:
         return self._fallback(os.fspath(path), category)
 
     def missing(self, paths: Iterable[str | os.PathLike[str]]) -> list[str]:
-        """The paths among ``paths`` that have no caption."""
+        """The paths among `paths` that have no caption."""
         return [os.fspath(p) for p in paths if self.resolve(p) is None]
 
     def captions_for(
@@ -361,7 +364,7 @@ class CaptionStore:
         paths: Sequence[str | os.PathLike[str]],
         categories: Sequence[str | None] | None = None,
     ) -> list[str]:
-        """Captions for all ``paths`` at once. Missing ones raise one :class:`CaptionError`
+        """Captions for all `paths` at once. Missing ones raise one `CaptionError`
         listing the first few and the total; with a fallback they are filled in and one
         warning reports how many."""
         if categories is not None and len(categories) != len(paths):
@@ -429,10 +432,10 @@ def load_captions(
     fallback: FallbackSpec = None,
     suffix_match: bool = True,
 ) -> CaptionStore:
-    """Read a caption JSON file into a :class:`CaptionStore`.
+    """Read a caption JSON file into a `CaptionStore`.
 
-    ``path`` may also be a dataset folder, in which case the file is located with
-    :func:`find_caption_file`. ``root`` is the folder relative keys are relative to (the
+    `path` may also be a dataset folder, in which case the file is located with
+    `find_caption_file`. `root` is the folder relative keys are relative to (the
     dataset root); absolute keys, including ones written on another machine, resolve without
     it.
     """

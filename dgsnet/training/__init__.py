@@ -1,40 +1,40 @@
-r"""The training engine behind ``dgsnet train`` / ``dgsnet eval``, usable from Python too.
+r"""The training engine behind `dgsnet train` / `dgsnet eval`, usable from Python too.
 
-Pieces (see ``docs/cli.md`` for the command line on top of them), one module each:
-``options`` (:class:`TrainOptions`), ``precision``, ``seeding``, ``distributed``, ``data``
-(items, the resumable sampler, the fingerprint, loaders), ``state`` (the output-folder layout
-and the resumable checkpoint), ``runlog``, ``signals`` and ``trainer`` (:class:`Trainer`,
-:func:`train`); the model factory is :mod:`dgsnet.models` and loading and evaluation
-:mod:`dgsnet.evaluation` (their names are re-exported here).
+Pieces (see `docs/cli.md` for the command line on top of them), one module each:
+`options` (`TrainOptions`), `precision`, `seeding`, `distributed`, `data`
+(items, the resumable sampler, the fingerprint, loaders), `state` (the output-folder layout
+and the resumable checkpoint), `runlog`, `signals` and `trainer` (`Trainer`,
+`train`); the model factory is `dgsnet.models` and loading and evaluation
+`dgsnet.evaluation` (their names are re-exported here).
 
-* :func:`build_model`: a model spec (``tiny``, an open_clip name with its weights such as
-  ``ViT-L-14@openai``, or ``hf:<path>`` for a Hugging Face CLIP) -> :class:`ModelBundle`
-  ``(model, tokenizer, train_transform, eval_transform)``.
-* :func:`train`: stage 1 (the teacher head as a linear probe on frozen features, through
-  :meth:`DGSWrapper.fit_teacher_head`) then stage 2 (LoRA + image/text heads with the gradient
-  surgery; Adam, lr ``x0.9`` every 10 epochs as in the reference code), or either alone.
+* `build_model`: a model spec (`tiny`, an open_clip name with its weights such as
+  `ViT-L-14@openai`, or `hf:<path>` for a Hugging Face CLIP) -> `ModelBundle`
+  `(model, tokenizer, train_transform, eval_transform)`.
+* `train`: stage 1 (the teacher head as a linear probe on frozen features, through
+  `DGSWrapper.fit_teacher_head`) then stage 2 (LoRA + image/text heads with the gradient
+  surgery; Adam, lr `x0.9` every 10 epochs as in the reference code), or either alone.
   Per-step JSONL log, tqdm bar, resumable checkpoints (safetensors + JSON, never pickle),
-  non-finite loss/gradient detection, ``torchrun`` data parallelism.
-* :func:`evaluate`: one :class:`~dgsnet.metrics.MetricsTable` per test root (one row per
+  non-finite loss/gradient detection, `torchrun` data parallelism.
+* `evaluate`: one `MetricsTable` per test root (one row per
   subset), optionally on JPEG-compressed / blurred / resized images.
 
-Reproducibility. Every source of randomness in :func:`train` is a pure function of the seed
+Reproducibility. Every source of randomness in `train` is a pure function of the seed
 and the position in the run, so an interrupted run resumed from its checkpoint finishes with
 exactly the weights of an uninterrupted one:
 
-* the sampler's permutation of epoch ``e`` is drawn from a generator seeded with
-  ``(seed, e)``; the checkpoint stores the epoch and the number of batches done in it;
-* the random part of the training transform (flip, patch shuffle) of item ``i`` in epoch
-  ``e`` runs under torch's RNG seeded with ``(seed, e, i)`` (whatever the worker or rank);
-* before stage-2 step ``k`` torch's RNG (LoRA dropout) is seeded with ``(seed, rank, k)``;
+* the sampler's permutation of epoch `e` is drawn from a generator seeded with
+  `(seed, e)`; the checkpoint stores the epoch and the number of batches done in it;
+* the random part of the training transform (flip, patch shuffle) of item `i` in epoch
+  `e` runs under torch's RNG seeded with `(seed, e, i)` (whatever the worker or rank);
+* before stage-2 step `k` torch's RNG (LoRA dropout) is seeded with `(seed, rank, k)`;
 * the optimizer state, the learning-rate schedule and the RNG states are saved as well.
 
-With ``deterministic=True`` :func:`train` also switches on
-``torch.use_deterministic_algorithms`` for its duration (bitwise repeatable CPU runs).
+With `deterministic=True` `train` also switches on
+`torch.use_deterministic_algorithms` for its duration (bitwise repeatable CPU runs).
 
-Precision (:mod:`dgsnet.training.precision`): ``precision="fp32"`` (default), ``"tf32"``,
-``"bf16"`` (autocast) or ``"fp16"`` (autocast + ``GradScaler``, its state checkpointed);
-``compile=True`` runs ``torch.compile`` on the image tower.
+Precision (`dgsnet.training.precision`): `precision="fp32"` (default), `"tf32"`,
+`"bf16"` (autocast) or `"fp16"` (autocast + `GradScaler`, its state checkpointed);
+`compile=True` runs `torch.compile` on the image tower.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``train``: one call that validates the options and runs a :class:`Trainer`."""
+"""`train`: one call that validates the options and runs a `Trainer`."""
 
 from __future__ import annotations
 
@@ -50,30 +50,30 @@ def train(
     precision: str = "fp32",
     compile: bool = False,
 ) -> TrainResult:
-    """Two-stage DGS-Net training with resumable checkpoints (see :mod:`dgsnet.training`).
+    """Two-stage DGS-Net training with resumable checkpoints (see `dgsnet.training`).
 
-    Every other parameter (``out_dir``, ``stage``, ``epochs``, ...) is the field of
-    :class:`TrainOptions` of the same name, documented there and checked once by it.
+    Every other parameter (`out_dir`, `stage`, `epochs`, ...) is the field of
+    `TrainOptions` of the same name, documented there and checked once by it.
 
     Args:
-        wrapper: the :class:`DGSWrapper` to train (in place), on its device.
-        data: a dataset of :class:`dgsnet.data.Sample` items (e.g. a
-            :class:`~dgsnet.data.DetectionFolder` with a training transform and captions), or a
+        wrapper: the `DGSWrapper` to train (in place), on its device.
+        data: a dataset of `dgsnet.data.Sample` items (e.g. a
+            `DetectionFolder` with a training transform and captions), or a
             list of them.
-        callbacks: ``callback(event, TrainState)`` functions (rank 0 and others alike).
+        callbacks: `callback(event, TrainState)` functions (rank 0 and others alike).
 
     Returns:
-        The :class:`TrainResult` (steps, skipped steps, stage-1 losses, ``final/``).
+        The `TrainResult` (steps, skipped steps, stage-1 losses, `final/`).
 
     Raises:
         TrainingConfigError: an option is invalid, the data is empty, or a resumed run's
             settings or data differ from its checkpoint's.
         CheckpointError: the checkpoint to resume is damaged.
-        NonFiniteError: a non-finite loss or gradient with ``on_nonfinite="raise"``.
-        TrainingInterrupted: SIGINT/SIGTERM with ``handle_signals`` (after a checkpoint).
+        NonFiniteError: a non-finite loss or gradient with `on_nonfinite="raise"`.
+        TrainingInterrupted: SIGINT/SIGTERM with `handle_signals` (after a checkpoint).
 
-    Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is joined, stage 2 runs under
-    ``DistributedDataParallel`` on sharded batches (``batch_size`` per process), stage 1 runs
+    Under `torchrun` (`WORLD_SIZE > 1`) the process group is joined, stage 2 runs under
+    `DistributedDataParallel` on sharded batches (`batch_size` per process), stage 1 runs
     the (cheap) linear probe on the full data on every rank and keeps rank 0's head, and only
     rank 0 logs, shows progress and writes checkpoints (between barriers).
     """

@@ -1,4 +1,4 @@
-"""``torchrun`` data parallelism: joining the process group, barriers, an any-rank vote."""
+"""`torchrun` data parallelism: joining the process group, barriers, an any-rank vote."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ class DistInfo:
 
 
 def setup_distributed(device: str | torch.device | None = None) -> DistInfo:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE > 1`` in the
+    """Join the process group when launched by `torchrun` (`WORLD_SIZE > 1` in the
     environment): backend NCCL on CUDA, gloo otherwise. Idempotent; a single process (no
-    ``WORLD_SIZE``) never touches ``torch.distributed``."""
+    `WORLD_SIZE`) never touches `torch.distributed`."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
         return DistInfo()
@@ -54,7 +54,7 @@ def barrier(info: DistInfo) -> None:
 
 
 def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """True when ``flag`` is true on any rank (an all-reduce; the flag itself otherwise)."""
+    """True when `flag` is true on any rank (an all-reduce; the flag itself otherwise)."""
     if not info.distributed:
         return flag
     import torch.distributed as dist
@@ -66,7 +66,7 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
 
 
 def broadcast_parameters(module: nn.Module, info: DistInfo) -> None:
-    """Give every rank rank 0's values of ``module``'s parameters (no-op in one process)."""
+    """Give every rank rank 0's values of `module`'s parameters (no-op in one process)."""
     if not info.distributed:
         return
     import torch.distributed as dist

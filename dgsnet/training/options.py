@@ -1,13 +1,14 @@
-"""The options of a training run, checked once: :class:`TrainOptions`.
+"""The options of a training run, checked once: `TrainOptions`.
 
-The command line and :func:`dgsnet.training.train` both build one; the trainer trusts it.
+The command line and `dgsnet.training.train` both build one; the trainer trusts it.
 
->>> TrainOptions("runs/x", epochs=2, stage="BOTH").stage
-'both'
->>> TrainOptions("runs/x", epochs=0)
-Traceback (most recent call last):
-...
-dgsnet.errors.TrainingConfigError: epochs must be an integer >= 1, got 0
+Examples:
+    >>> TrainOptions("runs/x", epochs=2, stage="BOTH").stage
+    'both'
+    >>> TrainOptions("runs/x", epochs=0)
+    Traceback (most recent call last):
+    ...
+    dgsnet.errors.TrainingConfigError: epochs must be an integer >= 1, got 0
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ __all__ = ["TrainOptions", "check_int_at_least", "check_positive_float", "parse_
 
 
 def check_int_at_least(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` as an ``int`` if it is an integer (not a bool) ``>= minimum``.
+    """`value` as an `int` if it is an integer (not a bool) `>= minimum`.
 
     Raises:
-        TrainingConfigError: naming ``name``, the bound and the value given.
+        TrainingConfigError: naming `name`, the bound and the value given.
     """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise TrainingConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -39,10 +40,10 @@ def check_int_at_least(name: str, value: Any, minimum: int = 1) -> int:
 
 
 def check_positive_float(name: str, value: Any) -> float:
-    """``value`` as a ``float`` if it is a finite number ``> 0`` (not a bool).
+    """`value` as a `float` if it is a finite number `> 0` (not a bool).
 
     Raises:
-        TrainingConfigError: naming ``name`` and the value given.
+        TrainingConfigError: naming `name` and the value given.
     """
     if (
         isinstance(value, bool)
@@ -55,7 +56,7 @@ def check_positive_float(name: str, value: Any) -> float:
 
 
 def parse_stage(stage: Any) -> str:
-    """``"1"``, ``"2"`` or ``"both"`` from ``1``, ``2``, ``"both"`` (any case).
+    """`"1"`, `"2"` or `"both"` from `1`, `2`, `"both"` (any case).
 
     Raises:
         TrainingConfigError: any other value.
@@ -69,55 +70,60 @@ def parse_stage(stage: Any) -> str:
 @dataclass(frozen=True)
 class TrainOptions:
     """Every option of a training run that is a value (not a live object), validated once in
-    ``__post_init__`` and normalised (``stage`` to ``"1"``/``"2"``/``"both"``, counts to
-    ``int``, rates to ``float``, ``betas`` to a tuple of floats, ``out_dir`` to a ``Path``).
+    `__post_init__` and normalised (`stage` to `"1"`/`"2"`/`"both"`, counts to
+    `int`, rates to `float`, `betas` to a tuple of floats, `out_dir` to a `Path`).
 
-    :func:`dgsnet.training.train` takes the same names as keyword arguments. Bad values raise
-    :class:`~dgsnet.errors.TrainingConfigError` naming the field, what it expects and what it
+    `dgsnet.training.train` takes the same names as keyword arguments. Bad values raise
+    `TrainingConfigError` naming the field, what it expects and what it
     got.
 
     Attributes:
-        out_dir: output folder: ``last/`` (training state, replaced atomically), ``final/``
-            (``save_pretrained`` weights), ``train_log.jsonl``, ``run.json``, ``summary.json``.
-        stage: ``1`` (teacher head only), ``2`` (LoRA + heads; needs a teacher head from
-            ``init_from`` unless alignment is off) or ``"both"``.
-        epochs / stage1_epochs / batch_size / lr / stage1_lr / betas: stage 2 uses Adam(lr,
-            betas) with the learning rate multiplied by ``lr_gamma`` every ``lr_step`` epochs.
-        shuffle: a new permutation of the data every epoch (``False``: dataset order).
+        out_dir: output folder: `last/` (training state, replaced atomically), `final/`
+            (`save_pretrained` weights), `train_log.jsonl`, `run.json`, `summary.json`.
+        stage: `1` (teacher head only), `2` (LoRA + heads; needs a teacher head from
+            `init_from` unless alignment is off) or `"both"`.
+        epochs: stage-2 epochs; stage 2 uses Adam(`lr`, `betas`) with the learning rate
+            multiplied by `lr_gamma` every `lr_step` epochs.
+        stage1_epochs: stage-1 epochs (the teacher head's linear probe).
+        batch_size: images per step (per process under torchrun).
+        lr: stage-2 learning rate.
+        stage1_lr: stage-1 learning rate.
+        betas: Adam's betas, both stages.
+        shuffle: a new permutation of the data every epoch (`False`: dataset order).
         seed: drives the permutation, the augmentation and the LoRA dropout (reproducible).
-        resume: ``None`` (default) resumes from ``out_dir/last`` when it exists, ``True``
-            requires it, ``False`` deletes any previous training state and starts over.
-        init_from: a checkpoint folder (``save_pretrained`` format) whose weights initialise a
-            fresh run, e.g. a stage-1 run's ``final/`` for ``stage=2``.
-        save_every: write ``last/`` every this many stage-2 steps (0: at epoch ends only); it
+        resume: `None` (default) resumes from `out_dir/last` when it exists, `True`
+            requires it, `False` deletes any previous training state and starts over.
+        init_from: a checkpoint folder (`save_pretrained` format) whose weights initialise a
+            fresh run, e.g. a stage-1 run's `final/` for `stage=2`.
+        save_every: write `last/` every this many stage-2 steps (0: at epoch ends only); it
             is also written after stage 1 and at every epoch end.
-        on_nonfinite: ``"raise"`` (:class:`NonFiniteError` naming the step) or ``"skip"``
+        on_nonfinite: `"raise"` (`NonFiniteError` naming the step) or `"skip"`
             (the step's update is dropped: weights and optimizer state untouched; counted).
         num_workers: DataLoader worker processes.
         deterministic_transform: declare that the training transform is deterministic; only
             then are dataset indices passed to the wrapper (teacher cache). A random flip or
-            patch shuffle makes it non-deterministic (:attr:`ModelBundle.deterministic_train`).
-        deterministic: ``torch.use_deterministic_algorithms(True)`` during the run.
+            patch shuffle makes it non-deterministic (`ModelBundle.deterministic_train`).
+        deterministic: `torch.use_deterministic_algorithms(True)` during the run.
         progress: tqdm progress bars (rank 0 only).
-        model_info: JSON stored as ``dgsnet_model.json`` beside the weights so that
-            :func:`load_trained` can rebuild the model (:meth:`ModelBundle.info`).
-        run_info: extra JSON stored in ``run.json`` (e.g. the command-line options).
+        model_info: JSON stored as `dgsnet_model.json` beside the weights so that
+            `load_trained` can rebuild the model (`ModelBundle.info`).
+        run_info: extra JSON stored in `run.json` (e.g. the command-line options).
         handle_signals: on SIGINT/SIGTERM finish the step, checkpoint and raise
-            :class:`TrainingInterrupted`.
+            `TrainingInterrupted`.
         precompute_text: compute the text features of every caption once before stage 2
-            (fixed order and chunking; ``U x D`` floats in CPU memory for ``U`` distinct
+            (fixed order and chunking; `U x D` floats in CPU memory for `U` distinct
             captions) and feed them to the wrapper; this makes resumed runs bitwise exact and
-            saves text-tower work. ``False`` passes the captions (the wrapper's LRU cache).
+            saves text-tower work. `False` passes the captions (the wrapper's LRU cache).
         tensorboard: also write the run log's records as TensorBoard scalars to
-            ``out_dir/tensorboard`` (rank 0; :mod:`dgsnet.training.tensorboard`; needs the
-            ``tensorboard`` extra).
-        precision: ``"fp32"`` (default; TF32 off), ``"tf32"`` (TF32 matmuls and
-            convolutions on CUDA), ``"bf16"`` (bfloat16 autocast of the forward passes) or
-            ``"fp16"`` (float16 autocast and a ``torch.amp.GradScaler`` whose state is
-            checkpointed); see :mod:`dgsnet.training.precision`. Recorded in ``run.json``; a
+            `out_dir/tensorboard` (rank 0; `dgsnet.training.tensorboard`; needs the
+            `tensorboard` extra).
+        precision: `"fp32"` (default; TF32 off), `"tf32"` (TF32 matmuls and
+            convolutions on CUDA), `"bf16"` (bfloat16 autocast of the forward passes) or
+            `"fp16"` (float16 autocast and a `torch.amp.GradScaler` whose state is
+            checkpointed); see `dgsnet.training.precision`. Recorded in `run.json`; a
             run resumes only in the precision it started in.
-        compile: ``torch.compile`` the image tower (the student encoder) before stage 2
-            (:func:`~dgsnet.training.precision.compile_image_tower`); opt-in.
+        compile: `torch.compile` the image tower (the student encoder) before stage 2
+            (`compile_image_tower`); opt-in.
 
     Raises:
         TrainingConfigError: a field is out of range or of the wrong type.
@@ -184,10 +190,10 @@ class TrainOptions:
 
     @property
     def runs_stage1(self) -> bool:
-        """Whether the run trains the teacher head (stage ``1`` or ``"both"``)."""
+        """Whether the run trains the teacher head (stage `1` or `"both"`)."""
         return self.stage in ("1", "both")
 
     @property
     def runs_stage2(self) -> bool:
-        """Whether the run trains LoRA and the heads (stage ``2`` or ``"both"``)."""
+        """Whether the run trains LoRA and the heads (stage `2` or `"both"`)."""
         return self.stage in ("2", "both")

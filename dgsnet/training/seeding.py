@@ -1,7 +1,7 @@
 """Seeds that are pure functions of the run's position, and the global RNG states as JSON.
 
-Every random draw of a training run is seeded from :func:`derive_seed` ``(seed, ...)``, so a
-resumed run repeats an uninterrupted one exactly; :func:`rng_state` / :func:`set_rng_state`
+Every random draw of a training run is seeded from `derive_seed` `(seed, ...)`, so a
+resumed run repeats an uninterrupted one exactly; `rng_state` / `set_rng_state`
 carry python's, numpy's and torch's global generators through a checkpoint (base64 and lists,
 never pickle).
 """
@@ -30,13 +30,13 @@ __all__ = [
 
 
 def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed that is a pure function of ``parts`` (stable across runs and platforms)."""
+    """A 63-bit seed that is a pure function of `parts` (stable across runs and platforms)."""
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python's ``random``, numpy's global RNG and torch (CPU and CUDA)."""
+    """Seed python's `random`, numpy's global RNG and torch (CPU and CUDA)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -89,9 +89,9 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 @contextmanager
 def deterministic_algorithms(enabled: bool, device: torch.device) -> Iterator[None]:
-    """``torch.use_deterministic_algorithms(True)`` inside the block when ``enabled`` (warn
+    """`torch.use_deterministic_algorithms(True)` inside the block when `enabled` (warn
     only on CUDA, where some kernels have no deterministic version); the previous setting
-    is restored on the way out. With ``enabled=False`` nothing changes."""
+    is restored on the way out. With `enabled=False` nothing changes."""
     prev = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     try:

@@ -1,10 +1,10 @@
 """The layout of a training output folder and its resumable state.
 
-``OUT/last/`` holds everything a resumed run needs: the ``save_pretrained`` weights, the
-optimizer (``optimizer.safetensors``), the teacher cache when indices were passed, and
-``trainer_state.json`` (epoch, step, sampler, RNG states, scheduler, the settings that must
+`OUT/last/` holds everything a resumed run needs: the `save_pretrained` weights, the
+optimizer (`optimizer.safetensors`), the teacher cache when indices were passed, and
+`trainer_state.json` (epoch, step, sampler, RNG states, scheduler, the settings that must
 not change, the data fingerprint; with its own sha256). A checkpoint folder is written
-beside its target and put in place by :func:`commit_dir`, so a crash at any moment leaves a
+beside its target and put in place by `commit_dir`, so a crash at any moment leaves a
 complete one.
 """
 
@@ -84,9 +84,9 @@ STATE_VERSION = 1
 
 
 def commit_dir(tmp: Path, target: Path) -> None:
-    """Put the complete folder ``tmp`` in place of ``target``: the old ``target`` is renamed
-    to ``<target>.prev`` first and deleted only after the new one is in place, so a crash at
-    any moment leaves a complete ``target`` or a complete ``<target>.prev``."""
+    """Put the complete folder `tmp` in place of `target`: the old `target` is renamed
+    to `<target>.prev` first and deleted only after the new one is in place, so a crash at
+    any moment leaves a complete `target` or a complete `<target>.prev`."""
     prev = target.with_name(target.name + ".prev")
     if target.exists():
         if prev.exists():
@@ -108,8 +108,8 @@ def staging_dir(target: Path) -> Path:
 
 
 def find_resume_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
-    """``OUT/last``, or ``OUT/last.prev`` when a crash came between the two renames of a
-    checkpoint commit; ``None`` when there is nothing to resume."""
+    """`OUT/last`, or `OUT/last.prev` when a crash came between the two renames of a
+    checkpoint commit; `None` when there is nothing to resume."""
     out = Path(out_dir)
     for name in (LAST_DIR, LAST_DIR + ".prev"):
         if (out / name).is_dir():
@@ -118,7 +118,7 @@ def find_resume_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
 
 
 def canonical_json(obj: Any) -> str:
-    """Canonical JSON text of ``obj`` (sorted keys, NaN kept), for checksums and comparison."""
+    """Canonical JSON text of `obj` (sorted keys, NaN kept), for checksums and comparison."""
     return json.dumps(json_safe(obj, finite=False), sort_keys=True, allow_nan=True)
 
 
@@ -269,15 +269,15 @@ def load_training_state(
 
 
 def save_model_dir(folder: Path, wrapper: DGSWrapper, model_info: Mapping[str, Any] | None) -> None:
-    """The wrapper's ``save_pretrained`` files in ``folder``, and ``model_info`` (the spec that
-    rebuilds the base model) as :data:`MODEL_INFO_NAME` beside them when given."""
+    """The wrapper's `save_pretrained` files in `folder`, and `model_info` (the spec that
+    rebuilds the base model) as `MODEL_INFO_NAME` beside them when given."""
     wrapper.save_pretrained(folder)
     if model_info:
         atomic_write_json(folder / MODEL_INFO_NAME, dict(model_info))
 
 
 def save_optimizer(folder: Path, opt: torch.optim.Optimizer, names: list[str]) -> dict[str, Any]:
-    """Write ``opt``'s tensors as :data:`OPTIMIZER_NAME` in ``folder``; return the JSON part
+    """Write `opt`'s tensors as `OPTIMIZER_NAME` in `folder`; return the JSON part
     of its state (parameter names, groups, scalars, the file's sha256) for the state file."""
     tensors, meta = optimizer_payload(opt, names)
     meta["sha256"] = save_tensors(
@@ -287,8 +287,8 @@ def save_optimizer(folder: Path, opt: torch.optim.Optimizer, names: list[str]) -
 
 
 def save_teacher_cache(folder: Path, wrapper: DGSWrapper) -> dict[str, Any] | None:
-    """Write the wrapper's teacher cache as :data:`TEACHER_CACHE_NAME` in ``folder``; return
-    its entry of the state file (row count, sha256), ``None`` (and no file) when it is empty."""
+    """Write the wrapper's teacher cache as `TEACHER_CACHE_NAME` in `folder`; return
+    its entry of the state file (row count, sha256), `None` (and no file) when it is empty."""
     cached = wrapper.teacher_cache.export()
     if not cached["index"].numel():
         return None
@@ -315,8 +315,8 @@ FRESH_RUN_CLEARS = (
 
 
 def clear_run_state(out: Path) -> None:
-    """Delete an earlier run's checkpoints, log and summary from ``out``
-    (:data:`FRESH_RUN_CLEARS`), for a run that starts over."""
+    """Delete an earlier run's checkpoints, log and summary from `out`
+    (`FRESH_RUN_CLEARS`), for a run that starts over."""
     for name in FRESH_RUN_CLEARS:
         p = out / name
         if p.is_dir():
@@ -332,7 +332,7 @@ def write_run_json(
     resume_key: Mapping[str, Any],
     fingerprint: Mapping[str, Any],
 ) -> None:
-    """``OUT/run.json``: the model, the caller's options, the training settings and the data
+    """`OUT/run.json`: the model, the caller's options, the training settings and the data
     fingerprint of the run."""
     atomic_write_json(
         out / RUN_NAME,

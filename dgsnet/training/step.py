@@ -18,7 +18,7 @@ __all__ = ["StepRunner", "first_nonfinite_grad"]
 
 
 def first_nonfinite_grad(named: Sequence[tuple[str, nn.Parameter]]) -> str | None:
-    """The name of the first parameter whose gradient holds NaN/Inf (``None``: all finite)."""
+    """The name of the first parameter whose gradient holds NaN/Inf (`None`: all finite)."""
     grads = [(n, p.grad) for n, p in named if p.grad is not None]
     if not grads:
         return None
@@ -30,29 +30,29 @@ def first_nonfinite_grad(named: Sequence[tuple[str, nn.Parameter]]) -> str | Non
 
 @dataclass
 class StepRunner:
-    """Runs stage-2 steps: seeds torch's RNG with ``(seed, rank, step)`` (LoRA dropout),
-    forwards ``model``, backpropagates and updates with ``optimizer``, unless the loss or a
-    gradient is not finite on any rank: then it raises :class:`~dgsnet.errors.NonFiniteError`
-    (``on_nonfinite="raise"``) or drops the update (``"skip"``) and says so in the record.
+    """Runs stage-2 steps: seeds torch's RNG with `(seed, rank, step)` (LoRA dropout),
+    forwards `model`, backpropagates and updates with `optimizer`, unless the loss or a
+    gradient is not finite on any rank: then it raises `NonFiniteError`
+    (`on_nonfinite="raise"`) or drops the update (`"skip"`) and says so in the record.
 
     Attributes:
-        model: the wrapper, or its ``DistributedDataParallel``.
+        model: the wrapper, or its `DistributedDataParallel`.
         optimizer: the stage-2 optimizer.
-        named: the trainable ``(name, parameter)`` pairs (to name a bad gradient).
+        named: the trainable `(name, parameter)` pairs (to name a bad gradient).
         seed: the run's seed.
         dist: the distributed setting.
         device: where the batches go.
         pass_index: hand dataset indices to the wrapper (its teacher cache).
-        on_nonfinite: ``"raise"`` or ``"skip"``.
-        text_table: ``(features (U, D), row of each item (N,))``, or ``None`` to pass the
+        on_nonfinite: `"raise"` or `"skip"`.
+        text_table: `(features (U, D), row of each item (N,))`, or `None` to pass the
             captions themselves.
         n_batches: the batches of an epoch on this rank (for messages).
         autocast: a function returning the context the forward pass runs in
-            (:meth:`dgsnet.training.precision.Precision.autocast`; default: none).
-        scaler: a ``torch.amp.GradScaler`` (fp16) or ``None``. With a scaler, a non-finite
+            (`dgsnet.training.precision.Precision.autocast`; default: none).
+        scaler: a `torch.amp.GradScaler` (fp16) or `None`. With a scaler, a non-finite
             gradient after unscaling is a loss-scale overflow: the scaler skips the update and
             lowers the scale, and the step is recorded as skipped; only when the scale has
-            fallen below 1 does ``on_nonfinite="raise"`` raise (the gradient itself is bad).
+            fallen below 1 does `on_nonfinite="raise"` raise (the gradient itself is bad).
     """
 
     model: nn.Module
@@ -69,8 +69,8 @@ class StepRunner:
     scaler: Any = None
 
     def __call__(self, batch: Any, step: int, epoch: int, batch_i: int) -> dict[str, Any]:
-        """Step ``step`` (global), batch ``batch_i`` of ``epoch`` (0-based); returns the
-        step's log record (``loss``, ``losses``, ``stats``; ``skipped`` and ``reason``)."""
+        """Step `step` (global), batch `batch_i` of `epoch` (0-based); returns the
+        step's log record (`loss`, `losses`, `stats`; `skipped` and `reason`)."""
         opt = self.optimizer
         torch.manual_seed(derive_seed(self.seed, "step", self.dist.rank, step))
         where = f"stage 2, epoch {epoch + 1}, step {step} (batch {batch_i} of {self.n_batches})"
@@ -113,7 +113,7 @@ class StepRunner:
 
     def _scaled_update(self, out: Any, record: dict[str, Any], where: str) -> dict[str, Any]:
         """Backward through the scaled loss, unscale, step (the scaler skips the update when a
-        gradient overflowed), update the scale; fill ``record`` (``loss_scale`` added)."""
+        gradient overflowed), update the scale; fill `record` (`loss_scale` added)."""
         scaler, opt = self.scaler, self.optimizer
         scaler.scale(out.loss).backward()
         scaler.unscale_(opt)
@@ -146,7 +146,7 @@ class StepRunner:
         return record
 
     def _forward(self, batch: Any, where: str) -> tuple[Any, str | None]:
-        """The model's output on ``batch`` and why the step cannot go on (``None``: it can),
+        """The model's output on `batch` and why the step cannot go on (`None`: it can),
         agreed across ranks."""
         device = self.device
         images = batch.images.to(device, non_blocking=True)

@@ -1,24 +1,24 @@
-"""TensorBoard event files from the run log: :class:`TensorBoardSink`.
+"""TensorBoard event files from the run log: `TensorBoardSink`.
 
-With ``TrainOptions(tensorboard=True)`` (``dgsnet train --tensorboard``) rank 0 hands every
-record it writes to ``OUT/train_log.jsonl`` to a :class:`TensorBoardSink` as well, so the
-event files and the log hold the same values. The scalars (:func:`record_scalars`):
+With `TrainOptions(tensorboard=True)` (`dgsnet train --tensorboard`) rank 0 hands every
+record it writes to `OUT/train_log.jsonl` to a `TensorBoardSink` as well, so the
+event files and the log hold the same values. The scalars (`record_scalars`):
 
-* each stage-2 step (``"step"`` records), at its global step: ``loss/total`` and
-  ``loss/<part>`` for every loss part (``image``, ``text``, ``align``, ``teacher``,
-  ``distill`` when present), ``surgery/<name>`` for every surgery statistic
-  (``removed_fraction``, ``cos_harm``, ``cos_help``, ``grad_norm_in``, ``grad_norm_out``),
-  ``lr``, and ``skipped`` (1 for a skipped non-finite step, else 0);
-* each stage-2 epoch end, at the global step it ends on: ``epoch/epoch`` and
-  ``epoch/skipped_steps``; any other record with numbers (an evaluation, say) likewise as
-  ``<event>/<key>``;
-* the stage-1 teacher-head loss per epoch, ``stage1/loss`` at step = epoch, in the
-  sub-folder ``stage1/`` (a run of its own in TensorBoard, so that the stage-2 step axis
+* each stage-2 step (`"step"` records), at its global step: `loss/total` and
+  `loss/<part>` for every loss part (`image`, `text`, `align`, `teacher`,
+  `distill` when present), `surgery/<name>` for every surgery statistic
+  (`removed_fraction`, `cos_harm`, `cos_help`, `grad_norm_in`, `grad_norm_out`),
+  `lr`, and `skipped` (1 for a skipped non-finite step, else 0);
+* each stage-2 epoch end, at the global step it ends on: `epoch/epoch` and
+  `epoch/skipped_steps`; any other record with numbers (an evaluation, say) likewise as
+  `<event>/<key>`;
+* the stage-1 teacher-head loss per epoch, `stage1/loss` at step = epoch, in the
+  sub-folder `stage1/` (a run of its own in TensorBoard, so that the stage-2 step axis
   starts clean).
 
-The event files go to ``OUT/tensorboard/``; view them with ``tensorboard --logdir OUT``. A
-resumed run drops what the interrupted one wrote after its checkpoint (``purge_step``), as
-the run log does. Needs the ``tensorboard`` extra (``pip install 'dgsnet[tensorboard]'``).
+The event files go to `OUT/tensorboard/`; view them with `tensorboard --logdir OUT`. A
+resumed run drops what the interrupted one wrote after its checkpoint (`purge_step`), as
+the run log does. Needs the `tensorboard` extra (`pip install 'dgsnet[tensorboard]'`).
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ _NOT_SCALARS = frozenset({"start", "resume", "checkpoint", "summary"})
 
 
 def require_tensorboard() -> Any:
-    """``torch.utils.tensorboard.SummaryWriter``.
+    """`torch.utils.tensorboard.SummaryWriter`.
 
     Raises:
-        ImportError: the ``tensorboard`` package is missing (the message names the extra).
+        ImportError: the `tensorboard` package is missing (the message names the extra).
     """
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -53,8 +53,8 @@ def require_tensorboard() -> Any:
 
 
 def _number(value: Any) -> float | None:
-    """``value`` as a float if it is a number (bools count, as 0/1); the run log's ``"nan"``,
-    ``"inf"`` and ``"-inf"`` strings too; otherwise ``None``."""
+    """`value` as a float if it is a number (bools count, as 0/1); the run log's `"nan"`,
+    `"inf"` and `"-inf"` strings too; otherwise `None`."""
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, (int, float)):
@@ -79,14 +79,15 @@ def _flat(
 
 
 def record_scalars(record: Mapping[str, Any]) -> tuple[str, int, dict[str, float]] | None:
-    """The TensorBoard scalars of one run-log record: ``(writer, step, {tag: value})``, where
-    ``writer`` is ``""`` (the main folder) or ``"stage1"``; ``None`` for a record without
-    curves (``start``, ``resume``, ``checkpoint``, ``summary``, or no step).
+    """The TensorBoard scalars of one run-log record: `(writer, step, {tag: value})`, where
+    `writer` is `""` (the main folder) or `"stage1"`; `None` for a record without
+    curves (`start`, `resume`, `checkpoint`, `summary`, or no step).
 
-    >>> writer, step, scalars = record_scalars({"event": "step", "step": 3, "loss": 0.5,
-    ...     "losses": {"image": 0.4}, "stats": {"cos_harm": 0.1}, "lr": 1e-3})
-    >>> step, sorted(scalars)
-    (3, ['loss/image', 'loss/total', 'lr', 'skipped', 'surgery/cos_harm'])
+    Examples:
+        >>> writer, step, scalars = record_scalars({"event": "step", "step": 3, "loss": 0.5,
+        ...     "losses": {"image": 0.4}, "stats": {"cos_harm": 0.1}, "lr": 1e-3})
+        >>> step, sorted(scalars)
+        (3, ['loss/image', 'loss/total', 'lr', 'skipped', 'surgery/cos_harm'])
     """
     event = record.get("event")
     if event == "step":
@@ -106,18 +107,18 @@ def record_scalars(record: Mapping[str, Any]) -> tuple[str, int, dict[str, float
 
 
 class TensorBoardSink:
-    """Writes the scalars of run-log records (:func:`record_scalars`) to TensorBoard event
-    files under ``log_dir``; a sink of :class:`~dgsnet.training.runlog.RunLog`.
+    """Writes the scalars of run-log records (`record_scalars`) to TensorBoard event
+    files under `log_dir`; a sink of `RunLog`.
 
-    The writers open on the first record that needs them. A ``"resume"`` record at step
-    ``G`` makes the main writer purge the steps after ``G`` that an interrupted run wrote
+    The writers open on the first record that needs them. A `"resume"` record at step
+    `G` makes the main writer purge the steps after `G` that an interrupted run wrote
     (they are trained again).
 
     Args:
         log_dir: the folder of the event files (created).
 
     Raises:
-        ImportError: the ``tensorboard`` package is missing (the message names the extra).
+        ImportError: the `tensorboard` package is missing (the message names the extra).
     """
 
     def __init__(self, log_dir: str | os.PathLike[str]) -> None:
@@ -134,7 +135,7 @@ class TensorBoardSink:
         return self.writers[name]
 
     def write(self, record: Mapping[str, Any]) -> None:
-        """Add the scalars of ``record``; flush at checkpoints and epoch ends."""
+        """Add the scalars of `record`; flush at checkpoints and epoch ends."""
         event = record.get("event")
         if event == "resume" and "" not in self.writers:
             self.purge_step = int(record.get("step", 0)) + 1
