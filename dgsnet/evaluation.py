@@ -116,6 +116,7 @@ def predict_scores(
     """Scores (probability of fake) of every item of a :class:`dgsnet.data.Sample` dataset
     with the student; returns ``(scores, labels, subsets, paths)`` in dataset order."""
     from .data import collate
+    from .training.workers import bounded_workers
 
     def collate_keep_paths(samples: Sequence[Any]) -> tuple[Any, list[str]]:
         return collate(samples), [s.path for s in samples]
@@ -124,7 +125,7 @@ def predict_scores(
         dataset,
         batch_size=batch_size,
         shuffle=False,
-        num_workers=num_workers,
+        num_workers=bounded_workers(num_workers, len(dataset), batch_size),  # type: ignore[arg-type]
         collate_fn=collate_keep_paths,
     )
     was_training = wrapper.training

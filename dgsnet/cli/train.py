@@ -14,6 +14,7 @@ from ..presets import TRAIN_PRESETS, get_preset
 from .common import check_roots, resolve_device, status
 from .errors import EXIT_OK, UsageError
 from .options import Formatter, add_dgs_options, add_model_options, common_parent, dgs_config, wrap
+from .train_flags import flag_error
 
 if TYPE_CHECKING:
     from ..training import TrainOptions
@@ -440,7 +441,10 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     config = dgs_config(args)
     run_info = run_options(args, config)
-    options = train_options(args, run_info)
+    try:
+        options = train_options(args, run_info)
+    except ValueError as exc:  # TrainingConfigError: report the flag, not the field
+        raise flag_error(exc) from None
 
     from ..training import Trainer, seed_everything, setup_distributed
     from ..wrapper import DGSWrapper

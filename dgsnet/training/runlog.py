@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from ..io import json_safe
+from ..io import json_safe, with_filename
 
 __all__ = ["RunLog"]
 
@@ -38,8 +38,11 @@ class RunLog:
         """Append ``record`` as one line and flush."""
         if self.fh is None:
             return
-        self.fh.write(json.dumps(json_safe(record), sort_keys=False) + "\n")
-        self.fh.flush()
+        try:
+            self.fh.write(json.dumps(json_safe(record), sort_keys=False) + "\n")
+            self.fh.flush()
+        except OSError as exc:  # disk full: name the log
+            raise with_filename(exc, self.path or "") from exc
 
     def offset(self) -> int:
         """The file's length in bytes after what was written so far (0 without a file)."""
