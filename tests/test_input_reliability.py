@@ -109,3 +109,48 @@ def test_an_edited_checkpoint_config_is_refused(tmp_path, key, value):
     path.write_text(json.dumps(meta))
     again = DGSWrapper.from_pretrained(tmp_path, tiny_open_clip(), open_clip_tokenizer())
     assert getattr(again.config, key) == value
+
+
+# -- eval on single-class test sets ------------------------------------------------------------
+
+
+def test_eval_allow_single_class_reports_r_acc_or_f_acc_only(tmp_path, capsys):
+    import shutil
+
+    root = make_bench(tmp_path / "train", subsets=("progan",), n=2)
+    run = tmp_path / "run"
+    assert main(["train", os.fspath(root), "--out", os.fspath(run), "--model", "tiny",
+                 "--workers", "0", "--batch-size", "4", "--stage1-epochs", "1", "--quiet"]) == 0
+    test = make_bench(tmp_path / "test", subsets=("biggan", "dalle", "glide"), n=2, seed=3,
+                      captions=False)
+    shutil.rmtree(test / "biggan" / "1_fake")  # real only
+    shutil.rmtree(test / "dalle" / "0_real")  # fake only
+    capsys.readouterr()
+    code = main(["eval", os.fspath(run), os.fspath(test), "--workers", "0", "--quiet"])
+    lines = err_lines(capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert "--allow-single-class" in lines[0] and "allow_single_class=True" not in lines[0]
+
+    out_json = tmp_path / "eval.json"
+    assert main(["eval", os.fspath(run), os.fspath(test), "--workers", "0", "--quiet",
+                 "--allow-single-class", "--json", os.fspath(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "single-class subsets" in printed and "| biggan | 2 | r_acc |" in printed
+    assert "| dalle | 2 | f_acc |" in printed
+    report = json.loads(out_json.read_text())
+    single = report["single_class"][os.fspath(test)]
+    assert single["biggan"]["metric"] == "r_acc" and single["dalle"]["metric"] == "f_acc"
+    assert 0.0 <= single["biggan"]["value"] <= 1.0
+    (table,) = report["roots"]
+    assert "glide" in json.dumps(table) and "biggan" not in json.dumps(table)
+
+
+def test_split_single_class_rates():
+    from dgsnet.single_class import split_single_class
+
+    two, single = split_single_class(
+        {"mix": ([0, 1], [0.1, 0.9]), "real": ([0, 0, 0, 0], [0.1, 0.6, 0.5, 0.4]),
+         "fake": ([1, 1], [0.7, 0.2])}, threshold=0.5)
+    assert list(two) == ["mix"]
+    assert single["real"].metric == "r_acc" and single["real"].value == 0.75  # 0.5 is real
+    assert single["fake"].metric == "f_acc" and single["fake"].value == 0.5
