@@ -58,7 +58,7 @@ def err_lines(capsys) -> list[str]:
 
 def test_lock_refuses_a_second_holder_and_names_the_pid(tmp_path):
     with hold_run_lock(tmp_path / "out"):
-        assert (tmp_path / "out" / LOCK_NAME).read_text().strip() == str(os.getpid())
+        assert (tmp_path / "out" / LOCK_NAME).read_text().split()[0] == str(os.getpid())
         with pytest.raises(RunLockedError) as info:
             RunLock(tmp_path / "out").acquire()
         msg = str(info.value)
@@ -86,6 +86,26 @@ def test_lock_of_a_killed_holder_is_stale(tmp_path):
     lock = RunLock(tmp_path)  # the kernel dropped the dead holder's lock
     lock.acquire()
     lock.release()
+
+
+def test_lock_held_by_the_orphaned_workers_of_a_dead_run_is_replaced(tmp_path):
+    """A forked child (like a DataLoader worker) inherits the locked file; its parent dies."""
+    code = ("import os, sys, time; from dgsnet.training.lock import RunLock; "
+            "RunLock(sys.argv[1]).acquire(); child = os.fork()\n"
+            "if child == 0:\n    n = os.open(os.devnull, os.O_RDWR); os.dup2(n, 1); os.dup2(n, 2)\n"
+            "    time.sleep(60); os._exit(0)\n"
+            "print(child, flush=True); os._exit(0)")
+    out = subprocess.run([sys.executable, "-c", code, os.fspath(tmp_path)], env=env(),
+                         capture_output=True, text=True, timeout=60)
+    child = int(out.stdout.strip())
+    try:
+        lock = RunLock(tmp_path)
+        lock.acquire()  # the holder's pid is gone: a fresh lock file, not "in use"
+        with pytest.raises(RunLockedError):
+            RunLock(tmp_path).acquire()
+        lock.release()
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 @pytest.mark.slow
