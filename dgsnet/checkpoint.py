@@ -5,8 +5,9 @@ A checkpoint is a folder with two files:
 * ``dgs_weights.safetensors``: the LoRA weights of the image tower and the three heads
   (image, text, teacher), named as :func:`get_dgs_state_dict` names them;
 * ``dgs_config.json``: the :class:`~dgsnet.DGSConfig`, a description of the model it was
-  saved from, the tensor shapes and the weights' sha256. It is written last, so a folder with
-  a valid JSON holds complete weights.
+  saved from, the tensor shapes, the weights' sha256 and the config's (``config_sha256``:
+  an edited setting is refused on loading instead of silently changing the scores). It is
+  written last, so a folder with a valid JSON holds complete weights.
 
 Both are written atomically (:mod:`dgsnet.io`); nothing is pickled. The functions follow the
 layout of peft's ``save_and_load`` module: one function gets the state dict, one sets it, one
@@ -19,6 +20,7 @@ call them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +39,7 @@ __all__ = [
     "CONFIG_NAME",
     "FORMAT_VERSION",
     "WEIGHTS_NAME",
+    "config_digest",
     "config_from_meta",
     "get_dgs_state_dict",
     "load_dgs_checkpoint",
@@ -138,6 +141,7 @@ def save_dgs_checkpoint(wrapper: DGSWrapper, directory: str | Path) -> Path:
         "lora_modules": wrapper.lora_modules,
         "tensors": {k: list(v.shape) for k, v in tensors.items()},
         "weights_sha256": digest,
+        "config_sha256": config_digest(wrapper.config),
     }
     atomic_write_json(directory / CONFIG_NAME, meta)
     return directory
@@ -186,11 +190,29 @@ def config_from_meta(meta: Mapping[str, Any], directory: str | Path) -> DGSConfi
         CheckpointError: the recorded config is invalid.
     """
     try:
-        return DGSConfig.from_dict(meta["config"])
+        config = DGSConfig.from_dict(meta["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(
             f"{Path(directory) / CONFIG_NAME} holds an invalid config: {exc}"
         ) from exc
+    recorded = meta.get("config_sha256")
+    if recorded is not None and recorded != config_digest(config):
+        raise CheckpointError(
+            f"{Path(directory) / CONFIG_NAME}: the config was changed after the checkpoint was "
+            "saved (it no longer matches its recorded config_sha256); the weights were trained "
+            "with the saved settings (e.g. lora_alpha, normalize_features), so scores would "
+            "change silently. Restore the file, or delete config_sha256 to load it as edited"
+        )
+    return config
+
+
+def config_digest(config: DGSConfig) -> str:
+    """The sha256 of ``config``'s canonical JSON (sorted keys, no spaces), as a checkpoint
+    records it in ``config_sha256``. It is computed from the effective config, so a file
+    written before a field existed (the field filled in with the value it was trained with)
+    still matches; any edit that changes a setting does not."""
+    text = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def load_dgs_weights(
@@ -219,6 +241,7 @@ def load_dgs_checkpoint(
     """
     directory = Path(directory)
     meta = meta if meta is not None else read_checkpoint_meta(directory)
+    config_from_meta(meta, directory)  # a config edited since the save is refused
     saved_model, here = meta.get("model", {}), wrapper.encoder.describe()
     for key in _MODEL_KEYS:
         a, b = saved_model.get(key), here.get(key)

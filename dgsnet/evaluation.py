@@ -127,6 +127,7 @@ def predict_scores(
 
     policy = Precision.parse(precision, wrapper.device)
     on_cuda = wrapper.device.type == "cuda"
+    from .training.workers import bounded_workers
 
     def collate_keep_paths(samples: Sequence[Any]) -> tuple[Any, list[str]]:
         return collate(samples), [s.path for s in samples]
@@ -135,7 +136,7 @@ def predict_scores(
         dataset,
         batch_size=batch_size,
         shuffle=False,
-        num_workers=num_workers,
+        num_workers=bounded_workers(num_workers, len(dataset), batch_size),  # type: ignore[arg-type]
         collate_fn=collate_keep_paths,
         pin_memory=on_cuda,
     )
@@ -176,6 +177,7 @@ def evaluate(
     threshold: float = 0.5,
     progress: bool = False,
     precision: str = "fp32",
+    single_class: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, MetricsTable]:
     """Evaluate the student on each test root; returns ``{root: MetricsTable}`` (one row per
     subset, plus the mean row when printed), in the order given.
@@ -185,7 +187,11 @@ def evaluate(
     ``jpeg_quality`` / ``blur_sigma`` / ``resize_scale``: :class:`dgsnet.data.Degrade` applied
     to every image before it (robustness tables). ``precision``: as in
     :func:`predict_scores` (checked before any image is read). Roots use the detection layout
-    ``<root>/<subset>[/<category>]/{0_real,1_fake}`` or GenImage's (``split``)."""
+    ``<root>/<subset>[/<category>]/{0_real,1_fake}`` or GenImage's (``split``).
+    ``single_class``: a dict to fill; when given, subsets with one class are allowed and get
+    a :class:`dgsnet.single_class.SingleClassRow` (r_acc or f_acc only) in
+    ``single_class[root][subset]`` instead of a table row (a root left with no two-class
+    subset has no table)."""
     from .data import Degrade, default_transform, open_dataset
 
     if isinstance(roots, (str, os.PathLike)):
@@ -206,6 +212,8 @@ def evaluate(
         if subsets:
             kwargs["subsets"] = list(subsets)
         kwargs["split"] = split  # open_dataset checks it
+        if single_class is not None:
+            kwargs["allow_single_class"] = True
         ds = open_dataset(root, **kwargs)
         key = os.fspath(root)
         scores, labels, names, _ = predict_scores(
@@ -222,6 +230,14 @@ def evaluate(
             ys, ss = preds.setdefault(name, ([], []))
             ys.append(int(y))
             ss.append(float(s))
+        if single_class is not None:
+            from .single_class import split_single_class
+
+            preds, single = split_single_class(preds, threshold)  # type: ignore[assignment]
+            if single:
+                single_class[key] = dict(single)
+            if not preds:
+                continue
         tables[key] = MetricsTable.from_predictions(preds, threshold=threshold)
     return tables
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # annotations only: the atomic writers need no torch (dgsnet.
 
 __all__ = [
     "atomic_write_bytes",
+    "with_filename",
     "atomic_write_text",
     "atomic_write_json",
     "json_safe",
@@ -40,8 +41,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         data: the bytes.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise with_filename(exc, path) from exc
     try:
         os.fchmod(fd, _default_mode(path))  # mkstemp makes 0600; use what open() would give
         with os.fdopen(fd, "wb") as fh:
@@ -49,11 +53,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # e.g. ENOSPC from write or fsync: name the file
+            raise with_filename(exc, path) from exc
         raise
     fsync_dir(path.parent)
+
+
+def with_filename(exc: OSError, path: str | os.PathLike[str]) -> OSError:
+    """``exc`` itself when it names a file, else an ``OSError`` of the same type and errno
+    that names ``path`` (``OSError(28, ...)`` from ``write`` or ``fsync`` names nothing)."""
+    if exc.filename is not None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), os.fspath(path))
 
 
 def fsync_dir(directory: Path) -> None:

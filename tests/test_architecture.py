@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "dgsnet.data": 5,
     "dgsnet.metrics": 5,
     "dgsnet.tables": 5,
+    "dgsnet.single_class": 5,
     "dgsnet.models": 5,
     "dgsnet.plots": 5,
     "dgsnet.demo": 5,

@@ -2,14 +2,16 @@
 
 * ``0``: success; ``2`` (:data:`EXIT_USAGE`): the input is wrong (a bad option, a missing
   folder, an unreadable image, missing captions, a damaged checkpoint, a model that cannot be
-  loaded); ``1`` (:data:`EXIT_FAILURE`): a non-finite loss, or an operating-system error on a
-  named file; ``130`` (:data:`EXIT_INTERRUPTED`): interrupted.
+  loaded, an operating-system error on a named file such as a full disk: the line names the
+  file and the errno); ``1`` (:data:`EXIT_FAILURE`): a non-finite loss or non-finite
+  weights; ``130`` (:data:`EXIT_INTERRUPTED`): interrupted.
 * The exit status is chosen by the exception's type (:func:`exit_status`), never by its text.
 * ``--debug`` shows the traceback instead (the exception propagates).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from types import TracebackType
 from typing import Any
@@ -58,7 +60,7 @@ def exit_status(exc: BaseException) -> int | None:
     if isinstance(exc, _input_errors()):
         return EXIT_USAGE
     if isinstance(exc, OSError) and exc.filename is not None:
-        return EXIT_FAILURE
+        return EXIT_USAGE  # a named file cannot be read or written (disk full, permissions)
     return None
 
 
@@ -82,7 +84,7 @@ def error_message(exc: BaseException) -> str:
     ``<module>.<class>: <message>`` entry, found here by the exception's own class name.
     """
     if isinstance(exc, OSError) and exc.filename is not None:
-        return f"{exc.strerror or exc}: {exc.filename}"
+        return os_error_message(exc)
     text = str(exc)
     if _raised_by_torch_reraise(exc.__traceback__):
         cls = type(exc)
@@ -91,6 +93,22 @@ def error_message(exc: BaseException) -> str:
             return text.rpartition(head)[2].strip()
         return text.strip().splitlines()[0]
     return text if text.strip() else type(exc).__name__
+
+
+def os_error_message(exc: OSError) -> str:
+    """``<strerror> (errno <n>, <NAME>): <file>``, e.g. ``No space left on device (errno 28,
+    ENOSPC): runs/x/last/dgs_weights.safetensors``; the file name is shown with
+    ``os.fsdecode`` escapes made printable."""
+    import errno as errno_names
+
+    code = exc.errno
+    name = errno_names.errorcode.get(code, "") if isinstance(code, int) else ""
+    detail = f" (errno {code}{', ' + name if name else ''})" if code is not None else ""
+    filename = exc.filename
+    if isinstance(filename, bytes):
+        filename = os.fsdecode(filename)
+    shown = str(filename).encode("utf-8", "backslashreplace").decode("utf-8")
+    return f"{exc.strerror or exc}{detail}: {shown}"
 
 
 def print_error(message: str) -> None:

@@ -68,6 +68,12 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
     g.add_argument(
         "--split", choices=("train", "val"), default="val", help="GenImage split (default: val)"
     )
+    g.add_argument(
+        "--allow-single-class",
+        action="store_true",
+        help="accept subsets with real or fake images only; they report r_acc or f_acc only "
+        "(AP and the other rates need both classes) in a table of their own",
+    )
     add_scoring_options(p, g)
     p.set_defaults(func=run)
     return [p]
@@ -99,12 +105,17 @@ def _print_tables(tables: dict[str, Any], degradation: str) -> None:
     sys.stdout.flush()
 
 
-def _write_outputs(args: argparse.Namespace, tables: dict[str, Any], degradation: str) -> None:
+def _write_outputs(
+    args: argparse.Namespace,
+    tables: dict[str, Any],
+    degradation: str,
+    single: dict[str, dict[str, Any]] | None = None,
+) -> None:
     from ..io import atomic_write_json
     from ..metrics import write_tables_csv
     from ..plots import accuracy_figure
 
-    if args.csv:
+    if args.csv and tables:  # (two-class tables only; single-class rows go to --json)
         write_tables_csv(args.csv, tables, degradation)
         status(args, f"dgsnet: wrote {args.csv}")
     if args.json:
@@ -117,10 +128,20 @@ def _write_outputs(args: argparse.Namespace, tables: dict[str, Any], degradation
                 "degradation": degradation,
                 "threshold": args.threshold,
                 "roots": [{"root": root, "table": t.to_dict()} for root, t in tables.items()],
+                **(
+                    {
+                        "single_class": {
+                            root: {k: r.to_dict() for k, r in rows.items()}
+                            for root, rows in single.items()
+                        }
+                    }
+                    if single
+                    else {}
+                ),
             },
         )
         status(args, f"dgsnet: wrote {args.json}")
-    if args.plot:
+    if args.plot and tables:
         accuracy_figure(tables, args.plot, degradation)
         status(args, f"dgsnet: wrote {args.plot}")
 
@@ -139,9 +160,27 @@ def run(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise UsageError(str(exc)) from None
     wrapper, bundle = load_checkpoint(args)
+    from ..data import DatasetError
     from ..training import evaluate
 
-    tables = evaluate(
+    single: dict[str, dict[str, Any]] | None = {} if args.allow_single_class else None
+    try:
+        tables = _evaluate(evaluate, wrapper, bundle, args, single)
+    except DatasetError as exc:  # name the flag, not the Python keyword
+        if "pass allow_single_class=True" not in str(exc):
+            raise
+        text = str(exc).replace("pass allow_single_class=True", "pass --allow-single-class")
+        raise UsageError(text) from None
+    if tables:
+        _print_tables(tables, degradation)
+    _print_single_class(single or {}, degradation)
+    _write_outputs(args, tables, degradation, single or {})
+    return EXIT_OK
+
+
+def _evaluate(evaluate: Any, wrapper: Any, bundle: Any, args: argparse.Namespace,
+              single: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    return evaluate(  # type: ignore[no-any-return]
         wrapper,
         args.roots,
         bundle.eval_transform,
@@ -155,7 +194,16 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         progress=not args.quiet,
         precision=args.precision,
+        single_class=single,
     )
-    _print_tables(tables, degradation)
-    _write_outputs(args, tables, degradation)
-    return EXIT_OK
+
+
+def _print_single_class(single: dict[str, dict[str, Any]], degradation: str) -> None:
+    from ..single_class import single_class_markdown
+
+    for root, rows in single.items():
+        print()
+        print(f"## {root}: single-class subsets ({degradation})")
+        print()
+        print(single_class_markdown(rows))
+    sys.stdout.flush()

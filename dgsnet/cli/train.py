@@ -22,6 +22,7 @@ from .options import (
     dgs_config,
     wrap,
 )
+from .train_flags import flag_error
 
 if TYPE_CHECKING:
     from ..training import TrainOptions
@@ -465,7 +466,10 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     config = dgs_config(args)
     run_info = run_options(args, config)
-    options = train_options(args, run_info)
+    try:
+        options = train_options(args, run_info)
+    except ValueError as exc:  # TrainingConfigError: report the flag, not the field
+        raise flag_error(exc) from None
 
     from ..training import Trainer, seed_everything, setup_distributed
     from ..wrapper import DGSWrapper

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -270,23 +268,3 @@ def to_rgb8(im: Image.Image, path: str | os.PathLike[str] = "<image>") -> Image.
         raise CorruptImageError(path, f"pixel mode {mode!r} has no 8-bit RGB rule")
     return im.convert("RGB")
 
-
-def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """Deprecated: use `dgsnet.io.atomic_write_json` (note its order: `(path, data)`).
-
-    A thin alias kept only for `dgsnet.data.captions`, which still calls it with the
-    arguments the other way round; it writes caption files as before (UTF-8, sorted keys,
-    indent 1) through the one atomic writer in `dgsnet.io`, and returns `path`.
-
-    Args:
-        obj: the JSON value.
-        path: the file to write.
-
-    Returns:
-        `path`, as a `Path`.
-    """
-    from ..io import atomic_write_json as _write
-
-    path = Path(path)
-    _write(path, obj, indent=1, ensure_ascii=False)
-    return path

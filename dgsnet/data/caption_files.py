@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ._common import CaptionError, atomic_write_json
+from ..io import atomic_write_json
+from ._common import CaptionError
 
 __all__ = [
     "caption_file_candidates",
     "find_caption_file",
     "read_caption_file",
     "save_captions",
+    "write_caption_json",
 ]
 
 
@@ -72,8 +75,9 @@ def read_caption_file(path: str | os.PathLike[str]) -> dict[str, str]:
         raise CaptionError(f"caption file {p} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CaptionError(f"cannot read caption file {p}: {exc}") from exc
+    duplicates: list[str] = []
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=lambda pairs: _object(pairs, duplicates))
     except json.JSONDecodeError as exc:
         raise CaptionError(
             f"caption file {p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
@@ -83,14 +87,82 @@ def read_caption_file(path: str | os.PathLike[str]) -> dict[str, str]:
             f"caption file {p} must hold a JSON object mapping image path -> caption, "
             f"found a JSON {type(data).__name__}"
         )
+    blank: list[str] = []
     for k, v in data.items():
         if not isinstance(v, str):
             raise CaptionError(
                 f"caption file {p}: the caption of {k!r} must be a string, found {type(v).__name__}"
             )
+        if not _is_utf8(v):
+            raise CaptionError(
+                f"caption file {p}: the caption of {k!r} is not valid Unicode text (it holds a "
+                f"lone surrogate: {v!r:.80}); fix or regenerate it"
+            )
+        if not v.strip():
+            blank.append(k)
+    if duplicates:
+        warnings.warn(
+            f"caption file {p} has {len(duplicates)} duplicate key(s) (the last caption of "
+            f"each is used): {_first(duplicates)}",
+            UserWarning,
+            stacklevel=2,
+        )
+    if blank:
+        warnings.warn(
+            f"caption file {p} has {len(blank)} empty or whitespace-only caption(s), which "
+            f"give Orthogonal Suppression no content to protect: {_first(blank)}",
+            UserWarning,
+            stacklevel=2,
+        )
     return data
+
+
+def _object(pairs: list[tuple[str, object]], duplicates: list[str]) -> dict[str, object]:
+    """``json`` object hook: a dict of ``pairs`` (the last value of a repeated key wins, as
+    ``json.loads`` does), recording the repeated keys in ``duplicates``."""
+    out: dict[str, object] = {}
+    for k, v in pairs:
+        if k in out:
+            duplicates.append(k)
+        out[k] = v
+    return out
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _first(keys: Sequence[str], n: int = 3) -> str:
+    shown = ", ".join(repr(k) for k in keys[:n])
+    return shown + (" ..." if len(keys) > n else "")
+
+
+def write_caption_json(path: str | os.PathLike[str], captions: Mapping[str, str]) -> Path:
+    """Write ``captions`` atomically as a JSON object (sorted keys, indent 1, UTF-8).
+
+    Keys that are file names which are not valid UTF-8 (Python spells their bytes as lone
+    surrogates, ``os.fsdecode``) are written as ``\\udcXX`` escapes instead, which
+    :func:`read_caption_file` reads back as the same names.
+
+    Raises:
+        CaptionError: a caption (not a key) is not valid Unicode text.
+    """
+    path = Path(path)
+    data = dict(captions)
+    for k, v in data.items():
+        if isinstance(v, str) and not _is_utf8(v):
+            raise CaptionError(f"the caption of {k!r} for {path} holds a lone surrogate: {v!r:.80}")
+    try:
+        atomic_write_json(path, data, indent=1, ensure_ascii=False)
+    except UnicodeEncodeError:  # a non-UTF-8 file name among the keys
+        atomic_write_json(path, data, indent=1, ensure_ascii=True)
+    return path
 
 
 def save_captions(captions: Mapping[str, str], path: str | os.PathLike[str]) -> Path:
     """Write ``captions`` atomically as a JSON object (sorted keys, UTF-8)."""
-    return atomic_write_json(dict(captions), path)
+    return write_caption_json(path, captions)

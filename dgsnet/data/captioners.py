@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..progress import progress_bar
-from ._common import CorruptImageError, atomic_write_json, load_image
-from .caption_files import read_caption_file
+from ._common import CorruptImageError, load_image
+from .caption_files import read_caption_file, write_caption_json
 from .caption_store import (
     _LEAKING_FIELDS,
     _MAX_LISTED,
@@ -396,7 +396,7 @@ class _Run:
     def save(self) -> None:
         """Rewrite the file atomically if anything changed since the last save."""
         if self.dirty:
-            atomic_write_json(self.report.captions, self.report.out_file)
+            write_caption_json(self.report.out_file, self.report.captions)
             self.dirty, self.since_save = False, 0
 
     def save_quietly(self) -> None:

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import TrainingConfigError, TrainingInterrupted
 from ..wrapper import DGSWrapper
 from .seeding import derive_seed
+from .workers import bounded_workers
 
 __all__ = [
     "ResumableSampler",
@@ -199,7 +200,9 @@ def dataset_fingerprint(datasets: Sequence[Any]) -> dict[str, Any]:
             except OSError:
                 size = -1
             c = cap(i) if callable(cap) else None
-            h.update(f"{rel}\t{int(y)}\t{size}\t{c}\n".encode())
+            # surrogatepass: a file name that is not UTF-8 (os.fsdecode spells its bytes as
+            # lone surrogates) hashes as its own bytes instead of failing
+            h.update(f"{rel}\t{int(y)}\t{size}\t{c}\n".encode("utf-8", "surrogatepass"))
         n += len(paths)
     return {"sha256": h.hexdigest(), "num_images": n}
 
@@ -278,7 +281,7 @@ def make_loader(
         ds,
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=num_workers,
+        num_workers=bounded_workers(num_workers, len(sampler), batch_size),  # type: ignore[arg-type]
         collate_fn=collate_fn,
         generator=torch.Generator().manual_seed(seed),
         pin_memory=device.type == "cuda",

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from ..io import json_safe
+from ..io import json_safe, with_filename
 
 __all__ = ["LogSink", "RunLog"]
 
@@ -54,8 +54,11 @@ class RunLog:
         if self.fh is None:
             return
         safe = json_safe(record)
-        self.fh.write(json.dumps(safe, sort_keys=False) + "\n")
-        self.fh.flush()
+        try:
+            self.fh.write(json.dumps(safe, sort_keys=False) + "\n")
+            self.fh.flush()
+        except OSError as exc:  # disk full: name the log
+            raise with_filename(exc, self.path or "") from exc
         for sink in self.sinks:
             sink.write(safe)
 

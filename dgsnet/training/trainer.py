@@ -38,6 +38,8 @@ from .data import (
     make_loader,
 )
 from .distributed import DistInfo, any_rank, barrier, broadcast_parameters, setup_distributed
+from .guard import check_finite_weights
+from .lock import hold_run_lock
 from .options import TrainOptions
 from .precision import Precision, compile_image_tower, scaler_state
 from .runlog import RunLog
@@ -190,26 +192,28 @@ class Trainer:
             CheckpointError: the checkpoint to resume is damaged.
             NonFiniteError: a non-finite loss or gradient with ``on_nonfinite="raise"``.
             TrainingInterrupted: SIGINT/SIGTERM with ``handle_signals`` (after a checkpoint).
+            RunLockedError: another live run holds ``out_dir``'s lock (:mod:`.lock`).
         """
         o = self.options
         self.t_start = time.perf_counter()
         self._setup()
-        self._prepare_out_dir()
-        self._restore()
-        try:
-            with (
-                deterministic_algorithms(o.deterministic, self.device),
-                self.precision.activate(),
-                self.stop,
-            ):
-                self._emit("train_begin")
-                if self.options.runs_stage1 and not self.stage1_done:
-                    self._stage1()
-                if self.options.runs_stage2:
-                    self._stage2()
-                self._finish()
-        finally:
-            self.log.close()
+        with hold_run_lock(self.out, self.dist, self.device):  # one run per out_dir
+            self._prepare_out_dir()
+            self._restore()
+            try:
+                with (
+                    deterministic_algorithms(o.deterministic, self.device),
+                    self.precision.activate(),
+                    self.stop,
+                ):
+                    self._emit("train_begin")
+                    if self.options.runs_stage1 and not self.stage1_done:
+                        self._stage1()
+                    if self.options.runs_stage2:
+                        self._stage2()
+                    self._finish()
+            finally:
+                self.log.close()
         return self._result()
 
     def _setup(self) -> None:
@@ -524,6 +528,7 @@ class Trainer:
     def _write_last(self, phase: str, epoch: int, batch: int) -> None:
         o, ts = self.options, self.ts
         target = self.out / LAST_DIR
+        check_finite_weights(self.wrapper, os.fspath(target), ts.global_step)
         tmp = staging_dir(target)
         save_model_dir(tmp, self.wrapper, o.model_info)
         opt_meta = None
@@ -579,6 +584,7 @@ class Trainer:
         barrier(self.dist)
         if self.main:
             final_dir = self.out / FINAL_DIR
+            check_finite_weights(self.wrapper, os.fspath(final_dir), self.ts.global_step)
             tmp = staging_dir(final_dir)
             save_model_dir(tmp, self.wrapper, self.options.model_info)
             commit_dir(tmp, final_dir)

@@ -1,0 +1,181 @@
+"""An exclusive lock on a training output folder, so that two runs never write into it at once.
+
+:func:`hold_run_lock` takes an ``fcntl.flock`` lock on ``OUT/.dgsnet-train.lock`` for the
+length of a run and writes the holder's process id (and host name) into that file. The kernel
+releases a ``flock`` lock when its holder exits for any reason (``kill -9`` included), so a
+lock left behind by a dead run is never in the way: only a live holder blocks. A second run
+into the same folder raises :class:`RunLockedError` (a
+:class:`~dgsnet.errors.TrainingConfigError`; the command line exits 2) naming the folder and
+the holder's pid.
+
+Loader worker processes forked by a run inherit the open lock file; when the run is killed
+they hold the lock for the few seconds they take to notice. A run that finds the lock held
+by a pid of this host that no longer exists therefore replaces the lock file with a new one.
+
+Under ``torchrun`` only rank 0 takes the lock (it is the rank that writes); the other ranks
+learn whether it succeeded through an all-reduce and raise the same error when it did not.
+
+>>> import tempfile
+>>> with tempfile.TemporaryDirectory() as d, hold_run_lock(d):
+...     try:
+...         with hold_run_lock(d):
+...             pass
+...     except RunLockedError as exc:
+...         print("locked")
+locked
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ..errors import TrainingConfigError
+from .distributed import DistInfo, any_rank
+
+try:  # pragma: no cover - always there on Linux and macOS
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["LOCK_NAME", "RunLock", "RunLockedError", "hold_run_lock"]
+
+#: the lock file inside the output folder (kept after the run; only the lock on it matters)
+LOCK_NAME = ".dgsnet-train.lock"
+
+
+class RunLockedError(TrainingConfigError):
+    """Another live process holds the lock on the output folder."""
+
+
+class RunLock:
+    """The ``flock`` lock on ``out_dir``'s :data:`LOCK_NAME` (not re-entrant; one per run).
+
+    Args:
+        out_dir: the output folder (created when missing).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.out = Path(out_dir)
+        self.path = self.out / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock without waiting and write this process's pid into the file.
+
+        Raises:
+            RunLockedError: another process holds it (naming the folder and its pid).
+            OSError: the folder or the lock file cannot be created.
+        """
+        self.out.mkdir(parents=True, exist_ok=True)
+        for attempt in range(3):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if fcntl is None:  # pragma: no cover - no flock on this platform
+                self.fd = fd
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder, host = _read_holder(fd)
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                if attempt < 2 and holder and host == socket.gethostname() and not _alive(holder):
+                    # the run died, but loader workers it forked still hold the file (they
+                    # inherited it and exit a few seconds after their parent): a new lock file
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.path)
+                    continue
+                who = f"process {holder}" if holder else "another process"
+                raise RunLockedError(
+                    f"{self.out} is in use by another training run ({who} holds {self.path}); "
+                    "wait for it to end or choose another --out"
+                ) from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # another run replaced the file meanwhile: lock the new one
+        else:  # pragma: no cover - replaced twice while we looked
+            raise RunLockedError(f"{self.out}: the lock file {self.path} keeps being replaced")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        """Clear the pid and drop the lock (a no-op when not held)."""
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:  # pragma: no cover - best effort; the unlock below is what counts
+            pass
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _read_holder(fd: int) -> tuple[int | None, str | None]:
+    """The pid and host name written by the holder (``None`` when unreadable)."""
+    try:
+        parts = os.pread(fd, 512, 0).decode("utf-8", "replace").split()
+    except OSError:  # pragma: no cover
+        return None, None
+    pid = int(parts[0]) if parts and parts[0].isdigit() else None
+    return pid, (parts[1] if len(parts) > 1 else None)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    here = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - someone else's live process
+        return True
+    return True
+
+
+@contextmanager
+def hold_run_lock(
+    out_dir: str | os.PathLike[str],
+    dist: DistInfo | None = None,
+    device: torch.device | None = None,
+) -> Iterator[RunLock | None]:
+    """Hold the run lock on ``out_dir`` (rank 0 of ``dist`` only) for the ``with`` block;
+    released on every way out of it.
+
+    Raises:
+        RunLockedError: another live run holds it (on every rank).
+    """
+    dist = dist or DistInfo()
+    lock = RunLock(out_dir) if dist.is_main else None
+    failure: RunLockedError | None = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except RunLockedError as exc:
+            failure = exc
+    if any_rank(failure is not None, dist, device or torch.device("cpu")):
+        raise failure or RunLockedError(
+            f"{out_dir} is in use by another training run (rank 0 could not lock it)"
+        )
+    try:
+        yield lock
+    finally:
+        if lock is not None:
+            lock.release()
