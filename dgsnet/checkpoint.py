@@ -1,21 +1,22 @@
-"""Saving and loading a :class:`~dgsnet.DGSWrapper`'s trained weights.
+"""Saving and loading a `DGSWrapper`'s trained weights.
 
 A checkpoint is a folder with two files:
 
-* ``dgs_weights.safetensors``: the LoRA weights of the image tower and the three heads
-  (image, text, teacher), named as :func:`get_dgs_state_dict` names them;
-* ``dgs_config.json``: the :class:`~dgsnet.DGSConfig`, a description of the model it was
-  saved from, the tensor shapes, the weights' sha256 and the config's (``config_sha256``:
+* `dgs_weights.safetensors`: the LoRA weights of the image tower and the three heads
+  (image, text, teacher), named as `get_dgs_state_dict` names them;
+* `dgs_config.json`: the `DGSConfig`, a description of the model it was
+  saved from, the tensor shapes, the weights' sha256 and the config's (`config_sha256`:
   an edited setting is refused on loading instead of silently changing the scores). It is
   written last, so a folder with a valid JSON holds complete weights.
 
-Both are written atomically (:mod:`dgsnet.io`); nothing is pickled. The functions follow the
-layout of peft's ``save_and_load`` module: one function gets the state dict, one sets it, one
-reads the weights file; ``DGSWrapper.save_pretrained``/``from_pretrained``/``load_checkpoint``
+Both are written atomically (`dgsnet.io`); nothing is pickled. The functions follow the
+layout of peft's `save_and_load` module: one function gets the state dict, one sets it, one
+reads the weights file; `DGSWrapper.save_pretrained`/`from_pretrained`/`load_checkpoint`
 call them.
 
->>> save_dgs_checkpoint(wrapper, "run/final")                       # doctest: +SKIP
->>> load_dgs_checkpoint(other_wrapper, "run/final")                 # doctest: +SKIP
+Examples:
+    >>> save_dgs_checkpoint(wrapper, "run/final")                       # doctest: +SKIP
+    >>> load_dgs_checkpoint(other_wrapper, "run/final")                 # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -75,14 +76,14 @@ def get_dgs_state_dict(wrapper: DGSWrapper) -> dict[str, Tensor]:
 def set_dgs_state_dict(
     wrapper: DGSWrapper, tensors: Mapping[str, Tensor], *, source: str = "checkpoint"
 ) -> None:
-    """Copy ``tensors`` into the wrapper's parameters, strictly, then clear its caches.
+    """Copy `tensors` into the wrapper's parameters, strictly, then clear its caches.
 
     Every check runs before the first copy, so a refused checkpoint leaves the wrapper as it
     was.
 
     Args:
         wrapper: the wrapper to load into.
-        tensors: by the names :func:`get_dgs_state_dict` gives.
+        tensors: by the names `get_dgs_state_dict` gives.
         source: how error messages name where the tensors came from.
 
     Raises:
@@ -123,12 +124,12 @@ def _check_tensor(name: str, value: Tensor, param: Tensor) -> None:
 
 
 def save_dgs_checkpoint(wrapper: DGSWrapper, directory: str | Path) -> Path:
-    """Write the wrapper's weights (safetensors) and config (JSON) into ``directory``.
+    """Write the wrapper's weights (safetensors) and config (JSON) into `directory`.
 
     Each file is written atomically; the JSON, written last, records the weights' sha256.
 
     Returns:
-        ``directory`` as a :class:`~pathlib.Path`.
+        `directory` as a `Path`.
     """
     directory = Path(directory)
     tensors = get_dgs_state_dict(wrapper)
@@ -148,7 +149,7 @@ def save_dgs_checkpoint(wrapper: DGSWrapper, directory: str | Path) -> Path:
 
 
 def read_checkpoint_meta(directory: str | Path) -> dict[str, Any]:
-    """Read and check ``directory/dgs_config.json``.
+    """Read and check `directory/dgs_config.json`.
 
     Raises:
         CheckpointError: the file is missing, not JSON, not a dgsnet checkpoint config, has
@@ -184,7 +185,7 @@ def read_checkpoint_meta(directory: str | Path) -> dict[str, Any]:
 
 
 def config_from_meta(meta: Mapping[str, Any], directory: str | Path) -> DGSConfig:
-    """The :class:`~dgsnet.DGSConfig` recorded in a checkpoint's metadata.
+    """The `DGSConfig` recorded in a checkpoint's metadata.
 
     Raises:
         CheckpointError: the recorded config is invalid.
@@ -207,8 +208,8 @@ def config_from_meta(meta: Mapping[str, Any], directory: str | Path) -> DGSConfi
 
 
 def config_digest(config: DGSConfig) -> str:
-    """The sha256 of ``config``'s canonical JSON (sorted keys, no spaces), as a checkpoint
-    records it in ``config_sha256``. It is computed from the effective config, so a file
+    """The sha256 of `config`'s canonical JSON (sorted keys, no spaces), as a checkpoint
+    records it in `config_sha256`. It is computed from the effective config, so a file
     written before a field existed (the field filled in with the value it was trained with)
     still matches; any edit that changes a setting does not."""
     text = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -218,8 +219,8 @@ def config_digest(config: DGSConfig) -> str:
 def load_dgs_weights(
     directory: str | Path, meta: Mapping[str, Any] | None = None
 ) -> dict[str, Tensor]:
-    """The tensors of ``directory/dgs_weights.safetensors``, checked against the recorded
-    sha256 (``meta`` read from the folder when not given)."""
+    """The tensors of `directory/dgs_weights.safetensors`, checked against the recorded
+    sha256 (`meta` read from the folder when not given)."""
     directory = Path(directory)
     meta = meta if meta is not None else read_checkpoint_meta(directory)
     return load_tensors(directory / WEIGHTS_NAME, meta.get("weights_sha256"))
@@ -228,16 +229,16 @@ def load_dgs_weights(
 def load_dgs_checkpoint(
     wrapper: DGSWrapper, directory: str | Path, meta: Mapping[str, Any] | None = None
 ) -> None:
-    """Load a checkpoint written by :func:`save_dgs_checkpoint` into ``wrapper`` (strict).
+    """Load a checkpoint written by `save_dgs_checkpoint` into `wrapper` (strict).
 
     Args:
         wrapper: built around the same architecture as the saved one.
         directory: the checkpoint folder.
-        meta: its metadata, when already read (:func:`read_checkpoint_meta`).
+        meta: its metadata, when already read (`read_checkpoint_meta`).
 
     Raises:
         CheckpointError: the model differs from the saved one, or the files are damaged or
-            do not fit (see :func:`set_dgs_state_dict`).
+            do not fit (see `set_dgs_state_dict`).
     """
     directory = Path(directory)
     meta = meta if meta is not None else read_checkpoint_meta(directory)

@@ -1,11 +1,11 @@
 """Loading a trained detector and scoring / evaluating it on image folders.
 
-* :func:`resolve_checkpoint`: a checkpoint folder, or a training output folder's ``final/``
-  (else ``last/``).
-* :func:`load_trained`: rebuild the base model from the spec stored beside the weights, then
-  :meth:`DGSWrapper.from_pretrained`.
-* :func:`predict_scores` / :func:`evaluate`: the student's probability of "fake" per image, and
-  one :class:`~dgsnet.metrics.MetricsTable` per test root.
+* `resolve_checkpoint`: a checkpoint folder, or a training output folder's `final/`
+  (else `last/`).
+* `load_trained`: rebuild the base model from the spec stored beside the weights, then
+  `DGSWrapper.from_pretrained`.
+* `predict_scores` / `evaluate`: the student's probability of "fake" per image, and
+  one `MetricsTable` per test root.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ __all__ = ["evaluate", "load_trained", "predict_scores", "resolve_checkpoint"]
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """A checkpoint folder (``dgs_config.json`` inside), or a training output folder (its
-    ``final/``, else its ``last/``)."""
+    """A checkpoint folder (`dgs_config.json` inside), or a training output folder (its
+    `final/`, else its `last/`)."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint {p} does not exist")
@@ -74,8 +74,8 @@ def load_trained(
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[DGSWrapper, ModelBundle]:
     """Rebuild a trained detector: the base model from the spec stored beside the weights
-    (``dgsnet_model.json``; or ``model=``), then :meth:`DGSWrapper.from_pretrained`. Returns
-    ``(wrapper in eval mode, bundle)``; ``bundle.eval_transform`` preprocesses images."""
+    (`dgsnet_model.json`; or `model=`), then `DGSWrapper.from_pretrained`. Returns
+    `(wrapper in eval mode, bundle)`; `bundle.eval_transform` preprocesses images."""
     ckpt = resolve_checkpoint(path)
     info = _model_info(ckpt) or {}
     spec = model if model is not None else info.get("spec")
@@ -115,11 +115,11 @@ def predict_scores(
     desc: str = "predicting",
     precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """Scores (probability of fake) of every item of a :class:`dgsnet.data.Sample` dataset
-    with the student; returns ``(scores, labels, subsets, paths)`` in dataset order.
+    """Scores (probability of fake) of every item of a `dgsnet.data.Sample` dataset
+    with the student; returns `(scores, labels, subsets, paths)` in dataset order.
 
-    ``precision``: ``"fp32"`` (default), ``"tf32"``, ``"bf16"`` or ``"fp16"`` (see
-    :mod:`dgsnet.training.precision`): the TF32 flags during the call (restored afterwards)
+    `precision`: `"fp32"` (default), `"tf32"`, `"bf16"` or `"fp16"` (see
+    `dgsnet.training.precision`): the TF32 flags during the call (restored afterwards)
     and the autocast dtype of the forward passes; scores are computed from float32 logits.
     On CUDA the loader pins memory and copies batches without blocking."""
     from .data import collate
@@ -179,18 +179,18 @@ def evaluate(
     precision: str = "fp32",
     single_class: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, MetricsTable]:
-    """Evaluate the student on each test root; returns ``{root: MetricsTable}`` (one row per
+    """Evaluate the student on each test root; returns `{root: MetricsTable}` (one row per
     subset, plus the mean row when printed), in the order given.
 
-    ``transform``: the model's deterministic preprocessing (e.g. ``bundle.preprocess`` or
-    ``bundle.eval_transform``; default: CLIP preprocessing at the model's image size).
-    ``jpeg_quality`` / ``blur_sigma`` / ``resize_scale``: :class:`dgsnet.data.Degrade` applied
-    to every image before it (robustness tables). ``precision``: as in
-    :func:`predict_scores` (checked before any image is read). Roots use the detection layout
-    ``<root>/<subset>[/<category>]/{0_real,1_fake}`` or GenImage's (``split``).
-    ``single_class``: a dict to fill; when given, subsets with one class are allowed and get
-    a :class:`dgsnet.single_class.SingleClassRow` (r_acc or f_acc only) in
-    ``single_class[root][subset]`` instead of a table row (a root left with no two-class
+    `transform`: the model's deterministic preprocessing (e.g. `bundle.preprocess` or
+    `bundle.eval_transform`; default: CLIP preprocessing at the model's image size).
+    `jpeg_quality` / `blur_sigma` / `resize_scale`: `dgsnet.data.Degrade` applied
+    to every image before it (robustness tables). `precision`: as in
+    `predict_scores` (checked before any image is read). Roots use the detection layout
+    `<root>/<subset>[/<category>]/{0_real,1_fake}` or GenImage's (`split`).
+    `single_class`: a dict to fill; when given, subsets with one class are allowed and get
+    a `dgsnet.single_class.SingleClassRow` (r_acc or f_acc only) in
+    `single_class[root][subset]` instead of a table row (a root left with no two-class
     subset has no table)."""
     from .data import Degrade, default_transform, open_dataset
 
@@ -243,7 +243,7 @@ def evaluate(
 
 
 class _EvalItems(Dataset):
-    """A dataset whose corrupt images raise a one-argument :class:`DatasetError` (so the
+    """A dataset whose corrupt images raise a one-argument `DatasetError` (so the
     error crosses DataLoader workers intact)."""
 
     def __init__(self, dataset: Dataset) -> None:

@@ -63,8 +63,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def with_filename(exc: OSError, path: str | os.PathLike[str]) -> OSError:
-    """``exc`` itself when it names a file, else an ``OSError`` of the same type and errno
-    that names ``path`` (``OSError(28, ...)`` from ``write`` or ``fsync`` names nothing)."""
+    """`exc` itself when it names a file, else an `OSError` of the same type and errno
+    that names `path` (`OSError(28, ...)` from `write` or `fsync` names nothing)."""
     if exc.filename is not None:
         return exc
     return type(exc)(exc.errno, exc.strerror or str(exc), os.fspath(path))

@@ -1,13 +1,14 @@
-"""Metrics of test subsets that hold one class only (``dgsnet eval --allow-single-class``).
+"""Metrics of test subsets that hold one class only (`dgsnet eval --allow-single-class`).
 
-On a subset of real images only, the real accuracy ``r_acc`` (the fraction scored
-``<= threshold``) is defined, but the fake accuracy, the average precision and the oracle
-accuracy are not (they need both classes); on a fake-only subset only ``f_acc`` is. Such a
-subset gets a :class:`SingleClassRow` instead of a row of the two-class
-:class:`~dgsnet.metrics.MetricsTable`.
+On a subset of real images only, the real accuracy `r_acc` (the fraction scored
+`<= threshold`) is defined, but the fake accuracy, the average precision and the oracle
+accuracy are not (they need both classes); on a fake-only subset only `f_acc` is. Such a
+subset gets a `SingleClassRow` instead of a row of the two-class
+`MetricsTable`.
 
->>> split_single_class({"a": ([0, 0], [0.2, 0.9])})[1]["a"]
-SingleClassRow(metric='r_acc', value=0.5, n=2)
+Examples:
+    >>> split_single_class({"a": ([0, 0], [0.2, 0.9])})[1]["a"]
+    SingleClassRow(metric='r_acc', value=0.5, n=2)
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ __all__ = ["SingleClassRow", "single_class_markdown", "split_single_class"]
 
 @dataclass(frozen=True)
 class SingleClassRow:
-    """The one defined rate of a single-class subset: ``metric`` is ``"r_acc"`` (real images
-    only) or ``"f_acc"`` (fake images only), ``value`` a fraction, ``n`` the image count."""
+    """The one defined rate of a single-class subset: `metric` is `"r_acc"` (real images
+    only) or `"f_acc"` (fake images only), `value` a fraction, `n` the image count."""
 
     metric: str
     value: float
@@ -34,9 +35,9 @@ class SingleClassRow:
 def split_single_class(
     predictions: Mapping[str, tuple[Sequence[int], Sequence[float]]], threshold: float = 0.5
 ) -> tuple[dict[str, tuple[Sequence[int], Sequence[float]]], dict[str, SingleClassRow]]:
-    """Split ``{subset: (labels, scores)}`` into the two-class subsets (unchanged) and a
-    :class:`SingleClassRow` for each subset with one class (a score ``> threshold`` is a
-    "fake" prediction, as in :func:`~dgsnet.metrics.compute_metrics`)."""
+    """Split `{subset: (labels, scores)}` into the two-class subsets (unchanged) and a
+    `SingleClassRow` for each subset with one class (a score `> threshold` is a
+    "fake" prediction, as in `compute_metrics`)."""
     two: dict[str, tuple[Sequence[int], Sequence[float]]] = {}
     single: dict[str, SingleClassRow] = {}
     for name, (labels, scores) in predictions.items():

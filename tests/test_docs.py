@@ -117,3 +117,31 @@ def test_no_docs_page_or_docstring_points_outside_the_repository():
             if pattern.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}")
     assert not offenders, offenders
+
+
+_REST = [
+    (re.compile(r":(class|func|meth|attr|mod|data|exc|obj|const|math):`"), "a reST role"),
+    (re.compile(r"``[^`\n]+``"), "a reST double-backtick literal"),
+    (re.compile(r"^\s*\.\. \w+::", re.M), "a reST directive"),
+    (re.compile(r"\S::\s*$", re.M), "a reST literal-block marker"),
+]
+
+
+def test_every_docstring_is_google_style_markdown():
+    """One docstring style across the package: Google sections with Markdown, no reST left
+    (mkdocstrings renders them as Markdown, so reST markup would show up raw)."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "dgsnet").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            doc = ast.get_docstring(node, clean=False)
+            if not doc:
+                continue
+            for pattern, what in _REST:
+                if pattern.search(doc):
+                    name = getattr(node, "name", "<module>")
+                    found.append(f"{path.relative_to(ROOT)}:{name}: {what}")
+    assert not found, "\n".join(found)

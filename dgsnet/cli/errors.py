@@ -1,12 +1,12 @@
-"""The command line's error contract: one ``dgsnet: error: ...`` line, and the exit status.
+"""The command line's error contract: one `dgsnet: error: ...` line, and the exit status.
 
-* ``0``: success; ``2`` (:data:`EXIT_USAGE`): the input is wrong (a bad option, a missing
+* `0`: success; `2` (`EXIT_USAGE`): the input is wrong (a bad option, a missing
   folder, an unreadable image, missing captions, a damaged checkpoint, a model that cannot be
   loaded, an operating-system error on a named file such as a full disk: the line names the
-  file and the errno); ``1`` (:data:`EXIT_FAILURE`): a non-finite loss or non-finite
-  weights; ``130`` (:data:`EXIT_INTERRUPTED`): interrupted.
-* The exit status is chosen by the exception's type (:func:`exit_status`), never by its text.
-* ``--debug`` shows the traceback instead (the exception propagates).
+  file and the errno); `1` (`EXIT_FAILURE`): a non-finite loss or non-finite
+  weights; `130` (`EXIT_INTERRUPTED`): interrupted.
+* The exit status is chosen by the exception's type (`exit_status`), never by its text.
+* `--debug` shows the traceback instead (the exception propagates).
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
 
 def exit_status(exc: BaseException) -> int | None:
-    """The exit status for ``exc``, by its type; ``None`` for an unexpected error (a bug, whose
+    """The exit status for `exc`, by its type; `None` for an unexpected error (a bug, whose
     traceback should be seen).
 
     A dataset error raised inside a DataLoader worker process keeps its type: torch re-raises
-    it in the main process as the same class (``torch._utils.ExceptionWrapper.reraise``).
+    it in the main process as the same class (`torch._utils.ExceptionWrapper.reraise`).
     """
     from ..errors import NonFiniteError
 
@@ -65,7 +65,7 @@ def exit_status(exc: BaseException) -> int | None:
 
 
 def _raised_by_torch_reraise(tb: TracebackType | None) -> bool:
-    """Whether the innermost frame of ``tb`` is torch's ``ExceptionWrapper.reraise`` (the
+    """Whether the innermost frame of `tb` is torch's `ExceptionWrapper.reraise` (the
     exception object is a copy made in the main process of one raised in a worker)."""
     try:
         from torch._utils import ExceptionWrapper
@@ -77,11 +77,11 @@ def _raised_by_torch_reraise(tb: TracebackType | None) -> bool:
 
 
 def error_message(exc: BaseException) -> str:
-    """The text to print for ``exc``.
+    """The text to print for `exc`.
 
     For an exception re-raised from a DataLoader worker, torch's copy carries the worker's
     whole formatted traceback as its message; the original message is its final
-    ``<module>.<class>: <message>`` entry, found here by the exception's own class name.
+    `<module>.<class>: <message>` entry, found here by the exception's own class name.
     """
     if isinstance(exc, OSError) and exc.filename is not None:
         return os_error_message(exc)
@@ -96,9 +96,9 @@ def error_message(exc: BaseException) -> str:
 
 
 def os_error_message(exc: OSError) -> str:
-    """``<strerror> (errno <n>, <NAME>): <file>``, e.g. ``No space left on device (errno 28,
-    ENOSPC): runs/x/last/dgs_weights.safetensors``; the file name is shown with
-    ``os.fsdecode`` escapes made printable."""
+    """`<strerror> (errno <n>, <NAME>): <file>`, e.g. `No space left on device (errno 28,
+    ENOSPC): runs/x/last/dgs_weights.safetensors`; the file name is shown with
+    `os.fsdecode` escapes made printable."""
     import errno as errno_names
 
     code = exc.errno
@@ -112,7 +112,7 @@ def os_error_message(exc: OSError) -> str:
 
 
 def print_error(message: str) -> None:
-    """Print ``dgsnet: error: <first line>``, then up to 7 more lines indented (stderr)."""
+    """Print `dgsnet: error: <first line>`, then up to 7 more lines indented (stderr)."""
     lines = message.strip().splitlines() or ["error"]
     print(f"{PROG}: error: {lines[0]}", file=sys.stderr)
     for ln in lines[1:_MAX_LINES]:
@@ -124,7 +124,7 @@ def print_error(message: str) -> None:
 def show_warning(
     message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
 ) -> None:
-    """A :func:`warnings.showwarning` replacement: ``dgsnet: warning: <message>``, no source
+    """A `warnings.showwarning` replacement: `dgsnet: warning: <message>`, no source
     line."""
     text = str(message).strip().splitlines()
     stream = sys.stderr if file is None else file

@@ -1,4 +1,4 @@
-"""``dgsnet eval``: per-subset acc / r_acc / f_acc / AP tables of a checkpoint on test folders."""
+"""`dgsnet eval`: per-subset acc / r_acc / f_acc / AP tables of a checkpoint on test folders."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ With several roots a last table gives each root's mean row (one row per benchmar
 
 
 def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
-    """Add ``eval`` and its options to the subparsers ``sub``."""
+    """Add `eval` and its options to the subparsers `sub`."""
     p = sub.add_parser(
         NAME,
         parents=[common_parent()],
@@ -147,7 +147,7 @@ def _write_outputs(
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``dgsnet eval``; returns the exit status."""
+    """Run `dgsnet eval`; returns the exit status."""
     check_roots(args.roots, "test root")
     check_positive("--batch-size", args.batch_size)
     check_positive("--workers", args.workers, 0)

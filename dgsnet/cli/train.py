@@ -1,4 +1,4 @@
-"""``dgsnet train``: two-stage DGS training (teacher probe, then LoRA + surgery); resumable."""
+"""`dgsnet train`: two-stage DGS training (teacher probe, then LoRA + surgery); resumable."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ _PRESET_HELP = (
 
 
 def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
-    """Add ``train`` and its options to the subparsers ``sub``."""
+    """Add `train` and its options to the subparsers `sub`."""
     p = sub.add_parser(
         NAME,
         parents=[common_parent()],
@@ -247,7 +247,7 @@ def _add_run_options(g: argparse._ArgumentGroup) -> None:
 
 
 def _preset_overrides(args: argparse.Namespace, config: Any) -> list[str]:
-    """Names of the options (``dgs.<field>`` for DGSConfig fields) whose effective value
+    """Names of the options (`dgs.<field>` for DGSConfig fields) whose effective value
     differs from what the run's preset selects."""
     preset = get_preset(args.preset)
     changed = [k for k, v in preset.options.items() if getattr(args, k) != v]
@@ -257,9 +257,9 @@ def _preset_overrides(args: argparse.Namespace, config: Any) -> list[str]:
 
 
 def run_options(args: argparse.Namespace, config: Any) -> dict[str, Any]:
-    """The effective options of a ``train`` run, as recorded in ``OUT/run.json["options"]``:
+    """The effective options of a `train` run, as recorded in `OUT/run.json["options"]`:
     every option after layering (preset < --config < flags), the preset's name, the options
-    that differ from it (``preset_overrides``) and the resulting ``dgs_config``."""
+    that differ from it (`preset_overrides`) and the resulting `dgs_config`."""
     options = {k: v for k, v in vars(args).items() if k not in ("func", "_subparsers")}
     options["preset_overrides"] = _preset_overrides(args, config)
     options["dgs_config"] = config.to_dict()
@@ -272,8 +272,8 @@ def run_options(args: argparse.Namespace, config: Any) -> dict[str, Any]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    """The checks only the command line makes: roots and ``--out`` given, the named folders
-    and files exist (the option values are checked by :class:`~dgsnet.training.TrainOptions`).
+    """The checks only the command line makes: roots and `--out` given, the named folders
+    and files exist (the option values are checked by `TrainOptions`).
     """
     if not args.roots:
         raise UsageError(
@@ -303,9 +303,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def train_options(args: argparse.Namespace, run_info: dict[str, Any]) -> TrainOptions:
-    """The run's :class:`~dgsnet.training.TrainOptions` from the parsed options (validated
-    there, once; a bad value raises :class:`~dgsnet.errors.TrainingConfigError`, exit 2).
-    ``progress``, ``deterministic_transform`` and ``model_info`` are filled in by :func:`run`
+    """The run's `TrainOptions` from the parsed options (validated
+    there, once; a bad value raises `TrainingConfigError`, exit 2).
+    `progress`, `deterministic_transform` and `model_info` are filled in by `run`
     once the process group and the model exist."""
     from ..training import TrainOptions
 
@@ -361,7 +361,7 @@ def _build_model(args: argparse.Namespace, device: Any) -> Any:
 
 
 def _captions(args: argparse.Namespace, config: Any) -> tuple[Any, bool | None]:
-    """The ``captions`` and ``caption_fallback`` arguments of ``open_datasets``."""
+    """The `captions` and `caption_fallback` arguments of `open_datasets`."""
     if args.stage == "1" or config.plain:
         return None, None
     captions: Any = list(args.captions) if args.captions else "auto"
@@ -462,7 +462,7 @@ def _open_data(args: argparse.Namespace, config: Any, bundle: Any, quiet: bool) 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``dgsnet train``; returns the exit status."""
+    """Run `dgsnet train`; returns the exit status."""
     _check_args(args)
     config = dgs_config(args)
     run_info = run_options(args, config)

@@ -1,12 +1,13 @@
-"""``dgsnet train``'s error messages in the user's terms: the flag, not the option field.
+"""`dgsnet train`'s error messages in the user's terms: the flag, not the option field.
 
-:class:`~dgsnet.training.TrainOptions` names its fields (``batch_size must be an integer >=
-1, got 0``); a command-line user typed ``--batch-size``. :func:`flag_error` rewrites the
+`TrainOptions` names its fields (`batch_size must be an integer >=
+1, got 0`); a command-line user typed `--batch-size`. `flag_error` rewrites the
 message's leading field name into the flag that sets it.
 
->>> from dgsnet.errors import TrainingConfigError
->>> str(flag_error(TrainingConfigError("batch_size must be an integer >= 1, got 0")))
-'--batch-size must be an integer >= 1, got 0'
+Examples:
+    >>> from dgsnet.errors import TrainingConfigError
+    >>> str(flag_error(TrainingConfigError("batch_size must be an integer >= 1, got 0")))
+    '--batch-size must be an integer >= 1, got 0'
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from .errors import UsageError
 
 __all__ = ["FIELD_FLAGS", "flag_error"]
 
-#: TrainOptions field -> the ``dgsnet train`` flag that sets it
+#: TrainOptions field -> the `dgsnet train` flag that sets it
 FIELD_FLAGS = {
     "stage": "--stage",
     "epochs": "--epochs",
@@ -36,7 +37,7 @@ FIELD_FLAGS = {
 
 
 def flag_error(exc: Exception) -> UsageError:
-    """A :class:`~.errors.UsageError` (exit 2) with ``exc``'s message, its leading
+    """A `UsageError` (exit 2) with `exc`'s message, its leading
     TrainOptions field name replaced by the flag (the message unchanged when it starts with
     no known field)."""
     text = str(exc)

@@ -1,12 +1,14 @@
 """Caption files: where they live next to a data set, and reading and writing them.
 
 A caption file is one JSON object mapping an image path to its caption, the format of the
-released DGS-Net code (HorizonTEL/DGS-Net), which reads BLIP captions precomputed per image::
+released DGS-Net code (HorizonTEL/DGS-Net), which reads BLIP captions precomputed per image:
 
-    {"/data/AIGIBench/train/progan/car/0_real/00001.png": "a red car parked on a street", ...}
+```text
+{"/data/AIGIBench/train/progan/car/0_real/00001.png": "a red car parked on a street", ...}
+```
 
-Keys are image paths as the writer spelled them; :class:`~dgsnet.data.CaptionStore` matches
-them to the images (``dgsnet.data.caption_store``).
+Keys are image paths as the writer spelled them; `CaptionStore` matches
+them to the images (`dgsnet.data.caption_store`).
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ __all__ = [
 
 
 def caption_file_candidates(dataroot: str | os.PathLike[str]) -> list[Path]:
-    """Where a caption file for the image folder ``dataroot`` (e.g. ``.../AIGIBench/train``)
-    may live, in the order :func:`find_caption_file` tries them.
+    """Where a caption file for the image folder `dataroot` (e.g. `.../AIGIBench/train`)
+    may live, in the order `find_caption_file` tries them.
 
-    1. ``<parent>/<split>_text/<split>.json`` (the layout of the reference description, where
-       ``dataroot = <parent>/<split>``)
-    2. ``<parent>_text/<split>.json`` (what the released DGS-Net code derives from its
-       ``--dataroot``: ``_text`` appended to the parent folder)
-    3. ``<dataroot>/<split>_text/<split>.json`` (the caption folder inside the split folder)
+    1. `<parent>/<split>_text/<split>.json` (the layout of the reference description, where
+       `dataroot = <parent>/<split>`)
+    2. `<parent>_text/<split>.json` (what the released DGS-Net code derives from its
+       `--dataroot`: `_text` appended to the parent folder)
+    3. `<dataroot>/<split>_text/<split>.json` (the caption folder inside the split folder)
     """
     d = Path(os.path.abspath(dataroot))
     split = d.name
@@ -49,8 +51,8 @@ def caption_file_candidates(dataroot: str | os.PathLike[str]) -> list[Path]:
 
 
 def find_caption_file(dataroot: str | os.PathLike[str]) -> Path:
-    """Return the first existing file among :func:`caption_file_candidates`; raise
-    :class:`CaptionError` listing every path tried when there is none."""
+    """Return the first existing file among `caption_file_candidates`; raise
+    `CaptionError` listing every path tried when there is none."""
     tried = caption_file_candidates(dataroot)
     for p in tried:
         if p.is_file():
@@ -65,7 +67,7 @@ def find_caption_file(dataroot: str | os.PathLike[str]) -> Path:
 def read_caption_file(path: str | os.PathLike[str]) -> dict[str, str]:
     """Read a caption JSON file: one object mapping image path -> caption string.
 
-    Raises :class:`CaptionError` naming the file when it is missing, not JSON (with line and
+    Raises `CaptionError` naming the file when it is missing, not JSON (with line and
     column), not an object, or holds a non-string caption.
     """
     p = Path(path)
@@ -118,8 +120,8 @@ def read_caption_file(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def _object(pairs: list[tuple[str, object]], duplicates: list[str]) -> dict[str, object]:
-    """``json`` object hook: a dict of ``pairs`` (the last value of a repeated key wins, as
-    ``json.loads`` does), recording the repeated keys in ``duplicates``."""
+    """`json` object hook: a dict of `pairs` (the last value of a repeated key wins, as
+    `json.loads` does), recording the repeated keys in `duplicates`."""
     out: dict[str, object] = {}
     for k, v in pairs:
         if k in out:
@@ -142,11 +144,11 @@ def _first(keys: Sequence[str], n: int = 3) -> str:
 
 
 def write_caption_json(path: str | os.PathLike[str], captions: Mapping[str, str]) -> Path:
-    """Write ``captions`` atomically as a JSON object (sorted keys, indent 1, UTF-8).
+    """Write `captions` atomically as a JSON object (sorted keys, indent 1, UTF-8).
 
     Keys that are file names which are not valid UTF-8 (Python spells their bytes as lone
-    surrogates, ``os.fsdecode``) are written as ``\\udcXX`` escapes instead, which
-    :func:`read_caption_file` reads back as the same names.
+    surrogates, `os.fsdecode`) are written as `\\udcXX` escapes instead, which
+    `read_caption_file` reads back as the same names.
 
     Raises:
         CaptionError: a caption (not a key) is not valid Unicode text.
@@ -164,5 +166,5 @@ def write_caption_json(path: str | os.PathLike[str], captions: Mapping[str, str]
 
 
 def save_captions(captions: Mapping[str, str], path: str | os.PathLike[str]) -> Path:
-    """Write ``captions`` atomically as a JSON object (sorted keys, UTF-8)."""
+    """Write `captions` atomically as a JSON object (sorted keys, UTF-8)."""
     return write_caption_json(path, captions)

@@ -1,11 +1,12 @@
-"""Captioners (a template one and BLIP) and :func:`generate_captions`, which writes a caption
+"""Captioners (a template one and BLIP) and `generate_captions`, which writes a caption
 file in resumable, atomically saved batches.
 
 The DGS-Net paper (arXiv 2511.13108) captions every training image with BLIP;
-:class:`BlipCaptioner` does that with Hugging Face ``transformers``. :class:`TemplateCaptioner`
+`BlipCaptioner` does that with Hugging Face `transformers`. `TemplateCaptioner`
 is the no-model stand-in: its captions carry no per-image content, and it warns.
 
->>> generate_captions(paths, "train_text/train.json", BlipCaptioner())    # doctest: +SKIP
+Examples:
+    >>> generate_captions(paths, "train_text/train.json", BlipCaptioner())    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -41,19 +42,19 @@ __all__ = [
 class Captioner(Protocol):
     """Anything that maps a batch of RGB PIL images to one caption each.
 
-    A captioner that also needs the file paths sets ``uses_paths = True`` and is then called
-    as ``captioner(images, paths=paths)``.
+    A captioner that also needs the file paths sets `uses_paths = True` and is then called
+    as `captioner(images, paths=paths)`.
     """
 
     def __call__(self, images: Sequence[Any]) -> list[str]: ...
 
 
 class TemplateCaptioner:
-    """The no-model fallback: a template caption per image (see :func:`class_name_caption`).
+    """The no-model fallback: a template caption per image (see `class_name_caption`).
 
-    ``categories`` maps an image path to its object category (e.g. ``dict(zip(ds.paths,
-    ds.categories)).get``); without it every image gets :data:`NEUTRAL_CAPTION`. Never states
-    the label. Warns (:class:`CaptionFallbackWarning`) when created, because template captions
+    `categories` maps an image path to its object category (e.g. `dict(zip(ds.paths,
+    ds.categories)).get`); without it every image gets `NEUTRAL_CAPTION`. Never states
+    the label. Warns (`CaptionFallbackWarning`) when created, because template captions
     carry no per-image content and defeat the purpose of the text branch.
     """
 
@@ -105,19 +106,21 @@ def _require_transformers() -> Any:
 
 
 class BlipCaptioner:
-    """Caption images with a BLIP captioning model from Hugging Face ``transformers``.
+    """Caption images with a BLIP captioning model from Hugging Face `transformers`.
 
-    ``BlipCaptioner()`` loads ``Salesforce/blip-image-captioning-base`` (the paper's
-    captioner family) with ``BlipForConditionalGeneration`` and ``BlipProcessor``;
-    :meth:`from_model` wraps a model and processor you already built (offline, custom,
-    quantised, ...). Decoding is greedy by default (``num_beams=1``); ``prompt`` enables
-    conditional captioning (the prompt then starts every caption). ``device=None`` picks CUDA
-    when available. ``transformers`` is imported lazily: ``pip install 'dgsnet[hf]'``.
+    `BlipCaptioner()` loads `Salesforce/blip-image-captioning-base` (the paper's
+    captioner family) with `BlipForConditionalGeneration` and `BlipProcessor`;
+    `from_model` wraps a model and processor you already built (offline, custom,
+    quantised, ...). Decoding is greedy by default (`num_beams=1`); `prompt` enables
+    conditional captioning (the prompt then starts every caption). `device=None` picks CUDA
+    when available. `transformers` is imported lazily: `pip install 'dgsnet[hf]'`.
 
-    Example (downloads the weights)::
+    Example (downloads the weights):
 
-        cap = BlipCaptioner(device="cuda")
-        generate_captions(paths, "train_text/train.json", cap, batch_size=64)
+    ```python
+    cap = BlipCaptioner(device="cuda")
+    generate_captions(paths, "train_text/train.json", cap, batch_size=64)
+    ```
     """
 
     DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
@@ -157,10 +160,10 @@ class BlipCaptioner:
         num_beams: int = 1,
         prompt: str | None = None,
     ) -> BlipCaptioner:
-        """Wrap an already built ``BlipForConditionalGeneration``-like ``model`` (anything with
-        ``generate(pixel_values=..., input_ids=...)``) and a ``BlipProcessor``-like
-        ``processor`` (``processor(images=..., return_tensors="pt")`` and ``batch_decode``).
-        ``device=None`` keeps the model where it is."""
+        """Wrap an already built `BlipForConditionalGeneration`-like `model` (anything with
+        `generate(pixel_values=..., input_ids=...)`) and a `BlipProcessor`-like
+        `processor` (`processor(images=..., return_tensors="pt")` and `batch_decode`).
+        `device=None` keeps the model where it is."""
         self = cls.__new__(cls)
         self._setup(model, processor, device, max_new_tokens, num_beams, prompt, auto_cuda=False)
         self.model_name = type(model).__name__
@@ -232,7 +235,7 @@ class BlipCaptioner:
 
 @dataclass
 class CaptionReport:
-    """What :func:`generate_captions` did."""
+    """What `generate_captions` did."""
 
     out_file: Path
     #: every caption now in the file (existing and new), keyed as written
@@ -241,7 +244,7 @@ class CaptionReport:
     new: int = 0
     #: images skipped because the file already had their caption
     existing: int = 0
-    #: ``(path, reason)`` for images that could not be read (``on_error="skip"``)
+    #: `(path, reason)` for images that could not be read (`on_error="skip"`)
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -268,28 +271,28 @@ def generate_captions(
     save_every: int = 1,
     on_error: str = "raise",
 ) -> CaptionReport:
-    """Caption ``image_paths`` in batches and store them in the JSON file ``out_file``.
+    """Caption `image_paths` in batches and store them in the JSON file `out_file`.
 
-    - **Keys**: absolute image paths, or with ``relative=True`` paths relative to ``root``
-      (``/`` separators), the portable variant.
-    - **Resumable**: an existing ``out_file`` is loaded first and every image it already
+    - **Keys**: absolute image paths, or with `relative=True` paths relative to `root`
+      (`/` separators), the portable variant.
+    - **Resumable**: an existing `out_file` is loaded first and every image it already
       captions (by exact, absolute or root-relative path) is skipped, so rerunning the same
       call after an interruption only does the remaining images. A file that is not a caption
-      JSON object raises :class:`CaptionError` and is left untouched.
-    - **Atomic**: the whole file is rewritten after every ``save_every`` batches through a
-      temporary file in the same folder (flush, fsync, :func:`os.replace`), and once more on
-      the way out of an exception or ``KeyboardInterrupt``. The file on disk is always complete
+      JSON object raises `CaptionError` and is left untouched.
+    - **Atomic**: the whole file is rewritten after every `save_every` batches through a
+      temporary file in the same folder (flush, fsync, `os.replace`), and once more on
+      the way out of an exception or `KeyboardInterrupt`. The file on disk is always complete
       valid JSON; at most the batch in flight is lost. Each save rewrites the whole file, so
-      for very large sets raise ``save_every``.
-    - **Errors**: an unreadable image raises :class:`CorruptImageError` after saving what was
-      done (``on_error="raise"``), or is skipped and reported in
-      :attr:`CaptionReport.failed` with a warning (``on_error="skip"``).
-    - ``captioner(images) -> list[str]`` gets RGB PIL images (``captioner(images, paths=...)``
-      when it sets ``uses_paths = True``) and must return one string per image.
-    - ``progress`` shows a tqdm bar (if tqdm is installed) that starts at the already done
+      for very large sets raise `save_every`.
+    - **Errors**: an unreadable image raises `CorruptImageError` after saving what was
+      done (`on_error="raise"`), or is skipped and reported in
+      `CaptionReport.failed` with a warning (`on_error="skip"`).
+    - `captioner(images) -> list[str]` gets RGB PIL images (`captioner(images, paths=...)`
+      when it sets `uses_paths = True`) and must return one string per image.
+    - `progress` shows a tqdm bar (if tqdm is installed) that starts at the already done
       count.
 
-    The ``dgsnet caption`` command is a thin layer over this function.
+    The `dgsnet caption` command is a thin layer over this function.
     """
     _check_generate_args(batch_size, save_every, on_error, relative, root, captioner)
     root_s = os.path.abspath(root) if root is not None else None
@@ -353,7 +356,7 @@ def _unique_paths(image_paths: Iterable[str | os.PathLike[str]]) -> list[str]:
 
 
 class _Run:
-    """One :func:`generate_captions` call's batches: caption, record, save every few."""
+    """One `generate_captions` call's batches: caption, record, save every few."""
 
     def __init__(
         self,
@@ -372,7 +375,7 @@ class _Run:
         self.since_save = 0
 
     def caption(self, chunk: list[str]) -> None:
-        """Caption the readable images of ``chunk``; save when ``save_every`` batches ran."""
+        """Caption the readable images of `chunk`; save when `save_every` batches ran."""
         images, ok = [], []
         for p in chunk:
             try:
@@ -400,7 +403,7 @@ class _Run:
             self.dirty, self.since_save = False, 0
 
     def save_quietly(self) -> None:
-        """:meth:`save` on the way out of an exception: a failing save keeps the original
+        """`save` on the way out of an exception: a failing save keeps the original
         exception (the old file is still intact)."""
         try:
             self.save()

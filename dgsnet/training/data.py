@@ -41,9 +41,9 @@ def open_datasets(
     split: str = "train",
     allow_single_class: bool = False,
 ) -> list[Any]:
-    """Open each root with :func:`dgsnet.data.open_dataset` (detection or GenImage layout).
+    """Open each root with `dgsnet.data.open_dataset` (detection or GenImage layout).
 
-    ``captions``: ``None``, ``"auto"`` (``<split>_text/<split>.json`` beside each root), one
+    `captions`: `None`, `"auto"` (`<split>_text/<split>.json` beside each root), one
     caption file / mapping for every root, or a list with one entry per root."""
     from ..data import open_dataset
 
@@ -77,11 +77,11 @@ def open_datasets(
 
 
 class TrainItems(Dataset):
-    """Several datasets of :class:`dgsnet.data.Sample` items seen as one, with global indices
+    """Several datasets of `dgsnet.data.Sample` items seen as one, with global indices
     (the teacher-cache key) and seeded augmentation.
 
-    Item ``i`` of "epoch" ``tag`` (:meth:`set_epoch`) is produced under torch's RNG seeded
-    with ``(seed, tag, i)`` and the caller's RNG state is restored afterwards, so a random
+    Item `i` of "epoch" `tag` (`set_epoch`) is produced under torch's RNG seeded
+    with `(seed, tag, i)` and the caller's RNG state is restored afterwards, so a random
     flip or patch shuffle depends only on the seed, the epoch and the item, not on worker
     processes, ranks or where a resumed run started.
     """
@@ -128,12 +128,12 @@ class TrainItems(Dataset):
 
 
 class ResumableSampler(Sampler[int]):
-    """Epoch-seeded permutation, sharded like :class:`~torch.utils.data.DistributedSampler`
-    (padded to a multiple of ``world_size``, rank ``r`` takes every ``world_size``-th item
-    from ``r``), that can start part-way into an epoch (:meth:`set_start`).
+    """Epoch-seeded permutation, sharded like `DistributedSampler`
+    (padded to a multiple of `world_size`, rank `r` takes every `world_size`-th item
+    from `r`), that can start part-way into an epoch (`set_start`).
 
-    The permutation of epoch ``e`` comes from a generator seeded with
-    :meth:`permutation_seed` ``(seed, e)``: a resumed run sees exactly the same batches."""
+    The permutation of epoch `e` comes from a generator seeded with
+    `permutation_seed` `(seed, e)`: a resumed run sees exactly the same batches."""
 
     def __init__(
         self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1
@@ -149,7 +149,7 @@ class ResumableSampler(Sampler[int]):
         self.epoch = int(epoch)
 
     def set_start(self, start: int) -> None:
-        """Skip this rank's first ``start`` items of the epoch."""
+        """Skip this rank's first `start` items of the epoch."""
         self.start = int(start)
 
     def permutation_seed(self, epoch: int | None = None) -> int:
@@ -208,8 +208,8 @@ def dataset_fingerprint(datasets: Sequence[Any]) -> dict[str, Any]:
 
 
 class Stage1Batches:
-    """Re-iterable loader for ``fit_teacher_head``: each pass is one epoch with its own
-    permutation and augmentation seed; yields ``(images, captions, labels, index | None)``."""
+    """Re-iterable loader for `fit_teacher_head`: each pass is one epoch with its own
+    permutation and augmentation seed; yields `(images, captions, labels, index | None)`."""
 
     def __init__(
         self,
@@ -257,7 +257,7 @@ class Stage1Batches:
 
 
 def iterate_loader(loader: DataLoader) -> Iterator[Any]:
-    """Iterate ``loader`` and stop its worker processes as soon as the loop ends, also on an
+    """Iterate `loader` and stop its worker processes as soon as the loop ends, also on an
     exception (left to the garbage collector, workers that raised linger for seconds)."""
     it = iter(loader)
     try:
@@ -290,11 +290,11 @@ def make_loader(
 
 
 def caption_table(wrapper: DGSWrapper, items: TrainItems) -> tuple[Tensor, Tensor] | None:
-    """Text features of every caption of ``items`` computed once, in a fixed order and fixed
-    chunks: ``(features (U, D) on the CPU, row of each item (N,))``. Fixed chunks make the
+    """Text features of every caption of `items` computed once, in a fixed order and fixed
+    chunks: `(features (U, D) on the CPU, row of each item (N,))`. Fixed chunks make the
     features independent of which batch first met a caption (the matmuls of a batch may round
     differently from those of another), which a resumed run needs to be bitwise exact.
-    ``None`` when a dataset has no per-item captions."""
+    `None` when a dataset has no per-item captions."""
     captions: list[str] = []
     for ds in items.datasets:
         get = getattr(ds, "caption", None)

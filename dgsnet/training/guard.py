@@ -1,9 +1,9 @@
 """Checks made before a checkpoint is committed: the weights must be finite.
 
-The loss and the gradients are checked at every step (:mod:`.step`), but the weights after
+The loss and the gradients are checked at every step (`.step`), but the weights after
 the last optimiser step are not seen by any later step; an update that overflows (a huge
-learning rate) would otherwise be committed as ``last/`` or ``final/``. :func:`check_finite_weights`
-runs before every save and raises the same :class:`~dgsnet.errors.NonFiniteError` as a
+learning rate) would otherwise be committed as `last/` or `final/`. `check_finite_weights`
+runs before every save and raises the same `NonFiniteError` as a
 non-finite loss, so nothing non-finite is ever put in place.
 """
 
@@ -19,11 +19,11 @@ __all__ = ["check_finite_weights"]
 
 
 def check_finite_weights(wrapper: DGSWrapper, target: str, step: int | None = None) -> None:
-    """Raise unless every tensor that a checkpoint of ``wrapper`` holds is finite.
+    """Raise unless every tensor that a checkpoint of `wrapper` holds is finite.
 
     Args:
         wrapper: the wrapper about to be saved.
-        target: what is being written (e.g. ``"runs/x/final"``), for the message.
+        target: what is being written (e.g. `"runs/x/final"`), for the message.
         step: the global stage-2 step the weights come from.
 
     Raises:

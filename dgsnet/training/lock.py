@@ -1,28 +1,29 @@
 """An exclusive lock on a training output folder, so that two runs never write into it at once.
 
-:func:`hold_run_lock` takes an ``fcntl.flock`` lock on ``OUT/.dgsnet-train.lock`` for the
+`hold_run_lock` takes an `fcntl.flock` lock on `OUT/.dgsnet-train.lock` for the
 length of a run and writes the holder's process id (and host name) into that file. The kernel
-releases a ``flock`` lock when its holder exits for any reason (``kill -9`` included), so a
+releases a `flock` lock when its holder exits for any reason (`kill -9` included), so a
 lock left behind by a dead run is never in the way: only a live holder blocks. A second run
-into the same folder raises :class:`RunLockedError` (a
-:class:`~dgsnet.errors.TrainingConfigError`; the command line exits 2) naming the folder and
+into the same folder raises `RunLockedError` (a
+`TrainingConfigError`; the command line exits 2) naming the folder and
 the holder's pid.
 
 Loader worker processes forked by a run inherit the open lock file; when the run is killed
 they hold the lock for the few seconds they take to notice. A run that finds the lock held
 by a pid of this host that no longer exists therefore replaces the lock file with a new one.
 
-Under ``torchrun`` only rank 0 takes the lock (it is the rank that writes); the other ranks
+Under `torchrun` only rank 0 takes the lock (it is the rank that writes); the other ranks
 learn whether it succeeded through an all-reduce and raise the same error when it did not.
 
->>> import tempfile
->>> with tempfile.TemporaryDirectory() as d, hold_run_lock(d):
-...     try:
-...         with hold_run_lock(d):
-...             pass
-...     except RunLockedError as exc:
-...         print("locked")
-locked
+Examples:
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d, hold_run_lock(d):
+    ...     try:
+    ...         with hold_run_lock(d):
+    ...             pass
+    ...     except RunLockedError as exc:
+    ...         print("locked")
+    locked
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class RunLockedError(TrainingConfigError):
 
 
 class RunLock:
-    """The ``flock`` lock on ``out_dir``'s :data:`LOCK_NAME` (not re-entrant; one per run).
+    """The `flock` lock on `out_dir`'s `LOCK_NAME` (not re-entrant; one per run).
 
     Args:
         out_dir: the output folder (created when missing).
@@ -122,7 +123,7 @@ class RunLock:
 
 
 def _read_holder(fd: int) -> tuple[int | None, str | None]:
-    """The pid and host name written by the holder (``None`` when unreadable)."""
+    """The pid and host name written by the holder (`None` when unreadable)."""
     try:
         parts = os.pread(fd, 512, 0).decode("utf-8", "replace").split()
     except OSError:  # pragma: no cover
@@ -156,7 +157,7 @@ def hold_run_lock(
     dist: DistInfo | None = None,
     device: torch.device | None = None,
 ) -> Iterator[RunLock | None]:
-    """Hold the run lock on ``out_dir`` (rank 0 of ``dist`` only) for the ``with`` block;
+    """Hold the run lock on `out_dir` (rank 0 of `dist` only) for the `with` block;
     released on every way out of it.
 
     Raises:

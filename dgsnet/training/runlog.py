@@ -1,5 +1,5 @@
-"""The run log ``OUT/train_log.jsonl``: one JSON object a line, flushed as written; sinks
-(e.g. :class:`~dgsnet.training.tensorboard.TensorBoardSink`) receive the same records."""
+"""The run log `OUT/train_log.jsonl`: one JSON object a line, flushed as written; sinks
+(e.g. `TensorBoardSink`) receive the same records."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ __all__ = ["LogSink", "RunLog"]
 
 
 class LogSink(Protocol):
-    """Something that receives every record of a :class:`RunLog` (``write``) and is closed
-    with it (``close``)."""
+    """Something that receives every record of a `RunLog` (`write`) and is closed
+    with it (`close`)."""
 
     def write(self, record: Mapping[str, Any]) -> None: ...
 
@@ -24,15 +24,15 @@ class LogSink(Protocol):
 
 
 class RunLog:
-    """Appends JSON records to ``path`` (through :func:`dgsnet.io.json_safe`, so NaN becomes
-    ``"nan"``); with ``path=None`` (ranks other than 0) every call does nothing.
+    """Appends JSON records to `path` (through `dgsnet.io.json_safe`, so NaN becomes
+    `"nan"`); with `path=None` (ranks other than 0) every call does nothing.
 
     Args:
-        path: the log file, created with its folder if missing; ``None`` for no log.
+        path: the log file, created with its folder if missing; `None` for no log.
         truncate_to: cut an existing file to this many bytes first (a resumed run drops
             what was logged after its checkpoint).
         sinks: receive each record as written to the file (after the JSON conversion) and
-            are closed with the log; ignored without a ``path``.
+            are closed with the log; ignored without a `path`.
     """
 
     def __init__(
@@ -50,7 +50,7 @@ class RunLog:
         self.fh = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
     def write(self, record: Mapping[str, Any]) -> None:
-        """Append ``record`` as one line and flush."""
+        """Append `record` as one line and flush."""
         if self.fh is None:
             return
         safe = json_safe(record)

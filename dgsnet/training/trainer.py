@@ -1,9 +1,9 @@
-"""The two-stage training loop: :class:`Trainer`, and :func:`train`, its one-call form.
+"""The two-stage training loop: `Trainer`, and `train`, its one-call form.
 
-A :class:`Trainer` holds the state of one run as attributes (the options, the data, the
-optimizer, the counters, the log); :meth:`Trainer.run` is the run as a list of steps:
+A `Trainer` holds the state of one run as attributes (the options, the data, the
+optimizer, the counters, the log); `Trainer.run` is the run as a list of steps:
 prepare the output folder, restore a checkpoint, stage 1 (the teacher head), stage 2 (LoRA
-and heads, epoch by epoch and step by step, with checkpoints), finish (``final/`` and the
+and heads, epoch by epoch and step by step, with checkpoints), finish (`final/` and the
 summary).
 """
 
@@ -80,8 +80,8 @@ __all__ = ["TrainResult", "TrainState", "Trainer"]
 
 @dataclass
 class TrainState:
-    """Handed to callbacks ``callback(event, state)``. Events: ``"train_begin"``,
-    ``"stage1_end"``, ``"step_end"``, ``"checkpoint"``, ``"epoch_end"``, ``"train_end"``."""
+    """Handed to callbacks `callback(event, state)`. Events: `"train_begin"`,
+    `"stage1_end"`, `"step_end"`, `"checkpoint"`, `"epoch_end"`, `"train_end"`."""
 
     wrapper: DGSWrapper
     out_dir: Path
@@ -100,7 +100,7 @@ class TrainState:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns."""
+    """What `train` returns."""
 
     wrapper: DGSWrapper
     out_dir: Path
@@ -114,19 +114,20 @@ class TrainResult:
 
 
 class Trainer:
-    """One two-stage DGS-Net training run of ``wrapper`` on ``data`` (see :func:`train`).
+    """One two-stage DGS-Net training run of `wrapper` on `data` (see `train`).
 
     Args:
-        wrapper: the :class:`~dgsnet.DGSWrapper` to train in place, on its device.
-        data: a dataset of :class:`dgsnet.data.Sample` items, or a list of them.
+        wrapper: the `DGSWrapper` to train in place, on its device.
+        data: a dataset of `dgsnet.data.Sample` items, or a list of them.
         options: the run's validated options.
-        callbacks: ``callback(event, TrainState)`` functions.
+        callbacks: `callback(event, TrainState)` functions.
 
     Raises:
-        TrainingConfigError: ``wrapper`` is not a DGSWrapper, or stage 2 alone has no
+        TrainingConfigError: `wrapper` is not a DGSWrapper, or stage 2 alone has no
             teacher head to start from.
 
-    >>> # Trainer(wrapper, data, TrainOptions("runs/x", epochs=2)).run()  # doctest: +SKIP
+    Examples:
+        >>> Trainer(wrapper, data, TrainOptions("runs/x", epochs=2)).run()  # doctest: +SKIP
     """
 
     def __init__(
@@ -184,15 +185,15 @@ class Trainer:
     # -- the run -------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        """Train, checkpointing as configured; return the :class:`TrainResult`.
+        """Train, checkpointing as configured; return the `TrainResult`.
 
         Raises:
             TrainingConfigError: the data is empty, or a resumed run's settings or data
                 differ from its checkpoint's.
             CheckpointError: the checkpoint to resume is damaged.
-            NonFiniteError: a non-finite loss or gradient with ``on_nonfinite="raise"``.
-            TrainingInterrupted: SIGINT/SIGTERM with ``handle_signals`` (after a checkpoint).
-            RunLockedError: another live run holds ``out_dir``'s lock (:mod:`.lock`).
+            NonFiniteError: a non-finite loss or gradient with `on_nonfinite="raise"`.
+            TrainingInterrupted: SIGINT/SIGTERM with `handle_signals` (after a checkpoint).
+            RunLockedError: another live run holds `out_dir`'s lock (`.lock`).
         """
         o = self.options
         self.t_start = time.perf_counter()
@@ -254,7 +255,7 @@ class Trainer:
         barrier(self.dist)
 
     def _restore(self) -> None:
-        """Load the checkpoint (or ``init_from``), open the log, write ``run.json``, set the
+        """Load the checkpoint (or `init_from`), open the log, write `run.json`, set the
         RNGs and the counters."""
         o = self.options
         state: dict[str, Any] | None = None
@@ -424,7 +425,7 @@ class Trainer:
             sched.load_state_dict(state["scheduler"])
 
     def _parallel_model(self) -> nn.Module:
-        """The wrapper, under ``DistributedDataParallel`` when there are several ranks."""
+        """The wrapper, under `DistributedDataParallel` when there are several ranks."""
         if not self.dist.distributed:
             return self.wrapper
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -436,7 +437,7 @@ class Trainer:
         return DDP(self.wrapper, device_ids=dev_ids, find_unused_parameters=self.cfg.plain)
 
     def _epoch(self, epoch: int) -> None:
-        """The stage-2 steps of ``epoch``, from ``start_batch`` on."""
+        """The stage-2 steps of `epoch`, from `start_batch` on."""
         from ..data import collate
 
         o, sampler = self.options, self.sampler
@@ -518,7 +519,7 @@ class Trainer:
     # -- checkpoints and the end ---------------------------------------------------------------
 
     def _checkpoint(self, phase: str, epoch: int, batch: int) -> None:
-        """Write ``OUT/last`` (rank 0, between barriers) and tell the callbacks."""
+        """Write `OUT/last` (rank 0, between barriers) and tell the callbacks."""
         barrier(self.dist)
         if self.main:
             self._write_last(phase, epoch, batch)
@@ -579,7 +580,7 @@ class Trainer:
         )
 
     def _finish(self) -> None:
-        """Write ``OUT/final`` and the summary."""
+        """Write `OUT/final` and the summary."""
         final_dir: Path | None = None
         barrier(self.dist)
         if self.main:

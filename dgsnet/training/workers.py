@@ -2,9 +2,9 @@
 
 Each worker is a forked copy of the process (with a large model, hundreds of MB each once
 touched), and a loader starts all of them at once. More workers than usable CPU cores, or
-than there are batches to load, only cost memory; an unbounded count (``--workers 100000``)
-can bring the machine down. :func:`bounded_workers` caps the count at
-``min(usable CPU cores, batches per pass)`` and warns once when it lowers it; the data each
+than there are batches to load, only cost memory; an unbounded count (`--workers 100000`)
+can bring the machine down. `bounded_workers` caps the count at
+`min(usable CPU cores, batches per pass)` and warns once when it lowers it; the data each
 step sees does not depend on the worker count (every sample's augmentation is seeded by its
 index), so capping changes no result.
 """
@@ -19,8 +19,8 @@ __all__ = ["bounded_workers", "usable_cpus"]
 
 
 def usable_cpus() -> int:
-    """The CPU cores this process may run on (``os.sched_getaffinity``, else
-    ``os.cpu_count()``), at least 1."""
+    """The CPU cores this process may run on (`os.sched_getaffinity`, else
+    `os.cpu_count()`), at least 1."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
@@ -28,8 +28,8 @@ def usable_cpus() -> int:
 
 
 def bounded_workers(requested: int, n_items: int, batch_size: int) -> int:
-    """``requested`` worker processes, capped at the usable CPU cores and at the number of
-    batches of ``n_items`` items (at least one worker when any was asked for).
+    """`requested` worker processes, capped at the usable CPU cores and at the number of
+    batches of `n_items` items (at least one worker when any was asked for).
 
     Args:
         requested: the worker count asked for (0: load in the main process).
@@ -37,15 +37,16 @@ def bounded_workers(requested: int, n_items: int, batch_size: int) -> int:
         batch_size: items per batch.
 
     Returns:
-        The worker count to use; a ``UserWarning`` says so when it is lower than asked.
+        The worker count to use; a `UserWarning` says so when it is lower than asked.
 
-    >>> bounded_workers(0, 100, 4)
-    0
-    >>> import warnings
-    >>> with warnings.catch_warnings():
-    ...     warnings.simplefilter("ignore")
-    ...     bounded_workers(100000, 4, 4)  # one batch: one worker
-    1
+    Examples:
+        >>> bounded_workers(0, 100, 4)
+        0
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     bounded_workers(100000, 4, 4)  # one batch: one worker
+        1
     """
     if requested <= 0:
         return 0
