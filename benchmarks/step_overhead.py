@@ -94,14 +94,26 @@ LAST4 = [-4, -3, -2, -1]
 
 _ADJ = ["red", "small", "old", "bright", "wooden", "blurry", "green", "large", "shiny", "dark"]
 _NOUN = ["cat", "car", "chair", "horse", "house", "dog", "bicycle", "table", "tree", "boat"]
-_PLACE = ["on a street", "in a field", "next to a window", "under a tree", "on a beach",
-          "in a kitchen", "at night", "in the snow", "near a river", "in a garden"]
+_PLACE = [
+    "on a street",
+    "in a field",
+    "next to a window",
+    "under a tree",
+    "on a beach",
+    "in a kitchen",
+    "at night",
+    "in the snow",
+    "near a river",
+    "in a garden",
+]
 
 
 def caption(k: int) -> str:
     """A BLIP-like caption (about 12 words), distinct for every ``k``."""
-    return (f"a photo of a {_ADJ[k % 10]} {_NOUN[(k // 10) % 10]} {_PLACE[(k // 100) % 10]} "
-            f"with {k} spots")
+    return (
+        f"a photo of a {_ADJ[k % 10]} {_NOUN[(k // 10) % 10]} {_PLACE[(k // 100) % 10]} "
+        f"with {k} spots"
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -267,9 +279,11 @@ class Bench:
         if variant == "predict":
             return lambda: w.predict(self.x)
         if variant == "forward":
+
             def forward() -> torch.Tensor:
                 with torch.no_grad():
                     return w.image_head(w.model.encode_image(self.x))
+
             return forward
         raise KeyError(variant)
 
@@ -294,8 +308,16 @@ class Bench:
 # ------------------------------------------------------------------------------------------
 # FLOPs (deterministic; counted during the first warm-up round)
 # ------------------------------------------------------------------------------------------
-def _native_mha_flops(q: Any, k: Any, v: Any, embed_dim: int, num_heads: int, *a: Any,
-                      out_shape: Any = None, **kw: Any) -> int:
+def _native_mha_flops(
+    q: Any,
+    k: Any,
+    v: Any,
+    embed_dim: int,
+    num_heads: int,
+    *a: Any,
+    out_shape: Any = None,
+    **kw: Any,
+) -> int:
     """``nn.MultiheadAttention``'s inference fast path: packed q/k/v projection, attention,
     output projection (shapes ``(N, L, E)``)."""
     n, lq, e = q
@@ -316,11 +338,14 @@ class FlopCount:
         aten = torch.ops.aten
         registry = dict(fc.flop_registry)
         for name, formula in {
-            "_scaled_dot_product_flash_attention_for_cpu":
-                lambda q, k, v, *a, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v),
-            "_scaled_dot_product_flash_attention_for_cpu_backward":
-                lambda go, q, k, v, *a, out_shape=None, **kw:
-                    fc.sdpa_backward_flop_count(go, q, k, v),
+            "_scaled_dot_product_flash_attention_for_cpu": (
+                lambda q, k, v, *a, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v)
+            ),
+            "_scaled_dot_product_flash_attention_for_cpu_backward": (
+                lambda go, q, k, v, *a, out_shape=None, **kw: fc.sdpa_backward_flop_count(
+                    go, q, k, v
+                )
+            ),
             "_native_multi_head_attention": _native_mha_flops,
         }.items():
             op = getattr(aten, name, None)
@@ -355,8 +380,9 @@ def memory_child(args: argparse.Namespace) -> None:
     variant = args.memory_child
     inherited = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     bench = Bench(args)
-    key = {"A": "A", "A.last4": "A4", "B.cold": "B", "B.warm": "B", "B.last4": "B4",
-           "C": "C"}[variant]
+    key = {"A": "A", "A.last4": "A4", "B.cold": "B", "B.warm": "B", "B.last4": "B4", "C": "C"}[
+        variant
+    ]
     bench.get(key)
     if variant == "B.warm":
         bench.prefill("B")
@@ -366,9 +392,13 @@ def memory_child(args: argparse.Namespace) -> None:
         torch.cuda.synchronize()
     for _ in range(args.mem_steps):
         fn()
-    result = {"variant": variant, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-              "maxrss_after_build_kb": built, "maxrss_at_start_kb": inherited,
-              "vmhwm_kb": _vmhwm_kb()}
+    result = {
+        "variant": variant,
+        "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "maxrss_after_build_kb": built,
+        "maxrss_at_start_kb": inherited,
+        "vmhwm_kb": _vmhwm_kb(),
+    }
     if bench.cuda:
         torch.cuda.synchronize()
         result["cuda_max_allocated"] = torch.cuda.max_memory_allocated()
@@ -395,16 +425,20 @@ def measure_memory(args: argparse.Namespace, argv: list[str]) -> dict[str, dict[
         if proc.returncode != 0 or not lines:
             print(f"memory run for {variant} failed (rc {proc.returncode}):\n{proc.stderr[-2000:]}")
             continue
-        out[variant] = json.loads(lines[-1][len("MEMORY "):])
+        out[variant] = json.loads(lines[-1][len("MEMORY ") :])
     return out
 
 
 # ------------------------------------------------------------------------------------------
 # report
 # ------------------------------------------------------------------------------------------
-def report(args: argparse.Namespace, clocks: dict[str, dict[str, list[float]]],
-           mem: dict[str, dict[str, Any]], meta: dict[str, Any],
-           flops: dict[str, int]) -> dict[str, Any]:
+def report(
+    args: argparse.Namespace,
+    clocks: dict[str, dict[str, list[float]]],
+    mem: dict[str, dict[str, Any]],
+    meta: dict[str, Any],
+    flops: dict[str, int],
+) -> dict[str, Any]:
     primary = args.clock
     other = next((c for c in clocks if c != primary), None)
     med = {c: {k: statistics.median(v) for k, v in t.items() if v} for c, t in clocks.items()}
@@ -447,9 +481,11 @@ def report(args: argparse.Namespace, clocks: dict[str, dict[str, list[float]]],
         ("forward / A", "inference forward", None, None),
     ]
     print()
-    print(f"ratios of medians, targets judged on the {primary} clock"
-          + (f"; also on the {other} clock" if other else "")
-          + "; FLOPs: the same ratio of counted FLOPs (deterministic)")
+    print(
+        f"ratios of medians, targets judged on the {primary} clock"
+        + (f"; also on the {other} clock" if other else "")
+        + "; FLOPs: the same ratio of counted FLOPs (deterministic)"
+    )
     results = []
     for name, what, op, target in checks:
         a, b = (x.strip() for x in name.split("/"))
@@ -460,9 +496,19 @@ def report(args: argparse.Namespace, clocks: dict[str, dict[str, list[float]]],
         line = f"  {label:<62} {value:6.3f}"
         if op is not None:
             ok = value <= target if op == "<=" else value >= target
-            results.append({"name": name, "what": what, "clock": primary, "value": value, "op": op,
-                            "target": target, "met": ok, "other_clock": ratio(a, b, other),
-                            "flops": fratio(a, b)})
+            results.append(
+                {
+                    "name": name,
+                    "what": what,
+                    "clock": primary,
+                    "value": value,
+                    "op": op,
+                    "target": target,
+                    "met": ok,
+                    "other_clock": ratio(a, b, other),
+                    "flops": fratio(a, b),
+                }
+            )
             line += f"  {op} {target:<4} {'met   ' if ok else 'MISSED'}"
         else:
             line += " " * 19
@@ -477,13 +523,17 @@ def report(args: argparse.Namespace, clocks: dict[str, dict[str, list[float]]],
     if mem:
         print()
         if args.device == "cuda":
-            print(f"peak memory: torch.cuda.max_memory_allocated, one process per variant "
-                  f"({args.mem_steps} steps)")
+            print(
+                f"peak memory: torch.cuda.max_memory_allocated, one process per variant "
+                f"({args.mem_steps} steps)"
+            )
             key, unit, div = "cuda_max_allocated", "MiB", 2**20
         else:
-            print(f"peak memory: process peak RSS (ru_maxrss), one process per variant "
-                  f"({args.mem_steps} steps; 'built' = peak before the first step, 'at start' = "
-                  f"inherited from the launcher)")
+            print(
+                f"peak memory: process peak RSS (ru_maxrss), one process per variant "
+                f"({args.mem_steps} steps; 'built' = peak before the first step, 'at start' = "
+                f"inherited from the launcher)"
+            )
             key, unit, div = "maxrss_kb", "MiB", 1024
         base = mem.get("A", {}).get(key)
         base4 = mem.get("A.last4", {}).get(key)
@@ -496,44 +546,72 @@ def report(args: argparse.Namespace, clocks: dict[str, dict[str, list[float]]],
             extra = ""
             if key == "maxrss_kb":
                 hwm = mem[v].get("vmhwm_kb")
-                extra = (f"  (built {mem[v]['maxrss_after_build_kb'] / 1024:.0f} MiB, at start "
-                         f"{mem[v]['maxrss_at_start_kb'] / 1024:.0f} MiB"
-                         + (f", VmHWM {hwm / 1024:.0f} MiB)" if hwm else ")"))
+                extra = (
+                    f"  (built {mem[v]['maxrss_after_build_kb'] / 1024:.0f} MiB, at start "
+                    f"{mem[v]['maxrss_at_start_kb'] / 1024:.0f} MiB"
+                    + (f", VmHWM {hwm / 1024:.0f} MiB)" if hwm else ")")
+                )
             r = f"{val / ref:5.3f} x {ref_name}" if ref else ""
             print(f"  {v:<8} {val / div:9.0f} {unit}  {r}{extra}")
         for v, target in (("B.cold", 1.1), ("B.warm", 1.1), ("B.last4", 1.1)):
             ref = base4 if v.endswith("last4") else base
             if v in mem and ref:
                 r = mem[v][key] / ref
-                results.append({"name": f"memory {v} / {'A.last4' if v.endswith('last4') else 'A'}",
-                                "value": r, "op": "<=", "target": target, "met": r <= target})
+                results.append(
+                    {
+                        "name": f"memory {v} / {'A.last4' if v.endswith('last4') else 'A'}",
+                        "value": r,
+                        "op": "<=",
+                        "target": target,
+                        "met": r <= target,
+                    }
+                )
                 verdict = "met" if r <= target else "MISSED"
                 print(f"  memory {v} / ref {r:6.3f}   target <= {target}  {verdict}")
         if "C" in mem and base:
-            print(f"  memory C / A {mem['C'][key] / base:6.3f}   "
-                  "(C holds a second, deep-copied model)")
-    return {"meta": meta, "times": clocks, "medians": med, "checks": results, "memory": mem,
-            "flops": flops}
+            print(
+                f"  memory C / A {mem['C'][key] / base:6.3f}   "
+                "(C holds a second, deep-copied model)"
+            )
+    return {
+        "meta": meta,
+        "times": clocks,
+        "medians": med,
+        "checks": results,
+        "memory": mem,
+        "flops": flops,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="ViT-B-16", help="open_clip model name (random init)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rank", type=int, default=6, help="LoRA rank (alpha = rank)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: bf16 autocast around the forward passes (weights, Adam in fp32)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads (default: all cores)")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="timed rounds N (default: 5 on CPU, 20 on CUDA)")
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: bf16 autocast around the forward passes (weights, Adam in fp32)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=None, help="timed rounds N (default: 5 on CPU, 20 on CUDA)"
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="clock the targets are judged on: wall time, or process CPU time (CPU "
-                        "only; with --threads 1 it is robust to other processes sharing the cores)")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="clock the targets are judged on: wall time, or process CPU time (CPU "
+        "only; with --threads 1 it is robust to other processes sharing the cores)",
+    )
     p.add_argument("--mem-steps", type=int, default=2, help="steps per memory subprocess")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--json", default=None, help="also write the raw results here")
@@ -555,21 +633,33 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name(),
-        "model": args.model, "batch": args.batch, "rank": args.rank, "dtype": args.dtype,
-        "rounds": rounds, "warmup": args.warmup,
+        "model": args.model,
+        "batch": args.batch,
+        "rank": args.rank,
+        "dtype": args.dtype,
+        "rounds": rounds,
+        "warmup": args.warmup,
         "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
         "loadavg_start": os.getloadavg(),
     }
-    print(f"dgsnet step overhead: {args.model} (random init), batch {args.batch}, LoRA rank "
-          f"{args.rank} (alpha {args.rank}, dropout 0.8, q/k/v/c_fc/c_proj), {args.device} "
-          f"({meta['device_name']}), {args.dtype}")
-    print(f"torch {torch.__version__}, torch.set_num_threads({threads}) -> "
-          f"get_num_threads() = {torch.get_num_threads()}, MALLOC_MMAP_THRESHOLD_="
-          f"{meta['malloc_mmap_threshold']}, load average at start {meta['loadavg_start']}")
-    print(f"N = {rounds} timed rounds after {args.warmup} warm-up round(s); variants interleaved, "
-          f"order rotated every round")
+    print(
+        f"dgsnet step overhead: {args.model} (random init), batch {args.batch}, LoRA rank "
+        f"{args.rank} (alpha {args.rank}, dropout 0.8, q/k/v/c_fc/c_proj), {args.device} "
+        f"({meta['device_name']}), {args.dtype}"
+    )
+    print(
+        f"torch {torch.__version__}, torch.set_num_threads({threads}) -> "
+        f"get_num_threads() = {torch.get_num_threads()}, MALLOC_MMAP_THRESHOLD_="
+        f"{meta['malloc_mmap_threshold']}, load average at start {meta['loadavg_start']}"
+    )
+    print(
+        f"N = {rounds} timed rounds after {args.warmup} warm-up round(s); variants interleaved, "
+        f"order rotated every round"
+    )
 
     # memory first, while this parent process is small: a child's ru_maxrss starts at the
     # parent's resident size (Linux carries it over fork/exec)
@@ -579,9 +669,11 @@ def main(argv: list[str] | None = None) -> None:
     for key in ("A", "A4", "B", "B4", "C"):
         bench.get(key)
     bench.check_same_lora()
-    print(f"LoRA: {len(bench.get('A')[0].lora_modules)} adapted linears (all blocks) / "
-          f"{len(bench.get('A4')[0].lora_modules)} (last 4 blocks; B.last4 trunk starts at block "
-          f"{bench.get('B4')[0]._trunk_start}); same modules in A, B and C")
+    print(
+        f"LoRA: {len(bench.get('A')[0].lora_modules)} adapted linears (all blocks) / "
+        f"{len(bench.get('A4')[0].lora_modules)} (last 4 blocks; B.last4 trunk starts at block "
+        f"{bench.get('B4')[0]._trunk_start}); same modules in A, B and C"
+    )
     bench.prefill("B")  # B.warm's batch: stage 1 fills the teacher cache; captions cached
     bench.get("B4")[0].encode_text(bench.warm_batch()[0])  # B.last4.tw: captions cached
     variants = [*TRAIN_VARIANTS, *INFER_VARIANTS]
@@ -605,13 +697,18 @@ def main(argv: list[str] | None = None) -> None:
                     clocks["cpu"][v].append(dc)
         if r >= args.warmup:
             show = args.clock if args.clock in clocks else "wall"
-            print(f"  round {r - args.warmup + 1}/{rounds} ({show} s): " + ", ".join(
-                f"{v} {clocks[show][v][-1]:.3f}" for v in variants), flush=True)
+            print(
+                f"  round {r - args.warmup + 1}/{rounds} ({show} s): "
+                + ", ".join(f"{v} {clocks[show][v][-1]:.3f}" for v in variants),
+                flush=True,
+            )
     meta["loadavg_end"] = os.getloadavg()
     meta["wall_s"] = time.perf_counter() - t_start
     result = report(args, clocks, mem, meta, flops)
-    print(f"\nload average at end {tuple(round(x, 2) for x in meta['loadavg_end'])}; "
-          f"wall time {meta['wall_s']:.0f} s")
+    print(
+        f"\nload average at end {tuple(round(x, 2) for x in meta['loadavg_end'])}; "
+        f"wall time {meta['wall_s']:.0f} s"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
 

@@ -108,8 +108,10 @@ class DGSConfig:
                     fail(name, "a list or None")
                 setattr(self, name, list(value))
         if self.lora_scaling not in ("standard", "rslora"):
-            fail("lora_scaling",
-                 "'standard' (alpha / r) or 'rslora' (alpha / sqrt(r), the released code)")
+            fail(
+                "lora_scaling",
+                "'standard' (alpha / r) or 'rslora' (alpha / sqrt(r), the released code)",
+            )
         if self.lora_targets is not None and (
             not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets)
         ):
@@ -118,8 +120,16 @@ class DGSConfig:
             not self.lora_layers or not all(is_int(i) for i in self.lora_layers)
         ):
             fail("lora_layers", "a non-empty list of block indices (ints)")
-        for name in ("suppression", "alignment", "conflict_only", "fused", "normalize_features",
-                     "teacher_cache", "shared_trunk", "closed_form_heads"):
+        for name in (
+            "suppression",
+            "alignment",
+            "conflict_only",
+            "fused",
+            "normalize_features",
+            "teacher_cache",
+            "shared_trunk",
+            "closed_form_heads",
+        ):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "a bool")
         if not is_num(self.align_weight) or self.align_weight < 0:

@@ -218,8 +218,13 @@ def run(
     Raises:
         ValueError: a size, count or rate out of range.
     """
-    for name, value, low in (("train", train, 2), ("test", test, 2), ("epochs", epochs, 1),
-                             ("batch_size", batch_size, 1), ("seed", seed, 0)):
+    for name, value, low in (
+        ("train", train, 2),
+        ("test", test, 2),
+        ("epochs", epochs, 1),
+        ("batch_size", batch_size, 1),
+        ("seed", seed, 0),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
@@ -234,8 +239,10 @@ def run(
     config = DGSConfig.reference(lora_dropout=0.1)  # r=6, alpha=6 on q/k/v, reference surgery
     dgs = DGSWrapper(model, tokenizer, config)
     n_train = sum(p.numel() for p in dgs.trainable_parameters())
-    echo(f"model: tiny open_clip ViT ({len(dgs.lora_modules)} LoRA modules, {n_train} trainable "
-         f"parameters); config: {config.order}, align {config.align_weight} ({config.align_scale})")
+    echo(
+        f"model: tiny open_clip ViT ({len(dgs.lora_modules)} LoRA modules, {n_train} trainable "
+        f"parameters); config: {config.order}, align {config.align_weight} ({config.align_scale})"
+    )
 
     train_split = make_split(train, _IMAGE_SIZE, seed)
     test_split = make_split(test, _IMAGE_SIZE, seed + 1)
@@ -246,15 +253,20 @@ def run(
     )
     echo(f"  teacher-head loss per epoch: {', '.join(f'{h:.3f}' for h in history)}")
     echo(f"  held-out accuracy of the teacher probe: {teacher_accuracy(dgs, *test_split):.3f}")
-    echo(f"  held-out accuracy before stage 2 (student): "
-         f"{accuracy(dgs, test_split[0], test_split[2]):.3f}")
+    echo(
+        f"  held-out accuracy before stage 2 (student): "
+        f"{accuracy(dgs, test_split[0], test_split[2]):.3f}"
+    )
 
     echo("stage 2: LoRA + heads with gradient surgery, in a plain training loop")
     opt = torch.optim.Adam(dgs.trainable_parameters(), lr=lr)
     step = 0
     for epoch in range(epochs):
-        bar = progress_bar(list(batches(*train_split, batch_size, True, seed + epoch)),
-                           desc=f"epoch {epoch + 1}/{epochs}", enabled=progress)
+        bar = progress_bar(
+            list(batches(*train_split, batch_size, True, seed + epoch)),
+            desc=f"epoch {epoch + 1}/{epochs}",
+            enabled=progress,
+        )
         # printing through tqdm.write keeps a live bar intact
         write = getattr(bar, "write", print) if echo is print else echo
         for images, captions, labels, index in bar:
@@ -264,8 +276,11 @@ def run(
             opt.step()
             step += 1
             s = out.stats
-            bar.set_postfix(loss=f"{out.loss.item():.3f}", removed=f"{s['removed_fraction']:.3f}",
-                            cos_harm=f"{s['cos_harm']:+.2f}")
+            bar.set_postfix(
+                loss=f"{out.loss.item():.3f}",
+                removed=f"{s['removed_fraction']:.3f}",
+                cos_harm=f"{s['cos_harm']:+.2f}",
+            )
             if step % 8 == 0:
                 parts = out.losses
                 write(
@@ -275,12 +290,16 @@ def run(
                     f"cos(task, harm) {s['cos_harm']:+.3f}, cos(task, help) {s['cos_help']:+.3f}"
                 )
         bar.close()
-        echo(f"  epoch {epoch + 1}: held-out accuracy "
-             f"{accuracy(dgs, test_split[0], test_split[2]):.3f}")
+        echo(
+            f"  epoch {epoch + 1}: held-out accuracy "
+            f"{accuracy(dgs, test_split[0], test_split[2]):.3f}"
+        )
 
     acc = accuracy(dgs, test_split[0], test_split[2])
-    echo(f"held-out accuracy after DGS fine-tuning: {acc:.3f} "
-         f"({test} images, {time.perf_counter() - start:.0f} s in all)")
+    echo(
+        f"held-out accuracy after DGS fine-tuning: {acc:.3f} "
+        f"({test} images, {time.perf_counter() - start:.0f} s in all)"
+    )
     return acc
 
 
@@ -343,8 +362,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status, 0.
     """
     args = build_parser().parse_args(argv)
-    run(train=args.train, test=args.test, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, seed=args.seed, progress=not args.no_progress)
+    run(
+        train=args.train,
+        test=args.test,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     return 0
 
 

@@ -206,7 +206,7 @@ def _split(path: Path, sd: dict[str, Tensor]) -> tuple[int, dict[str, dict[str, 
     for key, value in sd.items():
         for p in prefixes:  # longest first: TEACHER2 before STUDENT / TEACHER1
             if key.startswith(p):
-                parts[p][key[len(p):]] = value
+                parts[p][key[len(p) :]] = value
                 break
         else:
             raise CheckpointError(
@@ -286,8 +286,10 @@ def released_model_config(
     layers = _count_blocks(parts, "visual.transformer.resblocks.")
     text_layers = _count_blocks(parts, "transformer.resblocks.")
     if layers == 0 or text_layers == 0:
-        raise CheckpointError(f"{path}: no {prefix}visual.transformer.resblocks.* or "
-                              f"{prefix}transformer.resblocks.* keys: not a CLIP state dict")
+        raise CheckpointError(
+            f"{path}: no {prefix}visual.transformer.resblocks.* or "
+            f"{prefix}transformer.resblocks.* keys: not a CLIP state dict"
+        )
     fc = need("visual.transformer.resblocks.0.mlp.c_fc.weight")
     text_fc = need("transformer.resblocks.0.mlp.c_fc.weight")
     text_width = int(ln_final.shape[0])
@@ -353,12 +355,16 @@ def _check_student(
     want = _student_keys(base, layers)
     missing = sorted(want - set(student))
     if missing:
-        raise CheckpointError(f"{path}: missing key {STUDENT + missing[0]!r}"
-                              f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
+        raise CheckpointError(
+            f"{path}: missing key {STUDENT + missing[0]!r}"
+            f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}"
+        )
     unknown = sorted(set(student) - want)
     if unknown:
-        raise CheckpointError(f"{path}: unknown key {STUDENT + unknown[0]!r}"
-                              f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}")
+        raise CheckpointError(
+            f"{path}: unknown key {STUDENT + unknown[0]!r}"
+            f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}"
+        )
     # everything outside the q/k/v LoRA layers trains in no stage: it must be the base's
     fixed = sorted(k for k in want if not _BLOCK.match(k))
     for key in fixed:
@@ -395,18 +401,20 @@ def _check_student(
             if rank is None:
                 rank = r
             elif r != rank:
-                raise CheckpointError(f"{path}: {STUDENT}{name}w_lora_A has rank {r}, the first "
-                                      f"layer's has rank {rank}")
+                raise CheckpointError(
+                    f"{path}: {STUDENT}{name}w_lora_A has rank {r}, the first "
+                    f"layer's has rank {rank}"
+                )
             if not a.is_floating_point() or not b.is_floating_point():
                 raise CheckpointError(f"{path}: {STUDENT}{name}w_lora_A/B are not floating point")
-            bias_t = b_in[j * d:(j + 1) * d] if b_in is not None else None
+            bias_t = b_in[j * d : (j + 1) * d] if b_in is not None else None
             bias_s = student.get(name + "bias")
             if bias_t is None or bias_s is None or not torch.equal(bias_s, bias_t):
                 raise CheckpointError(
                     f"{path}: {STUDENT}{name}bias differs from the pristine "
                     f"{TEACHER2}{pre}in_proj_bias slice (the released layers never change biases)"
                 )
-            w_s, w_t = student[name + "weight"], w_in[j * d:(j + 1) * d]
+            w_s, w_t = student[name + "weight"], w_in[j * d : (j + 1) * d]
             if w_s.shape != w_t.shape:
                 raise CheckpointError(
                     f"{path}: {STUDENT}{name}weight has shape {tuple(w_s.shape)}, the pristine "
@@ -480,8 +488,12 @@ def read_released(
             unknown key, a missing key or a shape that does not fit (the message names it).
     """
     path = Path(path)
-    if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
-            and math.isfinite(alpha) and alpha > 0):
+    if not (
+        isinstance(alpha, (int, float))
+        and not isinstance(alpha, bool)
+        and math.isfinite(alpha)
+        and alpha > 0
+    ):
         raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
     if isinstance(head_width, bool) or not isinstance(head_width, int) or head_width < 1:
         raise ValueError(f"head_width must be an int >= 1, got {head_width!r}")
@@ -489,8 +501,9 @@ def read_released(
     stage, parts = _split(path, sd)
     t_prefix = TEACHER2 if stage == 2 else TEACHER1
     base = {k: v for k, v in parts[t_prefix].items() if k not in _OPENAI_META}
-    cfg = released_model_config(base, head_width=head_width, quick_gelu=quick_gelu, path=path,
-                                prefix=t_prefix)
+    cfg = released_model_config(
+        base, head_width=head_width, quick_gelu=quick_gelu, path=path, prefix=t_prefix
+    )
     dim = cfg["embed_dim"]
     if stage == 2:
         teacher_head = _head(path, parts[TEACHER_HEAD2], TEACHER_HEAD2, dim)
@@ -498,7 +511,8 @@ def read_released(
         text_head: tuple[Tensor, Tensor] | None = _head(path, parts["text_fc."], "text_fc.", dim)
         student = {k: v for k, v in parts[STUDENT].items() if k not in _OPENAI_META}
         lora, rank, merged, deviation = _check_student(
-            path, base, student, cfg["vision_cfg"]["layers"], float(alpha))
+            path, base, student, cfg["vision_cfg"]["layers"], float(alpha)
+        )
     else:
         teacher_head = _head(path, parts[TEACHER_HEAD1], TEACHER_HEAD1, dim)
         image_head = text_head = None
@@ -525,8 +539,9 @@ def _build_clip(cfg: Mapping[str, Any]) -> nn.Module:
 
     with torch.random.fork_rng(devices=[]):  # the weights are overwritten: no global RNG use
         torch.manual_seed(0)
-        return open_clip.CLIP(**{k: (dict(v) if isinstance(v, dict) else v)
-                                 for k, v in cfg.items()})
+        return open_clip.CLIP(
+            **{k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg.items()}
+        )
 
 
 def _check_base(
@@ -563,14 +578,13 @@ def _load_base(path: Path, model: nn.Module, base: Mapping[str, Tensor], prefix:
             v.copy_(base[k].to(v.dtype))
 
 
-def _wrap(
-    ckpt: ReleasedCheckpoint, model: nn.Module, tokenizer: Any, dropout: float
-) -> Any:
+def _wrap(ckpt: ReleasedCheckpoint, model: nn.Module, tokenizer: Any, dropout: float) -> Any:
     from .wrapper import DGSWrapper
 
     info = ckpt.info
-    config = DGSConfig.reference(lora_rank=info.rank, lora_alpha=info.alpha,
-                                 lora_dropout=dropout, lora_scaling="rslora")
+    config = DGSConfig.reference(
+        lora_rank=info.rank, lora_alpha=info.alpha, lora_dropout=dropout, lora_scaling="rslora"
+    )
     with torch.random.fork_rng(devices=[]):  # peft's init of A (stage 1): reproducible
         torch.manual_seed(0)
         wrapper = DGSWrapper(model, tokenizer, config)
@@ -654,10 +668,19 @@ def load_released(
     wrapper = _wrap(ckpt, model, tokenizer, dropout)
     wrapper.eval()
     i = ckpt.info
-    log.info("read released stage-%d checkpoint %s: rank %d, alpha %g (scaling %.4g), %s",
-             i.stage, i.source, i.rank, i.alpha, i.scaling,
-             {True: "merged q/k/v weights (unmerged on import)", False: "unmerged weights",
-              None: "no LoRA delta"}[i.merged])
+    log.info(
+        "read released stage-%d checkpoint %s: rank %d, alpha %g (scaling %.4g), %s",
+        i.stage,
+        i.source,
+        i.rank,
+        i.alpha,
+        i.scaling,
+        {
+            True: "merged q/k/v weights (unmerged on import)",
+            False: "unmerged weights",
+            None: "no LoRA delta",
+        }[i.merged],
+    )
     return wrapper
 
 
@@ -729,12 +752,17 @@ def write_run_folder(
         spec = model_spec
         if stored:
             assert base is not None and model_config is not None
-            save_tensors(tmp / BASE_DIR / "open_clip_model.safetensors",
-                         {k: v.detach().contiguous() for k, v in base.items()})
-            atomic_write_json(tmp / BASE_DIR / "open_clip_config.json",
-                              {"model_cfg": dict(model_config),
-                               "preprocess_cfg": {"mean": list(IMAGENET_MEAN),
-                                                  "std": list(IMAGENET_STD)}})
+            save_tensors(
+                tmp / BASE_DIR / "open_clip_model.safetensors",
+                {k: v.detach().contiguous() for k, v in base.items()},
+            )
+            atomic_write_json(
+                tmp / BASE_DIR / "open_clip_config.json",
+                {
+                    "model_cfg": dict(model_config),
+                    "preprocess_cfg": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+                },
+            )
             spec = f"local-dir:../{BASE_DIR}"  # relative to final/
         wrapper.save_pretrained(tmp / FINAL_DIR)
         info = getattr(wrapper, "released_import", None)
@@ -816,4 +844,3 @@ def import_released(
         wrapper = _wrap(ckpt, bundle.model, bundle.tokenizer, dropout)
         write_run_folder(wrapper, out, model_spec=str(bundle.spec))
     return ckpt.info
-

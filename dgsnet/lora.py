@@ -24,7 +24,11 @@ from torch import nn
 from .encoders.base import DualEncoder
 
 __all__ = [
-    "SCALINGS", "LoRASpec", "attach_lora", "adapters_disabled", "lora_parameters",
+    "SCALINGS",
+    "LoRASpec",
+    "attach_lora",
+    "adapters_disabled",
+    "lora_parameters",
     "lora_target_names",
 ]
 
@@ -44,7 +48,7 @@ class LoRASpec:
     alpha: float = 6.0
     dropout: float = 0.0
     targets: tuple[str, ...] | None = None  # leaf module names; None: the encoder's defaults
-    layers: tuple[int, ...] | None = None   # block indices (negative: from the end); None: all
+    layers: tuple[int, ...] | None = None  # block indices (negative: from the end); None: all
     scaling: str = "standard"
 
     def __post_init__(self) -> None:
@@ -138,9 +142,12 @@ def attach_lora(encoder: DualEncoder, spec: LoRASpec) -> list[str]:
         p.requires_grad_(False)
     config = LoraConfig(
         # peft annotates lora_alpha as int but only divides by it; a float alpha is exact
-        r=spec.rank, lora_alpha=spec.alpha,  # type: ignore[arg-type]
+        r=spec.rank,
+        lora_alpha=spec.alpha,  # type: ignore[arg-type]
         lora_dropout=spec.dropout,
-        target_modules=names, bias="none", use_rslora=spec.scaling == "rslora",
+        target_modules=names,
+        bias="none",
+        use_rslora=spec.scaling == "rslora",
     )
     inject_adapter_in_model(config, encoder.image_tower)
     for n, p in encoder.image_tower.named_parameters():
@@ -221,5 +228,3 @@ def check_no_merge(module: nn.Module) -> None:
                 f"{type(m).__name__} has merged LoRA weights; the adapters-off teacher needs them "
                 "unmerged (call unmerge_adapter() or use teacher='copy')"
             )
-
-

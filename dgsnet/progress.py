@@ -71,6 +71,11 @@ def progress_bar(
     except ImportError:  # pragma: no cover - tqdm comes with open_clip's dependencies
         return _NoBar(iterable)
     return tqdm(
-        iterable, total=total, initial=initial, desc=desc, unit=unit, leave=leave,
+        iterable,
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        leave=leave,
         dynamic_ncols=True,
     )

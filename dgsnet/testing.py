@@ -215,9 +215,7 @@ def _compare(
 
     special_a, special_e = ~torch.isfinite(a), ~torch.isfinite(e)
     bad_inputs = _nonfinite_rows(inputs)
-    finite_inputs = (
-        torch.ones_like(scale, dtype=torch.bool) if bad_inputs is None else ~bad_inputs
-    )
+    finite_inputs = torch.ones_like(scale, dtype=torch.bool) if bad_inputs is None else ~bad_inputs
     special = special_a | special_e
     wrong = special & finite_inputs
     if bool(wrong.any()):
@@ -226,8 +224,10 @@ def _compare(
         n = int(wrong.sum())
         got, exp = float(a[row, col]), float(e[row, col])
         if math.isnan(got) != math.isnan(exp) or (math.isinf(got) != math.isinf(exp)):
-            what = "where a finite value was expected" if math.isfinite(exp) else (
-                "where the expected value is NaN/Inf"
+            what = (
+                "where a finite value was expected"
+                if math.isfinite(exp)
+                else ("where the expected value is NaN/Inf")
             )
         else:
             what = "on both sides, for finite inputs"

@@ -83,7 +83,6 @@ from .validation import (
 __all__ = ["DGSWrapper", "DGSOutput", "WEIGHTS_NAME", "CONFIG_NAME"]
 
 
-
 @dataclass
 class DGSOutput:
     """What `DGSWrapper.forward` returns.
@@ -171,7 +170,9 @@ class DGSWrapper(nn.Module):
             self.teacher_model = teacher
             self._teacher_encoder = type(self.encoder)(teacher, tokenizer)
         spec = LoRASpec(
-            rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
+            rank=config.lora_rank,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
             targets=tuple(config.lora_targets) if config.lora_targets else None,
             layers=tuple(config.lora_layers) if config.lora_layers else None,
             scaling=config.lora_scaling,
@@ -181,7 +182,8 @@ class DGSWrapper(nn.Module):
         self.feature_dim = dim
         p = next(self.model.parameters())
         kw: dict[str, Any] = {
-            "device": p.device, "dtype": p.dtype if p.is_floating_point() else None,
+            "device": p.device,
+            "dtype": p.dtype if p.is_floating_point() else None,
         }
         self.image_head = nn.Linear(dim, config.num_classes, **kw)
         self.text_head = nn.Linear(dim, config.num_classes, **kw)
@@ -201,8 +203,11 @@ class DGSWrapper(nn.Module):
         # one base weight of the image tower, found once: its dtype is what images must match
         # (nn.Module.to converts parameters in place, so the reference stays current)
         self._dtype_probe: Tensor | None = next(
-            (p for n, p in self.encoder.image_tower.named_parameters()
-             if p.is_floating_point() and "lora_" not in n),
+            (
+                p
+                for n, p in self.encoder.image_tower.named_parameters()
+                if p.is_floating_point() and "lora_" not in n
+            ),
             None,
         )
 
@@ -246,8 +251,12 @@ class DGSWrapper(nn.Module):
 
     # -- validation (dgsnet.validation) ------------------------------------------------------
     def _check_images(self, images: Any) -> int:
-        return check_images(images, image_size=self.encoder.image_size, device=self.device,
-                            dtype=self._image_dtype())
+        return check_images(
+            images,
+            image_size=self.encoder.image_size,
+            device=self.device,
+            dtype=self._image_dtype(),
+        )
 
     def _image_dtype(self) -> torch.dtype | None:
         return self._dtype_probe.dtype if self._dtype_probe is not None else None
@@ -256,9 +265,13 @@ class DGSWrapper(nn.Module):
     _raise_nonfinite_inputs = staticmethod(raise_nonfinite_inputs)
 
     def _check_labels(self, labels: Any, batch: int) -> Tensor:
-        return check_labels(labels, batch, device=self.device,
-                            num_classes=self.config.num_classes,
-                            custom_loss=self.loss_fn is not None)
+        return check_labels(
+            labels,
+            batch,
+            device=self.device,
+            num_classes=self.config.num_classes,
+            custom_loss=self.loss_fn is not None,
+        )
 
     def _check_index(self, index: Any, batch: int) -> Tensor | None:
         return check_index(index, batch)
@@ -322,8 +335,7 @@ class DGSWrapper(nn.Module):
             feats = text.to(self.device, self.text_head.weight.dtype)
         elif isinstance(text, (Tensor, Mapping)):
             if isinstance(text, Tensor):
-                text = check_tokens(text, device=self.device,
-                                    vocab=vocab_size(self.encoder.model))
+                text = check_tokens(text, device=self.device, vocab=vocab_size(self.encoder.model))
             feats = self._post(self.encoder.encode_text(text))
         elif isinstance(text, Sequence):
             feats = self._encode_captions(check_captions(text), use_cache)
@@ -366,8 +378,12 @@ class DGSWrapper(nn.Module):
         frozen trunk below the first adapted block when possible."""
         start = self._trunk_start
         enc = self.encoder
-        if (need_teacher and start > 0 and self.config.shared_trunk
-                and self._teacher_encoder is None):
+        if (
+            need_teacher
+            and start > 0
+            and self.config.shared_trunk
+            and self._teacher_encoder is None
+        ):
             try:
                 with torch.no_grad():
                     hidden, state = enc.encode_image_split(images, start)
@@ -459,8 +475,9 @@ class DGSWrapper(nn.Module):
             assert z_teacher is not None
             with torch.no_grad():
                 losses["teacher"] = self._loss(z_teacher, y).detach()
-            g_img = input_grad(self.teacher_head, f_teacher, z_teacher, y, kind, self._loss, closed,
-                               per_sample)
+            g_img = input_grad(
+                self.teacher_head, f_teacher, z_teacher, y, kind, self._loss, closed, per_sample
+            )
             g_help = g_img.clamp_max(0).to(f.dtype)
             g_help, inputs_ok = self._guard_help(g_help, inputs_ok, images, t)
             stats.extra_refs["help"] = g_help
@@ -579,8 +596,12 @@ class DGSWrapper(nn.Module):
         try:
             for epoch in range(epochs):
                 total, count = 0.0, 0
-                batches = progress_bar(loader, desc=f"stage 1 epoch {epoch + 1}/{epochs}",
-                                       leave=False, enabled=progress)
+                batches = progress_bar(
+                    loader,
+                    desc=f"stage 1 epoch {epoch + 1}/{epochs}",
+                    leave=False,
+                    enabled=progress,
+                )
                 for batch in batches:
                     images, labels, index = unpack_stage1_batch(batch)
                     n = self._check_images(images)

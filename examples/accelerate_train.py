@@ -52,8 +52,9 @@ class SyntheticPairs(Dataset):
     def __init__(self, n: int, size: int, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
         low = torch.randn(n, 3, size // 8, size // 8, generator=g)
-        x = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear",
-                                            align_corners=False)
+        x = torch.nn.functional.interpolate(
+            low, size=(size, size), mode="bilinear", align_corners=False
+        )
         self.labels = torch.arange(n) % 2
         yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
         checker = ((yy + xx) % 2).float() * 2 - 1
@@ -129,8 +130,9 @@ def main(argv=None) -> dict:
             args.model, pretrained=args.pretrained
         )
         tokenizer = open_clip.get_tokenizer(args.model)
-        ds = DetectionFolder(args.data, transform=default_transform(preprocess, train=True),
-                             captions="auto")
+        ds = DetectionFolder(
+            args.data, transform=default_transform(preprocess, train=True), captions="auto"
+        )
         # (image, caption, label, index) tuples; a real run would wrap ds with a collate_fn
         dataset = [(s.image, s.caption, s.label, s.index) for s in ds]
 
@@ -141,8 +143,13 @@ def main(argv=None) -> dict:
     probe = DataLoader(dataset, batch_size=args.stage1_batch_size, shuffle=False)
     history = dgs.fit_teacher_head(probe, epochs=args.stage1_epochs, lr=1e-2)
 
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=not args.no_shuffle,
-                        generator=torch.Generator().manual_seed(args.seed), drop_last=True)
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=not args.no_shuffle,
+        generator=torch.Generator().manual_seed(args.seed),
+        drop_last=True,
+    )
     optimizer = torch.optim.Adam(dgs.trainable_parameters(), lr=args.lr)
     model_ddp, optimizer, loader = accelerator.prepare(dgs, optimizer, loader)
     dgs = accelerator.unwrap_model(model_ddp)

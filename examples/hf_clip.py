@@ -23,19 +23,38 @@ def tiny_model_and_tokenizer():
     from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
 
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=0,
-                         eos_token_id=2, pad_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     words = "a photo of cat dog car in the street".split()
     vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3} | {w: i + 4 for i, w in enumerate(words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
-                                        bos_token="<s>", eos_token="</s>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
     return CLIPModel(cfg), tokenizer, 32
 
 
@@ -54,7 +73,10 @@ def main() -> None:
         size = model.config.vision_config.image_size
 
     dgs = DGSWrapper(model, tokenizer, DGSConfig(lora_targets=["q_proj", "v_proj"]))
-    print(f"{type(model).__name__}: {len(dgs.lora_modules)} LoRA modules, feature dim {dgs.feature_dim}")
+    print(
+        f"{type(model).__name__}: {len(dgs.lora_modules)} LoRA modules, "
+        f"feature dim {dgs.feature_dim}"
+    )
     opt = torch.optim.Adam(dgs.trainable_parameters(), lr=1e-4)
     images = torch.randn(4, 3, size, size)  # use the model's image processor on real images
     captions = ["a photo of a cat", "a dog in the street", "a car", "a photo of a dog"]

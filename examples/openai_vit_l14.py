@@ -1,4 +1,4 @@
-"""DGS-Net with the paper's backbone: OpenAI CLIP ViT-L/14 through open_clip.
+r"""DGS-Net with the paper's backbone: OpenAI CLIP ViT-L/14 through open_clip.
 
 Needs the pre-trained weights: open_clip downloads them on first use (``pretrained="openai"``)
 into its cache, or reads them from a local file (``pretrained="/path/ViT-L-14.pt"``). On a
@@ -8,7 +8,8 @@ Data: any detection folder ``<root>/<subset>[/<category>]/{0_real,1_fake}`` with
 JSON (see docs/datasets.md and docs/captions.md). This script is the library-level version of
 ``dgsnet train``; it shows the user's-own-loop pattern with the reference preset.
 
-    python examples/openai_vit_l14.py --train /data/AIGIBench/train --captions /data/AIGIBench/train_text/train.json
+    python examples/openai_vit_l14.py --train /data/AIGIBench/train \
+        --captions /data/AIGIBench/train_text/train.json
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def main() -> None:
     p.add_argument("--pretrained", default="openai", help="open_clip tag or a local weights file")
     args = p.parse_args()
 
-    model, _, preprocess = open_clip.create_model_and_transforms("ViT-L-14", pretrained=args.pretrained)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        "ViT-L-14", pretrained=args.pretrained
+    )
     tokenizer = open_clip.get_tokenizer("ViT-L-14")
     dgs = DGSWrapper(model, tokenizer, DGSConfig.reference()).to(args.device)
 

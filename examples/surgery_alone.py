@@ -17,7 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgsnet.surgery import Compose, GradientSurgery, OrthogonalSuppression, PriorAlignment, SurgeryStats
+from dgsnet.surgery import (
+    Compose,
+    GradientSurgery,
+    OrthogonalSuppression,
+    PriorAlignment,
+    SurgeryStats,
+)
 
 
 def main() -> None:
@@ -25,16 +31,23 @@ def main() -> None:
     n, d, classes = 512, 32, 4
     x = torch.randn(n, 3, 16, 16)
     y = torch.randint(0, classes, (n,))
-    x += y.view(-1, 1, 1, 1).float() * 0.15                # the real signal: weak
-    nuisance = (x.mean(dim=(1, 2, 3)) > x.mean()).long()    # a spurious attribute
+    x += y.view(-1, 1, 1, 1).float() * 0.15  # the real signal: weak
+    nuisance = (x.mean(dim=(1, 2, 3)) > x.mean()).long()  # a spurious attribute
 
-    encoder = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
-                            nn.Flatten(), nn.Linear(128, d))
-    frozen = copy.deepcopy(encoder).requires_grad_(False)   # the pre-fine-tuning encoder
+    encoder = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(128, d),
+    )
+    frozen = copy.deepcopy(encoder).requires_grad_(False)  # the pre-fine-tuning encoder
     head = nn.Linear(d, classes)
     nuisance_head = nn.Linear(d, 2)
     prior_head = nn.Linear(d, classes).requires_grad_(False)
-    opt = torch.optim.Adam([*encoder.parameters(), *head.parameters(), *nuisance_head.parameters()], lr=3e-3)
+    opt = torch.optim.Adam(
+        [*encoder.parameters(), *head.parameters(), *nuisance_head.parameters()], lr=3e-3
+    )
     rule = Compose([PriorAlignment(weight=0.2, scale="invariant"), OrthogonalSuppression()])
 
     for step in range(60):
@@ -50,14 +63,18 @@ def main() -> None:
 
         stats = SurgeryStats()
         f = GradientSurgery.apply(f, rule, {"harm": harm, "help": help_}, stats)
-        loss = F.cross_entropy(head(f), y[idx]) + F.cross_entropy(nuisance_head(f.detach()), nuisance[idx])
+        loss = F.cross_entropy(head(f), y[idx]) + F.cross_entropy(
+            nuisance_head(f.detach()), nuisance[idx]
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % 20 == 0:
             s = stats.summary()
-            print(f"step {step:2d} loss {loss.item():.3f} removed {s['removed_fraction']:+.3f} "
-                  f"cos(task, harm) {s['cos_harm']:+.3f}")
+            print(
+                f"step {step:2d} loss {loss.item():.3f} removed {s['removed_fraction']:+.3f} "
+                f"cos(task, harm) {s['cos_harm']:+.3f}"
+            )
     with torch.no_grad():
         acc = (head(encoder(x)).argmax(-1) == y).float().mean()
     print(f"train accuracy {acc:.3f}")

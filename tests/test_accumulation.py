@@ -85,7 +85,7 @@ def test_accumulated_adam_training_equals_full_batch_training():
             opt.zero_grad(set_to_none=True)
             if micro:
                 for i in range(0, 6, 2):
-                    (w(x[i:i + 2], caps[i:i + 2], y[i:i + 2]).loss / 3).backward()
+                    (w(x[i : i + 2], caps[i : i + 2], y[i : i + 2]).loss / 3).backward()
             else:
                 w(x, caps, y).loss.backward()
             opt.step()

@@ -63,8 +63,11 @@ PROFILE = settings(
     max_examples=EXAMPLES,
     deadline=None,
     derandomize=True,  # the same examples on every run and machine
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.function_scoped_fixture],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 CAPTIONS = ["a photo of a cat", "a red car", "two dogs", "a bowl of fruit"]
 B, D = 4, 16
@@ -94,8 +97,20 @@ def raises_clearly(fn, types=(TypeError, ValueError), match=None, where=PKG):
 # ------------------------------------------------------------------------------------------
 # corruptions of a tensor argument
 # ------------------------------------------------------------------------------------------
-CORRUPTIONS = ("int", "bool", "complex", "meta", "extra_dim", "missing_dim", "last_dim",
-               "str", "list", "none", "ndarray", "float")
+CORRUPTIONS = (
+    "int",
+    "bool",
+    "complex",
+    "meta",
+    "extra_dim",
+    "missing_dim",
+    "last_dim",
+    "str",
+    "list",
+    "none",
+    "ndarray",
+    "float",
+)
 
 
 def corrupt(t: torch.Tensor, kind: str):
@@ -145,8 +160,11 @@ def _rules():
 
 
 @PROFILE
-@given(target=st.sampled_from(["x", "ref"]), kind=st.sampled_from(CORRUPTIONS),
-       seed=st.integers(0, 2**16))
+@given(
+    target=st.sampled_from(["x", "ref"]),
+    kind=st.sampled_from(CORRUPTIONS),
+    seed=st.integers(0, 2**16),
+)
 def test_gradient_surgery_apply_refuses_bad_tensors(target, kind, seed):
     x, ref = _tensors(seed)
     if target == "x":
@@ -159,21 +177,38 @@ def test_gradient_surgery_apply_refuses_bad_tensors(target, kind, seed):
 
 @pytest.mark.parametrize(
     "args",
-    [("rule", "not a rule"), ("refs", [1]), ("refs", {}), ("refs", {"help": torch.zeros(B, D)}),
-     ("stats", "stats"), ("nonfinite", "skip"), ("x", torch.tensor(1.0))],
+    [
+        ("rule", "not a rule"),
+        ("refs", [1]),
+        ("refs", {}),
+        ("refs", {"help": torch.zeros(B, D)}),
+        ("stats", "stats"),
+        ("nonfinite", "skip"),
+        ("x", torch.tensor(1.0)),
+    ],
     ids=lambda a: a[0] if isinstance(a, tuple) else str(a),
 )
 def test_gradient_surgery_apply_refuses_bad_arguments(args):
-    kw = {"x": torch.zeros(B, D), "rule": OrthogonalSuppression(),
-          "refs": {"harm": torch.zeros(B, D)}, "stats": SurgeryStats(), "nonfinite": "raise"}
+    kw = {
+        "x": torch.zeros(B, D),
+        "rule": OrthogonalSuppression(),
+        "refs": {"harm": torch.zeros(B, D)},
+        "stats": SurgeryStats(),
+        "nonfinite": "raise",
+    }
     kw[args[0]] = args[1]
-    raises_clearly(lambda: GradientSurgery.apply(kw["x"], kw["rule"], kw["refs"], kw["stats"],
-                                                 kw["nonfinite"]))
+    raises_clearly(
+        lambda: GradientSurgery.apply(kw["x"], kw["rule"], kw["refs"], kw["stats"], kw["nonfinite"])
+    )
 
 
 @PROFILE
-@given(rule=st.sampled_from(list(_rules())), target=st.sampled_from(["grad", "ref"]),
-       kind=st.sampled_from(CORRUPTIONS), seed=st.integers(0, 2**16))
+@given(
+    rule=st.sampled_from(list(_rules())),
+    target=st.sampled_from(["grad", "ref"]),
+    kind=st.sampled_from(CORRUPTIONS),
+    seed=st.integers(0, 2**16),
+)
 def test_every_rule_refuses_bad_tensors(rule, target, kind, seed):
     r = _rules()[rule]
     grad, ref = _tensors(seed)
@@ -196,10 +231,14 @@ def test_every_rule_refuses_missing_references(rule, refs):
 
 
 @PROFILE
-@given(rule=st.sampled_from(["suppression", "alignment", "conflict", "compose"]),
-       b=st.integers(1, 6), d=st.integers(1, 12),
-       value=st.sampled_from([math.nan, math.inf, -math.inf]),
-       rows=st.sets(st.integers(0, 5), min_size=1), seed=st.integers(0, 2**16))
+@given(
+    rule=st.sampled_from(["suppression", "alignment", "conflict", "compose"]),
+    b=st.integers(1, 6),
+    d=st.integers(1, 12),
+    value=st.sampled_from([math.nan, math.inf, -math.inf]),
+    rows=st.sets(st.integers(0, 5), min_size=1),
+    seed=st.integers(0, 2**16),
+)
 def test_nonfinite_references_raise_or_skip_exactly_those_samples(rule, b, d, value, rows, seed):
     rows = sorted(r for r in rows if r < b) or [0]
     r = _rules()[rule]
@@ -220,8 +259,10 @@ def test_nonfinite_references_raise_or_skip_exactly_those_samples(rule, b, d, va
 
 
 @PROFILE
-@given(rule=st.sampled_from(["suppression", "alignment", "conflict", "compose"]),
-       shape=st.sampled_from([(0, 8), (3, 0), (0, 0), (2, 0, 5), (1, 1)]))
+@given(
+    rule=st.sampled_from(["suppression", "alignment", "conflict", "compose"]),
+    shape=st.sampled_from([(0, 8), (3, 0), (0, 0), (2, 0, 5), (1, 1)]),
+)
 def test_empty_and_degenerate_shapes_keep_their_shape(rule, shape):
     r = _rules()[rule]
     grad = torch.randn(shape)
@@ -248,14 +289,24 @@ def test_meta_tensors_are_shape_only_runs():
 
 @pytest.mark.parametrize(
     "call",
-    [lambda: sign_split("x"), lambda: sign_split(torch.ones(3, dtype=torch.complex64)),
-     lambda: sign_split(torch.ones(3, dtype=torch.bool)), lambda: drop_nonfinite([torch.ones(3)]),
-     lambda: drop_nonfinite({"a": "x"}), lambda: OrthogonalSuppression(eps="1"),
-     lambda: OrthogonalSuppression(eps=math.nan), lambda: OrthogonalSuppression(conflict_only=1),
-     lambda: OrthogonalSuppression(ref=3), lambda: PriorAlignment(weight=-1),
-     lambda: PriorAlignment(weight=math.inf), lambda: PriorAlignment(scale="per_rank"),
-     lambda: ConflictProjection(ref=""), lambda: Compose("ab"), lambda: Compose([1]),
-     lambda: fuse("rule")],
+    [
+        lambda: sign_split("x"),
+        lambda: sign_split(torch.ones(3, dtype=torch.complex64)),
+        lambda: sign_split(torch.ones(3, dtype=torch.bool)),
+        lambda: drop_nonfinite([torch.ones(3)]),
+        lambda: drop_nonfinite({"a": "x"}),
+        lambda: OrthogonalSuppression(eps="1"),
+        lambda: OrthogonalSuppression(eps=math.nan),
+        lambda: OrthogonalSuppression(conflict_only=1),
+        lambda: OrthogonalSuppression(ref=3),
+        lambda: PriorAlignment(weight=-1),
+        lambda: PriorAlignment(weight=math.inf),
+        lambda: PriorAlignment(scale="per_rank"),
+        lambda: ConflictProjection(ref=""),
+        lambda: Compose("ab"),
+        lambda: Compose([1]),
+        lambda: fuse("rule"),
+    ],
 )
 def test_helpers_and_rule_constructors_refuse_bad_arguments(call):
     raises_clearly(call)
@@ -266,8 +317,9 @@ def test_helpers_and_rule_constructors_refuse_bad_arguments(call):
 # ------------------------------------------------------------------------------------------
 @functools.cache
 def _wrapper(nonfinite: str = "raise", plain: bool = False) -> DGSWrapper:
-    cfg = DGSConfig(lora_dropout=0.0, nonfinite=nonfinite, suppression=not plain,
-                    alignment=not plain)
+    cfg = DGSConfig(
+        lora_dropout=0.0, nonfinite=nonfinite, suppression=not plain, alignment=not plain
+    )
     w = DGSWrapper(tiny_open_clip(), open_clip_tokenizer(), cfg)
     make_lora_nonzero(w)
     return w
@@ -281,25 +333,64 @@ def _good(seed=0):
 def _bad_labels():
     return st.one_of(
         # out-of-range class indices (int64 range), padded with valid ones
-        st.lists(st.integers(-(2**62), 2**62).filter(lambda v: v not in (0, 1)), min_size=1,
-                 max_size=B).map(lambda bad: torch.tensor([0] * (B - len(bad)) + bad)),
-        st.lists(st.floats(allow_nan=True, allow_infinity=True).filter(
-            lambda v: v not in (0.0, 1.0)), min_size=B, max_size=B).map(torch.tensor),
+        st.lists(
+            st.integers(-(2**62), 2**62).filter(lambda v: v not in (0, 1)), min_size=1, max_size=B
+        ).map(lambda bad: torch.tensor([0] * (B - len(bad)) + bad)),
+        st.lists(
+            st.floats(allow_nan=True, allow_infinity=True).filter(lambda v: v not in (0.0, 1.0)),
+            min_size=B,
+            max_size=B,
+        ).map(torch.tensor),
         st.integers(0, 8).filter(lambda n: n != B).map(lambda n: torch.zeros(n, dtype=torch.long)),
-        st.sampled_from(["0101", ["a"] * B, None, {"y": 1}, torch.zeros(B, 2),
-                         torch.zeros(B).to("meta"), torch.zeros(B, dtype=torch.complex64),
-                         object()]),
+        st.sampled_from(
+            [
+                "0101",
+                ["a"] * B,
+                None,
+                {"y": 1},
+                torch.zeros(B, 2),
+                torch.zeros(B).to("meta"),
+                torch.zeros(B, dtype=torch.complex64),
+                object(),
+            ]
+        ),
     )
 
 
 def _bad_text(include_nonfinite_features: bool = True):
-    kinds = ["tok_1d", "tok_3d", "tok_bool", "tok_complex", "tok_short", "tok_long", "tok_neg",
-             "tok_vocab", "tok_meta", "feat_dim", "feat_3d", "feat_meta", "feat_rows"]
+    kinds = [
+        "tok_1d",
+        "tok_3d",
+        "tok_bool",
+        "tok_complex",
+        "tok_short",
+        "tok_long",
+        "tok_neg",
+        "tok_vocab",
+        "tok_meta",
+        "feat_dim",
+        "feat_3d",
+        "feat_meta",
+        "feat_rows",
+    ]
     if include_nonfinite_features:  # checked by forward, not by the plain encoder
         kinds += ["feat_nan", "feat_inf"]
     return st.one_of(
-        st.sampled_from(["a cat", None, 5, [1, 2, 3, 4], [None] * B, [], CAPTIONS[:3], CAPTIONS * 2,
-                         {"input_ids": "x"}, set(CAPTIONS), b"abcd"]),
+        st.sampled_from(
+            [
+                "a cat",
+                None,
+                5,
+                [1, 2, 3, 4],
+                [None] * B,
+                [],
+                CAPTIONS[:3],
+                CAPTIONS * 2,
+                {"input_ids": "x"},
+                set(CAPTIONS),
+                b"abcd",
+            ]
+        ),
         st.sampled_from(kinds).map(_text_tensor),
     )
 
@@ -307,24 +398,42 @@ def _bad_text(include_nonfinite_features: bool = True):
 def _text_tensor(kind: str):
     ones = torch.ones(B, 16, dtype=torch.long)
     return {
-        "tok_1d": ones[0], "tok_3d": ones[..., None], "tok_bool": ones.bool(),
-        "tok_complex": ones.to(torch.complex64), "tok_short": ones[:, :8],
-        "tok_long": torch.ones(B, 40, dtype=torch.long), "tok_neg": -ones,
-        "tok_vocab": ones * 10**6, "tok_meta": ones.to("meta"), "feat_dim": torch.randn(B, 7),
-        "feat_3d": torch.randn(B, D, 1), "feat_meta": torch.randn(B, D, device="meta"),
-        "feat_rows": torch.randn(B + 1, D), "feat_nan": torch.full((B, D), math.nan),
+        "tok_1d": ones[0],
+        "tok_3d": ones[..., None],
+        "tok_bool": ones.bool(),
+        "tok_complex": ones.to(torch.complex64),
+        "tok_short": ones[:, :8],
+        "tok_long": torch.ones(B, 40, dtype=torch.long),
+        "tok_neg": -ones,
+        "tok_vocab": ones * 10**6,
+        "tok_meta": ones.to("meta"),
+        "feat_dim": torch.randn(B, 7),
+        "feat_3d": torch.randn(B, D, 1),
+        "feat_meta": torch.randn(B, D, device="meta"),
+        "feat_rows": torch.randn(B + 1, D),
+        "feat_nan": torch.full((B, D), math.nan),
         "feat_inf": torch.randn(B, D).index_fill(0, torch.tensor([1]), math.inf),
     }[kind]
 
 
 def _bad_index():
     return st.one_of(
-        st.lists(st.integers(), min_size=B, max_size=B).filter(
-            lambda v: min(v) < 0 or max(v) >= 2**31).map(
-            lambda v: torch.tensor([max(min(i, 2**62), -(2**62)) for i in v])),
-        st.sampled_from(["abcd", list("abcd"), torch.arange(B).float(), torch.arange(B + 1),
-                         torch.ones(B, dtype=torch.bool), torch.arange(B).to(torch.complex64),
-                         torch.arange(B).to("meta"), torch.arange(B).view(2, 2), object()]),
+        st.lists(st.integers(), min_size=B, max_size=B)
+        .filter(lambda v: min(v) < 0 or max(v) >= 2**31)
+        .map(lambda v: torch.tensor([max(min(i, 2**62), -(2**62)) for i in v])),
+        st.sampled_from(
+            [
+                "abcd",
+                list("abcd"),
+                torch.arange(B).float(),
+                torch.arange(B + 1),
+                torch.ones(B, dtype=torch.bool),
+                torch.arange(B).to(torch.complex64),
+                torch.arange(B).to("meta"),
+                torch.arange(B).view(2, 2),
+                object(),
+            ]
+        ),
     )
 
 
@@ -333,8 +442,11 @@ def _bad_images(draw_kind: str, seed: int):
     if draw_kind in CORRUPTIONS:
         return corrupt(x, draw_kind)
     return {
-        "size": torch.randn(B, 3, 16, 16), "channels": torch.randn(B, 1, 32, 32),
-        "channels_last": x.permute(0, 2, 3, 1), "empty": x[:0], "float64": x.double(),
+        "size": torch.randn(B, 3, 16, 16),
+        "channels": torch.randn(B, 1, 32, 32),
+        "channels_last": x.permute(0, 2, 3, 1),
+        "empty": x[:0],
+        "float64": x.double(),
         "float16": x.half(),
     }[draw_kind]
 
@@ -360,10 +472,15 @@ def test_forward_refuses_bad_input(data, target):
 
 
 @PROFILE
-@given(value=st.sampled_from([math.nan, math.inf, -math.inf]),
-       positions=st.lists(st.tuples(st.integers(0, B - 1), st.integers(0, 2), st.integers(0, 31),
-                                    st.integers(0, 31)), min_size=1, max_size=5),
-       mode=st.sampled_from(["surgery", "plain"]))
+@given(
+    value=st.sampled_from([math.nan, math.inf, -math.inf]),
+    positions=st.lists(
+        st.tuples(st.integers(0, B - 1), st.integers(0, 2), st.integers(0, 31), st.integers(0, 31)),
+        min_size=1,
+        max_size=5,
+    ),
+    mode=st.sampled_from(["surgery", "plain"]),
+)
 def test_nonfinite_images_raise_naming_the_samples(value, positions, mode):
     w = _wrapper(plain=mode == "plain")
     x, caps, y = _good()
@@ -389,8 +506,11 @@ def test_nonfinite_teacher_head(nonfinite):
     is exactly the gradient of ``alignment=False``."""
     grads = {}
     for alignment in (True, False):
-        w = DGSWrapper(tiny_open_clip(), open_clip_tokenizer(),
-                       DGSConfig(lora_dropout=0.0, nonfinite=nonfinite, alignment=alignment))
+        w = DGSWrapper(
+            tiny_open_clip(),
+            open_clip_tokenizer(),
+            DGSConfig(lora_dropout=0.0, nonfinite=nonfinite, alignment=alignment),
+        )
         make_lora_nonzero(w)
         with torch.no_grad():
             w.teacher_head.weight.fill_(math.nan)
@@ -427,11 +547,14 @@ def test_wrapper_still_works_after_bad_input():
 
 @pytest.mark.parametrize(
     "call",
-    [lambda: DGSWrapper("ViT-L-14"), lambda: DGSWrapper(None),
-     lambda: DGSWrapper(tiny_open_clip(), None, {"lora_rank": 2}),
-     lambda: DGSWrapper(tiny_open_clip(), None, DGSConfig(), loss_fn="bce"),
-     lambda: DGSWrapper(tiny_open_clip(), None, DGSConfig(lora_layers=[9])),
-     lambda: DGSWrapper(tiny_open_clip(), None, DGSConfig(lora_targets=["nope"]))],
+    [
+        lambda: DGSWrapper("ViT-L-14"),
+        lambda: DGSWrapper(None),
+        lambda: DGSWrapper(tiny_open_clip(), None, {"lora_rank": 2}),
+        lambda: DGSWrapper(tiny_open_clip(), None, DGSConfig(), loss_fn="bce"),
+        lambda: DGSWrapper(tiny_open_clip(), None, DGSConfig(lora_layers=[9])),
+        lambda: DGSWrapper(tiny_open_clip(), None, DGSConfig(lora_targets=["nope"])),
+    ],
 )
 def test_constructor_refuses_bad_arguments(call):
     raises_clearly(call)
@@ -442,10 +565,27 @@ def test_constructor_refuses_bad_arguments(call):
 # ------------------------------------------------------------------------------------------
 FIELDS = [f for f in DGSConfig.__dataclass_fields__]
 JUNK = st.one_of(
-    st.none(), st.booleans(), st.integers(-3, 3), st.integers(),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6),
-    st.sampled_from(["auto", "bce", "ce", "reference", "invariant", "raise", "ignore", "shared",
-                     "copy", "project_then_align", "q_proj"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6),
+    st.sampled_from(
+        [
+            "auto",
+            "bce",
+            "ce",
+            "reference",
+            "invariant",
+            "raise",
+            "ignore",
+            "shared",
+            "copy",
+            "project_then_align",
+            "q_proj",
+        ]
+    ),
     st.lists(st.one_of(st.integers(-3, 3), st.text(max_size=3)), max_size=3),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
@@ -501,12 +641,20 @@ DAMAGE = st.one_of(
     st.tuples(st.just("weights_truncate"), st.floats(0, 0.999)),
     st.tuples(st.just("weights_flip"), st.floats(0, 0.999), st.integers(1, 255)),
     st.tuples(st.just("config_truncate"), st.floats(0, 0.99)),
-    st.tuples(st.just("config_field"), st.sampled_from(
-        ["format", "format_version", "model", "config", "weights_sha256", "tensors"]), JUNK),
+    st.tuples(
+        st.just("config_field"),
+        st.sampled_from(
+            ["format", "format_version", "model", "config", "weights_sha256", "tensors"]
+        ),
+        JUNK,
+    ),
     st.tuples(st.just("config_value"), st.sampled_from(FIELDS), JUNK),
     st.tuples(st.just("delete"), st.sampled_from(["dgs_config.json", "dgs_weights.safetensors"])),
-    st.tuples(st.just("garbage"), st.sampled_from(["dgs_config.json", "dgs_weights.safetensors"]),
-              st.binary(max_size=64)),
+    st.tuples(
+        st.just("garbage"),
+        st.sampled_from(["dgs_config.json", "dgs_weights.safetensors"]),
+        st.binary(max_size=64),
+    ),
 )
 
 
@@ -624,9 +772,13 @@ def test_detection_folder_refuses_or_reads_every_item(spec):
 
 
 @PROFILE
-@given(data=st.one_of(st.binary(max_size=40), st.text(max_size=40).map(str.encode),
-                      st.sampled_from([b"[1]", b'{"a": 1}', b'{"a": null}', b"\xff\xfe", b"{}",
-                                       b'{"a": "b"}'])))
+@given(
+    data=st.one_of(
+        st.binary(max_size=40),
+        st.text(max_size=40).map(str.encode),
+        st.sampled_from([b"[1]", b'{"a": 1}', b'{"a": null}', b"\xff\xfe", b"{}", b'{"a": "b"}']),
+    )
+)
 def test_caption_file_reader(data):
     from dgsnet.data import CaptionError, read_caption_file
 
@@ -642,10 +794,16 @@ def test_caption_file_reader(data):
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in captions.items())
 
 
-@pytest.mark.parametrize("batch", [[], "abc", [1, 2],
-                                   [(torch.zeros(3, 2, 2), "c", "x", "s", 0, "p")],
-                                   [(torch.zeros(3, 2, 2), "c", 0, "s", 0, "p"),
-                                    (torch.zeros(3, 4, 4), "c", 1, "s", 1, "p")]])
+@pytest.mark.parametrize(
+    "batch",
+    [
+        [],
+        "abc",
+        [1, 2],
+        [(torch.zeros(3, 2, 2), "c", "x", "s", 0, "p")],
+        [(torch.zeros(3, 2, 2), "c", 0, "s", 0, "p"), (torch.zeros(3, 4, 4), "c", 1, "s", 1, "p")],
+    ],
+)
 def test_collate_refuses_bad_batches(batch):
     from dgsnet.data import collate
 
@@ -653,11 +811,15 @@ def test_collate_refuses_bad_batches(batch):
 
 
 @PROFILE
-@given(shape=st.sampled_from([(3, 64, 64), (1, 64, 64), (64, 64), (4, 64, 64), (3, 0, 0), (3, 64),
-                              (2, 3, 64, 64)]),
-       dtype=st.sampled_from([torch.uint8, torch.float32, torch.float64, torch.int64, torch.bool,
-                              torch.complex64]),
-       fill=st.sampled_from(["rand", "nan", "inf"]))
+@given(
+    shape=st.sampled_from(
+        [(3, 64, 64), (1, 64, 64), (64, 64), (4, 64, 64), (3, 0, 0), (3, 64), (2, 3, 64, 64)]
+    ),
+    dtype=st.sampled_from(
+        [torch.uint8, torch.float32, torch.float64, torch.int64, torch.bool, torch.complex64]
+    ),
+    fill=st.sampled_from(["rand", "nan", "inf"]),
+)
 def test_patch_selection_refuses_or_returns_a_finite_image(shape, dtype, fill):
     from dgsnet.data import PatchSelection
 
@@ -698,17 +860,23 @@ MISSING = "/nonexistent/dgsnet-data"
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["frobnicate"], ["train", "--out", "/tmp/x"], ["train", MISSING, "--out", "/tmp/x"],
-     ["train", MISSING, "--batch-size", "abc", "--out", "/tmp/x"],
-     ["train", MISSING, "--batch-size", "0", "--out", "/tmp/x", "--model", "tiny"],
-     ["train", MISSING, "--lr", "nan", "--out", "/tmp/x", "--model", "tiny"],
-     ["train", MISSING, "--lr", "-1", "--out", "/tmp/x", "--model", "tiny"],
-     ["train", MISSING, "--align-weight", "-1", "--out", "/tmp/x", "--model", "tiny"],
-     ["train", MISSING, "--lora-rank", "0", "--out", "/tmp/x", "--model", "tiny"],
-     ["train", "--config", "/nonexistent.json", "--out", "/tmp/x"],
-     ["eval", "/nonexistent-ckpt", MISSING],
-     ["eval", "/nonexistent-ckpt", MISSING, "--jpeg-quality", "500"],
-     ["predict", "/nonexistent-ckpt", "/nonexistent.png"], ["caption", MISSING, "--template", ""]],
+    [
+        [],
+        ["frobnicate"],
+        ["train", "--out", "/tmp/x"],
+        ["train", MISSING, "--out", "/tmp/x"],
+        ["train", MISSING, "--batch-size", "abc", "--out", "/tmp/x"],
+        ["train", MISSING, "--batch-size", "0", "--out", "/tmp/x", "--model", "tiny"],
+        ["train", MISSING, "--lr", "nan", "--out", "/tmp/x", "--model", "tiny"],
+        ["train", MISSING, "--lr", "-1", "--out", "/tmp/x", "--model", "tiny"],
+        ["train", MISSING, "--align-weight", "-1", "--out", "/tmp/x", "--model", "tiny"],
+        ["train", MISSING, "--lora-rank", "0", "--out", "/tmp/x", "--model", "tiny"],
+        ["train", "--config", "/nonexistent.json", "--out", "/tmp/x"],
+        ["eval", "/nonexistent-ckpt", MISSING],
+        ["eval", "/nonexistent-ckpt", MISSING, "--jpeg-quality", "500"],
+        ["predict", "/nonexistent-ckpt", "/nonexistent.png"],
+        ["caption", MISSING, "--template", ""],
+    ],
     ids=lambda a: " ".join(a)[:40] or "no-args",
 )
 def test_cli_bad_input_exits_2_with_one_error_line(argv):
@@ -725,12 +893,37 @@ def test_cli_bad_config_file(tmp_path, content):
 
 
 @PROFILE
-@given(option=st.sampled_from(["--batch-size", "--epochs", "--stage1-epochs", "--lr", "--workers",
-                               "--seed", "--lora-rank", "--lora-dropout", "--align-weight"]),
-       value=st.one_of(st.text(max_size=6), st.integers(-5, 5).map(str),
-                       st.sampled_from(["nan", "inf", "-inf", "1e400", "0", "-0.0", "1.5"])))
+@given(
+    option=st.sampled_from(
+        [
+            "--batch-size",
+            "--epochs",
+            "--stage1-epochs",
+            "--lr",
+            "--workers",
+            "--seed",
+            "--lora-rank",
+            "--lora-dropout",
+            "--align-weight",
+        ]
+    ),
+    value=st.one_of(
+        st.text(max_size=6),
+        st.integers(-5, 5).map(str),
+        st.sampled_from(["nan", "inf", "-inf", "1e400", "0", "-0.0", "1.5"]),
+    ),
+)
 def test_cli_numeric_options_never_crash(option, value):
     """Any value: exit 2 with one error line (the data root does not exist, so a valid value
     stops there, before any model is built)."""
-    _assert_usage_error(["train", MISSING, "--out", "/tmp/dgsnet-never-written", "--model", "tiny",
-                         f"{option}={value}"])
+    _assert_usage_error(
+        [
+            "train",
+            MISSING,
+            "--out",
+            "/tmp/dgsnet-never-written",
+            "--model",
+            "tiny",
+            f"{option}={value}",
+        ]
+    )

@@ -82,8 +82,10 @@ def test_a_different_seed_changes_the_result(first_run):
 
 @pytest.mark.parametrize(
     "config",
-    [DGSConfig(lora_dropout=0.1, order="project_then_align", align_scale="invariant"),
-     DGSConfig(lora_dropout=0.0, teacher="copy", shared_trunk=False)],
+    [
+        DGSConfig(lora_dropout=0.1, order="project_then_align", align_scale="invariant"),
+        DGSConfig(lora_dropout=0.0, teacher="copy", shared_trunk=False),
+    ],
     ids=["paper-order-invariant", "teacher-copy"],
 )
 def test_other_configurations_are_deterministic(config):
@@ -109,8 +111,9 @@ def test_fresh_interpreter_with_other_hash_seed_agrees(first_run):
         "from tests.test_determinism import run, digest; print(digest(run()[1]))"
     )
     env = dict(os.environ, PYTHONHASHSEED="12345", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     threads = torch.get_num_threads()
     assert proc.stdout.strip().splitlines()[-1] == digest(first_run[1]), (

@@ -177,8 +177,9 @@ def _fsdp_step(api: str, world: int, share: slice) -> dict[str, torch.Tensor] | 
         else:
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-            model = FSDP(w, use_orig_params=True, device_id=torch.device("cpu"),
-                         ignored_states=scalars)
+            model = FSDP(
+                w, use_orig_params=True, device_id=torch.device("cpu"), ignored_states=scalars
+            )
             gather = None
     except (ImportError, TypeError) as exc:  # an older torch without this API / argument
         return f"unavailable: {exc}"
@@ -198,7 +199,10 @@ def _launch(outdir: Path) -> list[dict]:
     import torch.multiprocessing as mp
 
     ctx = mp.start_processes(
-        _worker, args=(WORLD, _free_port(), str(outdir)), nprocs=WORLD, join=False,
+        _worker,
+        args=(WORLD, _free_port(), str(outdir)),
+        nprocs=WORLD,
+        join=False,
         start_method="spawn",
     )
     deadline = time.monotonic() + TIMEOUT_S
@@ -358,9 +362,25 @@ def test_accelerate_example_two_processes_match_one(tmp_path, accelerate_single)
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     if sys.platform.startswith("linux"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(EXAMPLE),
-           *TINY_ARGS, "--batch-size", "4", "--out", str(multi)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(EXAMPLE),
+        *TINY_ARGS,
+        "--batch-size",
+        "4",
+        "--out",
+        str(multi),
+    ]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((multi / f"summary_rank{r}.json").read_text()) for r in range(2)]

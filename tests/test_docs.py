@@ -17,9 +17,20 @@ API = ROOT / "docs" / "api"
 
 # every module whose __all__ is public API, and so documented under docs/api/
 PUBLIC_MODULES = [
-    "dgsnet", "dgsnet.surgery", "dgsnet.testing", "dgsnet.encoders", "dgsnet.data",
-    "dgsnet.metrics", "dgsnet.training", "dgsnet.lora", "dgsnet.heads", "dgsnet.presets",
-    "dgsnet.errors", "dgsnet.io", "dgsnet.progress", "dgsnet.demo",
+    "dgsnet",
+    "dgsnet.surgery",
+    "dgsnet.testing",
+    "dgsnet.encoders",
+    "dgsnet.data",
+    "dgsnet.metrics",
+    "dgsnet.training",
+    "dgsnet.lora",
+    "dgsnet.heads",
+    "dgsnet.presets",
+    "dgsnet.errors",
+    "dgsnet.io",
+    "dgsnet.progress",
+    "dgsnet.demo",
 ]
 
 
@@ -108,8 +119,13 @@ PENDING = {"docs/paper-setting.md", "dgsnet/wrapper.py"}
 def test_no_docs_page_or_docstring_points_outside_the_repository():
     pattern = re.compile(r"dgs-reference\.md|\.\./shared/|/work/shared")
     offenders = []
-    paths = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "dgsnet").rglob("*.py"),
-             *(ROOT / "examples").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]
+    paths = [
+        ROOT / "README.md",
+        *(ROOT / "docs").rglob("*.md"),
+        *(ROOT / "dgsnet").rglob("*.py"),
+        *(ROOT / "examples").rglob("*.py"),
+        *(ROOT / "benchmarks").rglob("*.py"),
+    ]
     for path in paths:
         if path.relative_to(ROOT).as_posix() in PENDING:
             continue
@@ -135,7 +151,9 @@ def test_every_docstring_is_google_style_markdown():
     found = []
     for path in sorted((ROOT / "dgsnet").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            if not isinstance(
+                node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+            ):
                 continue
             doc = ast.get_docstring(node, clean=False)
             if not doc:

@@ -14,8 +14,9 @@ SMALL = ("--train", "128", "--test", "64", "--epochs", "1")
 
 
 def run(*args: str, cwd: Path = ROOT) -> str:
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -43,8 +44,13 @@ def test_packaged_demo_runs_outside_the_checkout_and_matches_the_quickstart(tmp_
 
 
 def test_demo_rejects_bad_options_with_a_clear_message():
-    proc = subprocess.run([sys.executable, "-m", "dgsnet.demo", "--epochs", "0"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dgsnet.demo", "--epochs", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "--epochs" in proc.stderr and "expected an integer >= 1, got 0" in proc.stderr
 
@@ -63,9 +69,12 @@ def test_demo_run_validates_its_arguments():
 def test_demo_imports_nothing_from_the_checkout():
     source = (ROOT / "dgsnet" / "demo.py").read_text()
     imports = re.findall(r"^\s*(?:from|import)\s+([\w.]+)", source, flags=re.M)
-    assert imports and all(name.split(".")[0] in {"__future__", "argparse", "random", "time",
-                                                  "collections", "torch", "open_clip"}
-                           or name.startswith(".") for name in imports), imports
+    assert imports and all(
+        name.split(".")[0]
+        in {"__future__", "argparse", "random", "time", "collections", "torch", "open_clip"}
+        or name.startswith(".")
+        for name in imports
+    ), imports
 
 
 def test_surgery_alone_example():

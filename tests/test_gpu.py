@@ -40,8 +40,9 @@ def exact_float32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def relative_errors(ours: dict[str, torch.Tensor],
-                    ref: dict[str, torch.Tensor]) -> dict[str, float]:
+def relative_errors(
+    ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]
+) -> dict[str, float]:
     assert set(ours) == set(ref)
     out = {}
     for name in ref:
@@ -72,7 +73,8 @@ def _check_step_equals_cpu_float64_reference(device: str) -> None:
     errors = relative_errors(grads(w), ref)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= 1e-4, (
-        f"{worst}: relative error {errors[worst]:.2e} (float32 {device} vs float64 cpu)")
+        f"{worst}: relative error {errors[worst]:.2e} (float32 {device} vs float64 cpu)"
+    )
     assert abs(float(out.loss.detach()) - float(ref_loss)) <= 1e-5 * max(1.0, abs(float(ref_loss)))
 
 
@@ -107,7 +109,8 @@ def _check_fused_equals_eager(device: str) -> None:
     errors = relative_errors(step[True], step[False])
     worst = max(errors, key=errors.get)
     assert errors[worst] <= 1e-5, (
-        f"{worst}: fused vs eager step, relative error {errors[worst]:.2e}")
+        f"{worst}: fused vs eager step, relative error {errors[worst]:.2e}"
+    )
 
 
 def _check_bf16_autocast_close_to_float32(device: str) -> None:
@@ -131,7 +134,8 @@ def _check_bf16_autocast_close_to_float32(device: str) -> None:
         cos = float(a @ b / (a.norm() * b.norm()))
         ratio = float(a.norm() / b.norm())
         assert cos >= 0.99 and 0.9 <= ratio <= 1.1, (
-            f"{name}: cosine {cos:.4f}, norm ratio {ratio:.3f}")
+            f"{name}: cosine {cos:.4f}, norm ratio {ratio:.3f}"
+        )
 
 
 # ------------------------------------------------------------------------------------------

@@ -48,8 +48,20 @@ def test_dataset_fingerprint_hashes_a_non_utf8_file_name(tmp_path):
 def test_caption_template_writes_and_reads_back_a_non_utf8_name(tmp_path, capsys):
     root = bench_with_latin1_name(tmp_path)
     out = tmp_path / "caps.json"
-    assert main(["caption", os.fspath(root), "--template", "a photo", "--out", os.fspath(out),
-                 "--quiet"]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "caption",
+                os.fspath(root),
+                "--template",
+                "a photo",
+                "--out",
+                os.fspath(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     caps = read_caption_file(out)
     assert any(os.path.basename(k) == CAFE for k in caps)
     assert len(caps) == 5
@@ -119,10 +131,29 @@ def test_eval_allow_single_class_reports_r_acc_or_f_acc_only(tmp_path, capsys):
 
     root = make_bench(tmp_path / "train", subsets=("progan",), n=2)
     run = tmp_path / "run"
-    assert main(["train", os.fspath(root), "--out", os.fspath(run), "--model", "tiny",
-                 "--workers", "0", "--batch-size", "4", "--stage1-epochs", "1", "--quiet"]) == 0
-    test = make_bench(tmp_path / "test", subsets=("biggan", "dalle", "glide"), n=2, seed=3,
-                      captions=False)
+    assert (
+        main(
+            [
+                "train",
+                os.fspath(root),
+                "--out",
+                os.fspath(run),
+                "--model",
+                "tiny",
+                "--workers",
+                "0",
+                "--batch-size",
+                "4",
+                "--stage1-epochs",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    test = make_bench(
+        tmp_path / "test", subsets=("biggan", "dalle", "glide"), n=2, seed=3, captions=False
+    )
     shutil.rmtree(test / "biggan" / "1_fake")  # real only
     shutil.rmtree(test / "dalle" / "0_real")  # fake only
     capsys.readouterr()
@@ -132,8 +163,22 @@ def test_eval_allow_single_class_reports_r_acc_or_f_acc_only(tmp_path, capsys):
     assert "--allow-single-class" in lines[0] and "allow_single_class=True" not in lines[0]
 
     out_json = tmp_path / "eval.json"
-    assert main(["eval", os.fspath(run), os.fspath(test), "--workers", "0", "--quiet",
-                 "--allow-single-class", "--json", os.fspath(out_json)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                os.fspath(run),
+                os.fspath(test),
+                "--workers",
+                "0",
+                "--quiet",
+                "--allow-single-class",
+                "--json",
+                os.fspath(out_json),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "single-class subsets" in printed and "| biggan | 2 | r_acc |" in printed
     assert "| dalle | 2 | f_acc |" in printed
@@ -149,8 +194,13 @@ def test_split_single_class_rates():
     from dgsnet.single_class import split_single_class
 
     two, single = split_single_class(
-        {"mix": ([0, 1], [0.1, 0.9]), "real": ([0, 0, 0, 0], [0.1, 0.6, 0.5, 0.4]),
-         "fake": ([1, 1], [0.7, 0.2])}, threshold=0.5)
+        {
+            "mix": ([0, 1], [0.1, 0.9]),
+            "real": ([0, 0, 0, 0], [0.1, 0.6, 0.5, 0.4]),
+            "fake": ([1, 1], [0.7, 0.2]),
+        },
+        threshold=0.5,
+    )
     assert list(two) == ["mix"]
     assert single["real"].metric == "r_acc" and single["real"].value == 0.75  # 0.5 is real
     assert single["fake"].metric == "f_acc" and single["fake"].value == 0.5

@@ -14,8 +14,8 @@ from torch import nn
 
 from dgsnet.interop import ReleasedImport, import_released, load_released, read_released
 from dgsnet.io import CheckpointError
-from tests.helpers.released import released_clip, released_layers
 from tests.helpers.images import make_bench, write_image
+from tests.helpers.released import released_clip, released_layers
 
 RANK, ALPHA = 4, 6.0
 SIZE = 56  # 7 x 7 patches of 8 pixels: the patch-selection mosaic fits exactly
@@ -60,10 +60,15 @@ def make_released(seed=0, merged=False, width=128, round_trips=0):
         if merged:
             layer.merge()
     sd = {f"clip_model.{k}": v for k, v in student.state_dict().items()}
-    sd.update({f"clip_model_frozen.clip_model_frozen.{k}": v
-               for k, v in teacher.state_dict().items()})
-    sd.update({f"clip_model_frozen.img_frozen_fc.{k}": v
-               for k, v in heads["img_frozen_fc"].state_dict().items()})
+    sd.update(
+        {f"clip_model_frozen.clip_model_frozen.{k}": v for k, v in teacher.state_dict().items()}
+    )
+    sd.update(
+        {
+            f"clip_model_frozen.img_frozen_fc.{k}": v
+            for k, v in heads["img_frozen_fc"].state_dict().items()
+        }
+    )
     for name in ("img_fc", "text_fc"):
         sd.update({f"{name}.{k}": v for k, v in heads[name].state_dict().items()})
     return sd, student.eval(), heads, teacher
@@ -104,8 +109,10 @@ def test_load_released_predictions_equal_the_released_arithmetic(tmp_path, merge
     with torch.no_grad():
         teacher_scores = torch.sigmoid(dgs.image_head(dgs.encode_teacher(x))).flatten()
     assert float((teacher_scores - want).abs().max()) > 1e-3
-    for mine, theirs in ((dgs.teacher_head, heads["img_frozen_fc"]),
-                         (dgs.text_head, heads["text_fc"])):
+    for mine, theirs in (
+        (dgs.teacher_head, heads["img_frozen_fc"]),
+        (dgs.text_head, heads["text_fc"]),
+    ):
         assert torch.equal(mine.weight, theirs.weight) and torch.equal(mine.bias, theirs.bias)
 
 
@@ -116,8 +123,9 @@ def test_merged_and_unmerged_files_give_the_same_wrapper(tmp_path):
         paths.append(tmp_path / f"m{merged}.pth")
         torch.save(sd, paths[-1])
     a, b = (load_released(p) for p in paths)
-    for (n1, p1), (n2, p2) in zip(a.named_trainable_parameters(), b.named_trainable_parameters(),
-                                  strict=True):
+    for (n1, p1), (n2, p2) in zip(
+        a.named_trainable_parameters(), b.named_trainable_parameters(), strict=True
+    ):
         assert n1 == n2 and torch.equal(p1, p2)
 
 
@@ -196,8 +204,11 @@ def test_stage1_file_gives_the_teacher_head(tmp_path):
     x = images()
     with torch.no_grad():
         assert float((dgs.encode_student(x) - teacher.encode_image(x)).abs().max()) <= 1e-5
-    assert all(float(p.detach().abs().max()) == 0 for n, p in dgs.named_trainable_parameters()
-               if "lora_B" in n)
+    assert all(
+        float(p.detach().abs().max()) == 0
+        for n, p in dgs.named_trainable_parameters()
+        if "lora_B" in n
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -253,9 +264,23 @@ def _bad(tmp_path, kind):
     return path, expected
 
 
-@pytest.mark.parametrize("kind", ["truncated", "object", "string", "list", "unknown",
-                                  "unknown_prefix", "missing", "missing_teacher", "shape",
-                                  "student_base", "mixed_size", "wrong_alpha"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "truncated",
+        "object",
+        "string",
+        "list",
+        "unknown",
+        "unknown_prefix",
+        "missing",
+        "missing_teacher",
+        "shape",
+        "student_base",
+        "mixed_size",
+        "wrong_alpha",
+    ],
+)
 def test_bad_files_fail_with_one_clear_error(tmp_path, kind):
     path, expected = _bad(tmp_path, kind)
     alpha = 3.0 if kind == "wrong_alpha" else ALPHA
@@ -291,13 +316,31 @@ def test_stage2_training_starts_from_an_imported_stage1_file(tmp_path):
     import_released(tmp_path / "model_epoch_step1.pth", stage1)
     data = make_bench(tmp_path / "data" / "train", subsets=("car", "sdv1.4"), n=2, size=64)
     out = tmp_path / "stage2"
-    argv = ["train", "--preset", "aigibench-setting2", "--model",
-            f"local-dir:{stage1 / 'base_model'}", "--stage", "2", "--init-from",
-            os.fspath(stage1), os.fspath(data), "-o", os.fspath(out), "--batch-size", "2",
-            "--workers", "0", "--quiet"]
+    argv = [
+        "train",
+        "--preset",
+        "aigibench-setting2",
+        "--model",
+        f"local-dir:{stage1 / 'base_model'}",
+        "--stage",
+        "2",
+        "--init-from",
+        os.fspath(stage1),
+        os.fspath(data),
+        "-o",
+        os.fspath(out),
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
     assert main(argv) == 0  # (warns on stderr: not the five Setting-II subsets)
     wrapper, _ = load_trained(out)
     assert torch.equal(wrapper.teacher_head.weight, heads["img_frozen_fc"].weight)
     assert wrapper.config.lora_scaling == "rslora"
-    assert any(float(p.detach().abs().max()) > 0 for n, p in wrapper.named_trainable_parameters()
-               if "lora_B" in n)  # stage 2 trained the LoRA
+    assert any(
+        float(p.detach().abs().max()) > 0
+        for n, p in wrapper.named_trainable_parameters()
+        if "lora_B" in n
+    )  # stage 2 trained the LoRA

@@ -17,13 +17,40 @@ from safetensors.torch import load_file
 from tests.helpers import make_bench
 
 REPO = Path(__file__).resolve().parents[1]
-ARGS = ["--model", "tiny", "--workers", "0", "--batch-size", "2", "--epochs", "2",
-        "--stage1-epochs", "1", "--lr", "1e-3", "--stage1-lr", "1e-2", "--lora-dropout", "0.1",
-        "--save-every", "1", "--quiet"]
+ARGS = [
+    "--model",
+    "tiny",
+    "--workers",
+    "0",
+    "--batch-size",
+    "2",
+    "--epochs",
+    "2",
+    "--stage1-epochs",
+    "1",
+    "--lr",
+    "1e-3",
+    "--stage1-lr",
+    "1e-2",
+    "--lora-dropout",
+    "0.1",
+    "--save-every",
+    "1",
+    "--quiet",
+]
 
 
 def command(root: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "dgsnet.cli", "train", os.fspath(root), "--out", os.fspath(out), *ARGS]
+    return [
+        sys.executable,
+        "-m",
+        "dgsnet.cli",
+        "train",
+        os.fspath(root),
+        "--out",
+        os.fspath(out),
+        *ARGS,
+    ]
 
 
 def env() -> dict[str, str]:
@@ -46,15 +73,26 @@ def steps_logged(out: Path) -> int:
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_weights(tmp_path):
     root = make_bench(tmp_path / "train", subsets=("progan", "sd14"), n=4)
-    ref = subprocess.run(command(root, tmp_path / "ref"), env=env(), cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    ref = subprocess.run(
+        command(root, tmp_path / "ref"),
+        env=env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ref.returncode == 0, ref.stderr
     total = steps_logged(tmp_path / "ref")
     assert total >= 8
 
     run = tmp_path / "run"
-    proc = subprocess.Popen(command(root, run), env=env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command(root, run),
+        env=env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     try:
         while steps_logged(run) < total // 2 + 1:  # into the second epoch
@@ -67,8 +105,9 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_weights(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (run / "final").exists()
 
-    resumed = subprocess.run(command(root, run), env=env(), cwd=REPO,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        command(root, run), env=env(), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert '"event": "resume"' in (run / "train_log.jsonl").read_text()
     a = load_file(tmp_path / "ref" / "final" / "dgs_weights.safetensors")

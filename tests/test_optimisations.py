@@ -107,6 +107,7 @@ def count_calls(w):
     blocks = enc.blocks()
     calls["blocks"] = [0] * len(blocks)
     for i, blk in enumerate(blocks):
+
         def hook(module, args, output, i=i):
             calls["blocks"][i] += 1
 
@@ -147,9 +148,14 @@ def test_warm_step_runs_the_student_only_and_equals_the_cold_step():
     torch.testing.assert_close(warm.loss, cold.loss, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("layers, lora_layers, dropout", [
-    (3, [-1], 0.0), (3, [-2, -1], 0.0), (4, [-2, -1], 0.5),
-])
+@pytest.mark.parametrize(
+    "layers, lora_layers, dropout",
+    [
+        (3, [-1], 0.0),
+        (3, [-2, -1], 0.0),
+        (4, [-2, -1], 0.5),
+    ],
+)
 def test_shared_trunk_runs_the_trunk_once_and_is_exact(layers, lora_layers, dropout):
     """The frozen blocks below the first adapted one run once for teacher and student; the
     result equals two separate forwards bit for bit, LoRA dropout included (the teacher draws
@@ -183,8 +189,11 @@ def test_stage1_teacher_cache_equals_the_teacher_forward():
     for cached in (True, False):
         cfg = DGSConfig(lora_dropout=0.0, teacher_cache=cached)
         w, _ = build(cfg, dtype=torch.float64, layers=3)
-        w.fit_teacher_head([(x[:3], caps[:3], y[:3], idx[:3]), (x[3:], caps[3:], y[3:], idx[3:])],
-                           epochs=2, lr=1e-2)
+        w.fit_teacher_head(
+            [(x[:3], caps[:3], y[:3], idx[:3]), (x[3:], caps[3:], y[3:], idx[3:])],
+            epochs=2,
+            lr=1e-2,
+        )
         assert len(w.teacher_cache) == (6 if cached else 0)
         calls = count_calls(w)
         step = w(x, caps, y, index=idx)
@@ -202,8 +211,13 @@ def test_labels_checked_on_the_host_give_the_same_step(form):
     """Labels are validated on their host copy (no device synchronisation) and copied without
     blocking; every accepted form gives the same step, and bad values still raise."""
     x, caps, y = batch(dtype=torch.float64)
-    given = {"tensor": y, "list": y.tolist(), "float": y.double(), "bool": y.bool(),
-             "column": y.view(-1, 1)}[form]
+    given = {
+        "tensor": y,
+        "list": y.tolist(),
+        "float": y.double(),
+        "bool": y.bool(),
+        "column": y.view(-1, 1),
+    }[form]
     w, _ = build(DGSConfig(lora_dropout=0.0), dtype=torch.float64, layers=3)
     out = w(x, caps, given)
     out.loss.backward()
@@ -211,9 +225,13 @@ def test_labels_checked_on_the_host_give_the_same_step(form):
     for n, g in grads(w).items():
         assert torch.equal(g, ref[n]), n
     assert torch.equal(out.loss, ref_out.loss)
-    bad = {"tensor": torch.tensor([0, 1, 2, 0, 1, 0]), "list": [0, 1, -1, 0, 1, 0],
-           "float": torch.tensor([0, 1, 0.5, 0, 1, 0], dtype=torch.float64),
-           "bool": None, "column": torch.tensor([[0], [1], [3], [0], [1], [0]])}[form]
+    bad = {
+        "tensor": torch.tensor([0, 1, 2, 0, 1, 0]),
+        "list": [0, 1, -1, 0, 1, 0],
+        "float": torch.tensor([0, 1, 0.5, 0, 1, 0], dtype=torch.float64),
+        "bool": None,
+        "column": torch.tensor([[0], [1], [3], [0], [1], [0]]),
+    }[form]
     if bad is not None:
         with pytest.raises(ValueError, match="labels"):
             w(x, caps, bad)
@@ -226,8 +244,10 @@ def test_class_token_last_block_equals_the_full_forward(layers):
     w, original = build(DGSConfig(lora_dropout=0.0), dtype=torch.float64, layers=layers)
     assert w.encoder._class_token_pooling()
     x, _, _ = batch(dtype=torch.float64)
-    torch.testing.assert_close(w.encode_teacher(x), original.encode_image(x).detach(),
-                               rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        w.encode_teacher(x), original.encode_image(x).detach(), rtol=1e-12, atol=1e-14
+    )
     with torch.no_grad():
-        torch.testing.assert_close(w.encoder.encode_image_pooled(x), w.encoder.encode_image(x),
-                                   rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(
+            w.encoder.encode_image_pooled(x), w.encoder.encode_image(x), rtol=1e-12, atol=1e-14
+        )

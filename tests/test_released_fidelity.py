@@ -17,8 +17,14 @@ from dgsnet.wrapper import CONFIG_NAME
 from tests.helpers.models import make_lora_nonzero, open_clip_tokenizer, tiny_open_clip
 from tests.helpers.released import QKV, copy_lora_from_wrapper, released_clip, released_layers
 
-CAPTIONS = ["a photo of a cat", "a red car on a road", "two dogs", "a photo of a cat",
-            "a bowl of fruit", "a chair"]
+CAPTIONS = [
+    "a photo of a cat",
+    "a red car on a road",
+    "two dogs",
+    "a photo of a cat",
+    "a bowl of fruit",
+    "a chair",
+]
 LAYERS = 3
 
 
@@ -44,8 +50,11 @@ def build(config, seed=0, dtype=torch.float64):
 
 
 def lora_grads(w):
-    return {n: p.grad.detach().clone() for n, p in w.named_trainable_parameters()
-            if "lora_" in n and p.grad is not None}
+    return {
+        n: p.grad.detach().clone()
+        for n, p in w.named_trainable_parameters()
+        if "lora_" in n and p.grad is not None
+    }
 
 
 def released_grads(released):
@@ -87,14 +96,18 @@ def test_reference_config_uses_the_released_scaling_and_targets():
 
 def test_wrapper_adapts_exactly_q_k_v_of_every_block():
     w, _ = build(DGSConfig.reference())
-    assert w.lora_modules == [f"transformer.resblocks.{i}.attn.{p}" for i in range(LAYERS)
-                              for p in QKV]
+    assert w.lora_modules == [
+        f"transformer.resblocks.{i}.attn.{p}" for i in range(LAYERS) for p in QKV
+    ]
     for name in w.lora_modules:
         layer = w.encoder.image_tower.get_submodule(name)
         assert layer.scaling["default"] == pytest.approx(6 / math.sqrt(6), rel=1e-15)
     # nothing else in the image tower carries LoRA: out projection and MLP untouched
-    adapted = {n.rsplit(".lora_", 1)[0] for n, _ in w.encoder.image_tower.named_parameters()
-               if "lora_" in n}
+    adapted = {
+        n.rsplit(".lora_", 1)[0]
+        for n, _ in w.encoder.image_tower.named_parameters()
+        if "lora_" in n
+    }
     assert adapted == set(w.lora_modules)
 
 
@@ -205,8 +218,13 @@ def _bce_feature_grad(head, f, y):
 @pytest.mark.parametrize("weight, layers", [(0.7, None), (3.0, None), (0.7, [-1])])
 def test_feature_distillation_alone_has_the_analytic_gradient(weight, layers):
     """``layers=[-1]``: student and teacher share the frozen trunk below the last block."""
-    cfg = DGSConfig.reference(suppression=False, alignment=False, lora_dropout=0.0,
-                              feature_distill=weight, lora_layers=layers)
+    cfg = DGSConfig.reference(
+        suppression=False,
+        alignment=False,
+        lora_dropout=0.0,
+        feature_distill=weight,
+        lora_layers=layers,
+    )
     w, _ = build(cfg)
     x, _, y = batch()
     out = w(x, None, y)  # alone: no captions needed
@@ -292,8 +310,9 @@ def test_checkpoint_records_the_scaling(tmp_path):
     w.save_pretrained(tmp_path)
     meta = json.loads((tmp_path / CONFIG_NAME).read_text())
     assert meta["config"]["lora_scaling"] == "rslora"
-    again = DGSWrapper.from_pretrained(tmp_path, tiny_open_clip(dtype=torch.float64, layers=LAYERS),
-                                       open_clip_tokenizer())
+    again = DGSWrapper.from_pretrained(
+        tmp_path, tiny_open_clip(dtype=torch.float64, layers=LAYERS), open_clip_tokenizer()
+    )
     layer = again.encoder.image_tower.get_submodule(again.lora_modules[0])
     assert layer.scaling["default"] == pytest.approx(6 / 2)
     x, _, _ = batch()
@@ -313,7 +332,8 @@ def test_legacy_checkpoint_without_lora_scaling_loads_as_alpha_over_r(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = DGSWrapper.from_pretrained(
-            tmp_path, tiny_open_clip(dtype=torch.float64, layers=LAYERS), open_clip_tokenizer())
+            tmp_path, tiny_open_clip(dtype=torch.float64, layers=LAYERS), open_clip_tokenizer()
+        )
     assert again.config.lora_scaling == "standard" and again.config.feature_distill == 0.0
     for name in again.lora_modules:
         assert again.encoder.image_tower.get_submodule(name).scaling["default"] == 6 / 4
@@ -333,8 +353,10 @@ def test_retired_extra_key():
 # ------------------------------------------------------------------------------------------
 # the backbone's activation: OpenAI CLIP uses QuickGELU
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("spec, quick", [("ViT-L-14@openai", True), ("ViT-B-32@openai", True),
-                                         ("ViT-L-14@laion2b_s32b_b82k", False)])
+@pytest.mark.parametrize(
+    "spec, quick",
+    [("ViT-L-14@openai", True), ("ViT-B-32@openai", True), ("ViT-L-14@laion2b_s32b_b82k", False)],
+)
 def test_build_model_uses_quick_gelu_for_openai_weights(monkeypatch, spec, quick):
     """open_clip 3 builds "ViT-L-14" with nn.GELU and only warns when the OpenAI weights (trained
     with QuickGELU, as the released code runs them) are loaded into it; dgsnet asks for it."""

@@ -14,9 +14,25 @@ import pytest
 from dgsnet.cli import main
 from tests.helpers import make_bench
 
-FAST = ["--model", "tiny", "--workers", "0", "--batch-size", "4", "--epochs", "2",
-        "--stage1-epochs", "2", "--lr", "1e-3", "--stage1-lr", "1e-2", "--lora-dropout", "0.1",
-        "--quiet"]
+FAST = [
+    "--model",
+    "tiny",
+    "--workers",
+    "0",
+    "--batch-size",
+    "4",
+    "--epochs",
+    "2",
+    "--stage1-epochs",
+    "2",
+    "--lr",
+    "1e-3",
+    "--stage1-lr",
+    "1e-2",
+    "--lora-dropout",
+    "0.1",
+    "--quiet",
+]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,8 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    return make_bench(tmp_path_factory.mktemp("logging") / "train", subsets=("progan", "sd14"),
-                      n=4)
+    return make_bench(tmp_path_factory.mktemp("logging") / "train", subsets=("progan", "sd14"), n=4)
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +95,16 @@ def test_tensorboard_event_files_hold_the_logged_values(run):
     acc = events(run / "tensorboard")
     want = expected_step_scalars(records)
     # the loss parts, the surgery statistics and the lr of every step
-    assert {"loss/total", "loss/image", "loss/text", "loss/align", "surgery/removed_fraction",
-            "surgery/cos_harm", "surgery/cos_help", "lr"} <= set(want)
+    assert {
+        "loss/total",
+        "loss/image",
+        "loss/text",
+        "loss/align",
+        "surgery/removed_fraction",
+        "surgery/cos_harm",
+        "surgery/cos_help",
+        "lr",
+    } <= set(want)
     assert set(acc.Tags()["scalars"]) == set(want) | {"epoch/epoch", "epoch/skipped_steps"}
     for tag, values in want.items():
         assert_close(scalars(acc, tag), values, tag)
@@ -121,7 +144,9 @@ def test_plot_writes_pngs_of_the_logged_values(run, tmp_path, capsys):
     for part in ("image", "text", "align"):
         assert curves["losses"][part] == (xs, [r["losses"][part] for r in steps])
     assert curves["removed_fraction"]["removed_fraction"] == (
-        xs, [r["stats"]["removed_fraction"] for r in steps])
+        xs,
+        [r["stats"]["removed_fraction"] for r in steps],
+    )
     for name in ("cos_harm", "cos_help"):
         assert curves["cosines"][name] == (xs, [r["stats"][name] for r in steps])
     assert curves["lr"]["lr"] == (xs, [r["lr"] for r in steps])
@@ -136,21 +161,41 @@ def test_curves_skip_non_finite_values_and_include_distill(tmp_path):
     log = tmp_path / "train_log.jsonl"
     recs = [
         {"event": "start", "step": 0},
-        {"event": "step", "step": 1, "loss": 1.0, "losses": {"image": 0.5, "distill": 0.25},
-         "stats": {}, "lr": 0.1, "skipped": False},
+        {
+            "event": "step",
+            "step": 1,
+            "loss": 1.0,
+            "losses": {"image": 0.5, "distill": 0.25},
+            "stats": {},
+            "lr": 0.1,
+            "skipped": False,
+        },
         {"event": "step", "step": 2, "loss": "nan", "skipped": True, "reason": "x", "lr": 0.1},
-        {"event": "step", "step": 3, "loss": 0.5, "losses": {"image": 0.4, "distill": 0.125},
-         "stats": {}, "lr": 0.05, "skipped": False},
+        {
+            "event": "step",
+            "step": 3,
+            "loss": 0.5,
+            "losses": {"image": 0.4, "distill": 0.125},
+            "stats": {},
+            "lr": 0.05,
+            "skipped": False,
+        },
     ]
     log.write_text("\n".join(json.dumps(r) for r in recs) + "\n" + '{"event": "st')
     curves = run_curves(recs)
-    assert curves["losses"] == {"total": ([1, 3], [1.0, 0.5]), "image": ([1, 3], [0.5, 0.4]),
-                                "distill": ([1, 3], [0.25, 0.125])}
+    assert curves["losses"] == {
+        "total": ([1, 3], [1.0, 0.5]),
+        "image": ([1, 3], [0.5, 0.4]),
+        "distill": ([1, 3], [0.25, 0.125]),
+    }
     assert "cosines" not in curves and "removed_fraction" not in curves  # no surgery
     assert curves["lr"]["lr"] == ([1, 2, 3], [0.1, 0.1, 0.05])
     assert run_figures(log) == curves  # a cut last line (a killed run) is left out
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["losses.png", "lr.png",
-                                                                     "run.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "losses.png",
+        "lr.png",
+        "run.png",
+    ]
 
 
 def test_tensorboard_after_resume_has_each_step_once(root, tmp_path, monkeypatch):
@@ -158,8 +203,16 @@ def test_tensorboard_after_resume_has_each_step_once(root, tmp_path, monkeypatch
     from dgsnet.training.trainer import Trainer
 
     out = tmp_path / "run"
-    args = ["train", os.fspath(root), "--out", os.fspath(out), "--tensorboard",
-            "--save-every", "2", *FAST]
+    args = [
+        "train",
+        os.fspath(root),
+        "--out",
+        os.fspath(out),
+        "--tensorboard",
+        "--save-every",
+        "2",
+        *FAST,
+    ]
     after_step = Trainer._after_step
 
     def interrupt(self, record, epoch, batch_i, bar):
@@ -184,8 +237,7 @@ def test_tensorboard_after_resume_has_each_step_once(root, tmp_path, monkeypatch
 def test_missing_extras_give_one_line_and_exit_2(root, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     out = tmp_path / "run"
-    assert main(["train", os.fspath(root), "--out", os.fspath(out), "--tensorboard",
-                 *FAST]) == 2
+    assert main(["train", os.fspath(root), "--out", os.fspath(out), "--tensorboard", *FAST]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "dgsnet[tensorboard]" in err[0], err
     assert not out.exists()  # checked before anything is built
@@ -207,7 +259,8 @@ def test_plot_errors(tmp_path, capsys):
     assert main(["plot", os.fspath(tmp_path)]) == 2
     assert "no run log" in capsys.readouterr().err
     (tmp_path / "train_log.jsonl").write_text(
-        json.dumps({"event": "stage1_epoch", "epoch": 1, "loss": 0.7}) + "\n")
+        json.dumps({"event": "stage1_epoch", "epoch": 1, "loss": 0.7}) + "\n"
+    )
     assert main(["plot", os.fspath(tmp_path)]) == 2
     assert "no stage-2 step records" in capsys.readouterr().err
 

@@ -19,8 +19,23 @@ from dgsnet.training.lock import LOCK_NAME, RunLock, RunLockedError, hold_run_lo
 from tests.helpers import make_bench
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--model", "tiny", "--workers", "0", "--batch-size", "2", "--stage1-epochs", "1",
-        "--lr", "1e-3", "--stage1-lr", "1e-2", "--lora-dropout", "0.1", "--quiet"]
+TINY = [
+    "--model",
+    "tiny",
+    "--workers",
+    "0",
+    "--batch-size",
+    "2",
+    "--stage1-epochs",
+    "1",
+    "--lr",
+    "1e-3",
+    "--stage1-lr",
+    "1e-2",
+    "--lora-dropout",
+    "0.1",
+    "--quiet",
+]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,8 +45,17 @@ def env() -> dict[str, str]:
 
 
 def train_cmd(root: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "dgsnet.cli", "train", os.fspath(root), "--out", os.fspath(out),
-            *TINY, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "dgsnet.cli",
+        "train",
+        os.fspath(root),
+        "--out",
+        os.fspath(out),
+        *TINY,
+        *extra,
+    ]
 
 
 def records(out: Path) -> list[dict]:
@@ -72,10 +96,16 @@ def test_lock_refuses_a_second_holder_and_names_the_pid(tmp_path):
 
 
 def test_lock_of_a_killed_holder_is_stale(tmp_path):
-    code = ("import sys, time; from dgsnet.training.lock import RunLock; "
-            "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)")
-    proc = subprocess.Popen([sys.executable, "-c", code, os.fspath(tmp_path)], env=env(),
-                            stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time; from dgsnet.training.lock import RunLock; "
+        "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, os.fspath(tmp_path)],
+        env=env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
         with pytest.raises(RunLockedError, match=f"process {proc.pid}"):
@@ -90,13 +120,20 @@ def test_lock_of_a_killed_holder_is_stale(tmp_path):
 
 def test_lock_held_by_the_orphaned_workers_of_a_dead_run_is_replaced(tmp_path):
     """A forked child (like a DataLoader worker) inherits the locked file; its parent dies."""
-    code = ("import os, sys, time; from dgsnet.training.lock import RunLock; "
-            "RunLock(sys.argv[1]).acquire(); child = os.fork()\n"
-            "if child == 0:\n    n = os.open(os.devnull, os.O_RDWR); os.dup2(n, 1); os.dup2(n, 2)\n"
-            "    time.sleep(60); os._exit(0)\n"
-            "print(child, flush=True); os._exit(0)")
-    out = subprocess.run([sys.executable, "-c", code, os.fspath(tmp_path)], env=env(),
-                         capture_output=True, text=True, timeout=60)
+    code = (
+        "import os, sys, time; from dgsnet.training.lock import RunLock; "
+        "RunLock(sys.argv[1]).acquire(); child = os.fork()\n"
+        "if child == 0:\n    n = os.open(os.devnull, os.O_RDWR); os.dup2(n, 1); os.dup2(n, 2)\n"
+        "    time.sleep(60); os._exit(0)\n"
+        "print(child, flush=True); os._exit(0)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, os.fspath(tmp_path)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     child = int(out.stdout.strip())
     try:
         lock = RunLock(tmp_path)
@@ -112,13 +149,25 @@ def test_lock_held_by_the_orphaned_workers_of_a_dead_run_is_replaced(tmp_path):
 def test_second_train_into_the_same_out_exits_2_and_the_first_is_undisturbed(tmp_path):
     root = make_bench(tmp_path / "train", subsets=("progan", "sd14"), n=2)
     extra = ("--epochs", "2", "--save-every", "1")
-    ref = subprocess.run(train_cmd(root, tmp_path / "ref", *extra), env=env(), cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    ref = subprocess.run(
+        train_cmd(root, tmp_path / "ref", *extra),
+        env=env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ref.returncode == 0, ref.stderr
 
     out = tmp_path / "run"
-    first = subprocess.Popen(train_cmd(root, out, *extra), env=env(), cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        train_cmd(root, out, *extra),
+        env=env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while steps_logged(out) < 1:
@@ -127,8 +176,14 @@ def test_second_train_into_the_same_out_exits_2_and_the_first_is_undisturbed(tmp
             time.sleep(0.01)
         os.kill(first.pid, signal.SIGSTOP)  # the first run holds the lock mid-epoch
         try:
-            second = subprocess.run(train_cmd(root, out, *extra), env=env(), cwd=REPO,
-                                    capture_output=True, text=True, timeout=300)
+            second = subprocess.run(
+                train_cmd(root, out, *extra),
+                env=env(),
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
         finally:
             os.kill(first.pid, signal.SIGCONT)
         _, err = first.communicate(timeout=300)
@@ -152,8 +207,19 @@ def test_a_diverged_last_step_exits_1_and_commits_nothing_non_finite(tmp_path, c
     # 4 images, batch 4: stage 2 has one step, whose update (lr 1e308) overflows the weights
     root = make_bench(tmp_path / "train", subsets=("progan",), n=2)
     out = tmp_path / "out"
-    args = ["train", os.fspath(root), "--out", os.fspath(out), *TINY, "--batch-size", "4",
-            "--epochs", "1", "--lr", "1e308"]
+    args = [
+        "train",
+        os.fspath(root),
+        "--out",
+        os.fspath(out),
+        *TINY,
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e308",
+    ]
     assert main(args) == 1
     lines = err_lines(capsys)
     assert len(lines) == 1 and "non-finite" in lines[0] and "final" not in lines[0].split(";")[0]
@@ -177,8 +243,9 @@ def test_workers_are_capped_by_cpus_and_batches():
     from dgsnet.training.workers import bounded_workers, usable_cpus
 
     with pytest.warns(UserWarning, match="lowered to"):
-        loader = make_loader(list(range(4)), ResumableSampler(4, 0), 2, 100_000, 0,
-                             torch.device("cpu"), list)
+        loader = make_loader(
+            list(range(4)), ResumableSampler(4, 0), 2, 100_000, 0, torch.device("cpu"), list
+        )
     assert 1 <= loader.num_workers <= min(2, usable_cpus())
     assert bounded_workers(0, 10, 2) == 0
     assert bounded_workers(1, 10, 2) == 1
@@ -210,8 +277,15 @@ def test_no_loader_worker_outlives_a_crash_mid_epoch(tmp_path):
     write_truncated(root / "progan" / "1_fake" / "003.png")  # a decode error inside a worker
     cmd = train_cmd(root, tmp_path / "out", "--epochs", "1")
     cmd[cmd.index("--workers") + 1] = "2"
-    proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, err
     assert "003.png" in err and "Traceback" not in err
@@ -274,8 +348,11 @@ def test_tmpfs_disk_full_is_one_line_exit_2(tmp_path, capsys):
     mnt = tmp_path / "small"
     mnt.mkdir()
     # 96 KiB: one checkpoint of the tiny model fits (about 70 KiB in pages), a second not
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", os.fspath(mnt)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", os.fspath(mnt)],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:
@@ -314,12 +391,23 @@ def test_log_write_error_names_the_log(tmp_path):
 # -- 6. flag names in train's usage errors -----------------------------------------------------
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--batch-size", "0"), ("--workers", "-1"),
-                                             ("--save-every", "-2"), ("--lr-step", "0")])
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--batch-size", "0"), ("--workers", "-1"), ("--save-every", "-2"), ("--lr-step", "0")],
+)
 def test_train_usage_errors_name_the_flag(tmp_path, capsys, flag, value):
     root = make_bench(tmp_path / "train", subsets=("progan",), n=1)
-    code = main(["train", os.fspath(root), "--out", os.fspath(tmp_path / "o"), "--model", "tiny",
-                 f"{flag}={value}"])
+    code = main(
+        [
+            "train",
+            os.fspath(root),
+            "--out",
+            os.fspath(tmp_path / "o"),
+            "--model",
+            "tiny",
+            f"{flag}={value}",
+        ]
+    )
     lines = err_lines(capsys)
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith(f"dgsnet: error: {flag} must be"), lines[0]

@@ -59,10 +59,10 @@ def test_feature_gradient_equals_engine_composition_in_both_orders():
             captured = {}
             orig = w.encoder.encode_image
 
-            def encode(images, orig=orig):
+            def encode(images, orig=orig, captured=captured):
                 f = orig(images)
                 if f.requires_grad:  # the student call (the teacher runs without grad)
-                    f.register_hook(lambda g: captured.setdefault("g", g))
+                    f.register_hook(lambda g, captured=captured: captured.setdefault("g", g))
                     captured["f"] = f
                 return f
 
@@ -73,11 +73,15 @@ def test_feature_gradient_equals_engine_composition_in_both_orders():
             # the task gradient alone, and the references, by autograd
             f = captured["f"].detach().requires_grad_(True)
             yy = y.double().view(-1, 1)
-            task = torch.autograd.grad(F.binary_cross_entropy_with_logits(w.image_head(f), yy), f)[0]
+            task = torch.autograd.grad(F.binary_cross_entropy_with_logits(w.image_head(f), yy), f)[
+                0
+            ]
             t = w.encode_text(caps).requires_grad_(True)
             harm = torch.autograd.grad(F.binary_cross_entropy_with_logits(w.text_head(t), yy), t)[0]
             ft = w.encode_teacher(x).requires_grad_(True)
-            help_ = torch.autograd.grad(F.binary_cross_entropy_with_logits(w.teacher_head(ft), yy), ft)[0]
+            help_ = torch.autograd.grad(
+                F.binary_cross_entropy_with_logits(w.teacher_head(ft), yy), ft
+            )[0]
             if scale == "invariant":  # per-sample references: the mean's 1/B removed
                 harm, help_ = harm * len(y), help_ * len(y)
                 rule = make(PriorAlignment(0.2 / len(y), scale=scale), OrthogonalSuppression())
@@ -100,11 +104,12 @@ def test_orders_differ_and_ablations_change_gradients():
         w, _ = build(cfg, dtype=torch.float64)
         out = w(x, caps, y)
         out.loss.backward()
-        results[name] = torch.cat([p.grad.flatten() for n, p in w.named_trainable_parameters()
-                                   if "lora" in n])
+        results[name] = torch.cat(
+            [p.grad.flatten() for n, p in w.named_trainable_parameters() if "lora" in n]
+        )
     names = list(results)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert not torch.allclose(results[a], results[b], rtol=1e-9, atol=0), (a, b)
 
 
@@ -134,8 +139,10 @@ def test_teacher_stays_frozen_after_500_steps():
     assert (w.encode_student(x).detach() - student_before).abs().max() > 1e-3  # it did train
     # base weights untouched, bit for bit (the split attention copies them once)
     sd = dict(w.model.visual.named_parameters())
-    assert torch.equal(sd["transformer.resblocks.0.mlp.c_fc.base_layer.weight"],
-                       original.visual.transformer.resblocks[0].mlp.c_fc.weight)
+    assert torch.equal(
+        sd["transformer.resblocks.0.mlp.c_fc.base_layer.weight"],
+        original.visual.transformer.resblocks[0].mlp.c_fc.weight,
+    )
 
 
 def test_teacher_copy_option_matches_shared():
@@ -161,7 +168,10 @@ def test_only_lora_and_heads_train():
 
 def test_lora_layers_and_targets_selection():
     w, _ = build(DGSConfig(lora_dropout=0.0, lora_layers=[-1], lora_targets=["q_proj", "v_proj"]))
-    assert w.lora_modules == ["transformer.resblocks.1.attn.q_proj", "transformer.resblocks.1.attn.v_proj"]
+    assert w.lora_modules == [
+        "transformer.resblocks.1.attn.q_proj",
+        "transformer.resblocks.1.attn.v_proj",
+    ]
     with pytest.raises(ValueError, match="out of range"):
         build(DGSConfig(lora_layers=[5]))
     with pytest.raises(ValueError, match="match no nn.Linear"):
@@ -289,7 +299,9 @@ def test_save_load_round_trip(tmp_path):
     w.save_pretrained(tmp_path / "run")
     meta = json.loads((tmp_path / "run" / "dgs_config.json").read_text())
     assert meta["format"] == "dgsnet" and len(meta["weights_sha256"]) == 64
-    loaded = DGSWrapper.from_pretrained(tmp_path / "run", tiny_open_clip(seed=0), open_clip_tokenizer())
+    loaded = DGSWrapper.from_pretrained(
+        tmp_path / "run", tiny_open_clip(seed=0), open_clip_tokenizer()
+    )
     assert torch.equal(loaded.predict(x), w.predict(x))
     torch.testing.assert_close(loaded.encode_teacher(x), w.encode_teacher(x))
     assert loaded.config == w.config
@@ -300,9 +312,13 @@ def test_load_into_other_shape_or_damaged_checkpoint_fails(tmp_path):
     w, _ = build()
     w.save_pretrained(tmp_path / "run")
     with pytest.raises(CheckpointError, match="feature_dim"):
-        DGSWrapper.from_pretrained(tmp_path / "run", tiny_open_clip(embed_dim=24), open_clip_tokenizer())
+        DGSWrapper.from_pretrained(
+            tmp_path / "run", tiny_open_clip(embed_dim=24), open_clip_tokenizer()
+        )
     with pytest.raises(CheckpointError, match="num_blocks"):
-        DGSWrapper.from_pretrained(tmp_path / "run", tiny_open_clip(layers=3), open_clip_tokenizer())
+        DGSWrapper.from_pretrained(
+            tmp_path / "run", tiny_open_clip(layers=3), open_clip_tokenizer()
+        )
     # tampered weights
     path = tmp_path / "run" / "dgs_weights.safetensors"
     data = bytearray(path.read_bytes())
@@ -329,8 +345,10 @@ def test_missing_or_unexpected_keys_are_never_ignored(tmp_path):
     run = tmp_path / "run"
     w.save_pretrained(run)
     tensors = load_file(run / "dgs_weights.safetensors")
-    for mutate, match in ((lambda t: t.pop("image_head.bias"), "missing"),
-                          (lambda t: t.__setitem__("extra.weight", torch.zeros(1)), "unexpected")):
+    for mutate, match in (
+        (lambda t: t.pop("image_head.bias"), "missing"),
+        (lambda t: t.__setitem__("extra.weight", torch.zeros(1)), "unexpected"),
+    ):
         t = dict(tensors)
         mutate(t)
         save_file(t, run / "dgs_weights.safetensors")
@@ -356,10 +374,20 @@ def test_config_json_round_trip_and_unknown_keys(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(num_classes=0), dict(lora_rank=0), dict(lora_dropout=1.0), dict(align_weight=-1.0),
-     dict(order="sideways"), dict(align_scale="per_rank"), dict(teacher="clone"),
-     dict(eps=float("nan")), dict(num_classes=3, loss="bce"), dict(lora_targets="q_proj"),
-     dict(suppression=1), dict(text_cache_size=-1)],
+    [
+        dict(num_classes=0),
+        dict(lora_rank=0),
+        dict(lora_dropout=1.0),
+        dict(align_weight=-1.0),
+        dict(order="sideways"),
+        dict(align_scale="per_rank"),
+        dict(teacher="clone"),
+        dict(eps=float("nan")),
+        dict(num_classes=3, loss="bce"),
+        dict(lora_targets="q_proj"),
+        dict(suppression=1),
+        dict(text_cache_size=-1),
+    ],
 )
 def test_config_validation(kwargs):
     with pytest.raises(ValueError, match="DGSConfig"):
@@ -377,8 +405,13 @@ def hf_tokenizer():
     vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3} | {w: i + 4 for i, w in enumerate(words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<s>", eos_token="</s>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
 
 
 def test_hugging_face_clip_end_to_end(tmp_path):
@@ -413,7 +446,9 @@ def test_fit_teacher_head_learns_and_fills_cache():
     torch.manual_seed(0)
     x = torch.randn(16, 3, 32, 32)
     y = (x.mean(dim=(1, 2, 3)) > 0).long()
-    loader = [(x[i:i + 4], CAPTIONS[:4], y[i:i + 4], torch.arange(i, i + 4)) for i in range(0, 16, 4)]
+    loader = [
+        (x[i : i + 4], CAPTIONS[:4], y[i : i + 4], torch.arange(i, i + 4)) for i in range(0, 16, 4)
+    ]
     hist = w.fit_teacher_head(loader, epochs=3, lr=1e-2)
     assert len(hist) == 3 and hist[-1] < hist[0]
     assert not w.teacher_head.weight.requires_grad

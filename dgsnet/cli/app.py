@@ -55,7 +55,8 @@ def train_settings(argv: Sequence[str]) -> dict[str, object]:
     Reads the `--config` file if one is given; builds no model and opens no data.
 
     Examples:
-        >>> train_settings(["--preset", "aigibench-setting2", "data/train", "-o", "runs/x"])["model"]
+        >>> argv = ["--preset", "aigibench-setting2", "data/train", "-o", "runs/x"]
+        >>> train_settings(argv)["model"]
         'ViT-L-14@openai'
     """
     args = parse_args(build_parser(), ["train", *argv])

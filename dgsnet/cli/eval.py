@@ -178,8 +178,13 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _evaluate(evaluate: Any, wrapper: Any, bundle: Any, args: argparse.Namespace,
-              single: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+def _evaluate(
+    evaluate: Any,
+    wrapper: Any,
+    bundle: Any,
+    args: argparse.Namespace,
+    single: dict[str, dict[str, Any]] | None,
+) -> dict[str, Any]:
     return evaluate(  # type: ignore[no-any-return]
         wrapper,
         args.roots,

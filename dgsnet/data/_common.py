@@ -267,4 +267,3 @@ def to_rgb8(im: Image.Image, path: str | os.PathLike[str] = "<image>") -> Image.
     elif mode not in _PIL_CONVERTED:
         raise CorruptImageError(path, f"pixel mode {mode!r} has no 8-bit RGB rule")
     return im.convert("RGB")
-

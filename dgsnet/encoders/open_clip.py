@@ -147,8 +147,12 @@ class SplitAttention(nn.Module):
         if attn_mask is not None and attn_mask.dim() == 3:
             attn_mask = attn_mask.view(n, h, lq, -1)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal,
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
         )
         out = self.out_proj(out.transpose(1, 2).reshape(n, lq, self.embed_dim))
         if not self.batch_first:

@@ -84,9 +84,7 @@ class FusedRule(SurgeryRule):
         code = func.__code__.replace(co_name=f"fused_{type(self.rule).__name__}_{id(self):x}")
         return types.MethodType(types.FunctionType(code, func.__globals__, code.co_name), self)
 
-    def _run(
-        self, grad: Tensor, refs: dict[str, Tensor]
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+    def _run(self, grad: Tensor, refs: dict[str, Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:
         if self.compiled is None:
             try:
                 kernel = torch.compile(self._own_kernel(), **self.compile_kwargs)

@@ -561,9 +561,7 @@ class Compose(SurgeryRule):
 
     def __init__(self, rules: Sequence[SurgeryRule]) -> None:
         if isinstance(rules, SurgeryRule) or not isinstance(rules, Sequence):
-            raise TypeError(
-                f"Compose expects a sequence of rules, got {type(rules).__name__}"
-            )
+            raise TypeError(f"Compose expects a sequence of rules, got {type(rules).__name__}")
         for i, rule in enumerate(rules):
             if not isinstance(rule, SurgeryRule):
                 raise TypeError(

@@ -64,9 +64,17 @@ def tiff_bytes(arr: np.ndarray, *, big_endian: bool = False) -> bytes:
     data = arr.astype(arr.dtype.newbyteorder(bo)).tobytes()
     photometric = 1 if spp in (1, 2) else 2
     entries: list[tuple[int, int, list[int]]] = [  # tag, type (3 short, 4 long), values
-        (256, 4, [w]), (257, 4, [h]), (258, 3, [bits] * spp), (259, 3, [1]),
-        (262, 3, [photometric]), (273, 4, [0]), (277, 3, [spp]), (278, 4, [h]),
-        (279, 4, [len(data)]), (284, 3, [1]), (339, 3, [fmt] * spp),
+        (256, 4, [w]),
+        (257, 4, [h]),
+        (258, 3, [bits] * spp),
+        (259, 3, [1]),
+        (262, 3, [photometric]),
+        (273, 4, [0]),
+        (277, 3, [spp]),
+        (278, 4, [h]),
+        (279, 4, [len(data)]),
+        (284, 3, [1]),
+        (339, 3, [fmt] * spp),
     ]
     if spp in (2, 4):
         entries.append((338, 3, [2]))  # ExtraSamples: unassociated alpha

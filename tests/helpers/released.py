@@ -26,8 +26,9 @@ QKV = ("q_proj", "k_proj", "v_proj")
 class ReleasedLoRALinear(nn.Linear):
     def __init__(self, weight: Tensor, bias: Tensor | None, r: int, alpha: float, dropout: float):
         out_f, in_f = weight.shape
-        super().__init__(in_f, out_f, bias=bias is not None, device=weight.device,
-                         dtype=weight.dtype)
+        super().__init__(
+            in_f, out_f, bias=bias is not None, device=weight.device, dtype=weight.dtype
+        )
         with torch.no_grad():
             self.weight.copy_(weight)
             if bias is not None:
@@ -69,10 +70,11 @@ class ReleasedAttention(nn.Module):
         self.batch_first = mha.batch_first
         w, b = mha.in_proj_weight.detach(), mha.in_proj_bias
         for i, name in enumerate(QKV):
-            bias = b.detach()[i * d:(i + 1) * d] if b is not None else None
-            setattr(self, name, ReleasedLoRALinear(w[i * d:(i + 1) * d], bias, r, alpha, dropout))
-        self.proj = nn.Linear(d, d, bias=mha.out_proj.bias is not None, device=w.device,
-                              dtype=w.dtype)
+            bias = b.detach()[i * d : (i + 1) * d] if b is not None else None
+            setattr(self, name, ReleasedLoRALinear(w[i * d : (i + 1) * d], bias, r, alpha, dropout))
+        self.proj = nn.Linear(
+            d, d, bias=mha.out_proj.bias is not None, device=w.device, dtype=w.dtype
+        )
         self.proj.load_state_dict(mha.out_proj.state_dict())
         self.proj.requires_grad_(False)
 

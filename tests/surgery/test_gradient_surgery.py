@@ -394,4 +394,3 @@ def test_stats_object_reused_across_surgeries_of_other_shapes():
         y.sum().backward()
         s = stats.summary()
         assert set(s) >= {"grad_norm_in", "removed_fraction", "cos_harm"}
-

@@ -164,12 +164,21 @@ class OwnCall(SurgeryRule):
 @pytest.mark.parametrize(
     "rule, match",
     [
-        (ReturnsNone(), r"ReturnsNone\.forward\(grad, refs\) returned NoneType; expected a tensor "
-                        r"of shape \(4, 8\), dtype torch\.float32"),
-        (DropsACoordinate(), r"DropsACoordinate\.forward\(grad, refs\) returned shape \(4, 7\); "
-                             r"expected a tensor of shape \(4, 8\)"),
-        (InFloat64(), r"InFloat64\.forward\(grad, refs\) returned dtype torch\.float64; expected "
-                      r".*dtype torch\.float32"),
+        (
+            ReturnsNone(),
+            r"ReturnsNone\.forward\(grad, refs\) returned NoneType; expected a tensor "
+            r"of shape \(4, 8\), dtype torch\.float32",
+        ),
+        (
+            DropsACoordinate(),
+            r"DropsACoordinate\.forward\(grad, refs\) returned shape \(4, 7\); "
+            r"expected a tensor of shape \(4, 8\)",
+        ),
+        (
+            InFloat64(),
+            r"InFloat64\.forward\(grad, refs\) returned dtype torch\.float64; expected "
+            r".*dtype torch\.float32",
+        ),
         (AsIntegers(), r"AsIntegers\.forward\(grad, refs\) returned dtype torch\.int64"),
     ],
     ids=["None", "shape", "float64", "int64"],
@@ -224,8 +233,12 @@ def test_broken_rule_through_the_fused_path_is_named():
 def _normalise(message: str) -> str:
     """Drop the owner in front and the word for the target tensor."""
     message = re.sub(r"^\w+: ", "", message)
-    for a, b in [("the features have", "the gradient has"), ("the features are", "the gradient is"),
-                 ("features must", "grad must"), ("like the features", "like the gradient")]:
+    for a, b in [
+        ("the features have", "the gradient has"),
+        ("the features are", "the gradient is"),
+        ("features must", "grad must"),
+        ("like the features", "like the gradient"),
+    ]:
         message = message.replace(a, b)
     return message
 

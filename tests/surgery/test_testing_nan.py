@@ -110,8 +110,9 @@ def test_nan_input_does_not_hide_a_real_deviation_elsewhere(data):
     assert re.search(r"max abs deviation [1-9]\.\d+e-0[0-2]", msg), msg
 
 
-@pytest.mark.parametrize("kwargs", [{"atol": math.nan}, {"rtol": math.nan}, {"atol": -1.0},
-                                    {"rtol": math.inf}])
+@pytest.mark.parametrize(
+    "kwargs", [{"atol": math.nan}, {"rtol": math.nan}, {"atol": -1.0}, {"rtol": math.inf}]
+)
 def test_nan_or_invalid_tolerances_are_refused(data, kwargs):
     g, refs = data
     key = next(iter(kwargs))
@@ -120,8 +121,9 @@ def test_nan_or_invalid_tolerances_are_refused(data, kwargs):
     with pytest.raises(ValueError, match=f"{key} must be a finite number >= 0"):
         assert_fused_matches_eager(OrthogonalSuppression(), g, refs, **kwargs)
     with pytest.raises(ValueError, match=f"{key} must be a finite number >= 0"):
-        assert_gradcheck(OrthogonalSuppression(), g[:1, :3], {"harm": refs["harm"][:1, :3]},
-                         **kwargs)
+        assert_gradcheck(
+            OrthogonalSuppression(), g[:1, :3], {"harm": refs["harm"][:1, :3]}, **kwargs
+        )
 
 
 def test_sign_split_reports_nan_as_nan():
@@ -146,7 +148,6 @@ def test_surgery_backward_identity_holds_with_nan_features():
     x = torch.randn(4, 8)
     x[1, 2] = math.nan  # the forward pass is still the identity (NaN stays NaN)
     assert_surgery_backward_applies_rule(OrthogonalSuppression(), x, {"harm": torch.randn(4, 8)})
-
 
 
 class _NaNGradient(torch.autograd.Function):
