@@ -235,7 +235,7 @@ def test_feature_distillation_alone_has_the_analytic_gradient(weight, layers):
     mse = ((f - f_t) ** 2).sum() / f.numel()  # mean over batch and feature dims
     assert float((out.losses["distill"] - mse).abs()) < 1e-13
     bce = F.binary_cross_entropy_with_logits(w.image_head(f).flatten(), y.double())
-    assert float((out.loss.detach() - (bce + weight * mse)).abs()) < 1e-12
+    assert float((out.loss - (bce + weight * mse)).detach().abs()) < 1e-12
     w.zero_grad(set_to_none=True)
     out.loss.backward()
     got = lora_grads(w)
