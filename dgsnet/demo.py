@@ -218,78 +218,30 @@ def run(
     Raises:
         ValueError: a size, count or rate out of range.
     """
-    for name, value, low in (
-        ("train", train, 2),
-        ("test", test, 2),
-        ("epochs", epochs, 1),
-        ("batch_size", batch_size, 1),
-        ("seed", seed, 0),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    import open_clip
-
+    _check_run_args(train=train, test=test, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     torch.manual_seed(seed)
     start = time.perf_counter()
 
-    model = _tiny_model()
-    tokenizer = open_clip.get_tokenizer("ViT-B-32")  # the BPE vocabulary ships with open_clip
-    config = DGSConfig.reference(lora_dropout=0.1)  # r=6, alpha=6 on q/k/v, reference surgery
-    dgs = DGSWrapper(model, tokenizer, config)
-    n_train = sum(p.numel() for p in dgs.trainable_parameters())
-    echo(
-        f"model: tiny open_clip ViT ({len(dgs.lora_modules)} LoRA modules, {n_train} trainable "
-        f"parameters); config: {config.order}, align {config.align_weight} ({config.align_scale})"
-    )
-
+    dgs = _build_wrapper(echo)
     train_split = make_split(train, _IMAGE_SIZE, seed)
     test_split = make_split(test, _IMAGE_SIZE, seed + 1)
-
-    echo("stage 1: linear probe of the frozen teacher")
-    history = dgs.fit_teacher_head(
-        list(batches(*train_split, batch_size, True, seed)), epochs=3, lr=1e-2, progress=progress
-    )
-    echo(f"  teacher-head loss per epoch: {', '.join(f'{h:.3f}' for h in history)}")
-    echo(f"  held-out accuracy of the teacher probe: {teacher_accuracy(dgs, *test_split):.3f}")
-    echo(
-        f"  held-out accuracy before stage 2 (student): "
-        f"{accuracy(dgs, test_split[0], test_split[2]):.3f}"
+    _stage1(
+        dgs, train_split, test_split, batch_size=batch_size, seed=seed, progress=progress, echo=echo
     )
 
     echo("stage 2: LoRA + heads with gradient surgery, in a plain training loop")
     opt = torch.optim.Adam(dgs.trainable_parameters(), lr=lr)
     step = 0
     for epoch in range(epochs):
-        bar = progress_bar(
+        step = _stage2_epoch(
+            dgs,
+            opt,
             list(batches(*train_split, batch_size, True, seed + epoch)),
             desc=f"epoch {epoch + 1}/{epochs}",
-            enabled=progress,
+            step=step,
+            progress=progress,
+            echo=echo,
         )
-        # printing through tqdm.write keeps a live bar intact
-        write = getattr(bar, "write", print) if echo is print else echo
-        for images, captions, labels, index in bar:
-            out = dgs(images, captions, labels, index=index)
-            opt.zero_grad()
-            out.loss.backward()
-            opt.step()
-            step += 1
-            s = out.stats
-            bar.set_postfix(
-                loss=f"{out.loss.item():.3f}",
-                removed=f"{s['removed_fraction']:.3f}",
-                cos_harm=f"{s['cos_harm']:+.2f}",
-            )
-            if step % 8 == 0:
-                parts = out.losses
-                write(
-                    f"  step {step:3d} loss {out.loss.item():.4f} (image {parts['image']:.3f}, "
-                    f"text {parts['text']:.3f}, align {parts['align']:+.4f}) | surgery: "
-                    f"removed {s['removed_fraction']:.3f} of the gradient norm, "
-                    f"cos(task, harm) {s['cos_harm']:+.3f}, cos(task, help) {s['cos_help']:+.3f}"
-                )
-        bar.close()
         echo(
             f"  epoch {epoch + 1}: held-out accuracy "
             f"{accuracy(dgs, test_split[0], test_split[2]):.3f}"
@@ -301,6 +253,101 @@ def run(
         f"({test} images, {time.perf_counter() - start:.0f} s in all)"
     )
     return acc
+
+
+def _check_run_args(
+    *, train: int, test: int, epochs: int, batch_size: int, lr: float, seed: int
+) -> None:
+    """Raise `ValueError` for a count below its minimum or a learning rate that is not > 0."""
+    for name, value, low in (
+        ("train", train, 2),
+        ("test", test, 2),
+        ("epochs", epochs, 1),
+        ("batch_size", batch_size, 1),
+        ("seed", seed, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+
+
+def _build_wrapper(echo: Callable[[str], None]) -> DGSWrapper:
+    """The tiny model wrapped with the reference configuration; reports its size to `echo`."""
+    import open_clip
+
+    model = _tiny_model()
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")  # the BPE vocabulary ships with open_clip
+    config = DGSConfig.reference(lora_dropout=0.1)  # r=6, alpha=6 on q/k/v, reference surgery
+    dgs = DGSWrapper(model, tokenizer, config)
+    n_train = sum(p.numel() for p in dgs.trainable_parameters())
+    echo(
+        f"model: tiny open_clip ViT ({len(dgs.lora_modules)} LoRA modules, {n_train} trainable "
+        f"parameters); config: {config.order}, align {config.align_weight} ({config.align_scale})"
+    )
+    return dgs
+
+
+def _stage1(
+    dgs: DGSWrapper,
+    train_split: Split,
+    test_split: Split,
+    *,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+    echo: Callable[[str], None],
+) -> None:
+    """Stage 1: fit the teacher head as a linear probe; report its loss and both accuracies."""
+    echo("stage 1: linear probe of the frozen teacher")
+    history = dgs.fit_teacher_head(
+        list(batches(*train_split, batch_size, True, seed)), epochs=3, lr=1e-2, progress=progress
+    )
+    echo(f"  teacher-head loss per epoch: {', '.join(f'{h:.3f}' for h in history)}")
+    echo(f"  held-out accuracy of the teacher probe: {teacher_accuracy(dgs, *test_split):.3f}")
+    echo(
+        f"  held-out accuracy before stage 2 (student): "
+        f"{accuracy(dgs, test_split[0], test_split[2]):.3f}"
+    )
+
+
+def _stage2_epoch(
+    dgs: DGSWrapper,
+    opt: torch.optim.Optimizer,
+    epoch_batches: list[tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor]],
+    *,
+    desc: str,
+    step: int,
+    progress: bool,
+    echo: Callable[[str], None],
+) -> int:
+    """One stage-2 epoch of the plain training loop; every 8th step is reported. Returns the
+    step count after the epoch."""
+    bar = progress_bar(epoch_batches, desc=desc, enabled=progress)
+    # printing through tqdm.write keeps a live bar intact
+    write = getattr(bar, "write", print) if echo is print else echo
+    for images, captions, labels, index in bar:
+        out = dgs(images, captions, labels, index=index)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        step += 1
+        s = out.stats
+        bar.set_postfix(
+            loss=f"{out.loss.item():.3f}",
+            removed=f"{s['removed_fraction']:.3f}",
+            cos_harm=f"{s['cos_harm']:+.2f}",
+        )
+        if step % 8 == 0:
+            parts = out.losses
+            write(
+                f"  step {step:3d} loss {out.loss.item():.4f} (image {parts['image']:.3f}, "
+                f"text {parts['text']:.3f}, align {parts['align']:+.4f}) | surgery: "
+                f"removed {s['removed_fraction']:.3f} of the gradient norm, "
+                f"cos(task, harm) {s['cos_harm']:+.3f}, cos(task, help) {s['cos_help']:+.3f}"
+            )
+    bar.close()
+    return step
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:

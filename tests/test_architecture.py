@@ -49,7 +49,7 @@ LAYERS: dict[str, int] = {
     # 6 the training engine, and what reads or writes its run folders
     "dgsnet.training": 6,
     "dgsnet.evaluation": 6,
-    "dgsnet.interop": 6,
+    "dgsnet.interop": 6,  # the package and every module in it
     # 7 the command line
     "dgsnet.cli": 7,
     "dgsnet.__main__": 7,
