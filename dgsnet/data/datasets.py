@@ -12,6 +12,9 @@ Label 0 is real, 1 is fake. Files are listed in a sorted, deterministic order. A
 for a `DataLoader`, keeping the dataset `index` (the key of teacher
 feature caches) and the subset names.
 
+The item types and `collate` live in `dgsnet.data.samples`, the folder walking and
+`detect_layout` in `dgsnet.data.layouts`; both are re-exported here.
+
 Examples:
     >>> ds = DetectionFolder("datasets/test", transform=preprocess)        # doctest: +SKIP
     >>> loader = DataLoader(ds, batch_size=32, collate_fn=collate)          # doctest: +SKIP
@@ -25,11 +28,9 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
-import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
@@ -39,11 +40,27 @@ from ._common import (
     DatasetError,
     ImageRangeWarning,
     check_image,
-    is_image_file,
     load_image,
     truncated_images_allowed,
 )
 from .caption_store import CaptionStore, FallbackSpec, load_captions
+from .layouts import (
+    FAKE_DIR,
+    GENIMAGE_FAKE_DIR,
+    GENIMAGE_REAL_DIR,
+    GENIMAGE_SPLITS,
+    REAL_DIR,
+    _check_root,
+    _collect,
+    _detection_leaves,
+    _filter_subsets,
+    _genimage_leaves,
+    _layout_hint,
+    _Record,
+    detect_layout,
+    list_images,
+)
+from .samples import Batch, Sample, collate
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -63,128 +80,9 @@ __all__ = [
     "list_images",
 ]
 
-#: class folders of the detection layout: label 0 (real) and 1 (fake)
-REAL_DIR, FAKE_DIR = "0_real", "1_fake"
-#: class folders of the GenImage layout
-GENIMAGE_REAL_DIR, GENIMAGE_FAKE_DIR = "nature", "ai"
-GENIMAGE_SPLITS = ("train", "val")
-
 _MAX_LISTED = 5
 
 CaptionsArg = CaptionStore | Mapping[str, str] | str | os.PathLike[str] | None
-
-
-class Sample(NamedTuple):
-    """One item of a dataset (a named tuple: unpacks positionally, fields by name)."""
-
-    image: Any
-    """the transformed image (a PIL image when the dataset has no transform)"""
-    caption: str | None
-    """the caption, or `None` when the dataset has no captions"""
-    label: int
-    """0 real, 1 fake"""
-    subset: str
-    index: int  # type: ignore[assignment]  # the field shadows tuple.index on purpose
-    """position in the dataset it came from (stable across runs: a cache key)"""
-    path: str
-
-
-class Batch(NamedTuple):
-    """What `collate` returns."""
-
-    images: Any
-    """`(B, C, H, W)` tensor when the images are equally sized tensors, else a list"""
-    captions: list[str | None]
-    labels: torch.Tensor
-    """`(B,)` int64, 0 real / 1 fake (`labels.float()` for a BCE loss)"""
-    indices: torch.Tensor
-    """`(B,)` int64 dataset indices"""
-    subsets: list[str]
-
-
-def collate(batch: Sequence[Sample | tuple]) -> Batch:
-    """Batch `Sample` items for a `DataLoader`.
-
-    Returns `Batch` `(images, captions, labels, indices, subsets)`: images stacked
-    into one tensor when they are tensors of one shape (a list otherwise, e.g. PIL images),
-    captions and subsets as lists, labels and indices as int64 tensors.
-
-    Args:
-        batch: `Sample` items (or plain tuples of the same fields).
-
-    Returns:
-        The `Batch`.
-    """
-    if len(batch) == 0:
-        raise ValueError("collate got an empty batch")
-    samples = [b if isinstance(b, Sample) else Sample(*b) for b in batch]
-    image_list = [s.image for s in samples]
-    images: Any = image_list
-    if all(isinstance(im, torch.Tensor) for im in image_list):
-        shapes = {tuple(im.shape) for im in image_list}
-        if len(shapes) > 1:
-            raise ValueError(
-                f"cannot stack images of different shapes {sorted(shapes)}: use a transform "
-                "that outputs one size (e.g. the model's preprocess or PatchSelection)"
-            )
-        images = torch.stack(image_list)
-    return Batch(
-        images=images,
-        captions=[s.caption for s in samples],
-        labels=torch.tensor([int(s.label) for s in samples], dtype=torch.long),
-        indices=torch.tensor([int(s.index) for s in samples], dtype=torch.long),
-        subsets=[s.subset for s in samples],
-    )
-
-
-@dataclass(frozen=True)
-class _Record:
-    path: str
-    label: int
-    subset: str
-    category: str | None
-
-
-def list_images(folder: str | os.PathLike[str]) -> list[str]:
-    """All image files under `folder` (recursively), sorted by their path components.
-
-    Image = one of `IMAGE_EXTENSIONS` in any case, not hidden. Symlinked files are
-    followed, symlinked sub-folders are not (no cycles).
-
-    Args:
-        folder: the folder to search.
-
-    Returns:
-        The image paths, as strings.
-    """
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
-    return sorted(out, key=lambda p: Path(p).parts)
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as exc:
-        raise DatasetError(f"cannot list folder {folder}: {exc}") from exc
-    return [Path(e.path) for e in entries if not e.name.startswith(".") and e.is_dir()]
-
-
-def _check_root(root: str | os.PathLike[str]) -> Path:
-    if not isinstance(root, (str, os.PathLike)):
-        raise TypeError(f"root must be a path, got {type(root).__name__}")
-    p = Path(root)
-    if not p.exists():
-        raise DatasetError(f"dataset root {p} does not exist")
-    if not p.is_dir():
-        raise DatasetError(f"dataset root {p} is not a folder")
-    return p
-
-
-def _folder_name(p: Path) -> str:
-    return Path(os.path.abspath(p)).name
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,84 +288,6 @@ def _maybe_progress(it: Iterable[Any], enabled: bool, total: int) -> Iterable[An
     return tqdm(it, total=total, unit="img", desc="verifying")
 
 
-def _filter_subsets(
-    leaves: list[tuple[str, str | None, Path]], subsets: Iterable[str] | None, root: Path
-) -> list[tuple[str, str | None, Path]]:
-    if subsets is None:
-        return leaves
-    if isinstance(subsets, str):
-        subsets = [subsets]
-    wanted = list(dict.fromkeys(subsets))
-    available = list(dict.fromkeys(name for name, _, _ in leaves))
-    unknown = [s for s in wanted if s not in available]
-    if unknown:
-        raise DatasetError(f"subsets {unknown} not found under {root}; available: {available}")
-    return [leaf for leaf in leaves if leaf[0] in wanted]
-
-
-def _collect(
-    leaves: list[tuple[str, str | None, Path]],
-    class_dirs: tuple[tuple[str, int], ...],
-    allow_single_class: bool,
-    keep_category: bool,
-) -> list[_Record]:
-    records: list[_Record] = []
-    for subset, category, folder in leaves:
-        where = f"subset {subset!r}" + (f" (folder {category!r})" if category else "")
-        leaf_records: list[_Record] = []
-        for dirname, label in class_dirs:
-            cdir = folder / dirname
-            if not cdir.is_dir():
-                if not allow_single_class:
-                    present = [d for d, _ in class_dirs if (folder / d).is_dir()]
-                    raise DatasetError(
-                        f"{where} has no {dirname!r} folder (expected {cdir}; found "
-                        f"{present}); pass allow_single_class=True for a test set that "
-                        "legitimately holds one class"
-                    )
-                continue
-            files = list_images(cdir)
-            if not files and not allow_single_class:
-                raise DatasetError(
-                    f"folder {cdir} contains no images (extensions: "
-                    f"{', '.join(sorted(IMAGE_EXTENSIONS))}, any case)"
-                )
-            cat = category if keep_category else None
-            leaf_records.extend(_Record(f, label, subset, cat) for f in files)
-        if not leaf_records:
-            raise DatasetError(
-                f"{where} contains no images: every class folder under {folder} is empty"
-            )
-        records.extend(leaf_records)
-    return records
-
-
-# --------------------------------------------------------------------------------------------
-# detection layout
-
-
-def _has_detection_classes(d: Path) -> bool:
-    return (d / REAL_DIR).is_dir() or (d / FAKE_DIR).is_dir()
-
-
-def _detection_leaves(root: Path) -> tuple[list[tuple[str, str | None, Path]], list[Path]]:
-    """(subset, category, folder holding the class dirs) in sorted order, and ignored dirs."""
-    if _has_detection_classes(root):
-        return [(_folder_name(root), None, root)], []
-    leaves: list[tuple[str, str | None, Path]] = []
-    ignored: list[Path] = []
-    for sub in _subdirs(root):
-        if _has_detection_classes(sub):
-            leaves.append((sub.name, None, sub))
-            continue
-        cats = [c for c in _subdirs(sub) if _has_detection_classes(c)]
-        if cats:
-            leaves.extend((sub.name, c.name, c) for c in cats)
-        else:
-            ignored.append(sub)
-    return leaves, ignored
-
-
 class DetectionFolder(LabeledImageDataset):
     """The `{0_real,1_fake}` layout of CNNDetection, UnivFD, AIGCDetectBenchmark, AIGIBench
     and NPR:
@@ -535,36 +355,6 @@ class DetectionFolder(LabeledImageDataset):
             caption_fallback=caption_fallback,
             verify=verify,
         )
-
-
-# --------------------------------------------------------------------------------------------
-# GenImage layout
-
-
-def _has_genimage_classes(d: Path) -> bool:
-    return (d / GENIMAGE_REAL_DIR).is_dir() or (d / GENIMAGE_FAKE_DIR).is_dir()
-
-
-def _genimage_split_dirs(gen: Path, split: str) -> list[tuple[str | None, Path]]:
-    """Split folders of one generator: `gen/<split>` or `gen/<inner>/<split>`."""
-    if _has_genimage_classes(gen / split):
-        return [(None, gen / split)]
-    return [
-        (inner.name, inner / split)
-        for inner in _subdirs(gen)
-        if _has_genimage_classes(inner / split)
-    ]
-
-
-def _genimage_leaves(root: Path, split: str) -> list[tuple[str, str | None, Path]]:
-    own = _genimage_split_dirs(root, split)
-    if own and own[0][0] is None:
-        return [(_folder_name(root), None, own[0][1])]
-    leaves = []
-    for gen in _subdirs(root):
-        for inner, d in _genimage_split_dirs(gen, split):
-            leaves.append((gen.name, inner, d))
-    return leaves
 
 
 class GenImageFolder(LabeledImageDataset):
@@ -636,79 +426,6 @@ class GenImageFolder(LabeledImageDataset):
             caption_fallback=caption_fallback,
             verify=verify,
         )
-
-
-# --------------------------------------------------------------------------------------------
-# layout detection
-
-
-def _find_dirs(root: Path, depth: int, test: Callable[[Path], bool]) -> bool:
-    """Whether `test` holds for `root` or a folder at most `depth` levels below it."""
-    frontier = [root]
-    for level in range(depth + 1):
-        if any(test(d) for d in frontier):
-            return True
-        if level < depth:
-            frontier = [c for d in frontier for c in _subdirs(d)]
-    return False
-
-
-def _is_detection(root: Path) -> bool:
-    return _find_dirs(root, 2, _has_detection_classes)
-
-
-def _is_genimage(root: Path) -> bool:
-    def split_dir(d: Path) -> bool:
-        return any(_has_genimage_classes(d / s) for s in GENIMAGE_SPLITS)
-
-    return _find_dirs(root, 2, split_dir)
-
-
-def _layout_hint(root: Path, other: Literal["detection", "genimage"]) -> str:
-    """A hint when `root` holds the *other* layout."""
-    try:
-        if other == "genimage" and _is_genimage(root):
-            return "; it looks like a GenImage folder: use GenImageFolder"
-        if other == "detection" and _is_detection(root):
-            return f"; it holds {REAL_DIR}/{FAKE_DIR} folders: use DetectionFolder"
-    except DatasetError:
-        pass
-    return ""
-
-
-def detect_layout(root: str | os.PathLike[str]) -> Literal["detection", "genimage"]:
-    """Tell which layout `root` holds.
-
-    `"detection"`: `{0_real,1_fake}` folders in `root`, `root/*` or `root/*/*`;
-    `"genimage"`: `{train,val}/{nature,ai}` in `root`, `root/*` or `root/*/*`.
-    Raises `DatasetError` when `root` is missing, holds neither, or holds both.
-
-    Args:
-        root: the dataset folder.
-
-    Returns:
-        `"detection"` or `"genimage"`.
-
-    Raises:
-        DatasetError: `root` is missing, holds neither layout, or holds both.
-    """
-    root_p = _check_root(root)
-    det, gen = _is_detection(root_p), _is_genimage(root_p)
-    if det and gen:
-        raise DatasetError(
-            f"{root_p} holds both {REAL_DIR}/{FAKE_DIR} and GenImage nature/ai folders; "
-            "open it with DetectionFolder or GenImageFolder explicitly"
-        )
-    if det:
-        return "detection"
-    if gen:
-        return "genimage"
-    raise DatasetError(
-        f"{root_p} is neither dataset layout:\n"
-        f"  detection: <root>/<subset>[/<category>]/{{{REAL_DIR},{FAKE_DIR}}}/<images>\n"
-        f"  GenImage:  <root>/<generator>[/<inner>]/{{train,val}}/"
-        f"{{{GENIMAGE_REAL_DIR},{GENIMAGE_FAKE_DIR}}}/<images>"
-    )
 
 
 def open_dataset(
