@@ -34,6 +34,7 @@ from typing import Any, Literal
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
+from ..progress import progress_bar
 from ._common import (
     IMAGE_EXTENSIONS,
     CorruptImageError,
@@ -279,13 +280,7 @@ class LabeledImageDataset(Dataset):
 
 
 def _maybe_progress(it: Iterable[Any], enabled: bool, total: int) -> Iterable[Any]:
-    if not enabled:
-        return it
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return it
-    return tqdm(it, total=total, unit="img", desc="verifying")
+    return progress_bar(it, total=total, unit="img", desc="verifying", enabled=enabled)
 
 
 class DetectionFolder(LabeledImageDataset):
