@@ -26,7 +26,8 @@ gradient as `PriorAlignment` and keeps it correct under loss scaling and data pa
 
 The pieces around the step live in their own modules: input checks in
 `dgsnet.validation`, the text and teacher caches in `dgsnet.caches`, checkpoint files
-in `dgsnet.checkpoint`.
+in `dgsnet.checkpoint`, the teacher's outputs and the two references in
+`dgsnet.references`, stage 1 in `dgsnet.stage1`, `DGSOutput` in `dgsnet.output`.
 
 Examples:
     >>> import open_clip  # doctest: +SKIP
@@ -41,11 +42,9 @@ Examples:
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,10 +61,11 @@ from .checkpoint import (
 )
 from .config import DGSConfig
 from .encoders import DualEncoder, wrap_encoder
-from .errors import NonFiniteInputError
-from .heads import LossFn, classification_loss, input_grad
+from .heads import LossFn, classification_loss
 from .lora import LoRASpec, adapters_disabled, attach_lora, check_no_merge
-from .progress import progress_bar
+from .output import DGSOutput
+from .references import help_reference, student_and_teacher, text_reference
+from .stage1 import fit_teacher_head
 from .surgery import GradientSurgery, OrthogonalSuppression, SurgeryRule, SurgeryStats, fuse
 from .validation import (
     check_captions,
@@ -76,59 +76,10 @@ from .validation import (
     check_tokens,
     inputs_finite,
     raise_nonfinite_inputs,
-    unpack_stage1_batch,
     vocab_size,
 )
 
 __all__ = ["DGSWrapper", "DGSOutput", "WEIGHTS_NAME", "CONFIG_NAME"]
-
-
-@dataclass
-class DGSOutput:
-    """What `DGSWrapper.forward` returns.
-
-    `loss` is ready for `.backward()`; `logits` are the student's; `losses` holds the
-    detached parts (`image`, `text`, `teacher`, `align`, and `distill`, the
-    unweighted `MSE(f, f_T)`, when `feature_distill > 0`); `stats` the surgery
-    diagnostics as floats, available after `loss.backward()` (empty before).
-    """
-
-    loss: Tensor
-    logits: Tensor
-    losses: dict[str, Tensor] = field(default_factory=dict)
-    surgery: SurgeryStats | None = None
-
-    @property
-    def stats(self) -> dict[str, float]:
-        return self.surgery.summary() if self.surgery is not None else {}
-
-
-def _register_output_pytree() -> None:
-    """Make `DGSOutput` a pytree node, so that `DistributedDataParallel` finds its
-    tensors. DDP routes the forward output through its `_DDPSink` with `tree_flatten`
-    (`static_graph=True`, `find_unused_parameters=True`); an unregistered dataclass is an
-    opaque leaf there, and with `static_graph=True` the first step's gradients were then never
-    all-reduced (each rank kept its local gradient). `tests/test_distributed.py` checks this."""
-    try:
-        from torch.utils import _pytree as pytree
-    except ImportError:  # pragma: no cover - very old torch
-        return
-    register = getattr(pytree, "register_pytree_node", None) or getattr(
-        pytree, "_register_pytree_node", None
-    )
-    if register is None:  # pragma: no cover
-        return
-    try:
-        register(
-            DGSOutput,
-            lambda o: ([o.loss, o.logits, o.losses, o.surgery], None),
-            lambda values, _ctx: DGSOutput(*values),
-        )
-    except ValueError:  # already registered (module reloaded)
-        pass
-
-
-_register_output_pytree()
 
 
 class DGSWrapper(nn.Module):
@@ -437,28 +388,13 @@ class DGSWrapper(nn.Module):
         inputs_ok = self._inputs_finite(images, t) if check_finite else None
         kind = self._loss_kind
         closed = cfg.closed_form_heads and kind is not None
-        # teacher: cached logits (closed form only needs those), or a forward without grad
-        # (feature distillation needs the teacher's features, which the cache does not hold)
-        z_teacher = None
-        if cfg.alignment and closed and cfg.teacher_cache and index is not None and not distill:
-            cached = self.teacher_cache.lookup(index)
-            # a fresh host tensor of our own: the copy need not block (no device sync)
-            z_teacher = cached.to(self.device, non_blocking=True) if cached is not None else None
-        need_teacher = distill or (cfg.alignment and z_teacher is None)
-        f, f_teacher = self._features(images, need_teacher)
-        if f_teacher is not None and cfg.alignment:
-            with torch.no_grad():
-                z_teacher = self.teacher_head(f_teacher)
-            if closed and cfg.teacher_cache and index is not None:
-                self.teacher_cache.store(index, z_teacher)
+        f, f_teacher, z_teacher = student_and_teacher(self, images, index, closed, distill)
 
-        # text head: trains on detached text features; its input gradient is the harm reference
-        z_text = self.text_head(t)
-        loss_text = self._loss(z_text, y)
         # "invariant" scale: per-sample reference gradients (no 1/B), so that neither the
         # alignment weight nor the projection's eps depends on the (per-rank) batch size
         per_sample = cfg.align_scale == "invariant"
-        g_text = input_grad(self.text_head, t, z_text, y, kind, self._loss, closed, per_sample)
+        # text head: trains on detached text features; its input gradient is the harm reference
+        loss_text, g_text = text_reference(self, t, y, closed, per_sample)
 
         losses: dict[str, Tensor] = {"text": loss_text.detach()}
         stats = SurgeryStats()
@@ -475,11 +411,9 @@ class DGSWrapper(nn.Module):
             assert z_teacher is not None
             with torch.no_grad():
                 losses["teacher"] = self._loss(z_teacher, y).detach()
-            g_img = input_grad(
-                self.teacher_head, f_teacher, z_teacher, y, kind, self._loss, closed, per_sample
+            g_help, inputs_ok = help_reference(
+                self, f_teacher, z_teacher, y, closed, per_sample, f.dtype, inputs_ok, images, t
             )
-            g_help = g_img.clamp_max(0).to(f.dtype)
-            g_help, inputs_ok = self._guard_help(g_help, inputs_ok, images, t)
             stats.extra_refs["help"] = g_help
             target = f_s if cfg.order == "align_then_project" else f
             inner = (target * g_help).sum(dim=-1)
@@ -513,25 +447,6 @@ class DGSWrapper(nn.Module):
         loss_fd = F.mse_loss(f, f_teacher.to(f.dtype))
         losses = {"image": loss_img.detach(), "distill": loss_fd.detach()}
         return DGSOutput(loss=loss_img + weight * loss_fd, logits=logits, losses=losses)
-
-    def _guard_help(
-        self, g_help: Tensor, inputs_ok: Tensor | None, images: Tensor, t: Tensor
-    ) -> tuple[Tensor, Tensor | None]:
-        """The non-finite policy for the help reference `g_help`.
-
-        `nonfinite="ignore"`: rows with NaN/Inf become zero (no alignment for them).
-        `"raise"`: one device sync reads the inputs' flag and the reference's; NaN/Inf in
-        the inputs, else in the reference, raise `NonFiniteInputError`.
-        Returns the reference and `None` for a flag that is checked now."""
-        if self.config.nonfinite == "ignore":
-            return g_help.masked_fill(~torch.isfinite(g_help).all(-1, keepdim=True), 0.0), inputs_ok
-        if not bool(torch.isfinite(g_help).all() & cast(Tensor, inputs_ok)):
-            self._raise_nonfinite_inputs(images, t)  # the inputs, if they are the cause
-            raise NonFiniteInputError(
-                "the teacher's reference gradient contains NaN or Inf (check the teacher head "
-                "and the inputs), or set DGSConfig(nonfinite='ignore')"
-            )
-        return g_help, None
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
@@ -582,60 +497,15 @@ class DGSWrapper(nn.Module):
         Returns:
             The mean loss of each epoch.
         """
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive number, got {lr!r}")
-        head = self.teacher_head
-        head.requires_grad_(True)
-        self.teacher_cache.clear()
-        opt = torch.optim.Adam(head.parameters(), lr=lr, betas=betas)
-        feature_cache = TeacherCache()
-        history: list[float] = []
-        seen: list[Tensor] = []
-        try:
-            for epoch in range(epochs):
-                total, count = 0.0, 0
-                batches = progress_bar(
-                    loader,
-                    desc=f"stage 1 epoch {epoch + 1}/{epochs}",
-                    leave=False,
-                    enabled=progress,
-                )
-                for batch in batches:
-                    images, labels, index = unpack_stage1_batch(batch)
-                    n = self._check_images(images)
-                    y = self._check_labels(labels, n)
-                    index = self._check_index(index, n)
-                    keep = index if cache_features else None  # the key of the feature cache
-                    feats = feature_cache.lookup(keep) if keep is not None else None
-                    if feats is None:
-                        feats = self.encode_teacher(images)
-                        if keep is not None:
-                            feature_cache.store(keep, feats)
-                    else:
-                        feats = feats.to(self.device)
-                    if epoch == 0 and index is not None:
-                        seen.append(index.cpu())
-                    loss = self._loss(head(feats), y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * n
-                    count += n
-                if count == 0:
-                    raise ValueError("fit_teacher_head: the loader yielded no batches")
-                history.append(total / count)
-        finally:
-            head.requires_grad_(False)
-        if seen and cache_features and self.config.teacher_cache and self._loss_kind is not None:
-            idx = torch.unique(torch.cat(seen))
-            with torch.no_grad():
-                for chunk in idx.split(4096):
-                    rows = feature_cache.lookup(chunk)
-                    if rows is not None:
-                        self.teacher_cache.store(chunk, head(rows.to(self.device)))
-        return history
+        return fit_teacher_head(
+            self,
+            loader,
+            epochs,
+            lr,
+            betas=betas,
+            progress=progress,
+            cache_features=cache_features,
+        )
 
     # -- checkpoints (dgsnet.checkpoint) ------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -37,6 +37,9 @@ LAYERS: dict[str, int] = {
     "dgsnet.checkpoint": 3,
     # 4 the wrapper, and the package root that re-exports it
     "dgsnet.wrapper": 4,
+    "dgsnet.stage1": 4,
+    "dgsnet.references": 4,
+    "dgsnet.output": 4,
     "dgsnet": 4,
     # 5 around the wrapper: data, scoring, model building, figures
     "dgsnet.data": 5,

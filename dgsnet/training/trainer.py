@@ -25,9 +25,10 @@ from ..errors import (
     TrainingConfigError,
     TrainingInterrupted,
 )
-from ..io import CheckpointError, atomic_write_json, json_safe, load_tensors, sha256_file
+from ..io import CheckpointError, atomic_write_json, json_safe, load_tensors
 from ..progress import progress_bar
-from ..wrapper import WEIGHTS_NAME, DGSWrapper
+from ..wrapper import DGSWrapper
+from .checkpoint_state import checkpoint_state, run_summary
 from .data import (
     ResumableSampler,
     Stage1Batches,
@@ -41,12 +42,11 @@ from .distributed import DistInfo, any_rank, barrier, broadcast_parameters, setu
 from .guard import check_finite_weights
 from .lock import hold_run_lock
 from .options import TrainOptions
-from .precision import Precision, compile_image_tower, scaler_state
+from .precision import Precision, compile_image_tower
 from .runlog import RunLog
 from .seeding import (
     derive_seed,
     deterministic_algorithms,
-    rng_state,
     seed_everything,
     set_rng_state,
 )
@@ -56,9 +56,7 @@ from .state import (
     LAST_DIR,
     LOG_NAME,
     OPTIMIZER_NAME,
-    STATE_FORMAT,
     STATE_NAME,
-    STATE_VERSION,
     SUMMARY_NAME,
     clear_run_state,
     commit_dir,
@@ -536,37 +534,7 @@ class Trainer:
         if self.optimizer is not None:
             opt_meta = save_optimizer(tmp, self.optimizer, self.names)
         cache_meta = save_teacher_cache(tmp, self.wrapper) if o.deterministic_transform else None
-        body = {
-            "format": STATE_FORMAT,
-            "format_version": STATE_VERSION,
-            "phase": phase,
-            "teacher_cache": cache_meta,
-            "stage1_done": self.stage1_done,
-            "epoch": epoch,
-            "batch": batch,
-            "global_step": ts.global_step,
-            "skipped_steps": ts.skipped_steps,
-            "stage1_history": ts.stage1_history,
-            "sampler": {
-                "seed": o.seed,
-                "epoch": epoch,
-                "start_batch": batch,
-                "batch_size": o.batch_size,
-                "permutation_seed": ResumableSampler(1, o.seed).permutation_seed(epoch),
-                "shuffle": o.shuffle,
-                "world_size": self.dist.world_size,
-            },
-            "rng": rng_state(),
-            "optimizer": opt_meta,
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "precision": self.options.precision,
-            "grad_scaler": scaler_state(self.scaler),
-            "resume_key": self.resume_key,
-            "dataset": self.fingerprint,
-            "weights_sha256": sha256_file(tmp / WEIGHTS_NAME),
-            "log_offset": self.log.offset() if self.log.fh else 0,
-            "time": time.time(),
-        }
+        body = checkpoint_state(self, phase, epoch, batch, tmp, opt_meta, cache_meta)
         write_state_json(tmp / STATE_NAME, body)
         commit_dir(tmp, target)
         self.log.write(
@@ -591,18 +559,7 @@ class Trainer:
             commit_dir(tmp, final_dir)
         barrier(self.dist)
         self.elapsed = time.perf_counter() - self.t_start
-        summary = {
-            "event": "summary",
-            "stage": self.options.stage,
-            "global_step": self.ts.global_step,
-            "skipped_steps": self.ts.skipped_steps,
-            "epochs": self.options.epochs,
-            "stage1_history": self.ts.stage1_history,
-            "resumed_from": self.resumed_from,
-            "final_dir": os.fspath(final_dir) if final_dir else None,
-            "elapsed_s": self.elapsed,
-            "num_images": self.fingerprint["num_images"],
-        }
+        summary = run_summary(self, final_dir)
         self.log.write(summary)
         if self.main:
             atomic_write_json(self.out / SUMMARY_NAME, json_safe(summary))
