@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -61,17 +61,37 @@ class Budget:
     fd_weight: float = 1.0
 
 
-def _config(method: str) -> DGSConfig:
+#: the LoRA scalings the study can run every LoRA method with: ``"standard"`` (alpha / r,
+#: the first table of docs/study.md) or ``"rslora"`` (alpha / sqrt(r), the released code's)
+LORA_SCALINGS = ("standard", "rslora")
+DEFAULT_SCALING = "standard"
+
+
+def reference_config(lora_scaling: str = DEFAULT_SCALING, **overrides) -> DGSConfig:
+    """``DGSConfig.reference(**overrides)`` with the LoRA scaling ``lora_scaling``."""
+    if lora_scaling not in LORA_SCALINGS:
+        raise ValueError(f"lora_scaling must be one of {LORA_SCALINGS}, got {lora_scaling!r}")
+    if "lora_scaling" in {f.name for f in fields(DGSConfig)}:
+        return DGSConfig.reference(lora_scaling=lora_scaling, **overrides)
+    if lora_scaling != "standard":
+        raise ValueError(
+            f"lora_scaling={lora_scaling!r} needs a dgsnet whose DGSConfig has a lora_scaling "
+            "field; this one only has the standard alpha / r"
+        )
+    return DGSConfig.reference(**overrides)
+
+
+def _config(method: str, lora_scaling: str = DEFAULT_SCALING) -> DGSConfig:
     if method in ("lora", "lora_fd", "os_random"):
-        return DGSConfig.reference(suppression=False, alignment=False)
+        return reference_config(lora_scaling, suppression=False, alignment=False)
     if method == "dgs":
-        return DGSConfig.reference()
+        return reference_config(lora_scaling)
     if method == "dgs_no_os":
-        return DGSConfig.reference(suppression=False)
+        return reference_config(lora_scaling, suppression=False)
     if method == "dgs_no_pa":
-        return DGSConfig.reference(alignment=False)
+        return reference_config(lora_scaling, alignment=False)
     if method == "dgs_inv":
-        return DGSConfig.reference(align_scale="invariant")
+        return reference_config(lora_scaling, align_scale="invariant")
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
@@ -120,12 +140,16 @@ def _in_chunks(
 
 
 def fit_probe(
-    prior: torch.nn.Module, train: Split, budget: Budget, seed: int
+    prior: torch.nn.Module,
+    train: Split,
+    budget: Budget,
+    seed: int,
+    lora_scaling: str = DEFAULT_SCALING,
 ) -> dict[str, torch.Tensor]:
     """Stage 1 / the UnivFD-style baseline: the teacher head as a linear probe on frozen
     prior features. Returns the head's state."""
     torch.manual_seed(seed)
-    dgs = DGSWrapper(copy.deepcopy(prior), prior_mod.tokenizer(), DGSConfig.reference())
+    dgs = DGSWrapper(copy.deepcopy(prior), prior_mod.tokenizer(), reference_config(lora_scaling))
     gen = torch.Generator().manual_seed(seed)
     x = prior_mod.to_input(train.images)
 
@@ -148,14 +172,18 @@ def train_method(
     probe_head: dict[str, torch.Tensor],
     budget: Budget,
     seed: int,
+    lora_scaling: str = DEFAULT_SCALING,
 ) -> Trained:
-    """Fine-tune a fresh copy of ``prior`` with ``method`` on ``train``."""
+    """Fine-tune a fresh copy of ``prior`` with ``method`` on ``train`` (every LoRA scaled as
+    ``lora_scaling`` says)."""
     if method == "probe":
-        dgs = DGSWrapper(copy.deepcopy(prior), prior_mod.tokenizer(), DGSConfig.reference())
+        dgs = DGSWrapper(
+            copy.deepcopy(prior), prior_mod.tokenizer(), reference_config(lora_scaling)
+        )
         dgs.teacher_head.load_state_dict(probe_head)
         return Trained(dgs, frozen=True)
     torch.manual_seed(seed)
-    dgs = DGSWrapper(copy.deepcopy(prior), prior_mod.tokenizer(), _config(method))
+    dgs = DGSWrapper(copy.deepcopy(prior), prior_mod.tokenizer(), _config(method, lora_scaling))
     dgs.teacher_head.load_state_dict(probe_head)
     x = prior_mod.to_input(train.images)
     y = train.labels
