@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,17 +14,37 @@ __all__ = ["DGSConfig"]
 
 Order = Literal["align_then_project", "project_then_align"]
 AlignScale = Literal["reference", "invariant"]
+LoRAScaling = Literal["standard", "rslora"]
+
+#: keys that earlier dgsnet versions wrote and this one dropped: ``{key: value that carries no
+#: information}``. Such a key with that value loads silently; any other value warns.
+_RETIRED_KEYS: dict[str, Any] = {"extra": {}}
 
 
 @dataclass
 class DGSConfig:
     """Configuration of :class:`~dgsnet.DGSWrapper`.
 
-    The defaults reproduce the released DGS-Net training code's gradients (see
+    The surgery defaults reproduce the released DGS-Net training code's gradients (see
     ``docs/config.md``): alignment weight 0.2 with its ``lambda/B`` scaling, alignment added
-    *before* the projection, ``eps=1e-6``, LoRA rank 6 / alpha 6 / dropout 0.8. LoRA targets
-    default to the encoder's own (open_clip: q/k/v and the MLP; Hugging Face: q/k/v); the
-    reference adapted q/k/v only, see :meth:`reference`.
+    *before* the projection, ``eps=1e-6``, LoRA rank 6 / alpha 6 / dropout 0.8. Two LoRA
+    settings default to the common convention instead and :meth:`reference` switches them to
+    the released code's: the targets (default: the encoder's own, open_clip q/k/v and the MLP,
+    Hugging Face q/k/v; released: q/k/v only) and the scaling (default ``"standard"``,
+    ``alpha / r``; released ``"rslora"``, ``alpha / sqrt(r)``).
+
+    ``lora_scaling``: ``"standard"`` scales the low-rank branch by ``alpha / r`` (peft's and
+    loralib's default), ``"rslora"`` by ``alpha / sqrt(r)`` (rank-stabilised LoRA; the layers
+    of the public CLIP-LoRA code that the released DGS-Net uses). With ``r = alpha = 6`` the
+    branch is ``1`` resp. ``sqrt(6) = 2.449`` times ``B A x``.
+
+    ``feature_distill``: weight ``w`` of a feature-distillation term ``w * MSE(f, f_T)``
+    between the student's and the frozen teacher's image features, mean over the batch and
+    the feature dimension (``torch.nn.functional.mse_loss``'s default). It is taken on the raw
+    student features, so its gradient ``2 w (f - f_T) / (B D)`` reaches the encoder without
+    passing through the Orthogonal Suppression projection. ``0`` (default): off. With
+    ``suppression=False, alignment=False`` it is the paper's "global feature distillation"
+    ablation: ``L_img + w * MSE``.
     """
 
     num_classes: int = 1
@@ -35,6 +55,7 @@ class DGSConfig:
     lora_dropout: float = 0.8
     lora_targets: list[str] | None = None
     lora_layers: list[int] | None = None
+    lora_scaling: LoRAScaling = "standard"
     # surgery
     suppression: bool = True
     alignment: bool = True
@@ -45,6 +66,8 @@ class DGSConfig:
     conflict_only: bool = False
     nonfinite: Literal["raise", "ignore"] = "raise"
     fused: bool = False
+    # feature distillation (the paper's "global feature distillation"; alone or with the surgery)
+    feature_distill: float = 0.0
     # model plumbing
     teacher: Literal["shared", "copy"] = "shared"
     normalize_features: bool = False
@@ -53,7 +76,6 @@ class DGSConfig:
     teacher_cache: bool = True
     shared_trunk: bool = True
     closed_form_heads: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
@@ -85,6 +107,9 @@ class DGSConfig:
                 if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
                     fail(name, "a list or None")
                 setattr(self, name, list(value))
+        if self.lora_scaling not in ("standard", "rslora"):
+            fail("lora_scaling",
+                 "'standard' (alpha / r) or 'rslora' (alpha / sqrt(r), the released code)")
         if self.lora_targets is not None and (
             not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets)
         ):
@@ -111,8 +136,8 @@ class DGSConfig:
             fail("teacher", "'shared' (adapters off, no copy) or 'copy'")
         if not is_int(self.text_cache_size) or self.text_cache_size < 0:
             fail("text_cache_size", "an int >= 0 (0 disables the cache)")
-        if not isinstance(self.extra, dict):
-            fail("extra", "a dict")
+        if not is_num(self.feature_distill) or self.feature_distill < 0:
+            fail("feature_distill", "a finite number >= 0 (0: off)")
 
     # -- derived ------------------------------------------------------------------------------
     @property
@@ -123,15 +148,27 @@ class DGSConfig:
 
     @property
     def plain(self) -> bool:
-        """True when both DGS components are off: a plain LoRA fine-tuning step."""
+        """True when both DGS components are off: a LoRA fine-tuning step on the image loss
+        (plus the feature-distillation term if ``feature_distill > 0``), with no text."""
         return not (self.suppression or self.alignment)
 
     # -- presets ------------------------------------------------------------------------------
     @classmethod
     def reference(cls, **overrides: Any) -> DGSConfig:
-        """The released code's setup: LoRA r=6, alpha=6, dropout 0.8 on q/k/v of every block;
-        alignment 0.2 with lambda/B scaling, added before the projection."""
-        base: dict[str, Any] = {"lora_targets": ["q_proj", "k_proj", "v_proj"]}
+        """The released code's setup: LoRA r=6, alpha=6, dropout 0.8 on q/k/v of every block,
+        scaled by alpha / sqrt(r) (``lora_scaling="rslora"``); alignment 0.2 with lambda/B
+        scaling, added before the projection.
+
+        Args:
+            **overrides: DGSConfig fields to set on top of the released values.
+
+        Returns:
+            The config.
+        """
+        base: dict[str, Any] = {
+            "lora_targets": ["q_proj", "k_proj", "v_proj"],
+            "lora_scaling": "rslora",
+        }
         base.update(overrides)
         return cls(**base)
 
@@ -149,13 +186,26 @@ class DGSConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DGSConfig:
+        """A config from :meth:`to_dict`'s output, e.g. a checkpoint's JSON.
+
+        Missing fields take their defaults; a file written before ``lora_scaling`` existed
+        therefore loads as ``"standard"`` (``alpha / r``), the only scaling dgsnet had then.
+        Unknown keys warn and are ignored; the retired ``extra`` key (always an empty dict,
+        nothing read it) is dropped silently.
+
+        Raises:
+            TypeError: ``data`` is not a dict.
+            ValueError: a field holds an invalid value.
+        """
         if not isinstance(data, dict):
             raise TypeError(f"DGSConfig.from_dict expects a dict, got {type(data).__name__}")
+        data = {k: v for k, v in data.items() if not (k in _RETIRED_KEYS and v == _RETIRED_KEYS[k])}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(k for k in data if k not in known)
         if unknown:
             warnings.warn(
-                f"DGSConfig: ignoring unknown key(s) {unknown} (written by another dgsnet version?)",
+                f"DGSConfig: ignoring unknown key(s) {unknown} (written by another dgsnet "
+                "version?)",
                 UserWarning,
                 stacklevel=2,
             )

@@ -2,12 +2,17 @@
 
 :func:`attach_lora` injects peft ``Linear`` LoRA layers into the image tower's target
 modules; every base weight stays untouched (peft adds ``scale * B(A(dropout(x)))`` beside the
-base layer's output and never merges unless asked). :func:`adapters_disabled` is a context in
-which those layers return the base output only: the pre-fine-tuning encoder, with no copy.
+base layer's output and never merges unless asked). ``scale`` is ``alpha / r`` (standard) or
+``alpha / sqrt(r)`` (``scaling="rslora"``: peft's ``LoraConfig(use_rslora=True)``, the form
+of the CLIP-LoRA layers the released DGS-Net code uses). peft initialises ``A`` like
+``nn.Linear`` (Kaiming-uniform, ``a = sqrt(5)``) and ``B`` at zero, as those layers do.
+:func:`adapters_disabled` is a context in which those layers return the base output only: the
+pre-fine-tuning encoder, with no copy.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,16 +22,40 @@ from torch import nn
 
 from .encoders.base import DualEncoder
 
-__all__ = ["LoRASpec", "attach_lora", "adapters_disabled", "lora_parameters", "lora_target_names"]
+__all__ = [
+    "SCALINGS", "LoRASpec", "attach_lora", "adapters_disabled", "lora_parameters",
+    "lora_target_names",
+]
+
+
+SCALINGS = ("standard", "rslora")
 
 
 @dataclass(frozen=True)
 class LoRASpec:
+    """Where and how LoRA adapts the image tower.
+
+    ``scaling``: ``"standard"`` multiplies the branch by ``alpha / rank``, ``"rslora"`` by
+    ``alpha / sqrt(rank)``; see :attr:`scale`.
+    """
+
     rank: int = 6
     alpha: float = 6.0
     dropout: float = 0.0
     targets: tuple[str, ...] | None = None  # leaf module names; None: the encoder's defaults
-    layers: tuple[int, ...] | None = None   # block indices (negative counts from the end); None: all
+    layers: tuple[int, ...] | None = None   # block indices (negative: from the end); None: all
+    scaling: str = "standard"
+
+    def __post_init__(self) -> None:
+        if self.scaling not in SCALINGS:
+            raise ValueError(
+                f"LoRASpec.scaling: expected 'standard' or 'rslora', got {self.scaling!r}"
+            )
+
+    @property
+    def scale(self) -> float:
+        """The factor of the low-rank branch: ``alpha / r`` or ``alpha / sqrt(r)``."""
+        return self.alpha / (math.sqrt(self.rank) if self.scaling == "rslora" else self.rank)
 
 
 def _block_index(name: str, pattern: str) -> int | None:
@@ -48,7 +77,9 @@ def lora_target_names(encoder: DualEncoder, spec: LoRASpec) -> list[str]:
         for i in spec.layers:
             j = i + n_blocks if i < 0 else i
             if not 0 <= j < n_blocks:
-                raise ValueError(f"lora layer {i} is out of range for an image tower of {n_blocks} blocks")
+                raise ValueError(
+                    f"lora layer {i} is out of range for an image tower of {n_blocks} blocks"
+                )
             layers.add(j)
     names = []
     found_leaves: set[str] = set()
@@ -65,9 +96,14 @@ def lora_target_names(encoder: DualEncoder, spec: LoRASpec) -> list[str]:
     if missing:
         raise ValueError(
             f"LoRA target(s) {missing} match no nn.Linear in the image tower; "
-            f"available linear leaves: {sorted({n.rsplit('.', 1)[-1] for n, m in tower.named_modules() if isinstance(m, nn.Linear)})}"
+            f"available linear leaves: {_linear_leaves(tower)}"
         )
     return names
+
+
+def _linear_leaves(tower: nn.Module) -> list[str]:
+    names = {n.rsplit(".", 1)[-1] for n, m in tower.named_modules() if isinstance(m, nn.Linear)}
+    return sorted(names)
 
 
 def attach_lora(encoder: DualEncoder, spec: LoRASpec) -> list[str]:
@@ -81,7 +117,7 @@ def attach_lora(encoder: DualEncoder, spec: LoRASpec) -> list[str]:
         p.requires_grad_(False)
     config = LoraConfig(
         r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-        target_modules=names, bias="none",
+        target_modules=names, bias="none", use_rslora=spec.scaling == "rslora",
     )
     inject_adapter_in_model(config, encoder.image_tower)
     for n, p in encoder.image_tower.named_parameters():
@@ -116,7 +152,7 @@ def adapters_disabled(module: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, was_disabled in zip(layers, states):
+        for m, was_disabled in zip(layers, states, strict=True):
             m.enable_adapters(not was_disabled)
         for p, flag in flags:
             p.requires_grad_(flag)

@@ -14,7 +14,9 @@ Per batch of ``B`` images with captions and labels the wrapper computes (see
   mean-reduced losses (each carries ``1/B``, so the alignment is weighted ``lambda/B``, as in the
   released code); with ``"invariant"`` they are per-sample gradients (no ``1/B``), which makes
   the step independent of the batch size, ``eps`` included;
-* ``loss = L_img + L_text + align_weight * L_align``.
+* ``loss = L_img + L_text + align_weight * L_align`` (``+ feature_distill * MSE(f, f_T)``
+  when feature distillation is on; taken on the raw features ``f``, so the projection does
+  not act on its gradient).
 
 Realising the alignment as a loss term rather than inside the backward hook gives the same
 gradient as ``PriorAlignment`` and keeps it correct under loss scaling and data parallelism.
@@ -61,7 +63,8 @@ class DGSOutput:
     """What :meth:`DGSWrapper.forward` returns.
 
     ``loss`` is ready for ``.backward()``; ``logits`` are the student's; ``losses`` holds the
-    detached parts (``image``, ``text``, ``teacher``, ``align``); ``stats`` the surgery
+    detached parts (``image``, ``text``, ``teacher``, ``align``, and ``distill``, the
+    unweighted ``MSE(f, f_T)``, when ``feature_distill > 0``); ``stats`` the surgery
     diagnostics as floats, available after ``loss.backward()`` (empty before).
     """
 
@@ -186,6 +189,7 @@ class DGSWrapper(nn.Module):
             rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
             targets=tuple(config.lora_targets) if config.lora_targets else None,
             layers=tuple(config.lora_layers) if config.lora_layers else None,
+            scaling=config.lora_scaling,
         )
         self.lora_modules: list[str] = attach_lora(self.encoder, spec)
         dim = self.encoder.feature_dim()
@@ -507,12 +511,23 @@ class DGSWrapper(nn.Module):
         y = self._check_labels(labels, batch)
         index = self._check_index(index, batch)
         check_finite = cfg.nonfinite == "raise"
+        distill = cfg.feature_distill > 0
         if cfg.plain:
             if check_finite and not bool(self._inputs_finite(images)):
                 self._raise_nonfinite_inputs(images)
-            logits = self.image_head(self.encode_student(images))
-            loss = self._loss(logits, y)
-            return DGSOutput(loss=loss, logits=logits, losses={"image": loss.detach()})
+            if not distill:
+                logits = self.image_head(self.encode_student(images))
+                loss = self._loss(logits, y)
+                return DGSOutput(loss=loss, logits=logits, losses={"image": loss.detach()})
+            # feature distillation alone: L_img + w * MSE(f, f_T)
+            f, f_teacher = self._features(images, True)
+            assert f_teacher is not None
+            logits = self.image_head(f)
+            loss_img = self._loss(logits, y)
+            loss_fd = F.mse_loss(f, f_teacher.to(f.dtype))
+            loss = loss_img + cfg.feature_distill * loss_fd
+            return DGSOutput(loss=loss, logits=logits,
+                             losses={"image": loss_img.detach(), "distill": loss_fd.detach()})
 
         t = self.encode_text(text, batch_size=batch)
         # read below together with the teacher reference's check: one device sync in all
@@ -520,14 +535,15 @@ class DGSWrapper(nn.Module):
         kind = self._loss_kind
         closed = cfg.closed_form_heads and kind is not None
         # teacher: cached logits (closed form only needs those), or a forward without grad
+        # (feature distillation needs the teacher's features, which the cache does not hold)
         z_teacher = None
-        if cfg.alignment and closed and cfg.teacher_cache and index is not None:
+        if cfg.alignment and closed and cfg.teacher_cache and index is not None and not distill:
             cached = self._teacher_cache.lookup(index)
             # a fresh host tensor of our own: the copy need not block (no device sync)
             z_teacher = cached.to(self.device, non_blocking=True) if cached is not None else None
-        need_teacher = cfg.alignment and z_teacher is None
+        need_teacher = distill or (cfg.alignment and z_teacher is None)
         f, f_teacher = self._features(images, need_teacher)
-        if f_teacher is not None:
+        if f_teacher is not None and cfg.alignment:
             with torch.no_grad():
                 z_teacher = self.teacher_head(f_teacher)
             if closed and cfg.teacher_cache and index is not None:
@@ -574,6 +590,12 @@ class DGSWrapper(nn.Module):
             loss_align = inner.mean()
             loss = loss + cfg.align_weight * loss_align
             losses["align"] = loss_align.detach()
+        if distill:
+            # on the raw features f, not f_s: this gradient bypasses the projection
+            assert f_teacher is not None
+            loss_fd = F.mse_loss(f, f_teacher.to(f.dtype))
+            loss = loss + cfg.feature_distill * loss_fd
+            losses["distill"] = loss_fd.detach()
         if inputs_ok is not None and not bool(inputs_ok):
             self._raise_nonfinite_inputs(images, t)
         return DGSOutput(loss=loss, logits=logits, losses=losses, surgery=stats)
