@@ -104,7 +104,7 @@ def test_quick_study_end_to_end(tmp_path):
             assert -1e-9 <= row["cka"] <= 1 + 1e-9
     # what the projection removed is recorded for exactly the methods that project
     projecting = {m for m, row in res["seeds"]["0"].items() if "surgery" in row}
-    assert projecting == {"dgs", "dgs_no_pa", "dgs_inv", "os_random"}
+    assert projecting == {"dgs", "dgs_no_pa", "dgs_inv", "os_random", "dgs_fd"}
     for m in projecting:
         assert -1.0 < res["seeds"]["0"][m]["surgery"]["removed_fraction"] < 1.0
     # the frozen probe's features are the teacher's: CKA exactly 1
