@@ -251,6 +251,16 @@ def test_quick_grid_report_and_jobs(tmp_path):
             half = gridreport.t_quantile(0.975, 3) * np.std(every, ddof=1) / 2
             assert runs["hi"] - runs["mean"] == pytest.approx(half, abs=1e-12)
 
+    # the further pairs: DGS + FD against FD alone, run by run
+    vs = s["versus"]["dgs_fd-lora_fd"]["heldout_acc"]
+    for fam in fams:
+        seeds = res["runs"][fam]["seeds"]
+        want = [
+            seeds[k]["dgs_fd"]["heldout_acc"] - seeds[k]["lora_fd"]["heldout_acc"] for k in "01"
+        ]
+        assert vs["paired"][fam]["diffs"] == pytest.approx(want, abs=1e-15)
+    assert vs["pooled"]["runs"]["n"] == 4
+
     table = (out / "tables.md").read_text()
     assert "Pooled paired difference against plain LoRA" in table and "nan" not in table
     for label in methods.LABELS.values():

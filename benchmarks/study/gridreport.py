@@ -35,6 +35,8 @@ MATRIX = {
 #: the measures of the paired and pooled differences against plain LoRA
 PAIRED = ("heldout_acc", "heldout_ap")
 BASELINE = "lora"
+#: further pairs compared run by run: (method, its reference)
+VERSUS = (("dgs_fd", "lora_fd"), ("dgs", "dgs_no_pa"))
 
 
 def _t_pdf(x: float, df: int) -> float:
@@ -120,27 +122,39 @@ def summary(results: dict) -> dict:
     for key in PAIRED:
         out["paired"][key], out["pooled"][key] = {}, {}
         for m in ms:
-            if m == BASELINE:
-                continue
-            per_fam = {}
-            for f in fams:
-                d = np.subtract(_values(results, f, m, key), _values(results, f, BASELINE, key))
-                per_fam[f] = {
-                    "diffs": [float(x) for x in d],
-                    **t_interval(d),
-                    "positive": int((d > 0).sum()),
-                }
-            out["paired"][key][m] = per_fam
-            runs = [x for f in fams for x in per_fam[f]["diffs"]]
-            fam_means = [per_fam[f]["mean"] for f in fams]
-            out["pooled"][key][m] = {
-                "runs": {**t_interval(runs), "positive": int(sum(x > 0 for x in runs))},
-                "families": {
-                    **t_interval(fam_means),
-                    "positive": int(sum(x > 0 for x in fam_means)),
-                },
+            if m != BASELINE:
+                out["paired"][key][m], out["pooled"][key][m] = _paired(
+                    results, fams, m, BASELINE, key
+                )
+    out["versus"] = {}
+    for m, ref in VERSUS:
+        if m in ms and ref in ms:
+            out["versus"][f"{m}-{ref}"] = {
+                key: dict(
+                    zip(("paired", "pooled"), _paired(results, fams, m, ref, key), strict=True)
+                )
+                for key in PAIRED
             }
     return out
+
+
+def _paired(results: dict, fams: list[str], m: str, ref: str, key: str) -> tuple[dict, dict]:
+    """Per training family and pooled: the per-seed differences ``key(m) - key(ref)``."""
+    per_fam = {}
+    for f in fams:
+        d = np.subtract(_values(results, f, m, key), _values(results, f, ref, key))
+        per_fam[f] = {
+            "diffs": [float(x) for x in d],
+            **t_interval(d),
+            "positive": int((d > 0).sum()),
+        }
+    runs = [x for f in fams for x in per_fam[f]["diffs"]]
+    fam_means = [per_fam[f]["mean"] for f in fams]
+    pooled = {
+        "runs": {**t_interval(runs), "positive": int(sum(x > 0 for x in runs))},
+        "families": {**t_interval(fam_means), "positive": int(sum(x > 0 for x in fam_means))},
+    }
+    return per_fam, pooled
 
 
 def _cell(iv: dict, signed: bool = False) -> str:
@@ -194,7 +208,7 @@ def markdown(results: dict) -> str:
     if not s["paired"]:
         return "\n".join(lines)
     for key in PAIRED:
-        name = MATRIX[key].lower()
+        name = {"heldout_acc": "held-out accuracy", "heldout_ap": "held-out AP"}[key]
         lines += [
             f"**Paired against plain LoRA, {name}**: per training family the mean ± std over "
             "the seeds of the per-seed difference (same data, initialisation and batch order), "
@@ -213,12 +227,17 @@ def markdown(results: dict) -> str:
             cells.append(f"{pr['mean'] * 100:+.1f} {_ci(pr)} ({pr['positive']}/{pr['n']})")
             lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
         lines.append("")
+    by_family = (
+        f"its 95% t-interval with the training family as the unit (t(0.975, {len(fams) - 1}) "
+        f"x sd of the {len(fams)} family means / sqrt({len(fams)}))"
+        if len(fams) > 1
+        else "no interval with the training family as the unit (one family)"
+    )
     lines += [
         f"**Pooled paired difference against plain LoRA** over all {n_runs} (family, seed) "
         "runs, x100: the mean; its 95% t-interval with the run as the unit "
-        f"(t(0.975, {n_runs - 1}) x sd / sqrt({n_runs})); its 95% t-interval with the training "
-        f"family as the unit (t(0.975, {len(fams) - 1}) x sd of the {len(fams)} family means / "
-        f"sqrt({len(fams)})); the positive runs and families:",
+        f"(t(0.975, {n_runs - 1}) x sd / sqrt({n_runs})); {by_family}; the positive runs and "
+        "families:",
         "",
         "| Method | held-out acc | 95% CI (runs) | 95% CI (families) | runs > 0 | families > 0 "
         "| held-out AP | 95% CI (runs) | 95% CI (families) | runs > 0 | families > 0 |",
@@ -239,6 +258,31 @@ def markdown(results: dict) -> str:
                 f"{f['positive']}/{f['n']}",
             ]
         lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
+    if s.get("versus"):
+        lines += [
+            "",
+            "**Other pairs, run by run** (the first method minus the second; per training family "
+            "mean ± std over the seeds and positive seeds; last column the pooled mean, its 95% "
+            "t-intervals with runs and with families as the unit, and the positive runs):",
+            "",
+            "| Pair | measure | " + " | ".join(fams) + " | all runs |",
+            "|---|---|" + "---:|" * (len(fams) + 1),
+        ]
+        for pair, by_key in s["versus"].items():
+            m, ref = pair.split("-")
+            for key in PAIRED:
+                per, pr = by_key[key]["paired"], by_key[key]["pooled"]
+                cells = [
+                    f"{_cell(per[f], True)} ({per[f]['positive']}/{per[f]['n']})" for f in fams
+                ]
+                r, fam_ci = pr["runs"], _ci(pr["families"])
+                cells.append(
+                    f"{r['mean'] * 100:+.1f} {_ci(r)} / {fam_ci} ({r['positive']}/{r['n']})"
+                )
+                name = {"heldout_acc": "held-out acc", "heldout_ap": "held-out AP"}[key]
+                lines.append(
+                    f"| {LABELS[m]} - {LABELS[ref]} | {name} | " + " | ".join(cells) + " |"
+                )
     return "\n".join(lines) + "\n"
 
 
