@@ -81,7 +81,7 @@ def t_quantile(p: float, df: int) -> float:
     return 0.5 * (lo + hi)
 
 
-def t_interval(values: Sequence[float], level: float = 0.95) -> dict:
+def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> dict:
     """Mean, sample std, count and the t-interval ``mean ± t * sd / sqrt(n)`` of ``values``
     (``lo == hi == mean`` when ``n < 2``)."""
     a = np.asarray(values, dtype=float)

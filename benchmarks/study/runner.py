@@ -193,6 +193,6 @@ def run_seed(
     for method in method_names:
         row, trained = evaluate(method, ctx, model, budget, log, lora_scaling)
         results[method] = row
-        if want_tsne:
+        if tsne_x is not None:
             feats[method] = trained.features(tsne_x)
     return results, ctx.text_only, (feats, tsne_meta)
