@@ -1,6 +1,8 @@
 """The controlled CPU study: ``python -m benchmarks.study --out results/study``.
 
-See docs/study.md for the protocol, what each number means, and the results.
+One training family (``upconv``) by default; ``--grid`` runs every generator family in turn as
+the training family (``--families`` for a subset, ``--jobs`` worker processes). See
+docs/study.md for the protocol, what each number means, and the results.
 """
 
 from __future__ import annotations
@@ -10,120 +12,17 @@ import json
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dgsnet.io import atomic_write_json, load_tensors, save_tensors
-from dgsnet.metrics import compute_metrics
 
-from . import methods, prior, report, world
+from . import grid, gridreport, methods, prior, report, world
+from .runner import QUICK, QUICK_BUDGET, QUICK_PRIOR, Protocol, run_seed
 
-
-@dataclass(frozen=True)
-class Protocol:
-    """Everything the numbers depend on (recorded in results.json)."""
-
-    train_family: str = "upconv"
-    shortcut: float = 0.7  # P(warm | fake) = P(cool | real) in the training set
-    train_per_class: int = 800
-    test_per_class: int = 200  # per generator family (each test set also has its own reals)
-    cka_reals: int = 500
-    tsne_per_family: int = 80
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-
-
-QUICK = dict(train_per_class=48, test_per_class=24, cka_reals=40, tsne_per_family=12, seeds=(0, 1))
-QUICK_PRIOR = dict(pairs=384, epochs=1, batch_size=64, warmup=2)
-QUICK_BUDGET = dict(epochs=1, batch_size=16, probe_epochs=2)
-
-
-def run_seed(seed: int, proto: Protocol, model, budget: methods.Budget, log, want_tsne: bool):
-    t0 = time.time()
-    train = world.detection_split(
-        proto.train_per_class,
-        proto.train_per_class,
-        proto.train_family,
-        proto.shortcut,
-        seed=1000 + seed,
-    )
-    tests = {
-        fam: world.detection_split(
-            proto.test_per_class, proto.test_per_class, fam, 0.5, seed=2000 + 10 * seed + k
-        )
-        for k, fam in enumerate(world.FAMILIES)
-    }
-    same_dist = world.detection_split(
-        proto.test_per_class,
-        proto.test_per_class,
-        proto.train_family,
-        proto.shortcut,
-        seed=3000 + seed,
-    )
-    reals = world.real_only(proto.cka_reals, seed=4000 + seed)
-    log(f"  seed {seed}: data made ({time.time() - t0:.1f} s)")
-
-    text_only = methods.text_only_classifier(
-        model, train, {"training distribution": same_dist, **tests}, seed
-    )
-    log(
-        "  seed {}: text-only classifier accuracy: {}".format(
-            seed, ", ".join(f"{k} {v:.3f}" for k, v in text_only.items())
-        )
-    )
-    probe_head = methods.fit_probe(model, train, budget, seed)
-
-    tsne_x = tsne_meta = None
-    if want_tsne:
-        n = proto.tsne_per_family
-        parts, fam_ids = [reals.images[: 2 * n]], [torch.full((2 * n,), -1)]
-        for k, fam in enumerate(world.FAMILIES):
-            fake = tests[fam].images[tests[fam].labels == 1][:n]
-            parts.append(fake)
-            fam_ids.append(torch.full((len(fake),), k))
-        tsne_x, tsne_meta = torch.cat(parts), torch.cat(fam_ids)
-
-    held = [f for f in world.FAMILIES if f != proto.train_family]
-    teacher_reals = None  # the same prior for every method: its features once per seed
-    results, feats = {}, {}
-    for method in methods.METHODS:
-        t1 = time.time()
-        trained = methods.train_method(method, model, train, probe_head, budget, seed)
-        row: dict = {"families": {}}
-        pred_warm, pred_cool = [], []
-        for fam, split in tests.items():
-            s = trained.score(split.images)
-            m = compute_metrics(split.labels.numpy(), s.numpy())
-            row["families"][fam] = {
-                k: getattr(m, k) for k in ("acc", "ap", "r_acc", "f_acc", "best_acc")
-            }
-            flagged = (s > 0.5).float()
-            pred_warm.append(flagged[split.warm])
-            pred_cool.append(flagged[~split.warm])
-        row["train_family_acc"] = row["families"][proto.train_family]["acc"]
-        for key in ("acc", "ap", "r_acc", "f_acc", "best_acc"):
-            row[f"heldout_{key}"] = float(np.mean([row["families"][f][key] for f in held]))
-        # how much the scene theme (the shortcut) moves the decision on shortcut-free data
-        row["theme_effect"] = float(torch.cat(pred_warm).mean() - torch.cat(pred_cool).mean())
-        if teacher_reals is None:
-            teacher_reals = trained.teacher_features(reals.images)
-        row["cka"] = methods.linear_cka(teacher_reals, trained.features(reals.images))
-        if trained.surgery is not None:
-            row["surgery"] = trained.surgery
-        row["seconds"] = time.time() - t1
-        results[method] = row
-        log(
-            f"  seed {seed} {methods.LABELS[method]:<30} "
-            f"train-family acc {row['train_family_acc']:.3f} | "
-            f"held-out acc {row['heldout_acc']:.3f} AP {row['heldout_ap']:.3f} | "
-            f"CKA {row['cka']:.3f} | theme effect {row['theme_effect']:+.3f} "
-            f"({row['seconds']:.0f} s)"
-        )
-        if want_tsne:
-            feats[method] = trained.features(tsne_x)
-    return results, text_only, (feats, tsne_meta)
+__all__ = ["Protocol", "main", "run_seed"]
 
 
 def _report_only(out: Path, plots: bool) -> int:
@@ -132,6 +31,10 @@ def _report_only(out: Path, plots: bool) -> int:
         print(f"error: --report-only needs {path} (run the study first)", file=sys.stderr)
         return 2
     results = json.loads(path.read_text())
+    if results.get("grid"):
+        table = _write_grid_report(results, out, plots)
+        print(table)
+        return 0
     table = report.markdown(results)
     (out / "table.md").write_text(table)
     print(table)
@@ -147,7 +50,26 @@ def _report_only(out: Path, plots: bool) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _write_grid_report(results: dict, out: Path, plots: bool) -> str:
+    """tables.md, families.md (every training family's single-family tables), summary.json
+    and (``plots``) the two grid figures, from a grid's results. Returns tables.md."""
+    table = gridreport.markdown(results)
+    (out / "tables.md").write_text(table)
+    per_family = [
+        f"## Training family `{f}`\n\n" + report.markdown(grid.family_results(results, f))
+        for f in results["train_families"]
+    ]
+    (out / "families.md").write_text(
+        "# Every training family of the grid, in the single-family tables' layout\n\n"
+        + "\n".join(per_family)
+    )
+    atomic_write_json(out / "summary.json", gridreport.summary(results))
+    if plots:
+        gridreport.plots(results, out)
+    return table
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.study", description=__doc__.splitlines()[0]
     )
@@ -161,16 +83,68 @@ def main(argv: list[str] | None = None) -> int:
         help="a tiny version of every step (seconds; for tests, not for results)",
     )
     ap.add_argument("--no-plots", action="store_true", help="skip the figures (and t-SNE)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's; with --grid: per worker, default 1)",
+    )
     ap.add_argument(
         "--report-only",
         action="store_true",
-        help="rewrite table.md and the figures from OUT/results.json (no training)",
+        help="rewrite the tables and figures from OUT/results.json (no training)",
     )
+    ap.add_argument(
+        "--lora-scaling",
+        choices=methods.LORA_SCALINGS,
+        default="rslora",
+        help="LoRA scaling of every LoRA method: alpha/sqrt(r) as in the released DGS-Net code "
+        "(rslora, default) or alpha/r (standard, the first table of docs/study.md)",
+    )
+    ap.add_argument(
+        "--grid",
+        action="store_true",
+        help="every generator family in turn as the training family, the others held out",
+    )
+    ap.add_argument(
+        "--families",
+        default=None,
+        help="with --grid: the training families, comma-separated (default: all five)",
+    )
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="with --grid: worker processes, one (family, seed) each at a time (default 1); "
+        "the numbers do not depend on it",
+    )
+    ap.add_argument(
+        "--prior",
+        default=None,
+        help="folder of the cached prior (default: OUT/prior); reused when it was made with "
+        "the same settings and code",
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     if args.report_only:
         return _report_only(Path(args.out), plots=not args.no_plots)
-    if args.threads:
+    if not args.grid and (args.families is not None or args.jobs != 1):
+        ap.error("--families and --jobs need --grid")
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be >= 1, got {args.threads}")
+    families = world.FAMILIES
+    if args.families is not None:
+        try:
+            families = grid.parse_families(args.families)
+        except ValueError as exc:
+            ap.error(str(exc))
+    if args.threads and not args.grid:
         torch.set_num_threads(args.threads)
     proto = Protocol(**QUICK) if args.quick else Protocol()
     if args.seeds:
@@ -179,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = methods.Budget(**QUICK_BUDGET) if args.quick else methods.Budget()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    prior_dir = Path(args.prior) if args.prior else out / "prior"
     lines: list[str] = []
 
     def log(msg: str) -> None:
@@ -186,22 +161,82 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(msg)
 
     t0 = time.time()
+    threads = (args.threads or 1) if args.grid else torch.get_num_threads()
+    mode = (
+        f"grid over {', '.join(families)}, {args.jobs} job(s) x {threads} thread(s)"
+        if args.grid
+        else f"training family {proto.train_family}, {threads} threads"
+    )
     log(
-        f"study: {'QUICK (not for results) ' if args.quick else ''}seeds {list(proto.seeds)}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{platform.processor() or platform.machine()}"
+        f"study: {'QUICK (not for results) ' if args.quick else ''}{mode}; "
+        f"seeds {list(proto.seeds)}; LoRA scaling {args.lora_scaling}; "
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}"
     )
     log(
         "prior: contrastive pre-training of a small open_clip model on the world's "
         "image-caption pairs"
     )
-    model, prior_report = prior.load_or_pretrain(spec, out / "prior", log)
+    model, prior_report = prior.load_or_pretrain(spec, prior_dir, log)
     model.requires_grad_(False)
+    common = {
+        "prior": {"spec": asdict(spec), "report": prior_report},
+        "budget": asdict(budget),
+        "families": list(world.FAMILIES),
+        "strength": world.STRENGTH,
+        "lora_scaling": args.lora_scaling,
+        "methods": list(methods.METHODS),
+    }
+    env = {"quick": args.quick, "python": sys.version.split()[0], "torch": torch.__version__}
+
+    if args.grid:
+        runs, task_seconds = grid.run_grid(
+            model,
+            prior_dir,
+            spec,
+            proto,
+            budget,
+            families,
+            args.lora_scaling,
+            args.jobs,
+            threads,
+            log,
+        )
+        elapsed = time.time() - t0
+        record = asdict(proto)
+        del record["train_family"]
+        results = {
+            "grid": True,
+            "train_families": list(families),
+            "protocol": record,
+            **common,
+            "runs": runs,
+            "seconds": elapsed,
+            "task_seconds": task_seconds,
+            "jobs": args.jobs,
+            "threads_per_job": threads,
+            **env,
+        }
+        atomic_write_json(out / "results.json", results)
+        table = _write_grid_report(results, out, plots=not args.no_plots)
+        log("")
+        log(table)
+        log(
+            f"grid done in {elapsed / 60:.1f} min; results in {out}/results.json, "
+            f"{out}/tables.md, {out}/families.md"
+        )
+        (out / "log.txt").write_text("\n".join(lines) + "\n")
+        return 0
 
     seeds, text_only, tsne = {}, {}, None
     for i, seed in enumerate(proto.seeds):
         res, txt, (feats, meta) = run_seed(
-            seed, proto, model, budget, log, want_tsne=(i == 0 and not args.no_plots)
+            seed,
+            proto,
+            model,
+            budget,
+            log,
+            want_tsne=(i == 0 and not args.no_plots),
+            lora_scaling=args.lora_scaling,
         )
         seeds[str(seed)], text_only[str(seed)] = res, txt
         if feats:
@@ -213,16 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.time() - t0
     results = {
         "protocol": asdict(proto),
-        "prior": {"spec": asdict(spec), "report": prior_report},
-        "budget": asdict(budget),
-        "families": list(world.FAMILIES),
-        "strength": world.STRENGTH,
+        **common,
         "seeds": seeds,
         "text_only": text_only,
         "seconds": elapsed,
-        "quick": args.quick,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
+        **env,
     }
     atomic_write_json(out / "results.json", results)
     table = report.markdown(results)

@@ -1,7 +1,8 @@
 """The compared methods, one fine-tuning recipe each, on identical data and budgets.
 
 Every method starts from a fresh copy of the same prior, with the same LoRA (the reference
-preset: q/k/v, rank 6, alpha 6, dropout 0.8), the same seed (so the same LoRA and head
+preset: q/k/v, rank 6, alpha 6, dropout 0.8; scaled alpha / r or alpha / sqrt(r) as the
+run's ``lora_scaling`` says), the same seed (so the same LoRA and head
 initialisation and the same batch order), the same optimiser, learning rate, batch size and
 number of steps. Only the training signal differs:
 
@@ -18,6 +19,10 @@ number of steps. Only the training signal differs:
                 positive part of a random direction (a fresh Gaussian vector per step,
                 a random sign per sample) instead of the text head's gradient; added
                 after the first run (docs/study.md)
+``dgs_fd``      DGS (reference preset) plus feature distillation with the weight of
+                ``lora_fd``: ``DGSConfig(feature_distill=w)``, the term taken on the raw
+                features so the projection does not act on its gradient; added with the
+                grid (docs/study.md)
 ==============  ===================================================================
 """
 
@@ -36,7 +41,17 @@ from dgsnet.surgery import GradientSurgery, OrthogonalSuppression, SurgeryStats
 from . import prior as prior_mod
 from .world import Split
 
-METHODS = ("probe", "lora", "lora_fd", "dgs", "dgs_no_os", "dgs_no_pa", "dgs_inv", "os_random")
+METHODS = (
+    "probe",
+    "lora",
+    "lora_fd",
+    "dgs",
+    "dgs_no_os",
+    "dgs_no_pa",
+    "dgs_inv",
+    "os_random",
+    "dgs_fd",
+)
 LABELS = {
     "probe": "Frozen prior + linear probe",
     "lora": "Plain LoRA",
@@ -46,6 +61,7 @@ LABELS = {
     "dgs_no_pa": "DGS w/o alignment",
     "dgs_inv": "DGS, invariant align scale",
     "os_random": "Control: projection off a random direction",
+    "dgs_fd": "DGS + feature distillation",
 }
 
 
@@ -61,17 +77,32 @@ class Budget:
     fd_weight: float = 1.0
 
 
-def _config(method: str) -> DGSConfig:
+#: the LoRA scalings the study can run every LoRA method with: ``"standard"`` (alpha / r,
+#: the first table of docs/study.md) or ``"rslora"`` (alpha / sqrt(r), the released code's)
+LORA_SCALINGS = ("standard", "rslora")
+DEFAULT_SCALING = "standard"
+
+
+def reference_config(lora_scaling: str = DEFAULT_SCALING, **overrides) -> DGSConfig:
+    """``DGSConfig.reference(**overrides)`` with the LoRA scaling ``lora_scaling``."""
+    if lora_scaling not in LORA_SCALINGS:
+        raise ValueError(f"lora_scaling must be one of {LORA_SCALINGS}, got {lora_scaling!r}")
+    return DGSConfig.reference(lora_scaling=lora_scaling, **overrides)
+
+
+def _config(method: str, lora_scaling: str = DEFAULT_SCALING, fd_weight: float = 1.0) -> DGSConfig:
     if method in ("lora", "lora_fd", "os_random"):
-        return DGSConfig.reference(suppression=False, alignment=False)
+        return reference_config(lora_scaling, suppression=False, alignment=False)
     if method == "dgs":
-        return DGSConfig.reference()
+        return reference_config(lora_scaling)
     if method == "dgs_no_os":
-        return DGSConfig.reference(suppression=False)
+        return reference_config(lora_scaling, suppression=False)
     if method == "dgs_no_pa":
-        return DGSConfig.reference(alignment=False)
+        return reference_config(lora_scaling, alignment=False)
     if method == "dgs_inv":
-        return DGSConfig.reference(align_scale="invariant")
+        return reference_config(lora_scaling, align_scale="invariant")
+    if method == "dgs_fd":
+        return reference_config(lora_scaling, feature_distill=fd_weight)
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
@@ -120,12 +151,16 @@ def _in_chunks(
 
 
 def fit_probe(
-    prior: torch.nn.Module, train: Split, budget: Budget, seed: int
+    prior: torch.nn.Module,
+    train: Split,
+    budget: Budget,
+    seed: int,
+    lora_scaling: str = DEFAULT_SCALING,
 ) -> dict[str, torch.Tensor]:
     """Stage 1 / the UnivFD-style baseline: the teacher head as a linear probe on frozen
     prior features. Returns the head's state."""
     torch.manual_seed(seed)
-    dgs = DGSWrapper(copy.deepcopy(prior), prior_mod.tokenizer(), DGSConfig.reference())
+    dgs = DGSWrapper(copy.deepcopy(prior), prior_mod.tokenizer(), reference_config(lora_scaling))
     gen = torch.Generator().manual_seed(seed)
     x = prior_mod.to_input(train.images)
 
@@ -148,14 +183,19 @@ def train_method(
     probe_head: dict[str, torch.Tensor],
     budget: Budget,
     seed: int,
+    lora_scaling: str = DEFAULT_SCALING,
 ) -> Trained:
-    """Fine-tune a fresh copy of ``prior`` with ``method`` on ``train``."""
+    """Fine-tune a fresh copy of ``prior`` with ``method`` on ``train`` (every LoRA scaled as
+    ``lora_scaling`` says)."""
     if method == "probe":
-        dgs = DGSWrapper(copy.deepcopy(prior), prior_mod.tokenizer(), DGSConfig.reference())
+        dgs = DGSWrapper(
+            copy.deepcopy(prior), prior_mod.tokenizer(), reference_config(lora_scaling)
+        )
         dgs.teacher_head.load_state_dict(probe_head)
         return Trained(dgs, frozen=True)
     torch.manual_seed(seed)
-    dgs = DGSWrapper(copy.deepcopy(prior), prior_mod.tokenizer(), _config(method))
+    config = _config(method, lora_scaling, budget.fd_weight)
+    dgs = DGSWrapper(copy.deepcopy(prior), prior_mod.tokenizer(), config)
     dgs.teacher_head.load_state_dict(probe_head)
     x = prior_mod.to_input(train.images)
     y = train.labels

@@ -19,12 +19,20 @@ def _collect(results: dict, method: str, getter) -> list[float]:
     return [getter(results["seeds"][s][method]) for s in results["seeds"]]
 
 
+def methods_in(results: dict) -> list[str]:
+    """The study's methods that ``results`` holds, in the study's order (a results.json of an
+    earlier run may lack the methods added since)."""
+    first = next(iter(results["seeds"].values()))
+    return [m for m in METHODS if m in first]
+
+
 def markdown(results: dict) -> str:
     proto = results["protocol"]
     fams = results["families"]
     train_fam = proto["train_family"]
     held = [f for f in fams if f != train_fam]
     seeds = list(results["seeds"])
+    ms = methods_in(results)
     lines = [
         f"Seeds {', '.join(seeds)} (n = {len(seeds)}); every cell is mean ± standard deviation "
         "over the seeds (sample std), x100."
@@ -42,7 +50,7 @@ def markdown(results: dict) -> str:
         + " | held-out acc | held-out AP | CKA | theme effect |",
         "|---|" + "---:|" * (len(held) + 5),
     ]
-    for m in METHODS:
+    for m in ms:
         cells = [_stat(_collect(results, m, lambda r: r["train_family_acc"]))]
         cells += [_stat(_collect(results, m, lambda r, f=f: r["families"][f]["acc"])) for f in held]
         cells += [
@@ -59,7 +67,7 @@ def markdown(results: dict) -> str:
         "| Method | " + " | ".join(fams) + " |",
         "|---|" + "---:|" * len(fams),
     ]
-    for m in METHODS:
+    for m in ms:
         cells = [_stat(_collect(results, m, lambda r, f=f: r["families"][f]["ap"])) for f in fams]
         lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
     lines += [
@@ -71,13 +79,13 @@ def markdown(results: dict) -> str:
         "| Method | held-out r_acc | held-out f_acc | held-out oracle acc |",
         "|---|---:|---:|---:|",
     ]
-    for m in METHODS:
+    for m in ms:
         cells = [
             _stat(_collect(results, m, lambda r, k=k: r[f"heldout_{k}"]))
             for k in ("r_acc", "f_acc", "best_acc")
         ]
         lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
-    if "lora" in METHODS and len(seeds) > 1:
+    if "lora" in ms and len(seeds) > 1:
         lines += [
             "",
             "**Paired against plain LoRA**: every method and plain LoRA see the same data, "
@@ -89,7 +97,7 @@ def markdown(results: dict) -> str:
             "|---|---:|---:|---:|---:|---:|",
         ]
         keys = ("heldout_acc", "heldout_ap", "heldout_f_acc", "cka", "theme_effect")
-        for m in METHODS:
+        for m in ms:
             if m == "lora":
                 continue
             cells = []
@@ -100,7 +108,7 @@ def markdown(results: dict) -> str:
                 )
                 cells.append(f"{_stat(list(d), signed=True)} ({int((d > 0).sum())}/{len(d)})")
             lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
-    projecting = [m for m in METHODS if all("surgery" in results["seeds"][s][m] for s in seeds)]
+    projecting = [m for m in ms if all("surgery" in results["seeds"][s][m] for s in seeds)]
     if projecting:
         lines += [
             "",
@@ -144,18 +152,19 @@ def plots(results: dict, out: Path, tsne) -> None:
     fams = results["families"]
     train_fam = results["protocol"]["train_family"]
     colours = plt.get_cmap("tab10")
+    ms = methods_in(results)
 
     # per-family accuracy, grouped bars with the seed std as error bars
     fig, ax = plt.subplots(figsize=(11, 5.0))
-    width = 0.8 / len(METHODS)
+    width = 0.8 / len(ms)
     x = np.arange(len(fams))
-    for i, m in enumerate(METHODS):
+    for i, m in enumerate(ms):
         vals = (
             np.array([_collect(results, m, lambda r, f=f: r["families"][f]["acc"]) for f in fams])
             * 100
         )
         ax.bar(
-            x + (i - (len(METHODS) - 1) / 2) * width,
+            x + (i - (len(ms) - 1) / 2) * width,
             vals.mean(1),
             width,
             yerr=vals.std(1, ddof=1) if vals.shape[1] > 1 else None,
@@ -175,15 +184,15 @@ def plots(results: dict, out: Path, tsne) -> None:
 
     # geometry kept
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    vals = np.array([_collect(results, m, lambda r: r["cka"]) for m in METHODS])
+    vals = np.array([_collect(results, m, lambda r: r["cka"]) for m in ms])
     ax.barh(
-        np.arange(len(METHODS)),
+        np.arange(len(ms)),
         vals.mean(1),
         xerr=vals.std(1, ddof=1) if vals.shape[1] > 1 else None,
         capsize=3,
-        color=[colours(i) for i in range(len(METHODS))],
+        color=[colours(i) for i in range(len(ms))],
     )
-    ax.set_yticks(np.arange(len(METHODS)), [LABELS[m] for m in METHODS])
+    ax.set_yticks(np.arange(len(ms)), [LABELS[m] for m in ms])
     ax.invert_yaxis()
     ax.set_xlim(0, 1.02)
     ax.set_xlabel("linear CKA(teacher, student) on held-out real images")
@@ -197,8 +206,9 @@ def plots(results: dict, out: Path, tsne) -> None:
 
     feats, family = tsne
     family = family.numpy()
-    shown = ["probe"] + [m for m in METHODS if m != "probe"]
-    fig, axes = plt.subplots(2, 4, figsize=(15, 7.4))  # up to 8 panels
+    shown = ["probe"] + [m for m in ms if m != "probe"]
+    cols = (len(shown) + 1) // 2
+    fig, axes = plt.subplots(2, cols, figsize=(3.75 * cols, 7.4))
     for ax, m in zip(axes.flat, shown, strict=False):
         f = feats[m].numpy()
         emb = TSNE(
