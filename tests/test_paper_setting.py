@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 PRESET_FILE = REPO / "examples" / "presets" / "aigibench-setting2.json"
 SETTING2_SUBSETS = ("car", "cat", "chair", "horse", "sdv1.4")
 
-# dgs-reference.md, "Reference training setup"
+# the released training setup (HorizonTEL/DGS-Net options/*.py and its training command;
+# the table in docs/paper-setting.md names the file of every value)
 PAPER = {
     "model": "ViT-L-14@openai",
     "pretrained": None,
