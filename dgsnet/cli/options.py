@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
+import shutil
 import textwrap
 import typing
 from dataclasses import dataclass
@@ -45,23 +45,30 @@ __all__ = [
 ]
 
 
+#: help text is laid out for this many columns at most, and at least `_MIN_WIDTH`
+_MAX_WIDTH, _MIN_WIDTH = 100, 40
+
+
 def _term_width() -> int:
-    try:
-        return os.get_terminal_size().columns
-    except OSError:
-        return 100
+    """The help width: the terminal's columns (`COLUMNS` first, then the terminal), clamped to
+    [40, 100]. A terminal that reports 0 columns (a pty under `script`, some CI runners) or
+    no terminal at all gives 100."""
+    columns = shutil.get_terminal_size(fallback=(_MAX_WIDTH, 24)).columns
+    if columns <= 0:  # shutil falls back on 0 already; a negative COLUMNS is refused here
+        columns = _MAX_WIDTH
+    return max(_MIN_WIDTH, min(_MAX_WIDTH, columns))
 
 
 def wrap(text: str) -> str:
     """`text` filled to the help width (at most 100 columns)."""
-    return textwrap.fill(text, min(100, _term_width()) - 2)
+    return textwrap.fill(text, _term_width() - 2)
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
     """Help layout of every command: epilogs kept as written, options at column 32."""
 
     def __init__(self, prog: str) -> None:
-        super().__init__(prog, max_help_position=32, width=min(100, _term_width()))
+        super().__init__(prog, max_help_position=32, width=_term_width())
 
 
 # --------------------------------------------------------------------------------------------
