@@ -1,8 +1,9 @@
 """The `dgsnet` command line: `train`, `eval`, `predict`, `import-released`,
 `caption`, `tsne`, `plot`, `demo`.
 
-Run `dgsnet <command> --help` for the options and examples; `docs/cli.md` has the whole
-story (output folder layout, resume semantics, `torchrun`, model specs).
+Run `dgsnet <command> --help` for the options and examples; the user guide's command-line
+page (`docs/cli.md` in the source distribution) has the whole story (output folder layout,
+resume semantics, `torchrun`, model specs).
 
 One module per command (`train`, `eval`,
 `predict`, `import_released`, `caption`,

@@ -27,6 +27,15 @@ __all__ = ["COMMANDS", "build_parser", "main", "train_settings"]
 COMMANDS = (train, eval_command, predict, import_released, caption, tsne, plot, demo)
 
 
+#: the end of `dgsnet --help`: only what an installed dgsnet has (no path into a checkout)
+EPILOG = """\
+Run `dgsnet <command> --help` for a command's options and examples.
+The Python API, from the installed package: python -m pydoc dgsnet.training
+(also dgsnet, dgsnet.data, dgsnet.metrics, dgsnet.surgery, dgsnet.cli).
+The user guide is the docs/ folder of dgsnet's source distribution.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `dgsnet` argument parser, with one subcommand per module of `COMMANDS`."""
     from .. import __version__
@@ -37,8 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=wrap(
             "DGS-Net: gradient-surgery LoRA fine-tuning of CLIP to detect AI-generated images."
         ),
-        epilog="Run `dgsnet <command> --help` for a command's options and examples. "
-        "Docs: docs/cli.md",
+        epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"dgsnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)

@@ -30,7 +30,7 @@ examples:
 
 The file is read with torch.load(weights_only=True) (no code in it is run). Merged (saved in
 eval mode) and unmerged files are both accepted; the folder's released_import.json says which
-one was found. docs/released-checkpoints.md has the details.
+one was found. The user guide's released-checkpoints page has the details.
 """
 
 
