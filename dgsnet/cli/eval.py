@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..training.workers import default_workers
 from .common import check_positive, check_roots, load_checkpoint, status
 from .errors import EXIT_OK, UsageError
 from .options import Formatter, add_scoring_options, common_parent, wrap
@@ -63,7 +64,13 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
     )
     g = p.add_argument_group("evaluation")
     g.add_argument("--batch-size", type=int, default=64, metavar="N", help="(default: 64)")
-    g.add_argument("--workers", type=int, default=4, metavar="N", help="(default: 4)")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        metavar="N",
+        help=f"(default: 4, or the usable CPU cores when fewer: {default_workers()} here)",
+    )
     g.add_argument("--subsets", nargs="+", metavar="NAME", help="evaluate these subsets only")
     g.add_argument(
         "--split", choices=("train", "val"), default="val", help="GenImage split (default: val)"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..io import json_safe
 from ..presets import TRAIN_PRESETS, get_preset
+from ..training.workers import default_workers
 from .common import check_roots, resolve_device, status
 from .errors import EXIT_OK, UsageError
 from .options import (
@@ -34,7 +35,7 @@ NAME = "train"
 EPILOG = """\
 examples:
   # the paper's whole training setting (ViT-L/14 OpenAI weights in the local cache;
-  # docs/paper-setting.md); flags and --config keys override the preset's values:
+  # the user guide's paper-setting page); flags and --config keys override it:
   dgsnet train --preset aigibench-setting2 data/AIGIBench/train --out runs/setting2
 
   # the reference recipe with the model's own preprocessing:
@@ -63,7 +64,7 @@ _PRESET_HELP = (
     "reference: DGS options from DGSConfig.reference() (LoRA on q/k/v, as "
     "released); library: from DGSConfig(); aigibench-setting2: the whole paper setting "
     "(ViT-L-14@openai, patch-selection + flip, 3 + 1 epochs, batch 32, lr 1e-4, "
-    "reference DGS; docs/paper-setting.md). Precedence: preset < --config < flags "
+    "reference DGS; the user guide's paper-setting page). Precedence: preset < --config < flags "
     "(default: reference)"
 )
 
@@ -131,9 +132,10 @@ def _add_data_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--workers",
         type=int,
-        default=4,
+        default=default_workers(),
         metavar="N",
-        help="DataLoader worker processes (default: 4)",
+        help=f"DataLoader worker processes (default: 4, or the usable CPU cores when fewer: "
+        f"{default_workers()} here)",
     )
 
 
@@ -398,7 +400,7 @@ def _check_preset_subsets(args: argparse.Namespace, datasets: Sequence[Any]) -> 
     warnings.warn(
         f"--preset {args.preset} is defined on the training subsets {', '.join(expected)}; "
         f"this run's data has {', '.join(found)} ({'; '.join(parts)}). See "
-        "docs/paper-setting.md for the folder layout (--subsets selects subsets)",
+        "the user guide's paper-setting page for the folder layout (--subsets selects subsets)",
         UserWarning,
         stacklevel=2,
     )
