@@ -204,7 +204,7 @@ def _evaluate(
 
 
 def _print_single_class(single: dict[str, dict[str, Any]], degradation: str) -> None:
-    from ..single_class import single_class_markdown
+    from ..metrics import single_class_markdown
 
     for root, rows in single.items():
         print()
