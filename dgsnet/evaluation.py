@@ -21,8 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import TrainingConfigError
-from .io import CheckpointError
+from .errors import CheckpointError, TrainingConfigError
 from .metrics import MetricsTable
 from .models import ModelBundle, ModelSpec, build_model
 from .progress import progress_bar
@@ -253,7 +252,7 @@ class _EvalItems(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
-        from .data import CorruptImageError, DatasetError
+        from .errors import CorruptImageError, DatasetError
 
         try:
             return self.dataset[index]

@@ -27,7 +27,7 @@ PACKAGE = ROOT / "dgsnet"
 # Layer of each module, bottom (0) to top, as docs/architecture.md lists them. A module is
 # placed by its longest matching prefix; a new module needs a line here and in that page.
 LAYERS: dict[str, int] = {
-    # 0 foundation: imports nothing from dgsnet
+    # 0 foundation: imports nothing from dgsnet (io: the error types only)
     "dgsnet.errors": 0,
     "dgsnet.io": 0,
     "dgsnet.progress": 0,
@@ -255,9 +255,9 @@ def test_the_wrapper_parts_do_not_import_what_assembles_them() -> None:
         ("dgsnet.surgery", ("dgsnet.surgery", "dgsnet.errors")),
         # the test kit of the method checks rules and nothing else
         ("dgsnet.testing", ("dgsnet.testing", "dgsnet.surgery", "dgsnet.errors")),
-        # the foundation imports nothing from dgsnet
+        # the foundation imports nothing from dgsnet but the error types
         ("dgsnet.errors", ()),
-        ("dgsnet.io", ()),
+        ("dgsnet.io", ("dgsnet.errors",)),
         ("dgsnet.progress", ()),
         # encoders know the model libraries, not the method or the wrapper
         ("dgsnet.encoders", ("dgsnet.encoders", "dgsnet.errors", "dgsnet.io")),
