@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import UsageError
-from ..presets import DEFAULT_PRESET, get_preset
 from ..wrapper import DGSConfig
+from .presets import DEFAULT_PRESET, get_preset
 
 __all__ = [
     "DGS_FLAGS",

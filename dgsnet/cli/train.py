@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..io import json_safe
-from ..presets import TRAIN_PRESETS, get_preset
 from .common import check_roots, resolve_device, status
 from .errors import EXIT_OK
 from .options import (
@@ -23,6 +22,7 @@ from .options import (
     dgs_config,
     wrap,
 )
+from .presets import TRAIN_PRESETS, get_preset
 from .train_flags import flag_error
 
 if TYPE_CHECKING:
