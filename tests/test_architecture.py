@@ -501,3 +501,17 @@ def test_allow_lists_hold_only_real_violations() -> None:
     real_reads = {(m, what) for m in MODULES for what, _ in private_reads(m)}
     stale = KNOWN_PRIVATE_READS - real_reads
     assert not stale, f"fixed, remove from KNOWN_PRIVATE_READS: {stale}"
+
+
+# -- the tests mirror the package -------------------------------------------------------------
+def test_test_files_have_unique_names_and_areas_are_folders() -> None:
+    """pytest imports the test files of `tests/<area>/` (no `__init__.py`) by base name, so
+    two files of one name in two areas would collide; each area is a plain folder."""
+    tests = ROOT / "tests"
+    names: dict[str, list[str]] = {}
+    for path in tests.rglob("test_*.py"):
+        names.setdefault(path.name, []).append(path.relative_to(tests).as_posix())
+    clashes = {n: p for n, p in names.items() if len(p) > 1}
+    assert not clashes, f"test files sharing a name: {clashes}"
+    areas = [d for d in tests.iterdir() if d.is_dir() and d.name not in ("helpers", "__pycache__")]
+    assert not [d.name for d in areas if (d / "__init__.py").exists()]
