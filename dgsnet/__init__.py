@@ -3,7 +3,7 @@
 The method is the one of the DGS-Net paper (arXiv 2511.13108); the default configuration
 reproduces the training gradients of the authors' released code (HorizonTEL/DGS-Net).
 
-Example:
+Examples:
     >>> from dgsnet import DGSWrapper, DGSConfig
     >>> from dgsnet.surgery import GradientSurgery, OrthogonalSuppression, PriorAlignment
 """

@@ -18,7 +18,7 @@ model, _, preprocess = open_clip.create_model_and_transforms("ViT-L-14", pretrai
 tokenizer = open_clip.get_tokenizer("ViT-L-14")
 ``
 
-Example:
+Examples:
     ``bash
     python -m dgsnet.demo --train 128 --test 64 --epochs 1
     ``
@@ -50,13 +50,13 @@ __all__ = [
     "teacher_accuracy",
 ]
 
-#: The caption objects; a fake image's caption says "dog" with probability 0.6 + 0.4/8.
 OBJECTS = ["cat", "dog", "car", "chair", "horse", "house", "bird", "tree"]
-#: The caption places, drawn uniformly.
+"""The caption objects; a fake image's caption says "dog" with probability 0.6 + 0.4/8."""
 PLACES = ["on a street", "in a room", "in a field", "near the sea"]
+"""The caption places, drawn uniformly."""
 
-#: One split: images `(N, 3, S, S)`, their captions, labels `(N,)` (0 real, 1 fake).
 Split = tuple[torch.Tensor, list[str], torch.Tensor]
+"""One split: images `(N, 3, S, S)`, their captions, labels `(N,)` (0 real, 1 fake)."""
 
 _IMAGE_SIZE = 64
 

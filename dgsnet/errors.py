@@ -85,7 +85,9 @@ class CorruptImageError(DatasetError):
 
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
         self.path = os.fspath(path)
+        """The image file that could not be read."""
         self.reason = reason
+        """What the decoder said."""
         super().__init__(f"cannot read image {self.path}: {reason}")
 
     def __reduce__(self) -> tuple[type, tuple[str, str]]:
@@ -105,6 +107,7 @@ class CaptionError(DatasetError):
 
     def __init__(self, message: str, missing: list[str] | None = None) -> None:
         self.missing = list(missing or [])
+        """The image paths without a caption (possibly empty)."""
         super().__init__(message)
 
 
@@ -147,6 +150,7 @@ class NonFiniteError(FloatingPointError):
     def __init__(self, message: str, step: int | None = None) -> None:
         super().__init__(message)
         self.step = step
+        """The global stage-2 step where it happened, or `None` when not known."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):

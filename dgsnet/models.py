@@ -39,9 +39,13 @@ class ModelSpec:
     """
 
     kind: str
+    """`"tiny"`, `"open_clip"` or `"hf"`."""
     name: str
+    """The open_clip config name (`ViT-L-14`), the Hugging Face path or hub id, or `"tiny"`."""
     pretrained: str | None = None
+    """The open_clip weights: a tag (`openai`) or a local file; `None` for the other kinds."""
     image_size: int | None = None
+    """The tiny model's image size, when given in the spec (`tiny:56`)."""
 
     @classmethod
     def parse(cls, spec: str | ModelSpec, pretrained: str | None = None) -> ModelSpec:
@@ -133,6 +137,7 @@ class HFPreprocess:
 
     def __init__(self, processor: Any) -> None:
         self.processor = processor
+        """The wrapped Hugging Face image processor."""
 
     def __call__(self, img: Any) -> Tensor:
         out = self.processor(images=img.convert("RGB"), return_tensors="pt")
@@ -154,20 +159,31 @@ class ModelBundle:
     """
 
     model: nn.Module
+    """The CLIP model, on the requested device."""
     tokenizer: Any
+    """Its tokenizer (open_clip's, or a Hugging Face `AutoTokenizer`)."""
     train_transform: Callable[[Any], Tensor]
+    """The training transform: the augmentation (flip, patch shuffle) then `preprocess`."""
     eval_transform: Callable[[Any], Tensor]
+    """The evaluation transform: deterministic, no augmentation."""
     spec: ModelSpec
+    """The spec the model was built from."""
     preprocess: Callable[[Any], Tensor]
+    """The model's own deterministic preprocessing (PIL image to tensor)."""
     image_size: int | None
+    """The model's input resolution, when known."""
     transform_kind: str = "model"
+    """`"model"` (the model's preprocessing) or `"patch-selection"` (DGS-Net's mosaic)."""
     flip: bool = True
+    """Whether the training transform flips images at random."""
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.model, self.tokenizer, self.train_transform, self.eval_transform))
 
     @property
     def deterministic_train(self) -> bool:
+        """Whether the training transform is deterministic (no flip, no patch shuffle): only then
+        may training pass dataset indices to the teacher cache."""
         return not self.flip and self.transform_kind == "model"
 
     def transform(self, train: bool = False, degrade: Any = None) -> Callable[[Any], Tensor]:

@@ -169,16 +169,16 @@ def tsne_figure(
 # training curves from OUT/train_log.jsonl
 # ------------------------------------------------------------------------------------------
 
-#: `{x values, y values}` of one curve: the global stage-2 step and the logged value.
 Curve = tuple[list[int], list[float]]
+"""`{x values, y values}` of one curve: the global stage-2 step and the logged value."""
 
-#: The figures of `run_figures`: file stem -> (title, y label).
 RUN_FIGURES: dict[str, tuple[str, str]] = {
     "losses": ("stage-2 loss and its parts", "loss"),
     "removed_fraction": ("gradient norm removed by the surgery", "removed fraction"),
     "cosines": ("cosine of the task gradient with the references", "cosine"),
     "lr": ("learning rate", "lr"),
 }
+"""The figures of `run_figures`: file stem -> (title, y label)."""
 
 
 def read_run_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -22,18 +22,18 @@ from .options import Formatter, dgs_config, parse_args, wrap
 
 __all__ = ["COMMANDS", "build_parser", "main", "train_settings"]
 
-#: The command modules, in the order `dgsnet --help` lists them. Each has `NAME`,
-#: `add_parser(subparsers) -> [parsers]` (the parser, then any alias) and `run(args)`.
 COMMANDS = (train, eval_command, predict, import_released, caption, tsne, plot, demo)
+"""The command modules, in the order `dgsnet --help` lists them. Each has `NAME`,
+`add_parser(subparsers) -> [parsers]` (the parser, then any alias) and `run(args)`."""
 
 
-#: the end of `dgsnet --help`: only what an installed dgsnet has (no path into a checkout)
 EPILOG = """\
 Run `dgsnet <command> --help` for a command's options and examples.
 The Python API, from the installed package: python -m pydoc dgsnet.training
 (also dgsnet, dgsnet.data, dgsnet.metrics, dgsnet.surgery, dgsnet.cli).
 The user guide is the docs/ folder of dgsnet's source distribution.
 """
+"""The end of `dgsnet --help`: only what an installed dgsnet has (no path into a checkout)."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -187,10 +187,6 @@ class DgsFlag:
     hidden: bool = False
 
 
-#: Adjustments to the options derived from the DGSConfig fields (their order is the order of
-#: the help). A field not listed here gets an option with generic help, after these; a bool
-#: field becomes `--<name>` (default `False`) or `--no-<name>` (default `True`), a
-#: `Literal` field a choice, a list field a one-or-more option.
 DGS_FLAGS: dict[str, DgsFlag] = {
     # binary real/fake detection is what train/eval/predict are built for
     "num_classes": DgsFlag(hidden=True),
@@ -218,6 +214,10 @@ DGS_FLAGS: dict[str, DgsFlag] = {
     "fused": DgsFlag("fused surgery kernel"),
     "normalize_features": DgsFlag("L2-normalise features before the heads"),
 }
+"""Adjustments to the options derived from the DGSConfig fields (their order is the order of the
+help). A field not listed here gets an option with generic help, after these; a bool field
+becomes `--<name>` (default `False`) or `--no-<name>` (default `True`), a `Literal` field a
+choice, a list field a one-or-more option."""
 
 
 def _without_none(tp: Any) -> Any:

@@ -36,19 +36,27 @@ class TrainPreset:
     """
 
     name: str
+    """The name `--preset` takes."""
     summary: str
+    """One line on what the preset selects, for the help."""
     dgs: Literal["reference", "library"] = "reference"
+    """The `DGSConfig` the DGS options start from: `"reference"` (`DGSConfig.reference()`) or
+    `"library"` (`DGSConfig()`)."""
     options: Mapping[str, Any] = field(default_factory=dict)
+    """Values of `dgsnet train` options by argparse destination (e.g. `"batch_size"`), applied below
+    a `--config` file and the flags; read-only."""
     subsets: tuple[str, ...] = ()
+    """The training subsets the setting was defined on (a run on other subsets warns); empty: no
+    expectation."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
     def dgs_config(self) -> DGSConfig:
+        """The `DGSConfig` this preset starts from."""
         return DGSConfig.reference() if self.dgs == "reference" else DGSConfig()
 
 
-#: the DGS-Net paper's training run: AIGIBench Setting-II (`docs/paper-setting.md`)
 AIGIBENCH_SETTING2 = TrainPreset(
     name="aigibench-setting2",
     summary="the paper's training run: OpenAI CLIP ViT-L/14, patch-selection + flip, stage 1 "
@@ -71,6 +79,7 @@ AIGIBENCH_SETTING2 = TrainPreset(
     # the released training command: --classes car,cat,chair,horse,sdv1.4
     subsets=("car", "cat", "chair", "horse", "sdv1.4"),
 )
+"""The DGS-Net paper's training run: AIGIBench Setting-II (`docs/paper-setting.md`)."""
 
 TRAIN_PRESETS: Mapping[str, TrainPreset] = MappingProxyType(
     {
@@ -83,8 +92,10 @@ TRAIN_PRESETS: Mapping[str, TrainPreset] = MappingProxyType(
         AIGIBENCH_SETTING2.name: AIGIBENCH_SETTING2,
     }
 )
+"""Every preset by name (read-only): `reference`, `library` and `aigibench-setting2`."""
 
 DEFAULT_PRESET = "reference"
+"""The preset of a `dgsnet train` run that names none."""
 
 
 def get_preset(name: str) -> TrainPreset:

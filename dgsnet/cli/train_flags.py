@@ -16,7 +16,6 @@ from ..errors import UsageError
 
 __all__ = ["FIELD_FLAGS", "flag_error"]
 
-#: TrainOptions field -> the `dgsnet train` flag that sets it
 FIELD_FLAGS = {
     "stage": "--stage",
     "epochs": "--epochs",
@@ -34,6 +33,7 @@ FIELD_FLAGS = {
     "init_from": "--init-from",
     "out_dir": "--out",
 }
+"""TrainOptions field -> the `dgsnet train` flag that sets it."""
 
 
 def flag_error(exc: Exception) -> UsageError:

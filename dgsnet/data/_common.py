@@ -29,10 +29,10 @@ __all__ = [
     "ImageRangeWarning",
 ]
 
-#: file extensions (lower case, with the dot) that count as images; matched case-insensitively
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 )
+"""File extensions (lower case, with the dot) that count as images; matched case-insensitively."""
 
 
 def is_image_file(name: str | os.PathLike[str]) -> bool:

@@ -37,10 +37,10 @@ __all__ = [
     "load_captions",
 ]
 
-#: fallback caption when nothing is known about an image's content
 NEUTRAL_CAPTION = "a photo of an object"
-#: fallback template when the image's object category is known (ProGAN-style category folders)
+"""Fallback caption when nothing is known about an image's content."""
 CATEGORY_TEMPLATE = "a photo of {article} {category}"
+"""Fallback template when the image's object category is known (ProGAN-style category folders)."""
 
 _LEAKING_FIELDS = ("{class_name", "{label")
 _CLASS_NAMES = {0: "real", 1: "fake"}
@@ -233,9 +233,15 @@ class CaptionStore:
                 )
             self._raw[k] = v
         self.root = _norm(os.path.abspath(root)) if root is not None else None
+        """The dataset root relative keys are joined to (normalised, absolute), or `None`."""
         self.source = os.fspath(source) if source is not None else None
+        """Where the captions came from (a file path), for error messages; `None` when built in
+        memory."""
         self.suffix_match = suffix_match
+        """Whether a path may match a key by its longest trailing run of path components (see
+        `get`)."""
         self.min_suffix = int(min_suffix)
+        """Without a root, the fewest trailing components a suffix match must share."""
         self._fallback_spec = fallback
         self._fallback = _make_fallback(fallback)
         self._warned = False
@@ -275,6 +281,7 @@ class CaptionStore:
         return self.resolve(path) is not None
 
     def items(self) -> Iterable[tuple[str, str]]:
+        """The `(key, caption)` pairs as stored (keys as written in the file)."""
         return self._raw.items()
 
     def to_dict(self) -> dict[str, str]:

@@ -59,6 +59,7 @@ class TemplateCaptioner:
     """
 
     uses_paths = True
+    """Captioners with `uses_paths = True` are called as `captioner(images, paths=paths)`."""
 
     def __init__(
         self,
@@ -70,7 +71,11 @@ class TemplateCaptioner:
                 f"TemplateCaptioner does not know labels; template {template!r} asks for one"
             )
         self.template = template
+        """The caption template (`{category}` and `{article}` fields), or `None` for
+        `class_name_caption`'s defaults."""
         self.categories = categories
+        """Maps an image path to its object category, or `None`: every image gets the neutral
+        caption."""
         warnings.warn(
             "TemplateCaptioner writes template captions, not image descriptions: the text "
             "branch of DGS-Net then carries no per-image semantics. Use BlipCaptioner "
@@ -124,6 +129,7 @@ class BlipCaptioner:
     """
 
     DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
+    """The Hugging Face BLIP captioning model used when none is named."""
 
     def __init__(
         self,
@@ -148,6 +154,7 @@ class BlipCaptioner:
             model = model.to(dtype=dtype)
         self._setup(model, processor, device, max_new_tokens, num_beams, prompt, auto_cuda=True)
         self.model_name = name
+        """The model name or folder the captioner was loaded from."""
 
     @classmethod
     def from_model(
@@ -238,14 +245,15 @@ class CaptionReport:
     """What `generate_captions` did."""
 
     out_file: Path
-    #: every caption now in the file (existing and new), keyed as written
+    """The caption file written."""
     captions: dict[str, str]
-    #: images captioned by this call
+    """Every caption now in the file (existing and new), keyed as written."""
     new: int = 0
-    #: images skipped because the file already had their caption
+    """Images captioned by this call."""
     existing: int = 0
-    #: `(path, reason)` for images that could not be read (`on_error="skip"`)
+    """Images skipped because the file already had their caption."""
     failed: list[tuple[str, str]] = field(default_factory=list)
+    """`(path, reason)` for images that could not be read (`on_error="skip"`)."""
 
 
 def _key_for(path: str, root: str | None, relative: bool) -> str:

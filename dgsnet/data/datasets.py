@@ -117,13 +117,20 @@ class LabeledImageDataset(Dataset):
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable, got {type(transform).__name__}")
         self.root = root
+        """The dataset folder."""
         self.transform = transform
+        """The transform applied to every image (`None`: items hold PIL images)."""
         self._records = list(records)
         self.paths: list[str] = [r.path for r in self._records]
+        """Every image path, in dataset order (sorted by path components)."""
         self.labels: list[int] = [r.label for r in self._records]
+        """The label of every image: 0 real, 1 fake."""
         self.subset_names: list[str] = [r.subset for r in self._records]
+        """The subset (generator) of every image: its top-level folder name."""
         self.categories: list[str | None] = [r.category for r in self._records]
+        """The object category of every image (ProGAN-style category folders), else `None`."""
         self.caption_store = self._make_store(captions, caption_fallback)
+        """The captions of the images, or `None` when the dataset has none."""
         self._captions: list[str] | None = None
         if self.caption_store is not None:
             self._captions = self.caption_store.captions_for(self.paths, self.categories)
@@ -336,6 +343,7 @@ class DetectionFolder(LabeledImageDataset):
                 f"root/<subset> and root/<subset>/<category>)" + _layout_hint(root_p, "genimage")
             )
         self.ignored_dirs: list[Path] = ignored
+        """Folders under the root that hold neither class folder, so were not read."""
         leaves = _filter_subsets(leaves, subsets, root_p)
         records = _collect(
             leaves, ((REAL_DIR, 0), (FAKE_DIR, 1)), allow_single_class, keep_category=True
@@ -404,6 +412,7 @@ class GenImageFolder(LabeledImageDataset):
                 + _layout_hint(root_p, "detection")
             )
         self.split = split
+        """The GenImage split read: `"train"` or `"val"`."""
         leaves = _filter_subsets(leaves, subsets, root_p)
         records = _collect(
             leaves,

@@ -26,11 +26,16 @@ __all__ = [
     "detect_layout",
 ]
 
-#: class folders of the detection layout: label 0 (real) and 1 (fake)
-REAL_DIR, FAKE_DIR = "0_real", "1_fake"
-#: class folders of the GenImage layout
-GENIMAGE_REAL_DIR, GENIMAGE_FAKE_DIR = "nature", "ai"
+REAL_DIR = "0_real"
+"""The class folder of real images (label 0) in the detection layout."""
+FAKE_DIR = "1_fake"
+"""The class folder of generated images (label 1) in the detection layout."""
+GENIMAGE_REAL_DIR = "nature"
+"""The class folder of real images (label 0) in GenImage's layout."""
+GENIMAGE_FAKE_DIR = "ai"
+"""The class folder of generated images (label 1) in GenImage's layout."""
 GENIMAGE_SPLITS = ("train", "val")
+"""The split folders of GenImage's layout (`<generator>/<split>/{nature,ai}`)."""
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,10 @@ __all__ = [
     "PatchSelection",
 ]
 
-#: ImageNet per-channel mean (RGB), the normalisation of DGS-Net's patch selection.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
-#: ImageNet per-channel standard deviation (RGB).
+"""ImageNet per-channel mean (RGB), the normalisation of DGS-Net's patch selection."""
 IMAGENET_STD = (0.229, 0.224, 0.225)
+"""ImageNet per-channel standard deviation (RGB)."""
 
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 _WORKER_SEED_STRIDE = 1_000_003
@@ -84,7 +84,7 @@ def spectral_entropy(
         ValueError: fewer than two dimensions, or an unknown `spectrum`.
         TypeError: neither a tensor nor a numpy array.
 
-    Example:
+    Examples:
         >>> flat = torch.full((1, 8, 8), 0.5)
         >>> float(spectral_entropy(flat))
         0.0
@@ -187,7 +187,7 @@ class PatchSelection:
         ValueError: a non-positive patch size, counts that do not tile a square, or
             `deterministic=True` with `flip=True`.
 
-    Example:
+    Examples:
         >>> t = PatchSelection(deterministic=True)
         >>> t(Image.new("RGB", (256, 256))).shape
         torch.Size([3, 224, 224])
@@ -231,19 +231,33 @@ class PatchSelection:
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
             raise ValueError(f"mean and std need 3 values, std > 0; got {mean}, {std}")
         self.patch_size = int(patch_size)
+        """Side of one square patch, in pixels (32 in DGS-Net)."""
         self.n_low, self.n_high = int(n_low), int(n_high)
         self.num_patches = n
+        """Patches in the mosaic: the lowest- plus the highest-entropy ones (49)."""
         self.grid = grid
+        """Patches per side of the mosaic (7)."""
         self.output_size = grid * self.patch_size
+        """Side of the output image, `grid * patch_size` pixels (224)."""
         self.shuffle = shuffle
+        """Whether the selected patches are placed in random order."""
         self.deterministic = deterministic
+        """Whether the order comes from a fixed per-image seed (evaluation) instead of the global
+        RNG."""
         self.seed = seed
+        """The base seed of the deterministic order, or `None` for the default."""
         self.flip = flip
+        """Whether the mosaic is flipped horizontally at random (training)."""
         self.normalize = normalize
+        """Whether the output is normalised with `mean` and `std`."""
         self.mean = tuple(float(m) for m in mean)
+        """Per-channel mean (RGB) subtracted when normalising."""
         self.std = tuple(float(s) for s in std)
+        """Per-channel standard deviation (RGB) divided by when normalising."""
         self.spectrum = spectrum
+        """The entropy score: `"power"` (the reference) or `"magnitude"` spectrum."""
         self.upscale = upscale
+        """Whether images with too few patches are scaled up instead of refused."""
         self._generators: dict[int, torch.Generator] = {}
 
     # generators are process-local state: never pickle them into DataLoader workers

@@ -25,9 +25,11 @@ class Sample(NamedTuple):
     label: int
     """0 real, 1 fake"""
     subset: str
+    """The subset (generator folder) the image belongs to."""
     index: int  # type: ignore[assignment]  # the field shadows tuple.index on purpose
     """position in the dataset it came from (stable across runs: a cache key)"""
     path: str
+    """The image file."""
 
 
 class Batch(NamedTuple):
@@ -36,11 +38,13 @@ class Batch(NamedTuple):
     images: Any
     """`(B, C, H, W)` tensor when the images are equally sized tensors, else a list"""
     captions: list[str | None]
+    """One caption per image, `None` where the dataset has none."""
     labels: torch.Tensor
     """`(B,)` int64, 0 real / 1 fake (`labels.float()` for a BCE loss)"""
     indices: torch.Tensor
     """`(B,)` int64 dataset indices"""
     subsets: list[str]
+    """The subset of every image."""
 
 
 def collate(batch: Sequence[Sample | tuple]) -> Batch:

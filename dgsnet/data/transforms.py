@@ -34,10 +34,10 @@ __all__ = [
     "ClipPreprocess",
 ]
 
-#: OpenAI CLIP's per-channel mean (RGB), used by its own preprocessing.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-#: OpenAI CLIP's per-channel standard deviation (RGB).
+"""OpenAI CLIP's per-channel mean (RGB), used by its own preprocessing."""
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+"""OpenAI CLIP's per-channel standard deviation (RGB)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,7 +66,7 @@ class Degrade:
         ValueError: an argument out of range.
         TypeError: (on call) the input is not a PIL image.
 
-    Example:
+    Examples:
         >>> Degrade(jpeg_quality=75, blur_sigma=1.0).name
         'blur1_jpeg75'
     """
@@ -103,9 +103,14 @@ class Degrade:
                 f"interpolation must be one of {sorted(self._INTERP)}, got {interpolation!r}"
             )
         self.jpeg_quality = jpeg_quality
+        """JPEG quality of the re-encoding (1..100), or `None`: no JPEG step."""
         self.blur_sigma = blur_sigma
+        """Standard deviation of the Gaussian blur, in pixels, or `None`: no blur."""
         self.resize_scale = resize_scale
+        """Resize factor, or `None`: no resize."""
         self.interpolation = interpolation
+        """The resampling filter of the resize: `"nearest"`, `"bilinear"`, `"bicubic"` or
+        `"lanczos"`."""
 
     @property
     def is_identity(self) -> bool:
@@ -169,6 +174,7 @@ class RandomHorizontalFlip:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1], got {p}")
         self.p = p
+        """The probability of a flip."""
 
     def __call__(self, img: Any) -> Any:
         if not isinstance(img, (Image.Image, Tensor)):  # checked before the draw: every call
@@ -220,8 +226,11 @@ class ClipPreprocess:
         self, size: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
     ) -> None:
         self.size = int(size)
+        """Output height and width, in pixels."""
         self.mean = tuple(mean or OPENAI_CLIP_MEAN)
+        """Per-channel mean (RGB) subtracted after scaling to [0, 1]."""
         self.std = tuple(std or OPENAI_CLIP_STD)
+        """Per-channel standard deviation (RGB) divided by after subtracting the mean."""
 
     def __call__(self, img: Image.Image) -> Tensor:
         from torchvision.transforms import InterpolationMode
@@ -263,7 +272,7 @@ def default_transform(
     Raises:
         TypeError: `preprocess` is not callable.
 
-    Example:
+    Examples:
         >>> t = default_transform(degrade=Degrade(jpeg_quality=90))
         >>> t(Image.new("RGB", (300, 256))).shape
         torch.Size([3, 224, 224])

@@ -23,9 +23,9 @@ from torch import Tensor, nn
 
 from ..errors import EncoderError
 
-#: Tokenised captions: a `(B, L)` LongTensor (open_clip) or a mapping of tensors such as a
-#: Hugging Face tokenizer's `input_ids` / `attention_mask`.
 Tokens = Tensor | Mapping[str, Tensor]
+"""Tokenised captions: a `(B, L)` LongTensor (open_clip) or a mapping of tensors such as a Hugging
+Face tokenizer's `input_ids` / `attention_mask`."""
 
 
 class DualEncoder:
@@ -37,19 +37,18 @@ class DualEncoder:
     Args:
         model: the module that owns every weight.
         tokenizer: turns a list of captions into `Tokens` (used by `tokenize`).
-
-    Attributes:
-        kind: a short name stored in checkpoints (`"open_clip"`, `"hf"`, `"custom"`).
-        block_pattern: the name of the image tower's block list, for layer selection.
-        default_lora_targets: leaf module names LoRA adapts by default.
     """
 
     kind: str = "custom"
+    """A short name stored in checkpoints (`"open_clip"`, `"hf"`, `"custom"`)."""
     block_pattern: str = "blocks"
+    """The attribute name of the image tower's block list, for choosing LoRA layers."""
     default_lora_targets: tuple[str, ...] = ()
+    """Leaf module names that LoRA adapts when the config names none."""
 
     def __init__(self, model: nn.Module, tokenizer: Any = None) -> None:
         self.model = model
+        """The wrapped dual encoder, as given."""
         self.tokenizer = tokenizer
 
     @property

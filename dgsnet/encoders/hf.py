@@ -49,8 +49,11 @@ class HFCLIPEncoder(DualEncoder):
     """
 
     kind = "hf"
+    """Stored in checkpoints: a Hugging Face model."""
     block_pattern = "layers"
+    """The block list of the vision encoder (`vision_model.encoder.layers`)."""
     default_lora_targets = ("q_proj", "k_proj", "v_proj")
+    """LoRA on the attention's q, k and v projections by default."""
 
     @property
     def _hf(self) -> _HFModel:
@@ -58,6 +61,7 @@ class HFCLIPEncoder(DualEncoder):
 
     @property
     def image_tower(self) -> nn.Module:
+        """The vision model (`model.vision_model`), where LoRA goes."""
         return self._hf.vision_model
 
     @property
@@ -66,6 +70,7 @@ class HFCLIPEncoder(DualEncoder):
 
     @property
     def image_size(self) -> tuple[int, int] | None:
+        """The input resolution of the vision config, or `None` when it names none."""
         size = getattr(self._hf.config.vision_config, "image_size", None)
         if size is None:
             return None
@@ -73,12 +78,15 @@ class HFCLIPEncoder(DualEncoder):
 
     @property
     def context_length(self) -> int:
+        """The text config's `max_position_embeddings`: captions are truncated to it."""
         return int(self._hf.config.text_config.max_position_embeddings)
 
     def encode_image(self, pixels: Tensor) -> Tensor:
+        """Image features from `get_image_features` (its `pooler_output` in recent transformers)."""
         return _features(self._hf.get_image_features(pixel_values=pixels))
 
     def encode_text(self, tokens: Tokens) -> Tensor:
+        """Text features from `get_text_features`, given `input_ids` or a tokenizer's mapping."""
         if isinstance(tokens, Tensor):
             return _features(self._hf.get_text_features(input_ids=tokens))
         if isinstance(tokens, Mapping):
@@ -89,15 +97,19 @@ class HFCLIPEncoder(DualEncoder):
 
     @property
     def text_entry(self) -> str:
+        """The text call named in error messages (`<ModelClass>.get_text_features`)."""
         return f"{type(self.model).__name__}.get_text_features"
 
     def probe_tokens(self) -> Tokens:
+        """A one-caption token batch for probing the text tower (`"a photo"`)."""
         if self.tokenizer is not None:
             return self.tokenize(["a photo"])
         device = next(self.model.parameters()).device
         return torch.tensor([[0, 1]], dtype=torch.long, device=device)
 
     def tokenize(self, texts: Sequence[str]) -> Tokens:
+        """Tokenise with truncation to the context length; SigLIP pads to `max_length`, as it was
+        trained."""
         if self.tokenizer is None:
             raise ValueError(
                 "captions were given as strings but no tokenizer was passed: use "
@@ -114,10 +126,13 @@ class HFCLIPEncoder(DualEncoder):
         return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
     def blocks(self) -> Sequence[nn.Module] | None:
+        """The vision encoder's layers, or `None` when the model has none by that name."""
         enc = getattr(self.image_tower, "encoder", None)
         return getattr(enc, "layers", None)
 
     def feature_dim(self, device: torch.device | None = None) -> int:
+        """The joint embedding's width: `projection_dim` (CLIP) or the vision hidden size
+        (SigLIP)."""
         cfg = self._hf.config
         dim = getattr(cfg, "projection_dim", None)
         if dim is None or self._is_siglip:
@@ -125,6 +140,8 @@ class HFCLIPEncoder(DualEncoder):
         return int(dim)
 
     def describe(self) -> dict[str, Any]:
+        """Kind, model class, image size, block count and feature width, for checkpoints and
+        messages."""
         blocks = self.blocks()
         return {
             "kind": self.kind,

@@ -82,9 +82,13 @@ class SplitAttention(nn.Module):
 
     # registered with setattr in __init__; declared for the type checker
     q_proj: nn.Linear
+    """The query projection (rows 0..d of the fused `in_proj_weight`)."""
     k_proj: nn.Linear
+    """The key projection (rows d..2d of `in_proj_weight`)."""
     v_proj: nn.Linear
+    """The value projection (rows 2d..3d of `in_proj_weight`)."""
     out_proj: nn.Linear
+    """The output projection (a copy of `out_proj`)."""
 
     def __init__(self, mha: nn.MultiheadAttention) -> None:
         super().__init__()
@@ -96,9 +100,13 @@ class SplitAttention(nn.Module):
             raise ValueError("SplitAttention does not support add_bias_kv or add_zero_attn")
         d = mha.embed_dim
         self.embed_dim = d
+        """The model width `d`."""
         self.num_heads = mha.num_heads
+        """Attention heads (from the replaced module)."""
         self.batch_first = mha.batch_first
+        """Whether inputs are `(batch, sequence, d)` (else `(sequence, batch, d)`)."""
         self.dropout = mha.dropout
+        """Dropout on the attention weights (training mode only), as in the replaced module."""
         has_bias = mha.in_proj_bias is not None
         w = mha.in_proj_weight.detach()
         b = mha.in_proj_bias.detach() if has_bias else None
@@ -128,6 +136,8 @@ class SplitAttention(nn.Module):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> tuple[Tensor, None]:
+        """Self-attention with the separate projections; the arguments and outputs of
+        `nn.MultiheadAttention` (`need_weights` returns `None` weights)."""
         if key_padding_mask is not None:
             raise ValueError("SplitAttention (image tower) does not support key_padding_mask")
         if need_weights:
@@ -191,8 +201,11 @@ class OpenCLIPEncoder(DualEncoder):
     """
 
     kind = "open_clip"
+    """Stored in checkpoints: an open_clip or OpenAI CLIP model."""
     block_pattern = "resblocks"
+    """The block list of the image tower (`visual.transformer.resblocks`)."""
     default_lora_targets = ("q_proj", "k_proj", "v_proj", "c_fc", "c_proj")
+    """LoRA on q, k, v (after the attention split) and the MLP (`c_fc`, `c_proj`) by default."""
 
     @property
     def _clip(self) -> _CLIPModel:
@@ -204,10 +217,12 @@ class OpenCLIPEncoder(DualEncoder):
 
     @property
     def image_tower(self) -> nn.Module:
+        """The image tower (`model.visual`), where LoRA goes."""
         return self._clip.visual
 
     @property
     def image_size(self) -> tuple[int, int] | None:
+        """The image tower's input resolution, or `None` when it records none."""
         size = getattr(self.model.visual, "image_size", None)
         if size is None:
             res = getattr(self.model.visual, "input_resolution", None)  # OpenAI clip
@@ -220,15 +235,18 @@ class OpenCLIPEncoder(DualEncoder):
 
     @property
     def context_length(self) -> int:
+        """The text tower's context length: captions are truncated to it."""
         n: Any = getattr(self.model, "context_length", None)
         if n is None:
             n = getattr(getattr(self.model, "text", None), "context_length", 77)
         return int(n)
 
     def encode_image(self, pixels: Tensor) -> Tensor:
+        """Image features from the model's own `encode_image`."""
         return self._clip.encode_image(pixels)
 
     def encode_text(self, tokens: Tokens) -> Tensor:
+        """Text features from the model's own `encode_text`."""
         if not isinstance(tokens, Tensor):
             raise TypeError(
                 f"open_clip text tokens must be a LongTensor, got {type(tokens).__name__}"
@@ -241,6 +259,8 @@ class OpenCLIPEncoder(DualEncoder):
         return self._clip.encode_text(tokens)
 
     def tokenize(self, texts: Sequence[str]) -> Tokens:
+        """Tokenise with the given tokenizer, truncated to the context length, on the model's
+        device."""
         if self.tokenizer is None:
             raise ValueError(
                 "captions were given as strings but no tokenizer was passed: use "
@@ -257,21 +277,26 @@ class OpenCLIPEncoder(DualEncoder):
 
     @property
     def text_entry(self) -> str:
+        """The text call named in error messages (`<ModelClass>.encode_text`)."""
         return f"{type(self.model).__name__}.encode_text"
 
     def probe_tokens(self) -> Tokens:
+        """A one-caption token batch for probing the text tower."""
         if self.tokenizer is not None:
             return self.tokenize(["a photo"])
         device = first_param(self.model).device
         return torch.zeros(1, self.context_length, dtype=torch.long, device=device)
 
     def prepare_for_lora(self, targets: Sequence[str]) -> None:
+        """Split every image block's fused attention into `SplitAttention` when LoRA targets q, k or
+        v."""
         if any(t in QKV for t in targets):
             # only the transformer blocks: an attentional pooler may be cross-attention
             tower = getattr(self.image_tower, "transformer", self.image_tower)
             split_attention(tower)
 
     def blocks(self) -> Sequence[nn.Module] | None:
+        """The image tower's residual blocks, or `None` when the tower has none."""
         tr = getattr(self.image_tower, "transformer", None)
         return getattr(tr, "resblocks", None)
 
@@ -280,6 +305,8 @@ class OpenCLIPEncoder(DualEncoder):
         return all(hasattr(v, a) for a in ("_embeds", "_pool", "proj", "transformer"))
 
     def encode_image_split(self, pixels: Tensor, start: int) -> tuple[Tensor, Any]:
+        """Run the image tower up to block `start`; returns the hidden states and what
+        `encode_image_from` needs to finish."""
         if not self._supports_split():
             raise NotImplementedError("this image tower does not expose _embeds/_pool")
         v = self._vision
@@ -312,6 +339,8 @@ class OpenCLIPEncoder(DualEncoder):
     def encode_image_from(
         self, hidden: Tensor, state: Any, start: int, pooled_only: bool = False
     ) -> Tensor:
+        """Finish `encode_image` from the hidden states before block `start` (the shared-trunk
+        shortcut)."""
         v = self._vision
         blocks = v.transformer.resblocks
         class_only = pooled_only and start < len(blocks) and self._class_token_pooling()
@@ -329,12 +358,15 @@ class OpenCLIPEncoder(DualEncoder):
         return pooled
 
     def encode_image_pooled(self, pixels: Tensor) -> Tensor:
+        """`encode_image`, with the last block evaluated for the class token alone when the features
+        read only that token (an exact shortcut)."""
         if not self._class_token_pooling():
             return self.encode_image(pixels)
         hidden, state = self.encode_image_split(pixels, 0)
         return self.encode_image_from(hidden, state, 0, pooled_only=True)
 
     def feature_dim(self, device: torch.device | None = None) -> int:
+        """The joint embedding's width, from the model's projection or a probe forward."""
         proj = getattr(self.image_tower, "proj", None)
         if isinstance(proj, Tensor):
             return int(proj.shape[1])
@@ -348,6 +380,8 @@ class OpenCLIPEncoder(DualEncoder):
             return int(self.encode_image(probe).shape[-1])
 
     def describe(self) -> dict[str, Any]:
+        """Kind, model class, image size, block count and feature width, for checkpoints and
+        messages."""
         blocks = self.blocks()
         return {
             "kind": self.kind,

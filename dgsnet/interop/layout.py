@@ -32,13 +32,13 @@ __all__ = [
     "ReleasedImport",
 ]
 
-#: a checkpoint (only the rank can, from the shapes of A and B)
 RELEASED_ALPHA = 6.0
+"""A checkpoint (only the rank can, from the shapes of A and B)."""
 RELEASED_DROPOUT = 0.8
 RELEASED_RANK = 6  # used for a stage-1 file only, which holds no LoRA
 
-#: prefixes of the two released layouts
 STUDENT = "clip_model."
+"""Prefixes of the two released layouts."""
 TEACHER2 = "clip_model_frozen.clip_model_frozen."
 TEACHER_HEAD2 = "clip_model_frozen.img_frozen_fc."
 TEACHER1 = "clip_model_frozen."

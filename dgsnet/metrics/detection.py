@@ -52,15 +52,16 @@ __all__ = [
     "real_accuracy",
 ]
 
-#: The decision threshold of the field: predicted fake iff `score > 0.5`.
 DEFAULT_THRESHOLD = 0.5
+"""The decision threshold of the field: predicted fake iff `score > 0.5`."""
 
-#: The metric columns of a `MetricsTable` (Markdown table and mean row), in order.
 TABLE_COLUMNS = ("acc", "r_acc", "f_acc", "ap", "best_acc")
+"""The metric columns of a `MetricsTable` (Markdown table and mean row), in order."""
 
 _MAX_SHOWN = 8  # offending values listed in an error message
 
 PathLike = Union[str, "os.PathLike[str]"]
+"""A file path: a string or an `os.PathLike`."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,7 +225,9 @@ class BestThreshold(NamedTuple):
     """Oracle accuracy and a threshold achieving it (`score > threshold` means fake)."""
 
     accuracy: float
+    """The best accuracy any threshold reaches."""
     threshold: float
+    """A threshold reaching it (`score > threshold` means fake)."""
 
 
 def _best(fake: np.ndarray, s: np.ndarray) -> BestThreshold:
@@ -412,13 +415,21 @@ class DetectionMetrics:
     """The metrics of one subset. Rates are fractions in [0, 1] (tables show them x100)."""
 
     acc: float
+    """Accuracy over all images at the threshold."""
     r_acc: float
+    """Accuracy over the real images only."""
     f_acc: float
+    """Accuracy over the fake images only."""
     ap: float
+    """Average precision, with fake as the positive class (threshold-free)."""
     best_acc: float
+    """Oracle accuracy: the best accuracy any threshold reaches."""
     best_threshold: float
+    """A threshold reaching `best_acc`."""
     n_real: int
+    """Number of real images."""
     n_fake: int
+    """Number of fake images."""
 
     @property
     def n(self) -> int:
@@ -426,6 +437,7 @@ class DetectionMetrics:
         return self.n_real + self.n_fake
 
     def to_dict(self) -> dict[str, float | int]:
+        """The fields as a dict (`from_dict` reads it back)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod

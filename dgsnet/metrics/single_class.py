@@ -25,10 +25,14 @@ class SingleClassRow:
     only) or `"f_acc"` (fake images only), `value` a fraction, `n` the image count."""
 
     metric: str
+    """The defined rate: `"r_acc"` (real images only) or `"f_acc"` (fake images only)."""
     value: float
+    """Its value, a fraction in [0, 1]."""
     n: int
+    """Number of images in the subset."""
 
     def to_dict(self) -> dict[str, float | int | str]:
+        """The row as a JSON-ready dict (`metric`, `value`, `n`)."""
         return {"metric": self.metric, "value": self.value, "n": self.n}
 
 

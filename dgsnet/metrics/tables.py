@@ -143,6 +143,7 @@ class MetricsTable:
         if not self._rows:
             raise ValueError("a MetricsTable needs at least one subset")
         self.threshold = check_threshold(threshold)
+        """The decision threshold of every row (`score > threshold` means fake)."""
 
     @classmethod
     def from_predictions(
@@ -178,6 +179,7 @@ class MetricsTable:
 
     @property
     def subsets(self) -> tuple[str, ...]:
+        """The subset names, in table order."""
         return tuple(self._rows)
 
     @property

@@ -32,21 +32,28 @@ class SurgeryStats:
 
     def __init__(self) -> None:
         self.grad_in: Tensor | None = None
+        """The incoming feature gradient of the last backward (detached), or `None` before one."""
         self.grad_out: Tensor | None = None
+        """The gradient the rule returned in the last backward (detached)."""
         self.refs: dict[str, Tensor] = {}
-        #: references the caller adds for the diagnostics only (kept across `record`)
+        """The references the rule read in the last backward (detached), by name."""
         self.extra_refs: dict[str, Tensor] = {}
+        """References the caller adds for the diagnostics only (kept across `record`)."""
 
     @property
     def recorded(self) -> bool:
+        """Whether a backward has been recorded yet."""
         return self.grad_in is not None
 
     def record(self, grad_in: Tensor, grad_out: Tensor, refs: Mapping[str, Tensor]) -> None:
+        """Keep one backward's incoming gradient, outgoing gradient and references (detached)."""
         self.grad_in = grad_in.detach()
         self.grad_out = grad_out.detach()
         self.refs = {k: v.detach() for k, v in refs.items()}
 
     def summary(self) -> dict[str, float]:
+        """The diagnostics of the recorded backward as floats (see the class docstring); `{}` before
+        one."""
         if self.grad_in is None or self.grad_out is None:
             return {}
         g_in = self.grad_in.float()
@@ -112,6 +119,8 @@ class GradientSurgery(torch.autograd.Function):
         stats: SurgeryStats | None = None,
         nonfinite: NonFinite = "raise",
     ) -> Tensor:
+        """Save the references and the rule; return `x` unchanged (a view). Called through
+        `GradientSurgery.apply`."""
         if not isinstance(rule, SurgeryRule):
             raise TypeError(
                 f"GradientSurgery: rule must be a SurgeryRule, got {type(rule).__name__}"
@@ -138,6 +147,8 @@ class GradientSurgery(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None]:  # type: ignore[override]
+        """Apply the rule to the incoming gradient, per sample, after the finiteness policy;
+        gradients flow to `x` only."""
         refs = dict(zip(ctx.ref_names, ctx.saved_tensors, strict=True))
         if ctx.nonfinite == "ignore":
             refs = drop_nonfinite(refs)

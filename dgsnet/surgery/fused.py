@@ -6,7 +6,7 @@ and the finiteness check of the references, compiled into few kernels. Where com
 unavailable (no compiler toolchain, an unsupported platform or Python), the first call warns
 once and the rule runs eagerly from then on.
 
-Example:
+Examples:
     >>> from dgsnet.surgery import OrthogonalSuppression, fuse
     >>> rule = fuse(OrthogonalSuppression())   # doctest: +SKIP
 """
@@ -50,9 +50,14 @@ class FusedRule(SurgeryRule):
         if isinstance(rule, FusedRule):
             rule = rule.rule
         self.rule = rule
+        """The eager rule this one compiles (its math, its references)."""
         self.refs = rule.refs
+        """The names of the references, as the eager rule's."""
         self.compile_kwargs = compile_kwargs
+        """Keyword arguments passed to `torch.compile`."""
         self.compiled: bool | None = None
+        """`True` once compiled, `False` once compilation failed (the rule then runs eagerly),
+        `None` before the first call."""
         self._kernel: Callable[..., tuple[Tensor, tuple[Tensor, ...]]] | None = None
 
     def __repr__(self) -> str:
@@ -116,6 +121,7 @@ class FusedRule(SurgeryRule):
         return out if out.dtype == grad.dtype else out.to(grad.dtype)
 
     def forward(self, grad: Tensor, refs: dict[str, Tensor]) -> Tensor:
+        """The eager rule's math, through the compiled kernel."""
         return self._run(grad, refs)[0]
 
 

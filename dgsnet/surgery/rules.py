@@ -108,8 +108,8 @@ class SurgeryRule:
     floating dtype (float32 or float64), already checked for shape, device and finiteness.
     """
 
-    #: names of the reference gradients this rule reads
     refs: tuple[str, ...] = ()
+    """Names of the reference gradients this rule reads."""
 
     def __call__(self, grad: Tensor, refs: Mapping[str, Tensor] | None = None) -> Tensor:
         refs = {} if refs is None else refs
@@ -340,18 +340,26 @@ class OrthogonalSuppression(SurgeryRule):
 
     def __init__(self, eps: float = 1e-6, conflict_only: bool = False, ref: str = "harm") -> None:
         self.eps = _check_nonneg_float("OrthogonalSuppression", "eps", eps)
+        """Added to the norm of `relu(r)` before dividing: the projection of a tiny reference fades
+        out instead of blowing up."""
         if not isinstance(conflict_only, bool):
             raise TypeError(
                 f"OrthogonalSuppression: conflict_only must be a bool, got {conflict_only!r}"
             )
         self.conflict_only = conflict_only
+        """Project only where the gradient conflicts with the direction (`<g, u> > 0`), not both
+        signs."""
         self.ref = _check_ref_name("OrthogonalSuppression", ref)
+        """The name of the reference this rule reads (`"harm"` by default)."""
         self.refs = (self.ref,)
+        """The references this rule reads: `(ref,)`."""
 
     def _repr_args(self) -> dict[str, object]:
         return {"eps": self.eps, "conflict_only": self.conflict_only, "ref": self.ref}
 
     def forward(self, grad: Tensor, refs: dict[str, Tensor]) -> Tensor:
+        """`g - <g, u> u` per sample, with `u = relu(r) / (||relu(r)|| + eps)` (see the class
+        docstring)."""
         return suppress(grad, refs[self.ref], self.eps, self.conflict_only)
 
 
@@ -469,13 +477,18 @@ class PriorAlignment(SurgeryRule):
 
     def __init__(self, weight: float = 0.2, scale: AlignScale = "reference", ref: str = "help"):
         self.weight = _check_nonneg_float("PriorAlignment", "weight", weight)
+        """The alignment weight `lambda` (0.2 in the reference)."""
         if scale not in ("reference", "invariant"):
             raise ValueError(
                 f"PriorAlignment: scale must be 'reference' or 'invariant', got {scale!r}"
             )
         self.scale: AlignScale = scale
+        """`"reference"`: the factor is `weight / B`, as in the released code; `"invariant"`:
+        `weight`."""
         self.ref = _check_ref_name("PriorAlignment", ref)
+        """The name of the reference this rule reads (`"help"` by default)."""
         self.refs = (self.ref,)
+        """The references this rule reads: `(ref,)`."""
 
     def _repr_args(self) -> dict[str, object]:
         return {"weight": self.weight, "scale": self.scale, "ref": self.ref}
@@ -494,6 +507,7 @@ class PriorAlignment(SurgeryRule):
         return self.weight
 
     def forward(self, grad: Tensor, refs: dict[str, Tensor]) -> Tensor:
+        """`g + factor(B) * min(r, 0)`: the beneficial part of the reference, added."""
         num_samples = grad.numel() // grad.shape[-1] if grad.shape[-1] else 0
         return grad + self.factor(num_samples) * refs[self.ref].clamp_max(0)
 
@@ -524,13 +538,16 @@ class ConflictProjection(SurgeryRule):
 
     def __init__(self, ref: str = "other") -> None:
         self.ref = _check_ref_name("ConflictProjection", ref)
+        """The name of the reference this rule reads (`"other"` by default)."""
         self.refs = (self.ref,)
+        """The references this rule reads: `(ref,)`."""
 
     def _repr_args(self) -> dict[str, object]:
         return {"ref": self.ref}
 
     def forward(self, grad: Tensor, refs: dict[str, Tensor]) -> Tensor:
         # <g, r>/||r||^2 r == <g, r_hat> r_hat, with r_hat free of under/overflow
+        """`g - min(<g, r_hat>, 0) r_hat`: the conflicting component removed, per sample."""
         r_hat = unit_vector(refs[self.ref])
         dot = (grad * r_hat).sum(dim=-1, keepdim=True).clamp_max(0)
         return grad - dot * r_hat
@@ -563,10 +580,12 @@ class Compose(SurgeryRule):
                     f"Compose: item {i} must be a SurgeryRule, got {type(rule).__name__}"
                 )
         self.rules: tuple[SurgeryRule, ...] = tuple(rules)
+        """The rules, applied first to last."""
         names: list[str] = []
         for rule in self.rules:
             names.extend(k for k in rule.refs if k not in names)
         self.refs = tuple(names)
+        """Every reference some rule reads, in first-use order."""
 
     def __repr__(self) -> str:
         return f"Compose([{', '.join(repr(r) for r in self.rules)}])"
@@ -575,6 +594,7 @@ class Compose(SurgeryRule):
         return {"rules": self.rules}
 
     def forward(self, grad: Tensor, refs: dict[str, Tensor]) -> Tensor:
+        """Each rule in turn, each output checked before the next rule sees it."""
         for rule in self.rules:  # each step's output checked, naming the rule that broke it
             out = rule.forward(grad, {k: refs[k] for k in rule.refs})
             grad = check_output(rule, out, grad, "forward(grad, refs) inside Compose")

@@ -90,22 +90,28 @@ class TrainItems(Dataset):
         if isinstance(datasets, Dataset) and not isinstance(datasets, (list, tuple)):
             datasets = [datasets]
         self.datasets: list[Any] = list(datasets)
+        """The training datasets, concatenated in this order."""
         if not self.datasets:
             raise TrainingConfigError("no training data")
         sizes = np.asarray([0] + [len(d) for d in self.datasets], dtype=np.int64)
         self.offsets: list[int] = np.cumsum(sizes).tolist()
+        """The cumulative sizes: the item `i` of dataset `k` has global index `offsets[k] + i`."""
         if self.offsets[-1] == 0:
             raise TrainingConfigError("the training data holds no images")
         self.seed = int(seed)
+        """The run's seed, from which every item's augmentation seed derives."""
         self.tag: Any = "init"
+        """What `set_epoch` was last given (an epoch number, or `"init"` before)."""
 
     def set_epoch(self, tag: Any) -> None:
+        """Seed the augmentation of the epoch (or pass) `tag` from here on."""
         self.tag = tag
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
     def locate(self, index: int) -> tuple[Any, int]:
+        """`(dataset, index within it)` of the global index `index`."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         k = int(np.searchsorted(self.offsets, index, side="right")) - 1
@@ -144,9 +150,12 @@ class ResumableSampler(Sampler[int]):
         self.n, self.seed, self.shuffle = int(n), int(seed), bool(shuffle)
         self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
+        """The epoch whose permutation `indices` returns."""
         self.start = 0
+        """How many of this rank's items of the epoch to skip (a resumed epoch)."""
 
     def set_epoch(self, epoch: int) -> None:
+        """Use the permutation of epoch `epoch` from here on."""
         self.epoch = int(epoch)
 
     def set_start(self, start: int) -> None:
@@ -154,13 +163,18 @@ class ResumableSampler(Sampler[int]):
         self.start = int(start)
 
     def permutation_seed(self, epoch: int | None = None) -> int:
+        """The seed of epoch `epoch`'s permutation (default: the current epoch), derived from the
+        run's seed."""
         return derive_seed(self.seed, "perm", self.epoch if epoch is None else epoch)
 
     @property
     def per_rank(self) -> int:
+        """Items per rank per epoch (the data padded to a multiple of the world size, as
+        `DistributedSampler`)."""
         return self.n if self.world_size == 1 else math.ceil(self.n / self.world_size)
 
     def indices(self) -> list[int]:
+        """This rank's indices of the current epoch, after the first `start`."""
         if self.shuffle:
             g = torch.Generator().manual_seed(self.permutation_seed())
             order = torch.randperm(self.n, generator=g).tolist()

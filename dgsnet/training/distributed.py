@@ -14,16 +14,24 @@ __all__ = ["DistInfo", "any_rank", "barrier", "broadcast_parameters", "setup_dis
 
 @dataclass(frozen=True)
 class DistInfo:
+    """Where this process stands in a run: its rank, the world size and its local rank (on its
+    node)."""
+
     rank: int = 0
+    """This process's rank (0 without torchrun)."""
     world_size: int = 1
+    """The number of processes (1 without torchrun)."""
     local_rank: int = 0
+    """The rank within the node (`LOCAL_RANK`), the CUDA device index."""
 
     @property
     def distributed(self) -> bool:
+        """Whether more than one process runs."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the process that logs, shows progress and writes checkpoints."""
         return self.rank == 0
 
 

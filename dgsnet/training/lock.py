@@ -48,8 +48,8 @@ except ImportError:  # pragma: no cover - Windows: no lock
 
 __all__ = ["LOCK_NAME", "RunLock", "RunLockedError", "hold_run_lock"]
 
-#: the lock file inside the output folder (kept after the run; only the lock on it matters)
 LOCK_NAME = ".dgsnet-train.lock"
+"""The lock file inside the output folder (kept after the run; only the lock on it matters)."""
 
 
 class RunLock:

@@ -77,86 +77,84 @@ class TrainOptions:
     `TrainingConfigError` naming the field, what it expects and what it
     got.
 
-    Attributes:
-        out_dir: output folder: `last/` (training state, replaced atomically), `final/`
-            (`save_pretrained` weights), `train_log.jsonl`, `run.json`, `summary.json`.
-        stage: `1` (teacher head only), `2` (LoRA + heads; needs a teacher head from
-            `init_from` unless alignment is off) or `"both"`.
-        epochs: stage-2 epochs; stage 2 uses Adam(`lr`, `betas`) with the learning rate
-            multiplied by `lr_gamma` every `lr_step` epochs.
-        stage1_epochs: stage-1 epochs (the teacher head's linear probe).
-        batch_size: images per step (per process under torchrun).
-        lr: stage-2 learning rate.
-        stage1_lr: stage-1 learning rate.
-        betas: Adam's betas, both stages.
-        shuffle: a new permutation of the data every epoch (`False`: dataset order).
-        seed: drives the permutation, the augmentation and the LoRA dropout (reproducible).
-        resume: `None` (default) resumes from `out_dir/last` when it exists, `True`
-            requires it, `False` deletes any previous training state and starts over.
-        init_from: a checkpoint folder (`save_pretrained` format) whose weights initialise a
-            fresh run, e.g. a stage-1 run's `final/` for `stage=2`.
-        save_every: write `last/` every this many stage-2 steps (0: at epoch ends only); it
-            is also written after stage 1 and at every epoch end.
-        on_nonfinite: `"raise"` (`NonFiniteError` naming the step) or `"skip"`
-            (the step's update is dropped: weights and optimizer state untouched; counted).
-        num_workers: DataLoader worker processes.
-        deterministic_transform: declare that the training transform is deterministic; only
-            then are dataset indices passed to the wrapper (teacher cache). A random flip or
-            patch shuffle makes it non-deterministic (`ModelBundle.deterministic_train`).
-        deterministic: `torch.use_deterministic_algorithms(True)` during the run.
-        progress: tqdm progress bars (rank 0 only).
-        model_info: JSON stored as `dgsnet_model.json` beside the weights so that
-            `load_trained` can rebuild the model (`ModelBundle.info`).
-        run_info: extra JSON stored in `run.json` (e.g. the command-line options).
-        handle_signals: on SIGINT/SIGTERM finish the step, checkpoint and raise
-            `TrainingInterrupted`.
-        precompute_text: compute the text features of every caption once before stage 2
-            (fixed order and chunking; `U x D` floats in CPU memory for `U` distinct
-            captions) and feed them to the wrapper; this makes resumed runs bitwise exact and
-            saves text-tower work. `False` passes the captions (the wrapper's LRU cache).
-        tensorboard: also write the run log's records as TensorBoard scalars to
-            `out_dir/tensorboard` (rank 0; `dgsnet.training.tensorboard`; needs the
-            `tensorboard` extra).
-        precision: `"fp32"` (default; TF32 off), `"tf32"` (TF32 matmuls and
-            convolutions on CUDA), `"bf16"` (bfloat16 autocast of the forward passes) or
-            `"fp16"` (float16 autocast and a `torch.amp.GradScaler` whose state is
-            checkpointed); see `dgsnet.training.precision`. Recorded in `run.json`; a
-            run resumes only in the precision it started in.
-        compile: `torch.compile` the image tower (the student encoder) before stage 2
-            (`compile_image_tower`); opt-in.
-
     Raises:
         TrainingConfigError: a field is out of range or of the wrong type.
     """
 
     out_dir: str | os.PathLike[str]
+    """Output folder: `last/` (training state, replaced atomically), `final/` (`save_pretrained`
+    weights), `train_log.jsonl`, `run.json`, `summary.json`."""
     stage: int | str = "both"
+    """`1` (teacher head only), `2` (LoRA + heads; needs a teacher head from `init_from` unless
+    alignment is off) or `"both"`."""
     epochs: int = 1
+    """Stage-2 epochs; stage 2 uses Adam(`lr`, `betas`) with the learning rate multiplied by
+    `lr_gamma` every `lr_step` epochs."""
     stage1_epochs: int = 3
+    """Stage-1 epochs (the teacher head's linear probe)."""
     batch_size: int = 32
+    """Images per step (per process under torchrun)."""
     lr: float = 1e-4
+    """Stage-2 learning rate."""
     stage1_lr: float = 1e-4
+    """Stage-1 learning rate."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's betas, both stages."""
     lr_step: int = 10
+    """Multiply the stage-2 learning rate by `lr_gamma` every this many epochs."""
     lr_gamma: float = 0.9
+    """The factor of the step schedule (0.9 in the reference)."""
     seed: int = 0
+    """Drives the permutation, the augmentation and the LoRA dropout (reproducible)."""
     shuffle: bool = True
+    """A new permutation of the data every epoch (`False`: dataset order)."""
     resume: bool | None = None
+    """`None` (default) resumes from `out_dir/last` when it exists, `True` requires it, `False`
+    deletes any previous training state and starts over."""
     init_from: str | os.PathLike[str] | None = None
+    """A checkpoint folder (`save_pretrained` format) whose weights initialise a fresh run, e.g. a
+    stage-1 run's `final/` for `stage=2`."""
     save_every: int = 500
+    """Write `last/` every this many stage-2 steps (0: at epoch ends only); it is also written after
+    stage 1 and at every epoch end."""
     log_every: int = 1
+    """Write a step record to `train_log.jsonl` every this many stage-2 steps."""
     on_nonfinite: str = "raise"
+    """`"raise"` (`NonFiniteError` naming the step) or `"skip"` (the step's update is dropped:
+    weights and optimizer state untouched; counted)."""
     num_workers: int = 0
+    """DataLoader worker processes."""
     deterministic_transform: bool = False
+    """Declare that the training transform is deterministic; only then are dataset indices passed to
+    the wrapper (teacher cache). A random flip or patch shuffle makes it non-deterministic
+    (`ModelBundle.deterministic_train`)."""
     deterministic: bool = False
+    """`torch.use_deterministic_algorithms(True)` during the run."""
     progress: bool = True
+    """Progress bars (tqdm; rank 0 only)."""
     model_info: Mapping[str, Any] | None = None
+    """JSON stored as `dgsnet_model.json` beside the weights so that `load_trained` can rebuild the
+    model (`ModelBundle.info`)."""
     run_info: Mapping[str, Any] | None = None
+    """Extra JSON stored in `run.json` (e.g. the command-line options)."""
     handle_signals: bool = False
+    """On SIGINT/SIGTERM finish the step, checkpoint and raise `TrainingInterrupted`."""
     precompute_text: bool = True
+    """Compute the text features of every caption once before stage 2 (fixed order and chunking; `U
+    x D` floats in CPU memory for `U` distinct captions) and feed them to the wrapper; this makes
+    resumed runs bitwise exact and saves text-tower work. `False` passes the captions (the
+    wrapper's LRU cache)."""
     tensorboard: bool = False
+    """Also write the run log's records as TensorBoard scalars to `out_dir/tensorboard` (rank 0;
+    `dgsnet.training.tensorboard`; needs the `tensorboard` extra)."""
     precision: str = "fp32"
+    """`"fp32"` (default; TF32 off), `"tf32"` (TF32 matmuls and convolutions on CUDA), `"bf16"`
+    (bfloat16 autocast of the forward passes) or `"fp16"` (float16 autocast and a
+    `torch.amp.GradScaler` whose state is checkpointed); see `dgsnet.training.precision`.
+    Recorded in `run.json`; a run resumes only in the precision it started in."""
     compile: bool = False
+    """`torch.compile` the image tower (the student encoder) before stage 2 (`compile_image_tower`);
+    opt-in."""
 
     def __post_init__(self) -> None:
         checked: dict[str, Any] = {

@@ -97,15 +97,12 @@ def tf32_flags(enabled: bool | None) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Precision:
-    """The numeric policy of a run: its `PRECISIONS` name on a device type.
-
-    Attributes:
-        name: `"fp32"`, `"tf32"`, `"bf16"` or `"fp16"`.
-        device_type: `"cpu"`, `"cuda"`, ... (the autocast and GradScaler device type).
-    """
+    """The numeric policy of a run: its `PRECISIONS` name on a device type."""
 
     name: str = DEFAULT_PRECISION
+    """`"fp32"`, `"tf32"`, `"bf16"` or `"fp16"`."""
     device_type: str = "cpu"
+    """`"cpu"`, `"cuda"`, ... (the autocast and GradScaler device type)."""
 
     @classmethod
     def parse(cls, name: Any, device: str | torch.device) -> Precision:

@@ -30,8 +30,8 @@ from typing import Any
 
 __all__ = ["TENSORBOARD_DIR", "TensorBoardSink", "record_scalars", "require_tensorboard"]
 
-#: The folder of the event files inside the run folder.
 TENSORBOARD_DIR = "tensorboard"
+"""The folder of the event files inside the run folder."""
 _HINT = "pip install 'dgsnet[tensorboard]'"
 #: records that hold bookkeeping, not curves
 _NOT_SCALARS = frozenset({"start", "resume", "checkpoint", "summary"})
@@ -123,9 +123,14 @@ class TensorBoardSink:
 
     def __init__(self, log_dir: str | os.PathLike[str]) -> None:
         self.writer_class = require_tensorboard()
+        """The `SummaryWriter` class (imported when the sink is made)."""
         self.log_dir = Path(log_dir)
+        """The folder of the event files."""
         self.writers: dict[str, Any] = {}
+        """One open writer per sub-folder (`""` for stage 2, `"stage1"`), by name."""
         self.purge_step: int | None = None
+        """On resume, the step after the checkpoint: events from there on are dropped from the
+        files."""
 
     def _writer(self, name: str) -> Any:
         if name not in self.writers:

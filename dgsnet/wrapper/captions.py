@@ -25,6 +25,8 @@ MISSING_CAPTIONS_HELP = (
     "captions='a photo' (the text branch then carries no per-image content). "
     "DGSConfig(suppression=False) needs no captions at all"
 )
+"""The advice that ends an error about missing captions: the ways to give the wrapper its
+captions."""
 
 
 class CaptionSource:
@@ -58,6 +60,8 @@ class CaptionSource:
                 f"{type(source).__name__}"
             )
         self.source = source
+        """What the captions are looked up in: a template string, a `CaptionStore`, a dict or list,
+        or a callable."""
 
     def __repr__(self) -> str:
         src = self.source

@@ -53,8 +53,11 @@ __all__ = [
 ]
 
 WEIGHTS_NAME = "dgs_weights.safetensors"
+"""The weights file of a checkpoint folder (LoRA and the three heads)."""
 CONFIG_NAME = "dgs_config.json"
+"""The JSON file of a checkpoint folder (config, model signature, shapes, sha256 sums)."""
 FORMAT_VERSION = 1
+"""The version of the checkpoint layout this dgsnet writes."""
 
 # the model properties a checkpoint must agree with (when both sides record them)
 _MODEL_KEYS = ("kind", "feature_dim", "num_blocks", "image_size")
@@ -79,19 +82,30 @@ class CheckpointModel(Protocol):
     """The members of a wrapper that saving and loading use (`DGSWrapper` has them all)."""
 
     @property
-    def config(self) -> DGSConfig: ...
-    @property
-    def encoder(self) -> DualEncoder: ...
-    @property
-    def lora_modules(self) -> list[str]: ...
-    @property
-    def image_head(self) -> nn.Module: ...
-    @property
-    def teacher_head(self) -> nn.Module: ...
+    def config(self) -> DGSConfig:
+        """The wrapper's configuration."""
 
-    def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]: ...
+    @property
+    def encoder(self) -> DualEncoder:
+        """The encoder adapter of the wrapped model."""
 
-    def clear_caches(self) -> None: ...
+    @property
+    def lora_modules(self) -> list[str]:
+        """The names of the modules LoRA adapted."""
+
+    @property
+    def image_head(self) -> nn.Module:
+        """The student's head."""
+
+    @property
+    def teacher_head(self) -> nn.Module:
+        """The frozen teacher's head."""
+
+    def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """`(name, parameter)` of every trainable parameter (LoRA and the heads)."""
+
+    def clear_caches(self) -> None:
+        """Forget the text and teacher caches (the weights they were computed with changed)."""
 
 
 def describe_head(head: nn.Module) -> dict[str, Any]:

@@ -36,8 +36,8 @@ __all__ = [
     "input_grad",
 ]
 
-#: A loss `loss_fn(logits, labels) -> scalar tensor`.
 LossFn = Callable[[Tensor, Tensor], Tensor]
+"""A loss `loss_fn(logits, labels) -> scalar tensor`."""
 
 
 def classification_loss(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
@@ -173,8 +173,12 @@ class HeadLoss:
     """
 
     kind: Literal["bce", "ce"] | None
+    """`"bce"` (one logit), `"ce"` (cross-entropy over classes), or `None` with `loss_fn`."""
     loss_fn: LossFn | None = None
+    """A user's loss `loss_fn(logits, labels) -> scalar`, used for all three heads; gradients then
+    come from autograd."""
     closed_form: bool = True
+    """Compute the input gradients of linear heads in closed form (exact) instead of by autograd."""
 
     def __post_init__(self) -> None:
         if (self.kind is None) == (self.loss_fn is None):

@@ -36,6 +36,7 @@ __all__ = [
 
 
 SCALINGS = ("standard", "rslora")
+"""The LoRA scalings: `"standard"` (`alpha / rank`) and `"rslora"` (`alpha / sqrt(rank)`)."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,17 @@ class LoRASpec:
     """
 
     rank: int = 6
+    """The rank `r` of the low-rank update."""
     alpha: float = 6.0
+    """The LoRA `alpha`."""
     dropout: float = 0.0
+    """Dropout on the LoRA branch's input (training mode only)."""
     targets: tuple[str, ...] | None = None  # leaf module names; None: the encoder's defaults
+    """Leaf module names to adapt; `None`: the encoder's defaults."""
     layers: tuple[int, ...] | None = None  # block indices (negative: from the end); None: all
+    """Block indices to adapt (negative counts from the end); `None`: every block."""
     scaling: str = "standard"
+    """`"standard"` or `"rslora"`, see `SCALINGS` and `scale`."""
 
     def __post_init__(self) -> None:
         if self.scaling not in SCALINGS:

@@ -110,9 +110,14 @@ class DGSWrapper(nn.Module):
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
         self.config = config
+        """The configuration this wrapper was built with (frozen)."""
         self.encoder: DualEncoder = wrap_encoder(model, tokenizer)
+        """The adapter that gives the wrapped model one interface (`dgsnet.encoders`)."""
         self.model = self.encoder.model  # registers every weight as a submodule
+        """The wrapped model itself (LoRA inside its image tower): every weight is registered
+        here."""
         self.loss_fn = loss_fn
+        """A loss of your own for all three heads, or `None` for the config's loss."""
         self.head_loss = HeadLoss(
             None if loss_fn is not None else config.loss_kind,
             loss_fn,
@@ -128,6 +133,8 @@ class DGSWrapper(nn.Module):
         if config.suppression:
             self.encoder.check_text_tower(self.feature_dim)
         self.teacher_model: nn.Module | None = None
+        """The frozen copy used as the teacher with `teacher="copy"`, else `None` (the teacher is
+        the model with adapters off)."""
         teacher_encoder: DualEncoder | None = None
         if config.teacher == "copy":
             teacher = copy.deepcopy(self.encoder.model).requires_grad_(False)
@@ -137,6 +144,7 @@ class DGSWrapper(nn.Module):
         head = image_head if isinstance(image_head, nn.Module) else nn.Module()
         head_flags = [(p, p.requires_grad) for p in head.parameters()]
         self.lora_modules: list[str] = attach_lora(self.encoder, lora_spec(config))
+        """The names of the modules LoRA adapted."""
         for p, flag in head_flags:
             p.requires_grad_(flag)
         self._probe_name = base_weight_name(self.encoder.image_tower)
@@ -149,6 +157,8 @@ class DGSWrapper(nn.Module):
         """The step's input checks (`BatchChecker`), bound to this model."""
         self._build_heads(image_head)
         self.rule: SurgeryRule | None = None
+        """The surgery rule of the step (suppression, alignment, or both composed in the configured
+        order), or `None` when neither is on."""
         if config.suppression:
             rule: SurgeryRule = OrthogonalSuppression(
                 eps=config.eps, conflict_only=config.conflict_only

@@ -26,9 +26,14 @@ class DGSOutput:
     """
 
     loss: Tensor
+    """The total loss, ready for `.backward()`."""
     logits: Tensor
+    """The student's logits."""
     losses: dict[str, Tensor] = field(default_factory=dict)
+    """The detached loss parts by name (`image`, `text`, `teacher`, `align`, `distill`)."""
     surgery: SurgeryStats | None = None
+    """The recorder of the surgery's diagnostics (read through `stats`), or `None` when no surgery
+    ran."""
 
     @property
     def stats(self) -> dict[str, float]:
@@ -49,9 +54,14 @@ class SurgeryResult:
     """
 
     features: Tensor
+    """The features given, the same values, with the gradient surgery attached."""
     loss: Tensor
+    """The DGS terms to add to your task loss (a zero tensor when none is on)."""
     losses: dict[str, Tensor] = field(default_factory=dict)
+    """The detached parts by name (`text`, `teacher`, `align`, `distill`)."""
     surgery: SurgeryStats | None = None
+    """The recorder of the surgery's diagnostics (read through `stats`), or `None` when no surgery
+    ran."""
 
     @property
     def stats(self) -> dict[str, float]:

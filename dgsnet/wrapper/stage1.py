@@ -25,8 +25,8 @@ from .validation import BatchChecker
 
 __all__ = ["Stage1Batch", "Stage1Model", "fit_teacher_head"]
 
-#: `batch_fn(batch) -> (images, labels)` or `(images, labels, index)`
 BatchFn = Callable[[Any], Sequence[Any]]
+"""`batch_fn(batch) -> (images, labels)` or `(images, labels, index)`."""
 
 _IMAGE_KEYS = ("images", "image", "img", "pixel_values", "x")
 _LABEL_KEYS = ("labels", "label", "y", "target", "targets")
@@ -37,20 +37,31 @@ class Stage1Model(Protocol):
     """The members of a wrapper that stage 1 uses (`DGSWrapper` has them all)."""
 
     @property
-    def config(self) -> DGSConfig: ...
-    @property
-    def teacher_head(self) -> nn.Module: ...
-    @property
-    def teacher_cache(self) -> TeacherCache: ...
-    @property
-    def head_loss(self) -> HeadLoss: ...
-    @property
-    def checker(self) -> BatchChecker: ...
+    def config(self) -> DGSConfig:
+        """The wrapper's configuration."""
 
     @property
-    def device(self) -> torch.device: ...
+    def teacher_head(self) -> nn.Module:
+        """The teacher head that stage 1 trains."""
 
-    def encode_teacher(self, images: Tensor) -> Tensor: ...
+    @property
+    def teacher_cache(self) -> TeacherCache:
+        """The cache that stage 1 fills with the final teacher logits per dataset index."""
+
+    @property
+    def head_loss(self) -> HeadLoss:
+        """The head loss (`HeadLoss`)."""
+
+    @property
+    def checker(self) -> BatchChecker:
+        """The wrapper's input checks."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are."""
+
+    def encode_teacher(self, images: Tensor) -> Tensor:
+        """Image features of the frozen teacher (adapters off), without gradient."""
 
 
 @dataclass(frozen=True)
@@ -79,9 +90,13 @@ class Stage1Batch:
     """
 
     batch_fn: BatchFn | None = None
+    """Turns one batch into `(images, labels[, index])`."""
     image_key: str | None = None
+    """The key of the images in dict batches."""
     label_key: str | None = None
+    """The key of the labels in dict batches."""
     index_key: str | None = None
+    """The key of the dataset indices in dict batches."""
 
     def read(self, batch: Any) -> tuple[Any, Any, Any]:
         """`(images, labels, index or None)` from one batch (see the class docstring).

@@ -27,15 +27,23 @@ class TermModel(Protocol):
     """The members of a wrapper that the terms use (`DGSWrapper` has them all)."""
 
     @property
-    def config(self) -> DGSConfig: ...
+    def config(self) -> DGSConfig:
+        """The wrapper's configuration."""
+
     @property
-    def rule(self) -> SurgeryRule | None: ...
+    def rule(self) -> SurgeryRule | None:
+        """The surgery rule, or `None` when no component is on."""
+
     @property
-    def text_head(self) -> nn.Module: ...
+    def text_head(self) -> nn.Module:
+        """The text head, trained on the frozen text features."""
+
     @property
-    def teacher_head(self) -> nn.Module: ...
+    def teacher_head(self) -> nn.Module:
+        """The frozen teacher head."""
 
     head_loss: HeadLoss
+    """The head loss (`HeadLoss`)."""
 
 
 def dgs_terms(

@@ -359,6 +359,7 @@ class Placement:
     """Where a model's weights live: what its inputs must match."""
 
     device: torch.device
+    """The device of the image tower's weights."""
     dtype: torch.dtype | None
     """the image tower's floating weight dtype (`None`: no floating weights)"""
 
@@ -387,9 +388,13 @@ class BatchChecker:
         custom_loss: bool,
     ) -> None:
         self.placement = placement
+        """Returns the model's current device and image-tower dtype."""
         self.image_size = tuple(image_size) if image_size is not None else None
+        """The `(H, W)` the image tower expects, or `None` for any size."""
         self.num_classes = num_classes
+        """`DGSConfig.num_classes`: what the labels must fit."""
         self.custom_loss = custom_loss
+        """Whether labels go to a user's loss as they are (only the shape is checked)."""
 
     def images(self, images: Any) -> int:
         """Check a batch of images (`check_images`); returns the batch size."""
