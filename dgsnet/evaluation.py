@@ -6,6 +6,9 @@
   `DGSWrapper.from_pretrained`.
 * `predict_scores` / `evaluate`: the student's probability of "fake" per image, and
   one `MetricsTable` per test root.
+* `TrainedDetector`, what `load_trained` returns (it unpacks as `(wrapper, bundle)`), and
+  its `predict_image`: one image in, a `Prediction` out, scored as `dgsnet predict`
+  scores it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -31,7 +34,15 @@ from .training.precision import parse_precision
 from .training.state import FINAL_DIR, LAST_DIR, MODEL_INFO_NAME, RUN_NAME
 from .wrapper import CONFIG_NAME, DGSWrapper
 
-__all__ = ["evaluate", "load_trained", "predict_scores", "resolve_checkpoint"]
+__all__ = [
+    "Prediction",
+    "TrainedDetector",
+    "class_probabilities",
+    "evaluate",
+    "load_trained",
+    "predict_scores",
+    "resolve_checkpoint",
+]
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
@@ -64,6 +75,116 @@ def _model_info(ckpt: Path) -> dict[str, Any] | None:
     return None
 
 
+def class_probabilities(logits: Tensor) -> Tensor:
+    """Per-class probabilities `(N, C)` in float32 from student logits.
+
+    A binary head (one logit per image, `(N,)` or `(N, 1)`) gives `(1 - p, p)` with
+    `p = sigmoid(logit)`, the probability of fake; `C > 1` logits give their softmax.
+
+    Args:
+        logits: `(N,)`, `(N, 1)` or `(N, C)`.
+
+    Returns:
+        `(N, C)` probabilities, `C = 2` for a binary head.
+
+    Examples:
+        >>> class_probabilities(torch.zeros(2, 1))
+        tensor([[0.5000, 0.5000],
+                [0.5000, 0.5000]])
+    """
+    if logits.dim() == 1 or logits.shape[-1] == 1:
+        p = torch.sigmoid(logits.reshape(-1).float())
+        return torch.stack([1 - p, p], dim=1)
+    return torch.softmax(logits.float(), dim=-1)
+
+
+class Prediction(NamedTuple):
+    """The prediction for one image (`TrainedDetector.predict_image`)."""
+
+    score: float
+    """Binary head: the probability of fake, `sigmoid(logit)`, the `score` column of `dgsnet
+    predict`. Multi-class head: the probability of `label`."""
+    label: int
+    """Binary head: 1 (fake) when `score > threshold`, else 0 (real). Multi-class head: the
+    most probable class."""
+    probabilities: tuple[float, ...]
+    """One probability per class: `(P(real), P(fake))` for a binary head, the softmax of the
+    logits otherwise."""
+
+
+class TrainedDetector(NamedTuple):
+    """A trained detector, as `load_trained` returns it. It unpacks as `(wrapper, bundle)`
+    and scores single images with `predict_image`.
+
+    Examples:
+        ```python
+        from dgsnet.training import load_trained
+
+        detector = load_trained("runs/dgs")
+        print(detector.predict_image("photo.jpg").score)   # P(fake), as dgsnet predict
+        wrapper, bundle = detector                          # the parts
+        ```
+    """
+
+    wrapper: DGSWrapper
+    """The trained wrapper, in eval mode."""
+    bundle: ModelBundle
+    """The base model's bundle; `bundle.eval_transform` preprocesses images."""
+
+    def predict_image(
+        self, image: Any, *, threshold: float = 0.5, precision: str = "fp32"
+    ) -> Prediction:
+        """Score one image with the student, as `dgsnet predict` scores it.
+
+        A path is read as the command line reads it (`dgsnet.data.load_image`: every pixel
+        format mapped to 8-bit RGB, a damaged file refused naming it); a PIL image is
+        converted to RGB. Then the checkpoint's evaluation transform, the student's
+        forward in eval mode under `precision`, and `class_probabilities`.
+
+        Args:
+            image: an image file path or a `PIL.Image.Image`.
+            threshold: a binary head predicts fake iff `score > threshold`.
+            precision: `"fp32"`, `"tf32"`, `"bf16"` or `"fp16"` (see `predict_scores`).
+
+        Returns:
+            The `Prediction`.
+
+        Raises:
+            CorruptImageError: the file cannot be read as an image.
+            TypeError: `image` is neither a path nor a PIL image.
+        """
+        from PIL import Image
+
+        from .data import load_image
+        from .metrics import check_threshold
+        from .training.precision import Precision
+
+        t = check_threshold(threshold)
+        if isinstance(image, Image.Image):
+            img = image.convert("RGB")
+        elif isinstance(image, (str, os.PathLike)):
+            img = load_image(image)
+        else:
+            raise TypeError(
+                f"predict_image expects an image path or a PIL image, got {type(image).__name__}"
+            )
+        wrapper = self.wrapper
+        policy = Precision.parse(precision, wrapper.device)
+        pixels = self.bundle.eval_transform(img).unsqueeze(0).to(wrapper.device)
+        was_training = wrapper.training
+        wrapper.eval()
+        try:
+            with torch.no_grad(), policy.activate(), policy.autocast():
+                logits = wrapper.predict(pixels)
+        finally:
+            wrapper.train(was_training)
+        probs = class_probabilities(logits)[0].tolist()
+        if wrapper.config.num_classes > 1:
+            label = max(range(len(probs)), key=probs.__getitem__)
+            return Prediction(probs[label], label, tuple(probs))
+        return Prediction(probs[1], int(probs[1] > t), tuple(probs))
+
+
 def load_trained(
     path: str | os.PathLike[str],
     *,
@@ -71,10 +192,25 @@ def load_trained(
     device: str | torch.device = "cpu",
     transform: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-) -> tuple[DGSWrapper, ModelBundle]:
+) -> TrainedDetector:
     """Rebuild a trained detector: the base model from the spec stored beside the weights
-    (`dgsnet_model.json`; or `model=`), then `DGSWrapper.from_pretrained`. Returns
-    `(wrapper in eval mode, bundle)`; `bundle.eval_transform` preprocesses images."""
+    (`dgsnet_model.json`; or `model=`), then `DGSWrapper.from_pretrained`.
+
+    Args:
+        path: a run folder (its `final/`, else `last/`) or a checkpoint folder.
+        model: the base model spec, for a checkpoint that does not record it.
+        device: where to load the model.
+        transform: `"model"` or `"patch-selection"` (default: what the checkpoint records).
+        cache_dir: the weights cache of open_clip / Hugging Face.
+
+    Returns:
+        A `TrainedDetector`: unpacks as `(wrapper in eval mode, bundle)`, scores one image
+        with `predict_image`; `bundle.eval_transform` preprocesses images.
+
+    Raises:
+        CheckpointError: the folder holds no checkpoint, or it records no base model and
+            none is given.
+    """
     ckpt = resolve_checkpoint(path)
     info = _model_info(ckpt) or {}
     spec = model if model is not None else info.get("spec")
@@ -95,13 +231,11 @@ def load_trained(
     )
     wrapper = DGSWrapper.from_pretrained(ckpt, bundle.model, bundle.tokenizer)
     wrapper.eval()
-    return wrapper, bundle
+    return TrainedDetector(wrapper, bundle)
 
 
 def _scores_from_logits(logits: Tensor) -> Tensor:
-    if logits.dim() == 1 or logits.shape[-1] == 1:
-        return torch.sigmoid(logits.reshape(-1).float())
-    return torch.softmax(logits.float(), dim=-1)[:, 1]
+    return class_probabilities(logits)[:, 1]
 
 
 def predict_scores(
@@ -142,7 +276,8 @@ def predict_scores(
     was_training = wrapper.training
     wrapper.eval()
     scores, labels, subsets, paths = [], [], [], []
-    bar = progress_bar(total=len(loader), desc=desc, enabled=progress)
+    # counted in images, so that the bar's rate reads as images per second
+    bar = progress_bar(total=len(dataset), desc=desc, unit="img", enabled=progress)  # type: ignore[arg-type]
     try:
         with torch.no_grad(), policy.activate():
             for batch, batch_paths in iterate_loader(loader):
@@ -152,7 +287,7 @@ def predict_scores(
                 labels.append(batch.labels.numpy())
                 subsets.extend(batch.subsets)
                 paths.extend(batch_paths)
-                bar.update(1)
+                bar.update(len(batch_paths))
     finally:
         bar.close()
         wrapper.train(was_training)

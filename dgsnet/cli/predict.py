@@ -1,4 +1,4 @@
-"""`dgsnet predict`: score images or folders with a checkpoint (CSV path,score,label_pred)."""
+"""`dgsnet predict`: score images or folders with a checkpoint (path,score,label_pred records)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..errors import UsageError
 from .common import check_positive, load_checkpoint, status
 from .errors import EXIT_OK
 from .options import Formatter, add_scoring_options, common_parent, wrap
+from .predict_format import FORMATS, format_predictions
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -25,8 +26,12 @@ examples:
   dgsnet predict runs/dgs photo1.jpg photo2.png
   dgsnet predict runs/dgs downloads/ --out scores.csv --threshold 0.5
 
-Prints (or writes) a CSV with columns path,score,label_pred: score = P(fake) = sigmoid(logit),
-label_pred = 1 (fake) when score > threshold, else 0 (real). Folders are searched recursively.
+  dgsnet predict runs/dgs downloads/ --format jsonl > scores.jsonl
+
+Prints (or writes) one record per image with path, score and label_pred: score = P(fake) =
+sigmoid(logit), label_pred = 1 (fake) when score > threshold, else 0 (real); as CSV (the
+default), a JSON array (--format json) or JSON lines (--format jsonl). Folders are searched
+recursively.
 """
 
 
@@ -37,13 +42,20 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
         parents=[common_parent()],
         formatter_class=Formatter,
         epilog=EPILOG,
-        help="score images or folders: CSV of path,score,label_pred",
+        help="score images or folders: path,score,label_pred (CSV, JSON, JSON lines)",
         description=wrap("Score images with a trained detector."),
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="training folder or checkpoint folder")
     p.add_argument("inputs", nargs="+", metavar="PATH", help="image files and/or folders")
     p.add_argument(
-        "--out", "-o", metavar="CSV", help="write the CSV here (default: standard output)"
+        "--out", "-o", metavar="FILE", help="write the predictions here (default: standard output)"
+    )
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="csv",
+        help="csv (default): a header and one row per image; json: one array of objects; "
+        "jsonl: one JSON object per line",
     )
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="(default: 64)")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="(default: 0)")
@@ -99,8 +111,6 @@ def _image_paths(inputs: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run `dgsnet predict`; returns the exit status."""
-    from ..metrics import scores_csv
-
     check_positive("--batch-size", args.batch_size)
     check_positive("--workers", args.workers, 0)
     paths = _image_paths(args.inputs)
@@ -115,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet and args.out is not None,
         precision=args.precision,
     )
-    text = scores_csv(done_paths, scores.tolist(), args.threshold)
+    text = format_predictions(done_paths, scores.tolist(), args.threshold, args.format)
     if args.out:
         from ..io import atomic_write_text
 

@@ -9,7 +9,7 @@ See `docs/datasets.md` and `docs/captions.md`.
 """
 
 from ..errors import CaptionError, CaptionFallbackWarning, CorruptImageError, DatasetError
-from ._common import IMAGE_EXTENSIONS
+from ._common import IMAGE_EXTENSIONS, load_image
 from .caption_files import (
     caption_file_candidates,
     find_caption_file,
@@ -62,6 +62,7 @@ __all__ = [
     "CaptionError",
     "CaptionFallbackWarning",
     "IMAGE_EXTENSIONS",
+    "load_image",
     "REAL_DIR",
     "FAKE_DIR",
     # datasets

@@ -66,7 +66,14 @@ from .state import (
 from .trainer import Trainer, TrainResult, TrainState
 
 if TYPE_CHECKING:
-    from ..evaluation import evaluate, load_trained, predict_scores, resolve_checkpoint
+    from ..evaluation import (
+        Prediction,
+        TrainedDetector,
+        evaluate,
+        load_trained,
+        predict_scores,
+        resolve_checkpoint,
+    )
 
 __all__ = [
     "LAST_DIR",
@@ -104,6 +111,8 @@ __all__ = [
     "evaluate",
     "predict_scores",
     "load_trained",
+    "TrainedDetector",
+    "Prediction",
     "resolve_checkpoint",
     "find_resume_checkpoint",
     "setup_distributed",
@@ -113,7 +122,14 @@ __all__ = [
 
 # dgsnet.evaluation imports this package (the output-folder layout), so its names are
 # looked up on first use instead of imported here
-_FROM_EVALUATION = ("evaluate", "load_trained", "predict_scores", "resolve_checkpoint")
+_FROM_EVALUATION = (
+    "evaluate",
+    "load_trained",
+    "predict_scores",
+    "resolve_checkpoint",
+    "TrainedDetector",
+    "Prediction",
+)
 
 
 def __getattr__(name: str) -> Any:
