@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import CheckpointError, TrainingConfigError
-from .metrics import MetricsTable
+from .metrics import ClassificationReport, MetricsTable
 from .models import ModelBundle, ModelSpec, build_model
 from .progress import progress_bar
 from .training.data import iterate_loader
@@ -40,6 +40,8 @@ __all__ = [
     "class_probabilities",
     "evaluate",
     "load_trained",
+    "evaluate_classifier",
+    "predict_probabilities",
     "predict_scores",
     "resolve_checkpoint",
 ]
@@ -234,11 +236,7 @@ def load_trained(
     return TrainedDetector(wrapper, bundle)
 
 
-def _scores_from_logits(logits: Tensor) -> Tensor:
-    return class_probabilities(logits)[:, 1]
-
-
-def predict_scores(
+def predict_probabilities(
     wrapper: DGSWrapper,
     dataset: Dataset,
     *,
@@ -248,19 +246,22 @@ def predict_scores(
     desc: str = "predicting",
     precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """Scores (probability of fake) of every item of a `dgsnet.data.Sample` dataset
-    with the student; returns `(scores, labels, subsets, paths)` in dataset order.
+    """Per-class probabilities of every item of a `dgsnet.data.Sample` dataset with the
+    student (`class_probabilities` of its logits); returns `(probabilities (N, C), labels,
+    subsets, paths)` in dataset order. A binary head gives `C = 2` columns,
+    `(P(real), P(fake))`.
 
     `precision`: `"fp32"` (default), `"tf32"`, `"bf16"` or `"fp16"` (see
     `dgsnet.training.precision`): the TF32 flags during the call (restored afterwards)
-    and the autocast dtype of the forward passes; scores are computed from float32 logits.
-    On CUDA the loader pins memory and copies batches without blocking."""
+    and the autocast dtype of the forward passes; probabilities are computed from float32
+    logits. On CUDA the loader pins memory and copies batches without blocking. The
+    progress bar counts images."""
     from .data import collate
     from .training.precision import Precision
+    from .training.workers import bounded_workers
 
     policy = Precision.parse(precision, wrapper.device)
     on_cuda = wrapper.device.type == "cuda"
-    from .training.workers import bounded_workers
 
     def collate_keep_paths(samples: Sequence[Any]) -> tuple[Any, list[str]]:
         return collate(samples), [s.path for s in samples]
@@ -275,7 +276,7 @@ def predict_scores(
     )
     was_training = wrapper.training
     wrapper.eval()
-    scores, labels, subsets, paths = [], [], [], []
+    probs, labels, subsets, paths = [], [], [], []
     # counted in images, so that the bar's rate reads as images per second
     bar = progress_bar(total=len(dataset), desc=desc, unit="img", enabled=progress)  # type: ignore[arg-type]
     try:
@@ -283,7 +284,7 @@ def predict_scores(
             for batch, batch_paths in iterate_loader(loader):
                 with policy.autocast():
                     logits = wrapper.predict(batch.images.to(wrapper.device, non_blocking=on_cuda))
-                scores.append(_scores_from_logits(logits).cpu().numpy().astype(np.float64))
+                probs.append(class_probabilities(logits).cpu().numpy().astype(np.float64))
                 labels.append(batch.labels.numpy())
                 subsets.extend(batch.subsets)
                 paths.extend(batch_paths)
@@ -291,9 +292,50 @@ def predict_scores(
     finally:
         bar.close()
         wrapper.train(was_training)
-    if not scores:
-        return np.zeros(0), np.zeros(0, dtype=np.int64), [], []
-    return np.concatenate(scores), np.concatenate(labels), subsets, paths
+    if not probs:
+        k = max(2, wrapper.config.num_classes)
+        return np.zeros((0, k)), np.zeros(0, dtype=np.int64), [], []
+    return np.concatenate(probs), np.concatenate(labels), subsets, paths
+
+
+def _require_binary(wrapper: DGSWrapper, what: str, instead: str) -> None:
+    k = wrapper.config.num_classes
+    if k > 1:
+        raise TrainingConfigError(
+            f"{what} is for a binary real/fake head (num_classes=1, the probability of fake); "
+            f"this model has {k} classes, whose class-1 probability is no probability of "
+            f"fake: use {instead}"
+        )
+
+
+def predict_scores(
+    wrapper: DGSWrapper,
+    dataset: Dataset,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "predicting",
+    precision: str = "fp32",
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Scores (probability of fake) of every item of a `dgsnet.data.Sample` dataset
+    with a binary student; returns `(scores, labels, subsets, paths)` in dataset order.
+    Arguments as for `predict_probabilities`.
+
+    Raises:
+        TrainingConfigError: the head has more than one logit (use `predict_probabilities`).
+    """
+    _require_binary(wrapper, "predict_scores", "predict_probabilities")
+    probs, labels, subsets, paths = predict_probabilities(
+        wrapper,
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        desc=desc,
+        precision=precision,
+    )
+    return probs[:, 1], labels, subsets, paths
 
 
 def evaluate(
@@ -325,21 +367,18 @@ def evaluate(
     `single_class`: a dict to fill; when given, subsets with one class are allowed and get
     a `dgsnet.metrics.SingleClassRow` (r_acc or f_acc only) in
     `single_class[root][subset]` instead of a table row (a root left with no two-class
-    subset has no table)."""
-    from .data import Degrade, default_transform, open_dataset
+    subset has no table).
 
-    if isinstance(roots, (str, os.PathLike)):
-        roots = [roots]
-    roots = list(roots)
-    if not roots:
-        raise TrainingConfigError("evaluate needs at least one test root")
-    batch_size = check_int_at_least("batch_size", batch_size)
-    parse_precision(precision)
-    degrade = Degrade(jpeg_quality=jpeg_quality, blur_sigma=blur_sigma, resize_scale=resize_scale)
-    if transform is None:
-        size = wrapper.encoder.image_size
-        transform = default_transform(None, image_size=size[0] if size else 224)
-    tf = default_transform(transform, train=False, degrade=degrade)
+    Raises:
+        TrainingConfigError: no root, a bad option, or a head with more than one logit (a
+            classifier: use `evaluate_classifier`).
+    """
+    from .data import open_dataset
+
+    _require_binary(wrapper, "evaluate", "evaluate_classifier")
+    roots, tf = _eval_setup(
+        wrapper, roots, transform, batch_size, precision, jpeg_quality, blur_sigma, resize_scale
+    )
     tables: dict[str, MetricsTable] = {}
     for root in roots:
         kwargs: dict[str, Any] = {"transform": tf}
@@ -374,6 +413,94 @@ def evaluate(
                 continue
         tables[key] = MetricsTable.from_predictions(preds, threshold=threshold)
     return tables
+
+
+def _eval_setup(
+    wrapper: DGSWrapper,
+    roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    transform: Callable[[Any], Tensor] | None,
+    batch_size: int,
+    precision: str,
+    jpeg_quality: int | None,
+    blur_sigma: float | None,
+    resize_scale: float | None,
+) -> tuple[list[str | os.PathLike[str]], Callable[[Any], Tensor]]:
+    """The roots as a list and the evaluation transform, every option checked first."""
+    from .data import Degrade, default_transform
+
+    roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
+    if not roots:
+        raise TrainingConfigError("evaluation needs at least one test root")
+    check_int_at_least("batch_size", batch_size)
+    parse_precision(precision)
+    degrade = Degrade(jpeg_quality=jpeg_quality, blur_sigma=blur_sigma, resize_scale=resize_scale)
+    if transform is None:
+        size = wrapper.encoder.image_size
+        transform = default_transform(None, image_size=size[0] if size else 224)
+    return roots, default_transform(transform, train=False, degrade=degrade)
+
+
+def evaluate_classifier(
+    wrapper: DGSWrapper,
+    roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    transform: Callable[[Any], Tensor] | None = None,
+    *,
+    classes: Sequence[str] | None = None,
+    jpeg_quality: int | None = None,
+    blur_sigma: float | None = None,
+    resize_scale: float | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = False,
+    precision: str = "fp32",
+) -> dict[str, ClassificationReport]:
+    """Evaluate a student with `num_classes > 1` logits on class folders; returns
+    `{root: ClassificationReport}` (top-1 and per-class accuracy), in the order given.
+
+    Each root holds one folder per class (`dgsnet.data.ClassFolder`); the prediction of an
+    image is its most probable class. The labels are the positions of the class names in
+    `classes`, by default the root's class folders sorted by name, the order
+    `ClassFolder` gives the training set: their number must equal the model's
+    `num_classes`. Other arguments as for `evaluate`.
+
+    Raises:
+        TrainingConfigError: a binary head (use `evaluate`), no root, a bad option, or a
+            root whose classes do not match the model's number of classes.
+        DatasetError: a root that is not a class-folder layout.
+    """
+    from .data import ClassFolder
+
+    k = wrapper.config.num_classes
+    if k < 2:
+        raise TrainingConfigError(
+            "evaluate_classifier is for heads with num_classes > 1; this model has one "
+            "logit (a binary real/fake head): use evaluate"
+        )
+    roots, tf = _eval_setup(
+        wrapper, roots, transform, batch_size, precision, jpeg_quality, blur_sigma, resize_scale
+    )
+    reports: dict[str, ClassificationReport] = {}
+    for root in roots:
+        ds = ClassFolder(root, transform=tf, classes=classes)
+        if len(ds.classes) != k:
+            raise TrainingConfigError(
+                f"{os.fspath(root)} has {len(ds.classes)} classes ({', '.join(ds.classes)}), "
+                f"the model {k}: give the training classes in label order (classes=, "
+                "dgsnet eval --classes)"
+            )
+        probs, labels, _, _ = predict_probabilities(
+            wrapper,
+            _EvalItems(ds),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=progress,
+            desc=f"evaluating {Path(os.fspath(root)).name}",
+            precision=precision,
+        )
+        reports[os.fspath(root)] = ClassificationReport.from_predictions(
+            labels, probs.argmax(axis=1), ds.classes
+        )
+    return reports
 
 
 class _EvalItems(Dataset):

@@ -27,6 +27,9 @@ examples:
 CHECKPOINT is a training folder (its final/, else last/) or a checkpoint folder. Each ROOT is
 <root>/<subset>[/<category>]/{0_real,1_fake} (or GenImage's layout): one table row per subset.
 With several roots a last table gives each root's mean row (one row per benchmark).
+A checkpoint with more than one class (DGSConfig.num_classes > 1) is a classifier: each ROOT
+is then <root>/<class>/... (class folders), and the report is the top-1 accuracy and the
+accuracy within each class.
 """
 
 
@@ -75,6 +78,13 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
     g.add_argument("--subsets", nargs="+", metavar="NAME", help="evaluate these subsets only")
     g.add_argument(
         "--split", choices=("train", "val"), default="val", help="GenImage split (default: val)"
+    )
+    g.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="NAME",
+        help="a checkpoint with more than one class: the class folder names in label order "
+        "(default: the root's class folders, sorted)",
     )
     g.add_argument(
         "--allow-single-class",
@@ -168,6 +178,13 @@ def run(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise UsageError(str(exc)) from None
     wrapper, bundle = load_checkpoint(args)
+    if wrapper.config.num_classes > 1:  # a classifier: top-1 and per-class accuracy
+        from .eval_classes import run_classifier
+
+        run_classifier(args, wrapper, bundle, degradation)
+        return EXIT_OK
+    if args.classes:
+        raise UsageError("--classes applies to checkpoints with more than one class")
     from ..errors import DatasetError
     from ..training import evaluate
 

@@ -12,7 +12,7 @@ from ..errors import UsageError
 from .common import check_positive, load_checkpoint, status
 from .errors import EXIT_OK
 from .options import Formatter, add_scoring_options, common_parent, wrap
-from .predict_format import FORMATS, format_predictions
+from .predict_format import FORMATS, format_class_predictions, format_predictions
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -25,13 +25,14 @@ EPILOG = """\
 examples:
   dgsnet predict runs/dgs photo1.jpg photo2.png
   dgsnet predict runs/dgs downloads/ --out scores.csv --threshold 0.5
-
   dgsnet predict runs/dgs downloads/ --format jsonl > scores.jsonl
 
-Prints (or writes) one record per image with path, score and label_pred: score = P(fake) =
+Prints (or writes) one record per image, path,score,label_pred: score = P(fake) =
 sigmoid(logit), label_pred = 1 (fake) when score > threshold, else 0 (real); as CSV (the
 default), a JSON array (--format json) or JSON lines (--format jsonl). Folders are searched
-recursively.
+recursively. A checkpoint with more than one class (DGSConfig.num_classes > 1) writes
+path, one probability per class (prob_0, prob_1, ...) and label_pred, the most probable
+class; --threshold applies to binary heads only.
 """
 
 
@@ -115,9 +116,9 @@ def run(args: argparse.Namespace) -> int:
     check_positive("--workers", args.workers, 0)
     paths = _image_paths(args.inputs)
     wrapper, bundle = load_checkpoint(args)
-    from ..training import predict_scores
+    from ..training import predict_probabilities
 
-    scores, _, _, done_paths = predict_scores(
+    probs, _, _, done_paths = predict_probabilities(
         wrapper,
         cast("Dataset[Any]", _PathDataset(paths, bundle.eval_transform)),
         batch_size=args.batch_size,
@@ -125,13 +126,18 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet and args.out is not None,
         precision=args.precision,
     )
-    text = format_predictions(done_paths, scores.tolist(), args.threshold, args.format)
+    if wrapper.config.num_classes > 1:  # a classifier: no probability of fake
+        text = format_class_predictions(done_paths, probs.tolist(), args.format)
+        summary = f"{probs.shape[1]} classes"
+    else:
+        scores = probs[:, 1]
+        text = format_predictions(done_paths, scores.tolist(), args.threshold, args.format)
+        summary = f"{int((scores > args.threshold).sum())} predicted fake"
     if args.out:
         from ..io import atomic_write_text
 
         atomic_write_text(Path(args.out), text)
-        n_fake = int((scores > args.threshold).sum())
-        status(args, f"dgsnet: wrote {args.out}: {len(done_paths)} images, {n_fake} predicted fake")
+        status(args, f"dgsnet: wrote {args.out}: {len(done_paths)} images, {summary}")
     else:
         sys.stdout.write(text)
         sys.stdout.flush()

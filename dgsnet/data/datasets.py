@@ -74,6 +74,7 @@ __all__ = [
     "LabeledImageDataset",
     "DetectionFolder",
     "GenImageFolder",
+    "ClassFolder",
     "detect_layout",
     "open_dataset",
     "list_images",
@@ -427,6 +428,104 @@ class GenImageFolder(LabeledImageDataset):
             captions,
             caption_fallback=caption_fallback,
             verify=verify,
+        )
+
+
+class ClassFolder(LabeledImageDataset):
+    """The class-folder layout of image classification (as torchvision's `ImageFolder`):
+
+    ```text
+    root/<class>/**/*.png
+    ```
+
+    The label of an image is the position of its class in `classes`: by default the
+    sub-folders of `root` that hold images, sorted by name, so the same folder names give
+    the same labels on every split. The subset of an image is its class name, so
+    `by_subset` gives one view per class. For tasks other than real/fake detection (with
+    `DGSConfig(num_classes=len(classes))`).
+
+    Args:
+        root: the dataset folder.
+        transform: as for `DetectionFolder`.
+        captions: as for `DetectionFolder` (e.g. a mapping path -> class-name prompt).
+        classes: the class folder names in label order (default: every sub-folder with
+            images, sorted); a listed folder that is missing or empty is an error.
+        caption_fallback: as for `DetectionFolder`.
+        verify: as for `DetectionFolder`.
+
+    Raises:
+        DatasetError: root missing; no sub-folder with images; a listed class folder
+            missing or empty; (with `verify`) bad images.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for name in ("dog", "cat"):
+        ...     (root / name).mkdir()
+        ...     Image.new("RGB", (8, 8)).save(root / name / "1.png")
+        >>> ds = ClassFolder(root)
+        >>> ds.classes, ds.labels
+        (['cat', 'dog'], [0, 1])
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        transform: Callable[[Image.Image], Any] | None = None,
+        captions: CaptionsArg = None,
+        classes: Sequence[str] | None = None,
+        *,
+        caption_fallback: FallbackSpec = None,
+        verify: bool = False,
+    ) -> None:
+        root_p = _check_root(root)
+        found = {
+            d.name: list_images(d)
+            for d in sorted(root_p.iterdir())
+            if d.is_dir() and not d.name.startswith(".")
+        }
+        if classes is None:
+            names = [name for name, files in found.items() if files]
+            if not names:
+                raise DatasetError(f"no class folder with images under {root_p}")
+        else:
+            names = [str(c) for c in classes]
+            if len(set(names)) != len(names) or not names:
+                raise DatasetError(f"classes must be distinct folder names, got {names}")
+            bad = [n for n in names if not found.get(n)]
+            if bad:
+                raise DatasetError(
+                    f"class folders missing or without images under {root_p}: {', '.join(bad)}"
+                )
+        self.classes: list[str] = names
+        """The class names in label order: class `k` is `classes[k]`."""
+        self.ignored_dirs: list[Path] = [root_p / n for n in found if n not in names]
+        """Sub-folders of the root that are not classes (no images, or not listed)."""
+        records = [
+            _Record(path, label, name, None)
+            for label, name in enumerate(names)
+            for path in found[name]
+        ]
+        super().__init__(
+            records,
+            root_p,
+            transform,
+            captions,
+            caption_fallback=caption_fallback,
+            verify=verify,
+        )
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """`{class: {"images": n}}`."""
+        return {name: {"images": len(idx)} for name, idx in self.subset_indices().items()}
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}: {v['images']}" for k, v in list(self.counts().items())[:8])
+        more = ", ..." if len(self.classes) > 8 else ""
+        return (
+            f"ClassFolder(root={os.fspath(self.root)!r}, {len(self)} images, "
+            f"{len(self.classes)} classes [{shown}{more}])"
         )
 
 

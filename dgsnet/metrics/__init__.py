@@ -7,7 +7,10 @@ One home per name, all importable from here:
 - `dgsnet.metrics.tables`: `MetricsTable` and the CSV / Markdown tables of `dgsnet eval` and
   `dgsnet predict`;
 - `dgsnet.metrics.single_class`: the r_acc or f_acc row of a subset with one class
-  (`dgsnet eval --allow-single-class`).
+  (`dgsnet eval --allow-single-class`);
+- `dgsnet.metrics.classification`: top-1 and per-class accuracy of a head with more than one
+  logit (`ClassificationReport`), which has no probability of "fake" and so no detection
+  metrics.
 
 The conventions (label 1 = fake, a score is the probability of fake, predicted fake iff
 `score > 0.5`) are those of the field; see `docs/metrics.md`.
@@ -23,6 +26,7 @@ Examples:
 
 from __future__ import annotations
 
+from .classification import ClassificationReport, reports_csv, reports_json
 from .detection import (
     DEFAULT_THRESHOLD,
     TABLE_COLUMNS,
@@ -51,6 +55,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "TABLE_COLUMNS",
     "BestThreshold",
+    "ClassificationReport",
     "DetectionMetrics",
     "MetricsTable",
     "PathLike",
@@ -63,6 +68,8 @@ __all__ = [
     "fake_accuracy",
     "markdown_grid",
     "real_accuracy",
+    "reports_csv",
+    "reports_json",
     "roots_summary_markdown",
     "scores_csv",
     "single_class_markdown",

@@ -70,7 +70,9 @@ if TYPE_CHECKING:
         Prediction,
         TrainedDetector,
         evaluate,
+        evaluate_classifier,
         load_trained,
+        predict_probabilities,
         predict_scores,
         resolve_checkpoint,
     )
@@ -109,7 +111,9 @@ __all__ = [
     "open_datasets",
     "train",
     "evaluate",
+    "evaluate_classifier",
     "predict_scores",
+    "predict_probabilities",
     "load_trained",
     "TrainedDetector",
     "Prediction",
@@ -124,6 +128,8 @@ __all__ = [
 # looked up on first use instead of imported here
 _FROM_EVALUATION = (
     "evaluate",
+    "evaluate_classifier",
+    "predict_probabilities",
     "load_trained",
     "predict_scores",
     "resolve_checkpoint",

@@ -6,12 +6,14 @@ small image folders in place of the benchmarks.
   `dgsnet.models.build_model("tiny:56")` (always the same weights, like a real pretrained
   tag; image size 56, a multiple of 7 for the patch-selection transform) and its tokenizer,
   whatever the name, unless the name is a `local-dir:` folder or the weights a file on disk
-  (a run folder's own base model, which is loaded as it is). Every other call (`open_clip.CLIP(...)`, Hugging Face models) is
-  untouched. The docs' commands and programs then run end to end on a CPU in seconds; what
-  they check is the code path, not the weights.
+  (a run folder's own base model, which is loaded as it is). Every other call
+  (`open_clip.CLIP(...)`, Hugging Face models) is untouched. The docs' commands and
+  programs then run end to end on a CPU in seconds; what they check is the code path, not
+  the weights.
 * `make_workspace(dir)`: the folders the docs name (`data/train`, `data/test`,
   `data/AIGIBench/{train,test}`, `data/UniversalFakeDetect`, ...: the detection layout, a few
-  32x32 images per class, caption files for the training roots), a photo, a folder of
+  32x32 images per class, caption files for the training roots), `data/shapes/{train,test}`
+  (ten class folders, for the classification example), a photo, a folder of
   downloads, and synthetic files in the released checkpoints' layout
   (`checkpoints/model_epoch_step{1,2}.pth`, from a tiny model).
 * `python_globals(dir)`: the names the docs' Python blocks take as given (the user's model,
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.images import make_bench, write_image
+from tests.helpers.images import make_bench, write_image, write_random_image
 from tests.helpers.released_files import write_released_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +36,8 @@ TINY_SPEC = "tiny:56"
 
 #: roots written with captions (a training split) and without (a test split)
 TRAIN_ROOTS = ("data/train", "data/AIGIBench/train")
+#: the classes of `data/shapes/{train,test}`, a class-folder layout
+SHAPE_CLASSES = ("apple", "bird", "car", "cat", "chair", "dog", "flower", "horse", "house", "tree")
 TEST_ROOTS = (
     "data/test",
     "data/AIGIBench/test",
@@ -90,6 +94,12 @@ def make_workspace(where: Path) -> Path:
         make_bench(where / rel, n=4, seed=i, captions=True)
     for i, rel in enumerate(TEST_ROOTS):
         make_bench(where / rel, subsets=("biggan", "sd14"), n=3, seed=10 + i, captions=False)
+    for split, n in (("train", 2), ("test", 1)):  # a 10-class layout (docs/classification.md)
+        for k, name in enumerate(SHAPE_CLASSES):
+            for i in range(n):
+                write_random_image(
+                    where / "data" / "shapes" / split / name / f"{i}.png", (32, 32), seed=k * 10 + i
+                )
     write_image(where / "photo.jpg", fake=False, seed=99)
     for i in range(3):
         write_image(where / "downloads" / f"img{i}.png", fake=bool(i % 2), seed=100 + i)
