@@ -87,7 +87,7 @@ def test_the_harness_sees_an_undocumented_member(tmp_path):
     (pkg / "__init__.py").write_text(
         '"""A package."""\n\n__all__ = ["Thing"]\n\n\n'
         'class Thing:\n    """A thing."""\n\n    def __init__(self):\n'
-        '        self.size = 1\n\n    def grow(self):\n        return 2\n'
+        "        self.size = 1\n\n    def grow(self):\n        return 2\n"
     )
     loaded = griffe.load("demo_pkg", search_paths=[str(tmp_path)], docstring_parser="google")
     thing = loaded["Thing"]
