@@ -29,6 +29,7 @@ from .metrics import ClassificationReport, MetricsTable
 from .models import ModelBundle, ModelSpec, build_model
 from .progress import progress_bar
 from .training.data import iterate_loader
+from .training.monitor import class_probabilities
 from .training.options import check_int_at_least
 from .training.precision import parse_precision
 from .training.state import FINAL_DIR, LAST_DIR, MODEL_INFO_NAME, RUN_NAME
@@ -75,29 +76,6 @@ def _model_info(ckpt: Path) -> dict[str, Any] | None:
             if isinstance(info, dict) and info.get("spec"):
                 return info
     return None
-
-
-def class_probabilities(logits: Tensor) -> Tensor:
-    """Per-class probabilities `(N, C)` in float32 from student logits.
-
-    A binary head (one logit per image, `(N,)` or `(N, 1)`) gives `(1 - p, p)` with
-    `p = sigmoid(logit)`, the probability of fake; `C > 1` logits give their softmax.
-
-    Args:
-        logits: `(N,)`, `(N, 1)` or `(N, C)`.
-
-    Returns:
-        `(N, C)` probabilities, `C = 2` for a binary head.
-
-    Examples:
-        >>> class_probabilities(torch.zeros(2, 1))
-        tensor([[0.5000, 0.5000],
-                [0.5000, 0.5000]])
-    """
-    if logits.dim() == 1 or logits.shape[-1] == 1:
-        p = torch.sigmoid(logits.reshape(-1).float())
-        return torch.stack([1 - p, p], dim=1)
-    return torch.softmax(logits.float(), dim=-1)
 
 
 class Prediction(NamedTuple):

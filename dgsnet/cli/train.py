@@ -25,6 +25,7 @@ from .options import (
 )
 from .presets import TRAIN_PRESETS, get_preset
 from .train_flags import flag_error
+from .train_validation import add_validation_options, open_validation
 
 if TYPE_CHECKING:
     from ..training import TrainOptions
@@ -107,6 +108,7 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
     g = p.add_argument_group("training")
     _add_schedule_options(g)
     _add_run_options(g)
+    add_validation_options(p.add_argument_group("validation during training"))
     g = p.add_argument_group("DGS (defaults: the reference preset)")
     g.add_argument("--preset", choices=tuple(TRAIN_PRESETS), default=None, help=_PRESET_HELP)
     add_dgs_options(g)
@@ -336,6 +338,10 @@ def train_options(args: argparse.Namespace, run_info: dict[str, Any]) -> TrainOp
         tensorboard=args.tensorboard,
         precision=args.precision,
         compile=args.compile,
+        val_fraction=args.val_fraction,
+        val_every=args.val_every,
+        val_metric=args.val_metric,
+        patience=args.patience,
     )
 
 
@@ -501,7 +507,8 @@ def run(args: argparse.Namespace) -> int:
         deterministic_transform=bundle.deterministic_train,
         model_info=bundle.info(),
     )
-    result = Trainer(wrapper, datasets, options).run()
+    val_data = open_validation(args, bundle)
+    result = Trainer(wrapper, datasets, options, val_data=val_data).run()
     if not quiet:
         _report_result(args, result)
     if info.distributed:

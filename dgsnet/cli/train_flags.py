@@ -32,6 +32,10 @@ FIELD_FLAGS = {
     "on_nonfinite": "--on-nonfinite",
     "init_from": "--init-from",
     "out_dir": "--out",
+    "val_fraction": "--val-fraction",
+    "val_every": "--val-every",
+    "val_metric": "--val-metric",
+    "patience": "--patience",
 }
 """TrainOptions field -> the `dgsnet train` flag that sets it."""
 

@@ -17,6 +17,10 @@ and the resumable checkpoint), `runlog`, `signals` and `trainer` (`Trainer`,
   non-finite loss/gradient detection, `torchrun` data parallelism.
 * `evaluate`: one `MetricsTable` per test root (one row per
   subset), optionally on JPEG-compressed / blurred / resized images.
+* validation during training (`monitor`, `ValidationMonitor`): `train(..., val_data=...)`
+  or `val_fraction`, after every epoch or every `val_every` steps; metrics in the log,
+  TensorBoard and `validation.csv`, the best weights in `best/`, early stopping after
+  `patience` validations without improvement; resumed runs stay bitwise exact.
 
 Reproducibility. Every source of randomness in `train` is a pure function of the seed
 and the position in the run, so an interrupted run resumed from its checkpoint finishes with
@@ -46,6 +50,7 @@ from ..models import ClipPreprocess, HFPreprocess, ModelBundle, ModelSpec, build
 from .api import train
 from .data import ResumableSampler, TrainItems, dataset_fingerprint, open_datasets
 from .distributed import DistInfo, setup_distributed
+from .monitor import BEST_DIR, VALIDATION_CSV, ValidationMonitor, held_out_split
 from .options import TrainOptions
 from .precision import PRECISIONS, Precision, compile_image_tower
 from .seeding import seed_everything
@@ -107,6 +112,10 @@ __all__ = [
     "DistInfo",
     "ResumableSampler",
     "TrainItems",
+    "ValidationMonitor",
+    "held_out_split",
+    "BEST_DIR",
+    "VALIDATION_CSV",
     "build_model",
     "open_datasets",
     "train",

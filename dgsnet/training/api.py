@@ -49,6 +49,11 @@ def train(
     tensorboard: bool = False,
     precision: str = "fp32",
     compile: bool = False,
+    val_data: Dataset | Sequence[Dataset] | None = None,
+    val_fraction: float = 0.0,
+    val_every: int = 0,
+    val_metric: str = "auto",
+    patience: int = 0,
 ) -> TrainResult:
     """Two-stage DGS-Net training with resumable checkpoints (see `dgsnet.training`).
 
@@ -61,6 +66,9 @@ def train(
             `DetectionFolder` with a training transform and captions), or a
             list of them.
         callbacks: `callback(event, TrainState)` functions (rank 0 and others alike).
+        val_data: a validation dataset (or list) of `Sample` items, scored after every
+            epoch or every `val_every` steps (`dgsnet.training.monitor`); exclusive with
+            `val_fraction`.
 
     Returns:
         The `TrainResult` (steps, skipped steps, stage-1 losses, `final/`).
@@ -108,5 +116,9 @@ def train(
         tensorboard=tensorboard,
         precision=precision,
         compile=compile,
+        val_fraction=val_fraction,
+        val_every=val_every,
+        val_metric=val_metric,
+        patience=patience,
     )
-    return Trainer(wrapper, data, options, callbacks=callbacks).run()
+    return Trainer(wrapper, data, options, callbacks=callbacks, val_data=val_data).run()

@@ -67,6 +67,16 @@ def parse_stage(stage: Any) -> str:
     return s
 
 
+VAL_METRICS = ("auto", "acc", "ap", "best_acc", "r_acc", "f_acc", "top1", "mean_class_accuracy")
+"""The values of `TrainOptions.val_metric`."""
+
+
+def _check_fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise TrainingConfigError(f"val_fraction must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     """Every option of a training run that is a value (not a live object), validated once in
@@ -155,6 +165,17 @@ class TrainOptions:
     compile: bool = False
     """`torch.compile` the image tower (the student encoder) before stage 2 (`compile_image_tower`);
     opt-in."""
+    val_fraction: float = 0.0
+    """Hold out this share of the training data (per label, seeded) for validation during
+    training; 0: none. Exclusive with validation data given to `train` / `Trainer`."""
+    val_every: int = 0
+    """Validate every this many stage-2 steps; 0: at the end of every epoch."""
+    val_metric: str = "auto"
+    """The validation metric that picks `best/` and decides the early stop (higher is
+    better): `acc`, `ap`, `best_acc`, `r_acc` or `f_acc` for a binary head, `top1` or
+    `mean_class_accuracy` with more classes; `auto`: `acc` or `top1`."""
+    patience: int = 0
+    """Stop after this many validations without improvement of `val_metric`; 0: never."""
 
     def __post_init__(self) -> None:
         checked: dict[str, Any] = {
@@ -171,6 +192,13 @@ class TrainOptions:
             "num_workers": check_int_at_least("num_workers", self.num_workers, 0),
             "seed": check_int_at_least("seed", self.seed, 0),
         }
+        checked["val_every"] = check_int_at_least("val_every", self.val_every, 0)
+        checked["patience"] = check_int_at_least("patience", self.patience, 0)
+        checked["val_fraction"] = _check_fraction(self.val_fraction)
+        if not isinstance(self.val_metric, str) or self.val_metric not in VAL_METRICS:
+            raise TrainingConfigError(
+                f"val_metric must be one of {', '.join(VAL_METRICS)}, got {self.val_metric!r}"
+            )
         if self.on_nonfinite not in ("raise", "skip"):
             raise TrainingConfigError(
                 f"on_nonfinite must be 'raise' or 'skip', got {self.on_nonfinite!r}"

@@ -21,11 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..errors import (
-    CheckpointError,
-    TrainingConfigError,
-    TrainingInterrupted,
-)
+from ..errors import CheckpointError, TrainingConfigError, TrainingInterrupted
 from ..io import atomic_write_json, json_safe, load_tensors
 from ..progress import progress_bar
 from ..wrapper import DGSWrapper
@@ -42,15 +38,11 @@ from .data import (
 from .distributed import DistInfo, any_rank, barrier, broadcast_parameters, setup_distributed
 from .guard import check_finite_weights
 from .lock import hold_run_lock
+from .monitor import ValidationMonitor
 from .options import TrainOptions
 from .precision import Precision, compile_image_tower
 from .runlog import RunLog
-from .seeding import (
-    derive_seed,
-    deterministic_algorithms,
-    seed_everything,
-    set_rng_state,
-)
+from .seeding import derive_seed, deterministic_algorithms, seed_everything, set_rng_state
 from .signals import StopFlag
 from .state import (
     FINAL_DIR,
@@ -136,6 +128,7 @@ class Trainer:
         options: TrainOptions,
         *,
         callbacks: Sequence[Callable[[str, TrainState], None]] = (),
+        val_data: Dataset | Sequence[Dataset] | None = None,
     ) -> None:
         if not isinstance(wrapper, DGSWrapper):
             raise TrainingConfigError(f"train needs a DGSWrapper, got {type(wrapper).__name__}")
@@ -151,6 +144,7 @@ class Trainer:
         self.precision = Precision.parse(options.precision, self.device)
         self.scaler: torch.amp.GradScaler | None = None
         self._check_stage2_has_teacher()
+        self.validation = ValidationMonitor(options, val_data, self.cfg.num_classes)
         # set by run(): the data, the distributed setting and what a resumed run restores
         self.dist = DistInfo()
         self.items: TrainItems | None = None
@@ -221,7 +215,7 @@ class Trainer:
         o = self.options
         self.dist = setup_distributed(self.device)
         self.ts.rank = self.dist.rank
-        self.items = TrainItems(self.data, seed=o.seed)
+        self.items = TrainItems(self.validation.split(self.data), seed=o.seed)
         self.fingerprint = dataset_fingerprint(self.items.datasets)
         self.resume_key = {
             "stage": o.stage,
@@ -270,6 +264,7 @@ class Trainer:
         tensorboard = o.tensorboard and self.main
         sinks = [TensorBoardSink(self.out / TENSORBOARD_DIR)] if tensorboard else []
         self.log = RunLog(self.out / LOG_NAME if self.main else None, offset, sinks)
+        self.validation.restore(self.ckpt, self.log, self.main, self.precision)
         if self.main:
             write_run_json(self.out, o.model_info, o.run_info, self.resume_key, self.fingerprint)
         try:
@@ -394,7 +389,12 @@ class Trainer:
         )
         self.wrapper.train()
         for epoch in range(self.start_epoch, o.epochs):
+            if self.validation.stopped:  # early stop (a resumed run stays stopped)
+                break
             self._epoch(epoch)
+            if self.validation.stopped and self.ts.batch < self.n_batches:  # mid-epoch
+                self._checkpoint("stage2", epoch, self.ts.batch)
+                break
             self.start_batch = 0
             self._end_epoch(epoch)
         self.wrapper.eval()
@@ -467,6 +467,8 @@ class Trainer:
                 assert self.step is not None
                 record = self.step(batch, self.ts.global_step + 1, epoch, batch_i)
                 self._after_step(record, epoch, batch_i, bar)
+                if self.validation.stopped:
+                    break
         finally:
             bar.close()
 
@@ -489,6 +491,8 @@ class Trainer:
         if ts.skipped_steps:
             post["skipped"] = str(ts.skipped_steps)
         bar.set_postfix(post)
+        if self.validation.due(step):
+            self.validation.run(self.wrapper, step, epoch + 1)
         if o.save_every and step % o.save_every == 0 and batch_i < self.n_batches:
             self._checkpoint("stage2", epoch, batch_i)
         self._emit("step_end")
@@ -512,6 +516,8 @@ class Trainer:
                 "skipped_steps": self.ts.skipped_steps,
             }
         )
+        if self.validation.per_epoch:
+            self.validation.run(self.wrapper, self.ts.global_step, epoch + 1)
         self._checkpoint("done" if done else "stage2", epoch + 1, 0)
         self._emit("epoch_end")
 
@@ -537,6 +543,7 @@ class Trainer:
         cache_meta = save_teacher_cache(tmp, self.wrapper) if o.deterministic_transform else None
         body = checkpoint_state(self, phase, epoch, batch, tmp, opt_meta, cache_meta)
         write_state_json(tmp / STATE_NAME, body)
+        self.validation.save(tmp)
         commit_dir(tmp, target)
         self.log.write(
             {
