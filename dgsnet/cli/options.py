@@ -41,6 +41,7 @@ __all__ = [
     "dgs_flags",
     "parse_args",
     "read_config",
+    "unknown_key",
     "wrap",
 ]
 
@@ -297,7 +298,7 @@ def dgs_config(args: argparse.Namespace) -> DGSConfig:
     overrides = args.dgs or {}
     unknown = sorted(set(overrides) - set(data))
     if unknown:
-        raise UsageError(f'config "dgs": unknown DGSConfig field(s) {unknown}')
+        raise UsageError(f'config "dgs": {unknown_key("DGSConfig field", unknown[0], list(data))}')
     data.update(overrides)
     for _, kw in dgs_flags():
         value = getattr(args, kw["dest"], None)
@@ -331,9 +332,29 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
     return parser.parse_args(argv)
 
 
-def _load_json_object(path: Path) -> dict[str, Any]:
+def _is_yaml(path: Path) -> bool:
+    return path.suffix.lower() in (".yaml", ".yml")
+
+
+def _load_config_object(path: Path) -> dict[str, Any]:
+    """The mapping in a JSON (`.json`, or any other suffix) or YAML (`.yaml`, `.yml`) file."""
+    kind = "YAML" if _is_yaml(path) else "JSON"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if kind == "YAML":
+            import yaml
+
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+                problem = getattr(exc, "problem", None) or str(exc)
+                raise UsageError(
+                    f"config file {path} is not valid YAML ({where}{problem})"
+                ) from None
+        else:
+            data = json.loads(text)
     except FileNotFoundError:
         raise UsageError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -344,27 +365,55 @@ def _load_json_object(path: Path) -> dict[str, Any]:
             f"{exc.msg})"
         ) from None
     if not isinstance(data, dict):
-        raise UsageError(f"config file {path} must hold a JSON object of options")
+        raise UsageError(f"config file {path} must hold a {kind} mapping of options")
+    if isinstance(data.get("options"), dict) and data.get("format") == "dgsnet.run":
+        raise UsageError(
+            f"config file {path} is a run's record (run.json), not a config: pass the "
+            "config.yaml beside it (dgsnet train --config RUN/config.yaml)"
+        )
     return data
+
+
+def unknown_key(what: str, key: str, known: list[str]) -> str:
+    """The message for an unknown `key` among `known`: the nearest valid name, when one is
+    close, else the whole list.
+
+    Examples:
+        >>> unknown_key("option", "batchsize", ["batch_size", "epochs"])
+        "unknown option 'batchsize' (did you mean 'batch_size'?)"
+    """
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown {what} {key!r} (did you mean {close[0]!r}?)"
+    return f"unknown {what} {key!r} (known: {', '.join(sorted(known))})"
 
 
 def read_config(config: str, train_parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The `--config` file's options as `{dest: value}`, checked against the parser's
-    options (unknown names and invalid choices raise `UsageError`)."""
+    options (unknown names, with the nearest valid one, and invalid choices raise
+    `UsageError`). The file is JSON, or YAML for a `.yaml` / `.yml` name."""
     path = Path(config)
-    data = _load_json_object(path)
+    data = _load_config_object(path)
     actions = {a.dest: a for a in train_parser._actions if a.dest not in _CONFIG_SKIP}
     defaults: dict[str, Any] = {}
     for key, value in data.items():
         dest = str(key).lstrip("-").replace("-", "_")
         if dest == "dgs":
             if not isinstance(value, dict):
-                raise UsageError(f'config file {path}: "dgs" must be an object of DGSConfig fields')
+                raise UsageError(f'config file {path}: "dgs" must be a mapping of DGSConfig fields')
+            fields = [f.name for f in dataclasses.fields(DGSConfig)]
+            for name in value:
+                if name not in fields:
+                    what = unknown_key("DGSConfig field", str(name), fields)
+                    raise UsageError(f'config file {path}: "dgs": {what}')
             defaults["dgs"] = value
             continue
         if dest not in actions:
-            known = ", ".join(sorted(actions))
-            raise UsageError(f"config file {path}: unknown option {key!r} (known: {known}, dgs)")
+            raise UsageError(
+                f"config file {path}: {unknown_key('option', dest, [*actions, 'dgs'])}"
+            )
         choices = actions[dest].choices
         if choices is not None and value is not None and value not in choices:
             if str(value) not in choices:

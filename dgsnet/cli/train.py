@@ -24,6 +24,7 @@ from .options import (
     wrap,
 )
 from .presets import TRAIN_PRESETS, get_preset
+from .run_config import resolved_config, write_run_config
 from .train_flags import flag_error
 from .train_validation import add_validation_options, open_validation
 
@@ -51,8 +52,14 @@ examples:
   dgsnet train data/train --out runs/abl --no-suppression --order project_then_align \\
       --align-scale invariant
 
-  # options from a JSON file (keys are option names); flags on the line override it:
-  dgsnet train --config recipe.json --out runs/r2 --lr 5e-5
+  # options from a JSON or YAML file (keys are option names); flags on the line override it:
+  dgsnet train --config recipe.yaml --out runs/r2 --lr 5e-5
+
+  # the same run again, from the config it saved (same final weights, bit for bit):
+  dgsnet train --config runs/tiny/config.yaml --out runs/tiny-again
+
+  # validation after every epoch, best/ weights, early stop after 3 epochs without gain:
+  dgsnet train data/train --out runs/val --val data/val --patience 3
 
   # several GPUs:
   torchrun --nproc-per-node 4 -m dgsnet.cli train data/train --out runs/ddp
@@ -100,8 +107,9 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
     p.add_argument(
         "--config",
         metavar="FILE",
-        help='JSON object of options (keys = option names, e.g. "batch_size"; "dgs": '
-        "DGSConfig fields); command-line flags override it",
+        help="JSON or YAML (.yaml/.yml) mapping of options (keys = option names, e.g. "
+        '"batch_size"; "dgs": DGSConfig fields), such as a run\'s OUT/config.yaml; '
+        "command-line flags override it",
     )
     _add_data_options(p.add_argument_group("data"))
     _add_model_group(p.add_argument_group("model"))
@@ -508,7 +516,13 @@ def run(args: argparse.Namespace) -> int:
         model_info=bundle.info(),
     )
     val_data = open_validation(args, bundle)
-    result = Trainer(wrapper, datasets, options, val_data=val_data).run()
+    resolved = resolved_config(args, config)
+
+    def save_config(event: str, state: Any) -> None:  # once the run holds its folder
+        if event == "train_begin" and state.rank == 0:
+            write_run_config(args.out, resolved)
+
+    result = Trainer(wrapper, datasets, options, callbacks=[save_config], val_data=val_data).run()
     if not quiet:
         _report_result(args, result)
     if info.distributed:

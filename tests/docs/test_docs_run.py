@@ -186,9 +186,15 @@ def test_untagged_blocks_hold_no_commands() -> None:
     assert not offenders, offenders
 
 
-@pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang == "json"], ids=lambda b: b.where)
-def test_json_blocks_parse(block: Block) -> None:
-    json.loads(block.code)
+@pytest.mark.parametrize(
+    "block", [b for b in BLOCKS if b.lang in ("json", "yaml", "yml")], ids=lambda b: b.where
+)
+def test_json_and_yaml_blocks_parse(block: Block) -> None:
+    if block.lang == "json":
+        json.loads(block.code)
+    else:
+        yaml = pytest.importorskip("yaml")
+        assert yaml.safe_load(block.code) is not None
 
 
 def test_the_harness_runs_what_it_finds(tmp_path: Path) -> None:
