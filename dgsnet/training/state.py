@@ -58,28 +58,39 @@ __all__ = [
     "write_state_json",
 ]
 
-#: sub-folders and files of a training output directory
+# sub-folders and files of a training output directory
 LAST_DIR = "last"
+"""The training state to resume from (replaced atomically)."""
 
 FINAL_DIR = "final"
+"""The trained weights, written at the end."""
 
 LOG_NAME = "train_log.jsonl"
+"""The run log, one JSON object per line."""
 
 RUN_NAME = "run.json"
+"""The run's record: options, model, training settings, data fingerprint."""
 
 SUMMARY_NAME = "summary.json"
+"""The run's summary: steps, skipped steps, stage-1 losses, time."""
 
 MODEL_INFO_NAME = "dgsnet_model.json"
+"""The spec that rebuilds the base model, beside a checkpoint's weights."""
 
 STATE_NAME = "trainer_state.json"
+"""The trainer's state inside a checkpoint folder."""
 
 OPTIMIZER_NAME = "optimizer.safetensors"
+"""The optimizer's tensors inside a checkpoint folder."""
 
 TEACHER_CACHE_NAME = "teacher_cache.safetensors"
+"""The cached teacher logits inside a checkpoint folder (deterministic transforms only)."""
 
 STATE_FORMAT = "dgsnet.trainer_state"
+"""The `format` of a trainer state file."""
 
 STATE_VERSION = 1
+"""The `version` of the trainer state file this dgsnet writes."""
 
 
 def commit_dir(tmp: Path, target: Path) -> None:

@@ -13,7 +13,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from .lock import hold_run_lock
 from .monitor import ValidationMonitor
 from .options import TrainOptions
 from .precision import Precision, compile_image_tower
+from .results import TrainResult, TrainState
 from .runlog import RunLog
 from .seeding import derive_seed, deterministic_algorithms, seed_everything, set_rng_state
 from .signals import StopFlag
@@ -67,41 +67,6 @@ from .step import StepRunner
 from .tensorboard import TENSORBOARD_DIR, TensorBoardSink
 
 __all__ = ["TrainResult", "TrainState", "Trainer"]
-
-
-@dataclass
-class TrainState:
-    """Handed to callbacks `callback(event, state)`. Events: `"train_begin"`,
-    `"stage1_end"`, `"step_end"`, `"checkpoint"`, `"epoch_end"`, `"train_end"`."""
-
-    wrapper: DGSWrapper
-    out_dir: Path
-    rank: int = 0
-    stage: int = 1
-    epoch: int = 0
-    batch: int = 0
-    global_step: int = 0
-    skipped_steps: int = 0
-    optimizer: torch.optim.Optimizer | None = None
-    scheduler: Any = None
-    model: nn.Module | None = None
-    record: dict[str, Any] = field(default_factory=dict)
-    stage1_history: list[float] = field(default_factory=list)
-
-
-@dataclass
-class TrainResult:
-    """What `train` returns."""
-
-    wrapper: DGSWrapper
-    out_dir: Path
-    final_dir: Path | None
-    global_step: int
-    skipped_steps: int
-    epochs: int
-    stage1_history: list[float]
-    resumed_from: int | None
-    elapsed_s: float
 
 
 class Trainer:
@@ -138,37 +103,68 @@ class Trainer:
             )
         self.wrapper, self.data, self.options = wrapper, data, options
         self.callbacks = list(callbacks)
+        """The `callback(event, TrainState)` functions."""
         self.out = Path(options.out_dir)
+        """The output folder."""
         self.cfg = wrapper.config
+        """The wrapper's `DGSConfig`."""
         self.device = wrapper.device
+        """The wrapper's device."""
         self.precision = Precision.parse(options.precision, self.device)
+        """The run's precision policy (`TrainOptions.precision` on the device)."""
         self.scaler: torch.amp.GradScaler | None = None
+        """The fp16 `GradScaler` of stage 2, else `None`."""
         self._check_stage2_has_teacher()
         self.validation = ValidationMonitor(options, val_data, self.cfg.num_classes)
+        """Validation during training (`dgsnet.training.monitor`): off without validation data."""
         # set by run(): the data, the distributed setting and what a resumed run restores
         self.dist = DistInfo()
+        """This process's place in a torchrun job (set by `run`)."""
         self.items: TrainItems | None = None
+        """The training items, indexed across the datasets (set by `run`)."""
         self.fingerprint: dict[str, Any] = {}
+        """The data fingerprint a resumed run must match."""
         self.resume_key: dict[str, Any] = {}
+        """The settings a resumed run must match."""
         self.ckpt: Path | None = None
+        """The checkpoint folder resumed from, or `None`."""
         self.restored: dict[str, Any] | None = None
+        """The state read from that checkpoint, or `None`."""
         self.log = RunLog(None)
+        """The run log (`train_log.jsonl`, and its TensorBoard sink)."""
         self.ts = TrainState(wrapper=wrapper, out_dir=self.out)
+        """The `TrainState` handed to the callbacks."""
         self.stop = StopFlag(options.handle_signals)
+        """SIGINT/SIGTERM handling (`TrainOptions.handle_signals`)."""
         self.stage1_done = False
-        self.start_epoch = self.start_batch = 0
+        """Whether the teacher head is trained (stage 1 done, or resumed past it)."""
+        self.start_epoch = 0
+        """The stage-2 epoch to start from (0-based; a resumed run's)."""
+        self.start_batch = 0
+        """The batch of that epoch to start after (a resumed run's)."""
         self.resumed_from: int | None = None
+        """The global step resumed from, or `None` for a fresh run."""
         # stage 2
         self.named: list[tuple[str, nn.Parameter]] = []  # set with the optimizer (stage 2)
+        """`(name, parameter)` of every trainable parameter, in optimizer order (stage 2)."""
         self.names: list[str] = []
+        """Their names."""
         self.optimizer: torch.optim.Optimizer | None = None
+        """Stage 2's Adam optimizer."""
         self.scheduler: Any = None
+        """Stage 2's learning-rate schedule."""
         self.model: nn.Module = wrapper
+        """The module the step calls: the wrapper, or its `DistributedDataParallel`."""
         self.sampler: ResumableSampler | None = None
+        """Stage 2's resumable sampler."""
         self.n_batches = 0
+        """Stage-2 batches per epoch on this rank."""
         self.step: StepRunner | None = None
+        """One stage-2 optimisation step (`dgsnet.training.step`)."""
         self.t_start = time.perf_counter()
+        """`time.perf_counter()` at the start of `run`."""
         self.elapsed = 0.0
+        """Wall-clock seconds of the run, once finished."""
 
     @property
     def main(self) -> bool:
