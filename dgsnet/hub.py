@@ -1,0 +1,461 @@
+"""Sharing detectors on the Hugging Face Hub: resolving repository ids, and uploading runs.
+
+* `resolve_checkpoint("hf-hub:org/name")` (or `"org/name"`, or a local folder) returns a
+  local folder: for a repository id, the snapshot that `huggingface_hub.snapshot_download`
+  puts in its cache (`HF_HOME` / `HF_HUB_CACHE`). With `HF_HUB_OFFLINE=1` (or no network)
+  huggingface_hub answers from that cache alone, and a repository that was never downloaded
+  raises a `CheckpointError` that says so. `dgsnet predict hf-hub:org/name ...`,
+  `dgsnet eval` and `dgsnet export` accept such ids; a revision is given as
+  `hf-hub:org/name@REVISION` or `revision=`.
+* `push_to_hub(run_dir, "org/name")` (`dgsnet push RUN_DIR org/name`) assembles the folder
+  to upload (`stage_upload`: the final weights and their JSON, the stored base model of an
+  imported released checkpoint, the run's settings with local paths reduced to folder names,
+  evaluation tables, optional exports, and a generated model card, `README.md`, see
+  `dgsnet.model_card`), then creates the repository and uploads the folder with
+  `huggingface_hub.HfApi`. Nothing is uploaded before the folder is complete.
+
+No network is reachable where dgsnet's tests run: resolution is tested against a cache
+that huggingface_hub itself filled from a local test server, and the upload up to the
+`HfApi` calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .io import CheckpointError, atomic_write_json, atomic_write_text
+
+__all__ = [
+    "HUB_PREFIX",
+    "PushResult",
+    "is_hub_id",
+    "parse_hub_id",
+    "push_to_hub",
+    "resolve_checkpoint",
+    "stage_upload",
+]
+
+HUB_PREFIX = "hf-hub:"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def parse_hub_id(text: str) -> tuple[str, str | None]:
+    """`"hf-hub:org/name@rev"` -> `("org/name", "rev")` (the prefix and revision optional).
+
+    Raises:
+        ValueError: not of the form `org/name`.
+    """
+    body = text[len(HUB_PREFIX) :] if text.startswith(HUB_PREFIX) else text
+    repo, _, revision = body.partition("@")
+    if not _REPO_ID.match(repo) or ".." in repo:
+        raise ValueError(
+            f"{text!r} is not a Hugging Face repository id: expected hf-hub:ORG/NAME "
+            "(optionally @REVISION)"
+        )
+    return repo, revision or None
+
+
+def is_hub_id(text: str | os.PathLike[str]) -> bool:
+    """True for `hf-hub:org/name`, and for a bare `org/name` that is not a local path."""
+    s = os.fspath(text)
+    if s.startswith(HUB_PREFIX):
+        return True
+    if Path(s).exists():
+        return False
+    try:
+        parse_hub_id(s)
+    except ValueError:
+        return False
+    return True
+
+
+def resolve_checkpoint(
+    id_or_path: str | os.PathLike[str],
+    revision: str | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+) -> Path:
+    """A local folder for a local path or a Hugging Face repository id.
+
+    Args:
+        id_or_path: a folder, `hf-hub:org/name[@revision]`, or `org/name` (a repository
+            id when no such local path exists).
+        revision: a branch, tag or commit (overrides one given after `@`).
+        cache_dir: huggingface_hub's cache folder (default: its own, `HF_HUB_CACHE`).
+        token: a Hub token for private repositories (default: huggingface_hub's login).
+
+    Returns:
+        The folder (for an id: the cached snapshot; read it, do not write to it).
+
+    Raises:
+        CheckpointError: the path does not exist, or the repository cannot be found online
+            or in the cache (the message says whether offline mode is on).
+    """
+    text = os.fspath(id_or_path)
+    if not is_hub_id(text):
+        path = Path(text)
+        if not path.exists():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        return path
+    try:
+        repo, rev = parse_hub_id(text)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    return _download(repo, revision or rev, cache_dir, token)
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _download(
+    repo: str, revision: str | None, cache_dir: str | os.PathLike[str] | None, token: Any
+) -> Path:
+    from huggingface_hub import errors, snapshot_download
+
+    where = f"hf-hub:{repo}" + (f"@{revision}" if revision else "")
+    try:
+        folder = snapshot_download(
+            repo,
+            revision=revision,
+            cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
+            token=token,
+        )
+    except errors.LocalEntryNotFoundError as exc:
+        mode = (
+            "HF_HUB_OFFLINE is set and it is not in the local cache"
+            if _offline()
+            else "the Hub cannot be reached and it is not in the local cache"
+        )
+        raise CheckpointError(f"{where}: {mode} ({_short(exc)})") from exc
+    except errors.RevisionNotFoundError as exc:
+        raise CheckpointError(f"{where}: no such revision on the Hub ({_short(exc)})") from exc
+    except errors.RepositoryNotFoundError as exc:
+        raise CheckpointError(
+            f"{where}: no such repository on the Hub, or it is private and no token was "
+            f"given ({_short(exc)})"
+        ) from exc
+    return Path(folder)
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- uploading ----------------------------------------------------------------------------
+
+#: run.json option keys that hold local paths (reduced to their last component on upload)
+_PATH_KEYS = ("out", "roots", "captions", "cache_dir", "config", "init_from", "resume")
+
+
+def _public_paths(value: Any) -> Any:
+    if isinstance(value, str) and value:
+        return Path(value).name or value
+    if isinstance(value, list):
+        return [_public_paths(v) for v in value]
+    return value
+
+
+def _public_run(run: dict[str, Any]) -> dict[str, Any]:
+    """`run.json` with the local paths of its options reduced to folder names."""
+    out = json.loads(json.dumps(run))
+    options = out.get("options")
+    if isinstance(options, dict):
+        for key in _PATH_KEYS:
+            if key in options:
+                options[key] = _public_paths(options[key])
+    out["paths_reduced_to_names"] = list(_PATH_KEYS)
+    return out
+
+
+@dataclass
+class _Staged:
+    """What `stage_upload` put in the folder (the model card reads it)."""
+
+    meta: dict[str, Any]
+    model_info: dict[str, Any]
+    run: dict[str, Any] | None = None
+    released: dict[str, Any] | None = None
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    exports: list[str] = field(default_factory=list)
+    base_stored: bool = False
+
+
+def _copy_checkpoint(ckpt: Path, folder: Path, staged_files: Sequence[str]) -> None:
+    (folder / "final").mkdir(parents=True, exist_ok=True)
+    for name in staged_files:
+        if (ckpt / name).is_file():
+            shutil.copy2(ckpt / name, folder / "final" / name)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from exc
+    return data if isinstance(data, dict) else None
+
+
+def _eval_files(run_dir: Path | None, given: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    found = [Path(p) for p in given]
+    if run_dir is not None:
+        for candidate in sorted([*run_dir.glob("*.json"), *run_dir.glob("eval/*.json")]):
+            data = _read_json(candidate) if candidate.stat().st_size < 10_000_000 else None
+            if data is not None and data.get("format") == "dgsnet.eval":
+                found.append(candidate)
+    return list(dict.fromkeys(p.resolve() for p in found))
+
+
+def _stage_evals(folder: Path, files: list[Path]) -> dict[str, dict[str, Any]]:
+    evals = {}
+    for path in files:
+        data = _read_json(path)
+        if data is None or data.get("format") != "dgsnet.eval":
+            raise CheckpointError(
+                f"{path} is not an evaluation file written by `dgsnet eval --json`"
+            )
+        name = path.name
+        data = dict(data)
+        data["checkpoint"] = _public_paths(data.get("checkpoint"))
+        for entry in data.get("roots", []):
+            if isinstance(entry, dict):
+                entry["root"] = _public_paths(entry.get("root"))
+        atomic_write_json(folder / "eval" / name, data)
+        evals[name] = data
+    return evals
+
+
+def _stage_wrapper(wrapper: Any, folder: Path, model: str | None) -> Path:
+    from .training.state import MODEL_INFO_NAME
+
+    ckpt = folder / "final"
+    wrapper.save_pretrained(ckpt)
+    if model is not None:
+        atomic_write_json(
+            ckpt / MODEL_INFO_NAME,
+            {"format": "dgsnet.model", "spec": model, "transform": "model"},
+        )
+    return ckpt
+
+
+def _stage_base(src_ckpt: Path, folder: Path, info: dict[str, Any]) -> bool:
+    """Copy a base model stored beside the run (`local-dir:` relative to `final/`, as
+    `dgsnet import-released` writes it) into the upload; True when one was copied."""
+    spec = info.get("spec")
+    if not isinstance(spec, str) or not spec.startswith("local-dir:"):
+        return False
+    rel = spec[len("local-dir:") :]
+    if os.path.isabs(rel):
+        return False
+    source = (src_ckpt / rel).resolve()
+    target = Path(os.path.normpath(folder / "final" / rel))
+    if folder.resolve() not in target.resolve().parents or not source.is_dir():
+        return False
+    shutil.copytree(source, target)
+    return True
+
+
+def _stage_run_files(run_dir: Path | None, folder: Path) -> tuple[dict | None, dict | None]:
+    from .interop.layout import IMPORT_NAME
+    from .training.state import RUN_NAME
+
+    if run_dir is None:
+        return None, None
+    run = _read_json(run_dir / RUN_NAME)
+    if run is not None:
+        run = _public_run(run)
+        atomic_write_json(folder / RUN_NAME, run)
+    released = _read_json(run_dir / IMPORT_NAME)
+    if released is not None:
+        released = {**released, "source": _public_paths(released.get("source"))}
+        atomic_write_json(folder / IMPORT_NAME, released)
+    return run, released
+
+
+def _run_dir_of(ckpt: Path) -> Path | None:
+    from .interop.layout import IMPORT_NAME
+    from .training.state import RUN_NAME
+
+    parent = ckpt.parent
+    if (parent / RUN_NAME).is_file() or (parent / IMPORT_NAME).is_file():
+        return parent
+    return None
+
+
+def stage_upload(
+    source: Any,
+    folder: str | os.PathLike[str],
+    *,
+    repo_id: str,
+    model: str | None = None,
+    eval_files: Sequence[str | os.PathLike[str]] = (),
+    exports: Sequence[str] = (),
+    license: str | None = None,
+) -> Path:
+    """Assemble in `folder` what `push_to_hub` uploads (see the module docstring).
+
+    Layout: `README.md` (the model card), `final/` (`dgs_weights.safetensors`,
+    `dgs_config.json`, `dgsnet_model.json`), `base_model/` (an imported released
+    checkpoint's CLIP), `run.json` and `released_import.json` (local paths reduced to
+    names), `eval/*.json` (the `dgsnet eval --json` files given or found in the run folder),
+    `exports/<format>/` (with `exports`).
+
+    Args:
+        source: a run folder, a checkpoint folder, or a `DGSWrapper`.
+        folder: the folder to fill (created; should be empty).
+        repo_id: the repository the card names.
+        model: the base model's spec, when the source does not record it.
+        eval_files: `dgsnet eval --json` files to include.
+        exports: formats to export into `exports/` (see `dgsnet.export`).
+        license: the license named in the card (`None`: `other`, stated as not given).
+
+    Returns:
+        `folder`.
+    """
+    from .checkpoint import read_checkpoint_meta
+    from .evaluation import resolve_checkpoint as resolve_local
+    from .model_card import model_card
+    from .training.state import MODEL_INFO_NAME
+    from .wrapper import CONFIG_NAME, WEIGHTS_NAME, DGSWrapper
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    run_dir = None
+    base_stored = False
+    if isinstance(source, DGSWrapper):
+        ckpt = _stage_wrapper(source, out, model)
+    else:
+        src_ckpt = resolve_local(source)
+        _copy_checkpoint(src_ckpt, out, (WEIGHTS_NAME, CONFIG_NAME, MODEL_INFO_NAME))
+        ckpt = out / "final"
+        if model is not None:
+            atomic_write_json(
+                ckpt / MODEL_INFO_NAME,
+                {"format": "dgsnet.model", "spec": model, "transform": "model"},
+            )
+        base_stored = _stage_base(src_ckpt, out, _read_json(ckpt / MODEL_INFO_NAME) or {})
+        run_dir = _run_dir_of(src_ckpt)
+    run, released = _stage_run_files(run_dir, out)
+    staged = _Staged(
+        meta=read_checkpoint_meta(ckpt),
+        model_info=_read_json(ckpt / MODEL_INFO_NAME) or {},
+        run=run,
+        released=released,
+        evals=_stage_evals(out, _eval_files(run_dir, eval_files)),
+        base_stored=base_stored,
+    )
+    for fmt in exports:
+        from .export import export
+
+        export(source if isinstance(source, DGSWrapper) else ckpt, fmt, out / "exports" / fmt)
+        staged.exports.append(fmt)
+    card = model_card(
+        repo_id=repo_id,
+        meta=staged.meta,
+        model_info=staged.model_info,
+        run=staged.run,
+        released=staged.released,
+        evals=staged.evals,
+        exports=staged.exports,
+        base_stored=staged.base_stored,
+        license=license,
+    )
+    atomic_write_text(out / "README.md", card)
+    return out
+
+
+@dataclass
+class PushResult:
+    """What `push_to_hub` uploaded.
+
+    Attributes:
+        repo_id: the repository.
+        revision: the branch uploaded to (`None`: the default branch).
+        files: the uploaded files, relative to the repository root.
+        commit: what `HfApi.upload_folder` returned (a `CommitInfo`).
+    """
+
+    repo_id: str
+    revision: str | None
+    files: list[str]
+    commit: Any = None
+
+
+def push_to_hub(
+    source: Any,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    model: str | None = None,
+    eval_files: Sequence[str | os.PathLike[str]] = (),
+    exports: Sequence[str] = (),
+    license: str | None = None,
+) -> PushResult:
+    """Upload a run folder (or a checkpoint folder or a wrapper) with a model card.
+
+    The folder is assembled by `stage_upload` in a temporary directory; then
+    `HfApi.create_repo(exist_ok=True)` (and `create_branch` for a `revision`) and one
+    `HfApi.upload_folder` commit send it.
+
+    Args:
+        source: a run folder, a checkpoint folder, or a `DGSWrapper`.
+        repo_id: `org/name` (or `hf-hub:org/name`).
+        revision: the branch to upload to (created when missing; default: the main branch).
+        private: create the repository as private (an existing one keeps its setting).
+        token: a Hub token (default: huggingface_hub's login / `HF_TOKEN`).
+        commit_message: the commit message.
+        model: the base model's spec when the source does not record it.
+        eval_files: `dgsnet eval --json` files to include (the run folder's are found).
+        exports: export formats to include under `exports/` (e.g. `["onnx"]`).
+        license: the license of the uploaded weights, for the card (e.g. `"mit"`).
+
+    Returns:
+        The repository, branch and files uploaded.
+
+    Raises:
+        ValueError: `repo_id` is not `org/name`.
+    """
+    from huggingface_hub import HfApi
+
+    repo, rev = parse_hub_id(repo_id)
+    revision = revision or rev
+    with tempfile.TemporaryDirectory(prefix="dgsnet-push-") as tmp:
+        folder = stage_upload(
+            source,
+            Path(tmp) / "upload",
+            repo_id=repo,
+            model=model,
+            eval_files=eval_files,
+            exports=exports,
+            license=license,
+        )
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        api = HfApi(token=token)
+        api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
+        if revision is not None:
+            api.create_branch(repo, branch=revision, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(
+            repo_id=repo,
+            folder_path=folder,
+            repo_type="model",
+            revision=revision,
+            commit_message=commit_message or "Upload a DGS-Net detector with dgsnet",
+        )
+    return PushResult(repo_id=repo, revision=revision, files=files, commit=commit)
