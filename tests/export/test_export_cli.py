@@ -120,8 +120,8 @@ def test_a_failed_check_leaves_no_folder(oc_run, tmp_path):
     """A config that does not rebuild the model (here: QuickGELU instead of GELU) is caught
     by the check; the folder is not put in place."""
     src = load_source(oc_run)
-    from dgsnet.export.open_clip import _introspect
     from dgsnet.export.merge import merged_copy
+    from dgsnet.export.open_clip import _introspect
 
     cfg = _introspect(merged_copy(src.wrapper.model))
     cfg["quick_gelu"] = True
