@@ -53,6 +53,9 @@ LAYERS: dict[str, int] = {
     "dgsnet.training": 6,
     "dgsnet.evaluation": 6,
     "dgsnet.interop": 6,  # the package and every module in it
+    "dgsnet.export": 6,  # reads run folders through evaluation; one module per format
+    "dgsnet.hub": 6,
+    "dgsnet.model_card": 6,
     # 7 the command line
     "dgsnet.cli": 7,
     "dgsnet.__main__": 7,
