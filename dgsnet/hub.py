@@ -27,7 +27,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,19 +178,6 @@ def _public_run(run: dict[str, Any]) -> dict[str, Any]:
                 options[key] = _public_paths(options[key])
     out["paths_reduced_to_names"] = list(_PATH_KEYS)
     return out
-
-
-@dataclass
-class _Staged:
-    """What `stage_upload` put in the folder (the model card reads it)."""
-
-    meta: dict[str, Any]
-    model_info: dict[str, Any]
-    run: dict[str, Any] | None = None
-    released: dict[str, Any] | None = None
-    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
-    exports: list[str] = field(default_factory=list)
-    base_stored: bool = False
 
 
 def _copy_checkpoint(ckpt: Path, folder: Path, staged_files: Sequence[str]) -> None:
@@ -350,28 +337,20 @@ def stage_upload(
         base_stored = _stage_base(src_ckpt, out, _read_json(ckpt / MODEL_INFO_NAME) or {})
         run_dir = _run_dir_of(src_ckpt)
     run, released = _stage_run_files(run_dir, out)
-    staged = _Staged(
-        meta=read_checkpoint_meta(ckpt),
-        model_info=_read_json(ckpt / MODEL_INFO_NAME) or {},
-        run=run,
-        released=released,
-        evals=_stage_evals(out, _eval_files(run_dir, eval_files)),
-        base_stored=base_stored,
-    )
+    evals = _stage_evals(out, _eval_files(run_dir, eval_files))
     for fmt in exports:
         from .export import export
 
         export(source if isinstance(source, DGSWrapper) else ckpt, fmt, out / "exports" / fmt)
-        staged.exports.append(fmt)
     card = model_card(
         repo_id=repo_id,
-        meta=staged.meta,
-        model_info=staged.model_info,
-        run=staged.run,
-        released=staged.released,
-        evals=staged.evals,
-        exports=staged.exports,
-        base_stored=staged.base_stored,
+        meta=read_checkpoint_meta(ckpt),
+        model_info=_read_json(ckpt / MODEL_INFO_NAME) or {},
+        run=run,
+        released=released,
+        evals=evals,
+        exports=list(exports),
+        base_stored=base_stored,
         license=license,
     )
     atomic_write_text(out / "README.md", card)

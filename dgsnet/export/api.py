@@ -26,7 +26,7 @@ _ALIASES = {
 }
 
 
-class ExportResult(dict):  # type: ignore[type-arg]
+class ExportResult(dict[str, Any]):
     """The manifest of an export (`export.json`), with `path` (the folder)."""
 
     path: Path

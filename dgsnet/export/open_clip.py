@@ -38,15 +38,18 @@ from .source import ExportError, ExportSource
 __all__ = [
     "OPEN_CLIP_CONFIG_NAME",
     "OPEN_CLIP_WEIGHTS_NAME",
+    "config_from_modules",
     "export_open_clip",
     "open_clip_config",
+    "uses_quick_gelu",
 ]
 
 OPEN_CLIP_WEIGHTS_NAME = "open_clip_model.safetensors"
 OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
 
 
-def _uses_quick_gelu(model: nn.Module) -> bool:
+def uses_quick_gelu(model: nn.Module) -> bool:
+    """Whether `model` computes its MLPs with open_clip's `QuickGELU` (OpenAI's weights)."""
     from open_clip.transformer import QuickGELU
 
     return any(isinstance(m, QuickGELU) for m in model.modules())
@@ -57,8 +60,21 @@ def _heads(block: Any) -> int:
     return int(attn.num_heads)
 
 
-def _introspect(model: nn.Module) -> dict[str, Any]:
-    """The open_clip config of a plain `open_clip.CLIP` ViT, read from its modules."""
+def config_from_modules(model: nn.Module) -> dict[str, Any]:
+    """The open_clip `model_cfg` of a plain `open_clip.CLIP` ViT, read from its modules.
+
+    Covers the common fields (sizes, depth, heads, MLP ratio, QuickGELU); the export's check
+    confirms that open_clip rebuilds the same model from it.
+
+    Args:
+        model: the model (a merged copy or the original).
+
+    Returns:
+        The config dict.
+
+    Raises:
+        ExportError: not a plain `open_clip.CLIP`.
+    """
     import open_clip
 
     if type(model) is not open_clip.CLIP:
@@ -75,7 +91,7 @@ def _introspect(model: nn.Module) -> dict[str, Any]:
     vheads, theads = _heads(vblocks[0]), _heads(tblocks[0])
     return {
         "embed_dim": int(v.output_dim),
-        "quick_gelu": _uses_quick_gelu(model),
+        "quick_gelu": uses_quick_gelu(model),
         "vision_cfg": {
             "image_size": int(v.image_size[0]),
             "patch_size": int(v.patch_size[0]),
@@ -119,7 +135,7 @@ def open_clip_config(
     """
     import open_clip
 
-    quick = _uses_quick_gelu(merged)
+    quick = uses_quick_gelu(merged)
     if config is not None:
         return None, dict(config), False
     spec = src.bundle.spec if src.bundle is not None else None
@@ -131,7 +147,7 @@ def open_clip_config(
             return None, dict(data.get("model_cfg", data)), False
         name = spec.name
     if name is None:
-        return None, _introspect(merged), False
+        return None, config_from_modules(merged), False
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         raise ExportError(f"{name!r} is not a built-in open_clip architecture")

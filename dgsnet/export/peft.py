@@ -182,7 +182,7 @@ def _base_info(src: ExportSource, base: str) -> dict[str, Any]:
     if base == "hf":
         info["path"] = spec.name if spec is not None and spec.kind == "hf" else None
         return info
-    from .open_clip import _uses_quick_gelu
+    from .open_clip import uses_quick_gelu
 
     if spec is not None and spec.kind == "open_clip":
         if spec.name.startswith("local-dir:"):
@@ -191,12 +191,16 @@ def _base_info(src: ExportSource, base: str) -> dict[str, Any]:
             import open_clip
 
             cfg = open_clip.get_model_config(spec.name) or {}
-            quick = _uses_quick_gelu(src.wrapper.model) and not cfg.get("quick_gelu", False)
+            quick = uses_quick_gelu(src.wrapper.model) and not cfg.get("quick_gelu", False)
             info.update(model_name=spec.name, pretrained=spec.pretrained, force_quick_gelu=quick)
     if "local_dir" not in info and "model_name" not in info:
+        from .open_clip import open_clip_config
+
+        info["model_cfg"] = open_clip_config(src, src.wrapper.model)[1]
         info["note"] = (
             "no loadable base model is recorded (a model built by hand): build the open_clip "
-            "model the run started from and pass it to PeftModel.from_pretrained"
+            "model the run started from (model_cfg is its architecture) with its weights and "
+            "pass it to PeftModel.from_pretrained"
         )
     return info
 

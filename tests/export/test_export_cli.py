@@ -121,9 +121,9 @@ def test_a_failed_check_leaves_no_folder(oc_run, tmp_path):
     by the check; the folder is not put in place."""
     src = load_source(oc_run)
     from dgsnet.export.merge import merged_copy
-    from dgsnet.export.open_clip import _introspect
+    from dgsnet.export.open_clip import config_from_modules
 
-    cfg = _introspect(merged_copy(src.wrapper.model))
+    cfg = config_from_modules(merged_copy(src.wrapper.model))
     cfg["quick_gelu"] = True
     with pytest.raises(ExportError, match="does not reproduce the detector"):
         export(src, "open_clip", tmp_path / "bad", open_clip_config=cfg)

@@ -166,7 +166,7 @@ def _pixels(bundle: Any, images: list[str], n_random: int, size: int) -> torch.T
 def _base_item(ckpt_or_run: Path, spec: str | None, work: Path) -> dict[str, Any]:
     """How the subprocess builds the peft base model: the recorded Hugging Face folder, or
     the open_clip model of the spec from its config and pristine weights (written here)."""
-    from dgsnet.export.open_clip import _introspect
+    from dgsnet.export.open_clip import config_from_modules
     from dgsnet.models import build_model
 
     if spec is not None and spec.startswith("hf:"):
@@ -175,7 +175,7 @@ def _base_item(ckpt_or_run: Path, spec: str | None, work: Path) -> dict[str, Any
     if spec is not None and spec.startswith("local-dir:"):
         cfg = json.loads((Path(spec[10:]) / "open_clip_config.json").read_text())["model_cfg"]
     else:
-        cfg = _introspect(bundle.model)
+        cfg = config_from_modules(bundle.model)
     weights = work / "base.safetensors"
     save_tensors(weights, bundle.model.state_dict())
     return {
