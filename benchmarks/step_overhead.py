@@ -196,7 +196,7 @@ class Bench:
         assert same, "A, B and C must adapt the same layers"
         a4, b4 = self.get("A4")[0], self.get("B4")[0]
         assert a4.lora_modules == b4.lora_modules
-        assert b4._trunk_start > 0, "B.last4 should share the trunk"
+        assert b4.teacher.trunk_start > 0, "B.last4 should share the trunk"
         n = sum(p.numel() for _, p in a.named_trainable_parameters() if "lora" in _)
         m = sum(p.numel() for _, p in b.named_trainable_parameters() if "lora" in _)
         assert n == m
@@ -672,7 +672,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"LoRA: {len(bench.get('A')[0].lora_modules)} adapted linears (all blocks) / "
         f"{len(bench.get('A4')[0].lora_modules)} (last 4 blocks; B.last4 trunk starts at block "
-        f"{bench.get('B4')[0]._trunk_start}); same modules in A, B and C"
+        f"{bench.get('B4')[0].teacher.trunk_start}); same modules in A, B and C"
     )
     bench.prefill("B")  # B.warm's batch: stage 1 fills the teacher cache; captions cached
     bench.get("B4")[0].encode_text(bench.warm_batch()[0])  # B.last4.tw: captions cached

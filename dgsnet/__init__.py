@@ -8,7 +8,6 @@ Example:
     >>> from dgsnet.surgery import GradientSurgery, OrthogonalSuppression, PriorAlignment
 """
 
-from .config import DGSConfig
 from .surgery import (
     Compose,
     ConflictProjection,
@@ -19,7 +18,7 @@ from .surgery import (
     SurgeryStats,
     sign_split,
 )
-from .wrapper import DGSOutput, DGSWrapper
+from .wrapper import DGSConfig, DGSOutput, DGSWrapper, SurgeryResult
 
 __version__ = "0.1.0.dev0"
 
@@ -32,6 +31,7 @@ __all__ = [
     "GradientSurgery",
     "OrthogonalSuppression",
     "PriorAlignment",
+    "SurgeryResult",
     "SurgeryRule",
     "SurgeryStats",
     "__version__",

@@ -33,9 +33,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from .config import DGSConfig
 from .progress import progress_bar
-from .wrapper import DGSWrapper
+from .wrapper import DGSConfig, DGSWrapper
 
 __all__ = [
     "OBJECTS",

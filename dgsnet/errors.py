@@ -7,12 +7,18 @@ loop) can tell the cases apart by type, never by message text.
 from __future__ import annotations
 
 __all__ = [
+    "EncoderError",
     "ModelLoadError",
     "NonFiniteError",
     "NonFiniteInputError",
     "TrainingConfigError",
     "TrainingInterrupted",
 ]
+
+
+class EncoderError(ValueError):
+    """A model or head handed to `DGSWrapper` cannot play its part: a text tower that fails
+    or gives features outside the joint embedding, or a head of the wrong width."""
 
 
 class ModelLoadError(ValueError):

@@ -38,9 +38,9 @@ __all__ = ["evaluate", "load_trained", "predict_scores", "resolve_checkpoint"]
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     """A checkpoint folder (`dgs_config.json` inside), or a training output folder (its
     `final/`, else its `last/`); a `hf-hub:org/name[@revision]` id is first resolved to
-    its local snapshot through huggingface_hub (`dgsnet.hub`)."""
+    its local snapshot through huggingface_hub (`dgsnet.hub.resolve_checkpoint`)."""
     if os.fspath(path).startswith("hf-hub:"):
-        from .hub import resolve_checkpoint as resolve_hub
+        from .wrapper.locate import resolve_checkpoint as resolve_hub
 
         path = resolve_hub(path)
     p = Path(path)

@@ -5,8 +5,10 @@
   puts in its cache (`HF_HOME` / `HF_HUB_CACHE`). With `HF_HUB_OFFLINE=1` (or no network)
   huggingface_hub answers from that cache alone, and a repository that was never downloaded
   raises a `CheckpointError` that says so. `dgsnet predict hf-hub:org/name ...`,
-  `dgsnet eval` and `dgsnet export` accept such ids; a revision is given as
-  `hf-hub:org/name@REVISION` or `revision=`.
+  `dgsnet eval`, `dgsnet export`, `load_trained` and `DGSWrapper.from_pretrained` accept
+  such ids; a revision is given as `hf-hub:org/name@REVISION` or `revision=`. (The
+  resolution lives in `dgsnet.wrapper.locate`, so that the wrapper can use it; it is
+  re-exported here.)
 * `push_to_hub(run_dir, "org/name")` (`dgsnet push RUN_DIR org/name`) assembles the folder
   to upload (`stage_upload`: the final weights and their JSON, the stored base model of an
   imported released checkpoint, the run's settings with local paths reduced to folder names,
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import CheckpointError, atomic_write_json, atomic_write_text
+from .wrapper.locate import HUB_PREFIX, is_hub_id, parse_hub_id, resolve_checkpoint
 
 __all__ = [
     "HUB_PREFIX",
@@ -42,117 +44,6 @@ __all__ = [
     "resolve_checkpoint",
     "stage_upload",
 ]
-
-HUB_PREFIX = "hf-hub:"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def parse_hub_id(text: str) -> tuple[str, str | None]:
-    """`"hf-hub:org/name@rev"` -> `("org/name", "rev")` (the prefix and revision optional).
-
-    Raises:
-        ValueError: not of the form `org/name`.
-    """
-    body = text[len(HUB_PREFIX) :] if text.startswith(HUB_PREFIX) else text
-    repo, _, revision = body.partition("@")
-    if not _REPO_ID.match(repo) or ".." in repo:
-        raise ValueError(
-            f"{text!r} is not a Hugging Face repository id: expected hf-hub:ORG/NAME "
-            "(optionally @REVISION)"
-        )
-    return repo, revision or None
-
-
-def is_hub_id(text: str | os.PathLike[str]) -> bool:
-    """True for `hf-hub:org/name`, and for a bare `org/name` that is not a local path."""
-    s = os.fspath(text)
-    if s.startswith(HUB_PREFIX):
-        return True
-    if Path(s).exists():
-        return False
-    try:
-        parse_hub_id(s)
-    except ValueError:
-        return False
-    return True
-
-
-def resolve_checkpoint(
-    id_or_path: str | os.PathLike[str],
-    revision: str | None = None,
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    token: str | bool | None = None,
-) -> Path:
-    """A local folder for a local path or a Hugging Face repository id.
-
-    Args:
-        id_or_path: a folder, `hf-hub:org/name[@revision]`, or `org/name` (a repository
-            id when no such local path exists).
-        revision: a branch, tag or commit (overrides one given after `@`).
-        cache_dir: huggingface_hub's cache folder (default: its own, `HF_HUB_CACHE`).
-        token: a Hub token for private repositories (default: huggingface_hub's login).
-
-    Returns:
-        The folder (for an id: the cached snapshot; read it, do not write to it).
-
-    Raises:
-        CheckpointError: the path does not exist, or the repository cannot be found online
-            or in the cache (the message says whether offline mode is on).
-    """
-    text = os.fspath(id_or_path)
-    if not is_hub_id(text):
-        path = Path(text)
-        if not path.exists():
-            raise CheckpointError(f"checkpoint {path} does not exist")
-        return path
-    try:
-        repo, rev = parse_hub_id(text)
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from None
-    return _download(repo, revision or rev, cache_dir, token)
-
-
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _download(
-    repo: str, revision: str | None, cache_dir: str | os.PathLike[str] | None, token: Any
-) -> Path:
-    from huggingface_hub import errors, snapshot_download
-
-    where = f"hf-hub:{repo}" + (f"@{revision}" if revision else "")
-    try:
-        folder = snapshot_download(
-            repo,
-            revision=revision,
-            cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
-            token=token,
-        )
-    except errors.LocalEntryNotFoundError as exc:
-        mode = (
-            "HF_HUB_OFFLINE is set and it is not in the local cache"
-            if _offline()
-            else "the Hub cannot be reached and it is not in the local cache"
-        )
-        raise CheckpointError(f"{where}: {mode} ({_short(exc)})") from exc
-    except errors.RevisionNotFoundError as exc:
-        raise CheckpointError(f"{where}: no such revision on the Hub ({_short(exc)})") from exc
-    except errors.RepositoryNotFoundError as exc:
-        raise CheckpointError(
-            f"{where}: no such repository on the Hub, or it is private and no token was "
-            f"given ({_short(exc)})"
-        ) from exc
-    return Path(folder)
-
-
-def _short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
 
 # -- uploading ----------------------------------------------------------------------------
 

@@ -1,62 +1,15 @@
-"""`DGSOutput`, what `DGSWrapper.forward` returns, registered as a torch pytree node.
+"""`dgsnet.output`: an earlier path of `dgsnet.wrapper.output`, kept working.
 
-Re-exported by `dgsnet.wrapper` and `dgsnet`.
+This module re-exports the public names of `dgsnet.wrapper.output`; new code imports them
+from there (or from `dgsnet` / `dgsnet.wrapper`).
 """
 
-from __future__ import annotations
+from .wrapper.output import (
+    DGSOutput,
+    SurgeryResult,
+)
 
-from dataclasses import dataclass, field
-
-from torch import Tensor
-
-from .surgery import SurgeryStats
-
-__all__ = ["DGSOutput"]
-
-
-@dataclass
-class DGSOutput:
-    """What `DGSWrapper.forward` returns.
-
-    `loss` is ready for `.backward()`; `logits` are the student's; `losses` holds the
-    detached parts (`image`, `text`, `teacher`, `align`, and `distill`, the
-    unweighted `MSE(f, f_T)`, when `feature_distill > 0`); `stats` the surgery
-    diagnostics as floats, available after `loss.backward()` (empty before).
-    """
-
-    loss: Tensor
-    logits: Tensor
-    losses: dict[str, Tensor] = field(default_factory=dict)
-    surgery: SurgeryStats | None = None
-
-    @property
-    def stats(self) -> dict[str, float]:
-        return self.surgery.summary() if self.surgery is not None else {}
-
-
-def _register_output_pytree() -> None:
-    """Make `DGSOutput` a pytree node, so that `DistributedDataParallel` finds its
-    tensors. DDP routes the forward output through its `_DDPSink` with `tree_flatten`
-    (`static_graph=True`, `find_unused_parameters=True`); an unregistered dataclass is an
-    opaque leaf there, and with `static_graph=True` the first step's gradients were then never
-    all-reduced (each rank kept its local gradient). `tests/test_distributed.py` checks this."""
-    try:
-        from torch.utils import _pytree as pytree
-    except ImportError:  # pragma: no cover - very old torch
-        return
-    register = getattr(pytree, "register_pytree_node", None) or getattr(
-        pytree, "_register_pytree_node", None
-    )
-    if register is None:  # pragma: no cover
-        return
-    try:
-        register(
-            DGSOutput,
-            lambda o: ([o.loss, o.logits, o.losses, o.surgery], None),
-            lambda values, _ctx: DGSOutput(*values),
-        )
-    except ValueError:  # already registered (module reloaded)
-        pass
-
-
-_register_output_pytree()
+__all__ = [
+    "DGSOutput",
+    "SurgeryResult",
+]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from .config import DGSConfig
+from .wrapper import DGSConfig
 
 __all__ = ["TrainPreset", "TRAIN_PRESETS", "DEFAULT_PRESET", "get_preset"]
 

@@ -636,7 +636,7 @@ def test_dgs_options_follow_the_config_fields(monkeypatch, capsys):
     from dgsnet.cli import build_parser, options
     from dgsnet.config import DGSConfig
 
-    @dataclasses.dataclass
+    @dataclasses.dataclass(frozen=True)  # DGSConfig is frozen
     class Extended(DGSConfig):
         toy_mode: Literal["one", "two"] = "one"
         toy_switch: bool = False

@@ -53,7 +53,7 @@ def test_closed_form_heads_equal_autograd_heads_in_the_step():
 def test_shared_trunk_equals_separate_teacher_forward():
     cfg = dict(lora_dropout=0.0, lora_layers=[-1])
     w, a, _ = run(DGSConfig(shared_trunk=True, **cfg))
-    assert w._trunk_start == 2
+    assert w.teacher.trunk_start == 2
     _, b, _ = run(DGSConfig(shared_trunk=False, **cfg))
     for n in a:
         assert torch.equal(a[n], b[n]), n
@@ -170,7 +170,7 @@ def test_shared_trunk_runs_the_trunk_once_and_is_exact(layers, lora_layers, drop
         out = w(x, caps, y)
         out.loss.backward()
         start = layers + min(lora_layers)
-        assert w._trunk_start == start
+        assert w.teacher.trunk_start == start
         expected = [1] * start + [2] * (layers - start) if shared else [2] * layers
         expected[-1] = 1  # the teacher's last block: class token only, no forward hook
         assert calls["blocks"] == expected

@@ -86,7 +86,7 @@ def assert_close(a, b, tol=1e-10):
 # ------------------------------------------------------------------------------------------
 def test_reference_config_uses_the_released_scaling_and_targets():
     ref = DGSConfig.reference()
-    assert ref.lora_scaling == "rslora" and ref.lora_targets == list(QKV)
+    assert ref.lora_scaling == "rslora" and ref.lora_targets == tuple(QKV)
     assert (ref.lora_rank, ref.lora_alpha, ref.lora_dropout) == (6, 6.0, 0.8)
     assert DGSConfig().lora_scaling == "standard"
     from dgsnet.presets import get_preset

@@ -18,6 +18,7 @@ from tests.helpers import (
     batch,
     build,
     grads,
+    hf_tokenizer,
     make_lora_nonzero,
     open_clip_tokenizer,
     reference_step,
@@ -369,7 +370,7 @@ def test_config_json_round_trip_and_unknown_keys(tmp_path):
     with pytest.warns(UserWarning, match="from_the_future"):
         assert DGSConfig.from_dict(data) == cfg
     ref = DGSConfig.reference()
-    assert ref.lora_targets == ["q_proj", "k_proj", "v_proj"] and ref.lora_rank == 6
+    assert ref.lora_targets == ("q_proj", "k_proj", "v_proj") and ref.lora_rank == 6
 
 
 @pytest.mark.parametrize(
@@ -397,23 +398,6 @@ def test_config_validation(kwargs):
 # ------------------------------------------------------------------------------------------
 # Hugging Face CLIP
 # ------------------------------------------------------------------------------------------
-def hf_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = sorted({w for c in CAPTIONS for w in c.split()})
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3} | {w: i + 4 for i, w in enumerate(words)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-    )
-
-
 def test_hugging_face_clip_end_to_end(tmp_path):
     pytest.importorskip("transformers")
     model = tiny_hf_clip()

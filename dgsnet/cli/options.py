@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import DGSConfig
 from ..presets import DEFAULT_PRESET, get_preset
+from ..wrapper import DGSConfig
 from .errors import UsageError
 
 __all__ = [
@@ -236,7 +236,7 @@ def _argument(name: str, tp: Any, default: Any, spec: DgsFlag) -> tuple[str, dic
     origin = typing.get_origin(tp)
     if origin is Literal:
         kw["choices"] = typing.get_args(tp)
-    elif origin is list and typing.get_args(tp)[0] in (int, float, str):
+    elif origin in (list, tuple) and typing.get_args(tp)[0] in (int, float, str):
         kw.update(nargs="+", type=typing.get_args(tp)[0])
     elif tp in (int, float, str):
         kw["type"] = tp

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import EncoderError
+
 #: Tokenised captions: a `(B, L)` LongTensor (open_clip) or a mapping of tensors such as a
 #: Hugging Face tokenizer's `input_ids` / `attention_mask`.
 Tokens = Tensor | Mapping[str, Tensor]
@@ -49,6 +51,17 @@ class DualEncoder:
     def __init__(self, model: nn.Module, tokenizer: Any = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
+
+    @property
+    def tokenizer(self) -> Any:
+        """What `tokenize` calls. A Hugging Face processor (e.g. `CLIPProcessor`) given here
+        is replaced by its text tokenizer: called on strings, a processor would read them
+        as images."""
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value: Any) -> None:
+        self._tokenizer = text_tokenizer(value)
 
     # -- required -----------------------------------------------------------------------------
     @property
@@ -169,6 +182,63 @@ class DualEncoder:
     def describe(self) -> dict[str, Any]:
         """A JSON-able signature of the model's shape, stored in checkpoints."""
         return {"kind": self.kind, "image_size": self.image_size}
+
+    @property
+    def text_entry(self) -> str:
+        """How error messages name the model's text entry point (e.g. `CLIP.encode_text`)."""
+        return f"{type(self).__name__}.encode_text"
+
+    def probe_tokens(self) -> Tokens:
+        """Tokens of one short caption, for `check_text_tower` (tokenised with the tokenizer
+        when there is one)."""
+        return self.tokenize(["a photo"])
+
+    def check_text_tower(self, feature_dim: int) -> None:
+        """Run the text tower once on one token sequence, so that a broken or missing text
+        tower fails here, at construction, instead of at the first training step.
+
+        The random number generators are left as they were.
+
+        Args:
+            feature_dim: the image features' dimension, which the text features must share.
+
+        Raises:
+            EncoderError: the text tower raised, or gave features of another shape.
+        """
+        p = first_param(self.model)
+        devices = [p.device.index or 0] if p.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                out = self.encode_text(self.probe_tokens())
+        except Exception as exc:
+            raise EncoderError(
+                f"the model's text tower failed on one caption: {self.text_entry} raised "
+                f"{type(exc).__name__}: {exc}. Orthogonal Suppression encodes every caption with "
+                "it; fix the text tower, or use DGSConfig(suppression=False), which needs none"
+            ) from exc
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape != (1, feature_dim):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise EncoderError(
+                f"{self.text_entry} gave {shape} for one caption, expected (1, {feature_dim}): "
+                "the surgery needs text features in the joint image-text embedding space"
+            )
+
+
+def text_tokenizer(tokenizer: Any) -> Any:
+    """The text tokenizer inside `tokenizer` when it is a Hugging Face processor (an object
+    with a `tokenizer` and an `image_processor` or `feature_extractor`), else `tokenizer`.
+
+    Args:
+        tokenizer: a tokenizer, a processor, or `None`.
+
+    Returns:
+        The tokenizer to call on caption strings.
+    """
+    inner = getattr(tokenizer, "tokenizer", None)
+    is_processor = any(
+        getattr(tokenizer, a, None) is not None for a in ("image_processor", "feature_extractor")
+    )
+    return inner if inner is not None and is_processor else tokenizer
 
 
 def first_param(module: nn.Module) -> Tensor:

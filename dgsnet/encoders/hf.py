@@ -87,6 +87,16 @@ class HFCLIPEncoder(DualEncoder):
             return _features(self._hf.get_text_features(**keep))
         raise TypeError(f"text tokens must be a tensor or a mapping, got {type(tokens).__name__}")
 
+    @property
+    def text_entry(self) -> str:
+        return f"{type(self.model).__name__}.get_text_features"
+
+    def probe_tokens(self) -> Tokens:
+        if self.tokenizer is not None:
+            return self.tokenize(["a photo"])
+        device = next(self.model.parameters()).device
+        return torch.tensor([[0, 1]], dtype=torch.long, device=device)
+
     def tokenize(self, texts: Sequence[str]) -> Tokens:
         if self.tokenizer is None:
             raise ValueError(

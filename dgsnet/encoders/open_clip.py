@@ -255,6 +255,16 @@ class OpenCLIPEncoder(DualEncoder):
         tokens: Tensor = self.tokenizer(list(texts), **kwargs)
         return tokens[:, : self.context_length]
 
+    @property
+    def text_entry(self) -> str:
+        return f"{type(self.model).__name__}.encode_text"
+
+    def probe_tokens(self) -> Tokens:
+        if self.tokenizer is not None:
+            return self.tokenize(["a photo"])
+        device = first_param(self.model).device
+        return torch.zeros(1, self.context_length, dtype=torch.long, device=device)
+
     def prepare_for_lora(self, targets: Sequence[str]) -> None:
         if any(t in QKV for t in targets):
             # only the transformer blocks: an attentional pooler may be cross-attention

@@ -94,27 +94,27 @@ def write_head(folder: Path, wrapper: DGSWrapper) -> dict[str, Any]:
     other module the class name is recorded and the user supplies the class to load the state
     dict into (the ONNX and `.pt2` artefacts hold the whole detector anyway).
     """
+    from ..wrapper.checkpoint import describe_head
+
     head = wrapper.image_head
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in head.state_dict().items()}
     save_tensors(folder / HEAD_NAME, tensors, metadata={"format": "dgsnet.head"})
     info: dict[str, Any] = {
         "format": "dgsnet.head",
         "version": 1,
-        "class": f"{type(head).__module__}.{type(head).__qualname__}",
+        **describe_head(head),
         "tensors": {k: list(v.shape) for k, v in tensors.items()},
         "dtype": str(next(iter(tensors.values())).dtype).replace("torch.", "") if tensors else None,
         "normalize_features": bool(wrapper.config.normalize_features),
     }
-    if isinstance(head, nn.Linear):
+    if info["linear"] and isinstance(head, nn.Linear):
         info.update(
-            linear=True,
             in_features=head.in_features,
             out_features=head.out_features,
             bias=head.bias is not None,
         )
     else:
         info.update(
-            linear=False,
             note="the head is not an nn.Linear: build your own module of this class and load "
             "head.safetensors into it with load_state_dict",
         )

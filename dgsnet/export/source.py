@@ -173,10 +173,8 @@ def load_source(
 
     path: str | os.PathLike[str] = source
     text = os.fspath(source)
-    if text.startswith("hf-hub:"):
-        from ..hub import resolve_checkpoint as resolve_hub
-
-        path = resolve_hub(text, revision=revision)
+    if text.startswith("hf-hub:") and revision is not None:
+        path = f"{text.partition('@')[0]}@{revision}"
     ckpt = resolve_checkpoint(path)
     wrapper, bundle = load_trained(ckpt, model=model, device=device, cache_dir=cache_dir)
     pre = describe_preprocessing(

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import DGSConfig
 from ..io import CheckpointError
+from ..wrapper import DGSConfig
 from .layout import RELEASED_ALPHA, RELEASED_DROPOUT, TEACHER1, TEACHER2, ReleasedCheckpoint
 from .reading import read_released
 
@@ -87,7 +87,7 @@ def _wrap(ckpt: ReleasedCheckpoint, model: nn.Module, tokenizer: Any, dropout: f
             layer: Any = tower.get_submodule(name)
             layer.lora_A["default"].weight.copy_(a)
             layer.lora_B["default"].weight.copy_(b)
-        heads = [(wrapper.teacher_head, ckpt.teacher_head)]
+        heads: list[tuple[Any, tuple[Tensor, Tensor]]] = [(wrapper.teacher_head, ckpt.teacher_head)]
         if ckpt.image_head is not None and ckpt.text_head is not None:
             heads += [(wrapper.image_head, ckpt.image_head), (wrapper.text_head, ckpt.text_head)]
         for head, (w, b) in heads:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from ..checkpoint import get_dgs_state_dict
 from ..errors import NonFiniteError
 from ..wrapper import DGSWrapper
+from ..wrapper.checkpoint import get_dgs_state_dict
 
 __all__ = ["check_finite_weights"]
 

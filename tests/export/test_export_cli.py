@@ -165,16 +165,41 @@ def test_export_a_wrapper_in_memory(tmp_path):
     pre = json.loads((tmp_path / "oc" / "preprocessing.json").read_text())
     assert pre["source"].startswith("default: CLIP preprocessing")
     assert pre["output"]["normalize_features"] is True
-    # a non-Linear head: its state dict is saved and head.json says the class is needed
-    from dgsnet.export.common import write_head
 
-    w.image_head = torch.nn.Sequential(torch.nn.Linear(16, 1))
-    (tmp_path / "head").mkdir()
-    info = write_head(tmp_path / "head", w)
-    assert info == json.loads((tmp_path / "head" / "head.json").read_text())
+
+def test_export_a_wrapper_with_its_own_head(tmp_path):
+    """A head that is not an nn.Linear: ONNX and .pt2 hold it inside the detector; the other
+    formats save its state dict and head.json names its class for the user to supply."""
+    from dgsnet import DGSConfig, DGSWrapper
+    from tests.helpers import make_lora_nonzero, open_clip_tokenizer, tiny_open_clip
+
+    torch.manual_seed(3)
+    head = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    w = DGSWrapper(
+        tiny_open_clip(), open_clip_tokenizer(), DGSConfig(lora_dropout=0.0), image_head=head
+    )
+    make_lora_nonzero(w, scale=0.2)
+    result = export(w, "pt2", tmp_path / "pt2")
+    assert result["check"]["max_abs_score_diff"] <= 1e-5
+    module = torch.export.load(os.fspath(tmp_path / "pt2" / "detector.pt2")).module()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(module(x), w.predict(x), atol=1e-5)
+    export(w, "open_clip", tmp_path / "oc")
+    info = json.loads((tmp_path / "oc" / "head.json").read_text())
     assert info["linear"] is False and info["class"] == "torch.nn.modules.container.Sequential"
-    assert info["tensors"] == {"0.weight": [1, 16], "0.bias": [1]}
+    assert info["tensors"] == {
+        "0.weight": [8, 16],
+        "0.bias": [8],
+        "2.weight": [1, 8],
+        "2.bias": [1],
+    }
     assert "build your own module of this class" in info["note"]
+    from safetensors.torch import load_file
+
+    rebuilt = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    rebuilt.load_state_dict(load_file(os.fspath(tmp_path / "oc" / "head.safetensors")))
+    for a, b in zip(rebuilt.parameters(), head.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_manifest_lists_every_file_with_its_hash(oc_run, tmp_path):

@@ -175,3 +175,33 @@ def test_a_local_path_is_returned_as_is(oc_run, tmp_path):
     assert resolve_checkpoint(oc_run) == oc_run
     with pytest.raises(CheckpointError, match="does not exist"):
         resolve_checkpoint(tmp_path / "missing" / "x" / "y")
+
+
+def test_wrapper_from_pretrained_with_a_hub_id(
+    hub_server, hub_cache, oc_run, tmp_path, monkeypatch
+):
+    """`DGSWrapper.from_pretrained("org/name", model, revision=...)` reads the pushed run's
+    `final/` from huggingface_hub's cache, offline."""
+    import huggingface_hub.constants as hf_constants
+
+    from dgsnet import DGSWrapper
+    from dgsnet.models import build_model
+
+    endpoint, repos = hub_server
+    repos.add("org/tiny-dgs", hub_cache, revisions=("main", "v1"))
+    home = tmp_path / "hf_home"
+    _download(endpoint, home, "hf-hub:org/tiny-dgs@v1", tmp_path)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", os.fspath(home / "hub"))
+    bundle = build_model("tiny:32")
+    hub = DGSWrapper.from_pretrained("org/tiny-dgs", bundle.model, bundle.tokenizer, revision="v1")
+    local, _ = load_trained(oc_run)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(hub.eval().predict(x), local.predict(x))
+    with pytest.raises(
+        CheckpointError,
+        match=r"from_pretrained\('hf-hub:org/tiny-dgs'\) needs the base model.*load_trained",
+    ):
+        DGSWrapper.from_pretrained("hf-hub:org/tiny-dgs", revision="v1")
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE is set"):
+        DGSWrapper.from_pretrained("org/never-downloaded", bundle.model)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 import torch
 
 from dgsnet import DGSConfig, DGSWrapper
@@ -81,6 +82,25 @@ def tiny_hf_clip(seed: int = 0, image_size: int = 32) -> Any:
     return CLIPModel(cfg)
 
 
+def hf_tokenizer() -> Any:
+    """A word-level Hugging Face fast tokenizer over the words of `CAPTIONS` (needs
+    ``transformers``)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for c in CAPTIONS for w in c.split()})
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3} | {w: i + 4 for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+
+
 def make_lora_nonzero(wrapper: Any, seed: int = 1, scale: float = 0.05) -> None:
     """LoRA B matrices start at zero (student == teacher); make them non-zero."""
     g = torch.Generator().manual_seed(seed)
@@ -126,3 +146,65 @@ def zero_grads(w: DGSWrapper) -> None:
     """Drop every gradient of the wrapper."""
     for p in w.parameters():
         p.grad = None
+
+
+def _load_vendored(name: str) -> Any:
+    """A module of the OpenAI CLIP code loaded from its file, the way detection codebases
+    vendor it (UniversalFakeDetect keeps a copy under `models/clip/`): the installed
+    `clip-anytorch` package provides the files; its `__init__` is not run."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.find_spec("clip")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("needs the OpenAI CLIP code: pip install clip-anytorch (the test extra)")
+    folder = list(spec.submodule_search_locations)[0]
+    key = f"vendored_clip_{name}"
+    if key not in sys.modules:
+        file_spec = importlib.util.spec_from_file_location(key, f"{folder}/{name}.py")
+        assert file_spec is not None and file_spec.loader is not None
+        module = importlib.util.module_from_spec(file_spec)
+        sys.modules[key] = module
+        file_spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+def tiny_openai_clip(seed: int = 0) -> Any:
+    """The OpenAI CLIP class (`clip.model.CLIP`) at a tiny size: a 2-block ViT (patch 8,
+    32 px, width 64 = one head) and a 1-block text tower with the real 49408-token vocabulary."""
+    model_module = _load_vendored("model")
+    torch.manual_seed(seed)
+    return model_module.CLIP(
+        embed_dim=16,
+        image_resolution=32,
+        vision_layers=2,
+        vision_width=64,
+        vision_patch_size=8,
+        context_length=77,
+        vocab_size=49408,
+        transformer_width=32,
+        transformer_heads=2,
+        transformer_layers=1,
+    )
+
+
+def openai_clip_tokenize() -> Any:
+    """`clip.tokenize` as the OpenAI code defines it: start token, BPE ids, end token,
+    zero-padded to the context length; `truncate=True` cuts long captions."""
+    tokenizer = _load_vendored("simple_tokenizer").SimpleTokenizer()
+    sot, eot = tokenizer.encoder["<|startoftext|>"], tokenizer.encoder["<|endoftext|>"]
+
+    def tokenize(texts: Any, context_length: int = 77, truncate: bool = False) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else texts
+        out = torch.zeros(len(texts), context_length, dtype=torch.long)
+        for i, text in enumerate(texts):
+            ids = [sot, *tokenizer.encode(text), eot]
+            if len(ids) > context_length:
+                if not truncate:
+                    raise RuntimeError(f"{text!r} is too long for context length {context_length}")
+                ids = ids[:context_length]
+                ids[-1] = eot
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+    return tokenize
