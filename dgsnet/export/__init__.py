@@ -5,8 +5,9 @@
 `dgsnet import-released`, a `hf-hub:` id, or a wrapper in memory, and writes one of:
 
 * `open_clip`: the CLIP with the LoRA merged and q/k/v fused back into `in_proj_weight`,
-  for `open_clip.create_model(name, pretrained=FILE)`;
-* `hf`: a merged `CLIPModel` / `SiglipModel` folder for `AutoModel.from_pretrained(OUT)`;
+  for `open_clip.create_model(name, pretrained=FILE)` (a `CLIPModel` base is converted);
+* `hf`: a merged `CLIPModel` / `SiglipModel` folder for `AutoModel.from_pretrained(OUT)`
+  (a plain open_clip ViT base is converted, `convert`);
 * `peft`: the LoRA as a peft adapter for `peft.PeftModel.from_pretrained(base_model, OUT)`;
 * `onnx`: the whole detector, pixels in, logits out, for `onnxruntime.InferenceSession`;
 * `pt2`: the whole detector as a `torch.export` program, for `torch.export.load(FILE)`.

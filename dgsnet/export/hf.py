@@ -7,14 +7,20 @@ the base model's tokenizer and image processor files when the run recorded them,
 loads the fine-tuned model. The image head, `preprocessing.json`, `load_detector.py` and
 `export.json` sit beside it (`dgsnet.export.common`).
 
-Only Hugging Face base models are written this way; an open_clip base model has open_clip's
-own layout (use the `open_clip` format).
+An open_clip base model (a plain ViT CLIP, as OpenAI's) is converted to a `CLIPModel`
+(`dgsnet.export.convert`, checked like any export). Its folder has no tokenizer (open_clip's
+BPE tokenizer is not in transformers' format; the `openai/clip-vit-*` repositories hold the
+same vocabulary) and no image processor: transformers' CLIP image processor resizes with its
+own kernel (pixels up to about 0.03 apart from torchvision's after normalisation), so the
+exact preprocessing is `preprocessing.json` (applied by `load_detector.py`).
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+from torch import nn
 
 from .common import (
     check_artefact,
@@ -30,6 +36,27 @@ from .merge import merged_copy
 from .source import ExportError, ExportSource
 
 __all__ = ["export_hf"]
+
+
+def _converted_open_clip(src: ExportSource) -> nn.Module:
+    """The merged open_clip model as a transformers `CLIPModel` (see `dgsnet.export.convert`)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from .convert import check_plain_open_clip, hf_config, open_clip_to_hf
+    from .open_clip import open_clip_config
+
+    merged = merged_copy(src.wrapper.model, fuse=True).to("cpu")
+    check_plain_open_clip(merged)
+    _, cfg, _ = open_clip_config(src, merged)
+    model = CLIPModel(CLIPConfig(**hf_config(cfg))).eval()
+    state = open_clip_to_hf(merged.state_dict())
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ExportError(
+            f"the converted weights do not fit a CLIPModel: missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}"
+        )
+    return model.to(next(merged.parameters()).dtype)
 
 
 def export_hf(
@@ -54,12 +81,16 @@ def export_hf(
     Raises:
         ExportError: the base model is not a Hugging Face model, or the check fails.
     """
-    if src.kind != "hf":
+    if src.kind == "hf":
+        merged = merged_copy(src.wrapper.model, fuse=False).to("cpu")
+        converted = False
+    elif src.kind == "open_clip":
+        merged, converted = _converted_open_clip(src), True
+    else:
         raise ExportError(
-            f"the hf format needs a Hugging Face base model (CLIPModel, SiglipModel); this one "
-            f"is {src.kind!r} (use --format open_clip, onnx or pt2)"
+            f"the hf format supports open_clip and Hugging Face models, not {src.kind!r}"
         )
-    merged = merged_copy(src.wrapper.model, fuse=False).to("cpu")
+    merged_class = type(merged)
     with staged_folder(out) as tmp:
         merged.save_pretrained(os.fspath(tmp), safe_serialization=True)  # type: ignore[operator]
         del merged
@@ -78,5 +109,11 @@ def export_hf(
             "hf",
             loader=loader_text("hf"),
             check=result,
-            extra={"hf": {"model_class": type(src.wrapper.model).__name__, "saved": saved}},
+            extra={
+                "hf": {
+                    "model_class": merged_class.__name__,
+                    "converted_from_open_clip": converted,
+                    "saved": saved,
+                }
+            },
         )

@@ -12,7 +12,9 @@ keys and shapes of an unmodified open_clip model of the same architecture. The f
 * the head, `preprocessing.json`, `load_detector.py` and `export.json`
   (`dgsnet.export.common`).
 
-The architecture's config comes from, in order: `open_clip_config=` or `model_name=`; the
+A Hugging Face `CLIPModel` base is converted to open_clip's layout (`dgsnet.export.convert`;
+SigLIP and other models are refused). For an open_clip base, the architecture's config comes
+from, in order: `open_clip_config=` or `model_name=`; the
 `local-dir:` folder the base model was loaded from (an imported released checkpoint); the
 built-in open_clip config of the base model's name; or, for a model built by hand (such as
 dgsnet's `tiny` models), the module's own sizes. Whichever it is, the export builds the model
@@ -166,6 +168,10 @@ def _preprocess_cfg(src: ExportSource) -> dict[str, Any]:
             cfg["mean"], cfg["std"] = list(step["mean"]), list(step["std"])
         if step["op"] == "resize_shorter":
             cfg.update(interpolation=step["interpolation"], resize_mode="shortest")
+        if step["op"] == "hf_image_processor":
+            proc = step["config"]
+            if proc.get("image_mean") and proc.get("image_std"):
+                cfg["mean"], cfg["std"] = list(proc["image_mean"]), list(proc["image_std"])
     return cfg
 
 
@@ -181,6 +187,24 @@ def _stock_model(folder: Path, name: str | None, force_quick_gelu: bool) -> nn.M
             force_quick_gelu=force_quick_gelu,
         )
     return model.eval()
+
+
+def _from_hf(
+    src: ExportSource, config: dict[str, Any] | None
+) -> tuple[None, dict[str, Any], bool, dict[str, Any]]:
+    """A Hugging Face `CLIPModel` base, merged and converted to open_clip's layout
+    (`dgsnet.export.convert`): `(None, model_cfg, False, state dict)`."""
+    from .convert import hf_to_open_clip, open_clip_config_of_hf
+
+    merged: Any = merged_copy(src.wrapper.model, fuse=False).to("cpu")
+    if type(merged).__name__ != "CLIPModel":
+        raise ExportError(
+            f"the open_clip format converts a transformers CLIPModel, not a "
+            f"{type(merged).__name__} (use --format hf, peft, onnx or pt2)"
+        )
+    cfg = dict(config) if config is not None else open_clip_config_of_hf(merged.config)
+    state = {k: v.detach().contiguous() for k, v in hf_to_open_clip(merged.state_dict()).items()}
+    return None, cfg, False, state
 
 
 def export_open_clip(
@@ -208,17 +232,19 @@ def export_open_clip(
     Raises:
         ExportError: the base model is not an open_clip model, or the check fails.
     """
-    if src.kind != "open_clip":
-        raise ExportError(
-            f"the open_clip format needs an open_clip base model; this one is {src.kind!r} "
-            "(use --format hf or peft)"
+    if src.kind == "hf":
+        name, cfg, force, state = _from_hf(src, open_clip_config_)
+    elif src.kind == "open_clip":
+        merged = merged_copy(src.wrapper.model, fuse=True).to("cpu")
+        name, cfg, force = open_clip_config(
+            src, merged, model_name=model_name, config=open_clip_config_
         )
-    merged = merged_copy(src.wrapper.model, fuse=True).to("cpu")
-    name, cfg, force = open_clip_config(
-        src, merged, model_name=model_name, config=open_clip_config_
-    )
-    state = {k: v.detach().contiguous() for k, v in merged.state_dict().items()}
-    del merged
+        state = {k: v.detach().contiguous() for k, v in merged.state_dict().items()}
+        del merged
+    else:
+        raise ExportError(
+            f"the open_clip format supports open_clip and Hugging Face models, not {src.kind!r}"
+        )
     with staged_folder(out) as tmp:
         save_tensors(tmp / OPEN_CLIP_WEIGHTS_NAME, state, metadata={"format": "pt"})
         del state
@@ -239,5 +265,11 @@ def export_open_clip(
             "open_clip",
             loader=loader_text("open_clip", name=name, quick_gelu=force),
             check=result,
-            extra={"open_clip": {"model_name": name, "force_quick_gelu": force}},
+            extra={
+                "open_clip": {
+                    "model_name": name,
+                    "force_quick_gelu": force,
+                    "converted_from_hf": src.kind == "hf",
+                }
+            },
         )

@@ -77,7 +77,6 @@ def test_no_check_writes_without_loading(oc_run, tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["-f", "hf"], "the hf format needs a Hugging Face base model"),
         (["-f", "open_clip", "--opset", "18"], "--opset applies to --format onnx only"),
         (["-f", "onnx", "--opset", "9"], "--opset must be 18 or more"),
         (["-f", "onnx", "--open-clip-name", "ViT-B-32"], "--open-clip-name applies to"),
@@ -128,6 +127,26 @@ def test_a_failed_check_leaves_no_folder(oc_run, tmp_path):
     with pytest.raises(ExportError, match="does not reproduce the detector"):
         export(src, "open_clip", tmp_path / "bad", open_clip_config=cfg)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_without_a_clipmodel_equivalent(tmp_path):
+    import open_clip
+
+    from dgsnet import DGSConfig, DGSWrapper
+    from tests.helpers import open_clip_tokenizer
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(
+        embed_dim=16,
+        vision_cfg=dict(
+            image_size=32, patch_size=8, width=32, layers=1, head_width=16, ls_init_value=0.1
+        ),
+        text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
+    )
+    w = DGSWrapper(model, open_clip_tokenizer(), DGSConfig(lora_dropout=0.0))
+    with pytest.raises(ExportError, match="no CLIPModel equivalent: it uses LayerScale"):
+        export(w, "hf", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
 
 
 def test_unknown_format_and_option(oc_run, tmp_path):

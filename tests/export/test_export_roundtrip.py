@@ -270,13 +270,13 @@ def _check(result: dict[str, Any], fmt: str) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def oc_result(oc_run: Path, bench: Path, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("rt-oc")
-    return _roundtrip(oc_run, ("open_clip", "peft", "onnx", "pt2"), work, bench)
+    return _roundtrip(oc_run, ("open_clip", "hf", "peft", "onnx", "pt2"), work, bench)
 
 
 @pytest.fixture(scope="module")
 def hf_result(hf_run: Path, bench: Path, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("rt-hf")
-    return _roundtrip(hf_run, ("hf", "peft", "onnx", "pt2"), work, bench)
+    return _roundtrip(hf_run, ("hf", "open_clip", "peft", "onnx", "pt2"), work, bench)
 
 
 @pytest.fixture(scope="module")
@@ -289,10 +289,12 @@ def std_result(standard_ckpt: Path, bench: Path, tmp_path_factory: pytest.TempPa
 def released_result(released_run: Path, bench: Path, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("rt-rel")
     # patch selection needs dgsnet: the subprocess gets dgsnet-preprocessed pixels only
-    return _roundtrip(released_run, ("open_clip", "peft", "onnx", "pt2"), work, bench, files=False)
+    return _roundtrip(
+        released_run, ("open_clip", "hf", "peft", "onnx", "pt2"), work, bench, files=False
+    )
 
 
-@pytest.mark.parametrize("fmt", ["open_clip", "peft", "onnx", "pt2"])
+@pytest.mark.parametrize("fmt", ["open_clip", "hf", "peft", "onnx", "pt2"])
 def test_open_clip_run_every_format(oc_result, fmt):
     diffs = _check(oc_result, fmt)
     check = oc_result["manifests"][fmt]["check"]
@@ -301,7 +303,7 @@ def test_open_clip_run_every_format(oc_result, fmt):
         assert any(k.endswith("-cli") for k in diffs)
 
 
-@pytest.mark.parametrize("fmt", ["hf", "peft", "onnx", "pt2"])
+@pytest.mark.parametrize("fmt", ["hf", "open_clip", "peft", "onnx", "pt2"])
 def test_hf_run_every_format(hf_result, fmt):
     _check(hf_result, fmt)
 
@@ -315,7 +317,7 @@ def test_standard_scaling_and_mlp_lora(std_result, fmt):
         assert any(t.endswith(".attn") for t in cfg["target_modules"])
 
 
-@pytest.mark.parametrize("fmt", ["open_clip", "peft", "onnx", "pt2"])
+@pytest.mark.parametrize("fmt", ["open_clip", "hf", "peft", "onnx", "pt2"])
 def test_imported_released_checkpoint_every_format(released_result, fmt):
     _check(released_result, fmt)
     if fmt == "open_clip":
