@@ -75,6 +75,13 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
         help="open_clip: the built-in architecture name to record (default: the base model's)",
     )
     g.add_argument("--opset", type=int, default=None, metavar="N", help="onnx: the opset (20)")
+    g.add_argument(
+        "--peft-base",
+        choices=("open_clip", "hf"),
+        default=None,
+        help="peft: the library of the base model the adapter loads onto (an open_clip run: "
+        "open_clip, the default, or hf, its CLIPModel equivalent)",
+    )
     g = p.add_argument_group("check")
     g.add_argument(
         "--no-check", action="store_true", help="do not load the artefact back and compare"
@@ -107,6 +114,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
                 f"--opset must be 18 or more (the exporter's minimum), got {args.opset}"
             )
         options["opset"] = args.opset
+    if args.peft_base is not None:
+        if args.format != "peft":
+            raise UsageError("--peft-base applies to --format peft only")
+        options["peft_base"] = args.peft_base
     if args.tolerance is not None and not (math.isfinite(args.tolerance) and args.tolerance > 0):
         raise UsageError(f"--tolerance must be a positive number, got {args.tolerance!r}")
     return options

@@ -77,7 +77,8 @@ def export(
             than `tolerance`).
         tolerance: the score tolerance of the check (default: 1e-5; 1e-4 for ONNX).
         **options: format options: `model_name=` / `open_clip_config=` (open_clip);
-            `opset=` (onnx); `preprocess=` (a wrapper's evaluation transform to record).
+            `opset=` (onnx); `peft_base="open_clip"|"hf"` (peft); `preprocess=` (a
+            wrapper's evaluation transform to record).
 
     Returns:
         The manifest (`export.json`) with `.path`.
@@ -114,7 +115,7 @@ def export(
 
         manifest = export_onnx(src, out, opset=options.pop("opset", 20), **kw)
     else:
-        manifest = _plain(fmt, src, out, kw)
+        manifest = _plain(fmt, src, out, kw, options)
     if options:
         raise ExportError(f"unknown option(s) for the {fmt} format: {sorted(options)}")
     result = ExportResult(manifest)
@@ -122,7 +123,9 @@ def export(
     return result
 
 
-def _plain(fmt: str, src: ExportSource, out: str | os.PathLike[str], kw: dict[str, Any]) -> Any:
+def _plain(
+    fmt: str, src: ExportSource, out: str | os.PathLike[str], kw: dict[str, Any], options: Any
+) -> Any:
     if fmt == "hf":
         from .hf import export_hf
 
@@ -130,7 +133,7 @@ def _plain(fmt: str, src: ExportSource, out: str | os.PathLike[str], kw: dict[st
     if fmt == "peft":
         from .peft import export_peft
 
-        return export_peft(src, out, **kw)
+        return export_peft(src, out, base=options.pop("peft_base", None), **kw)
     from .pt2 import export_pt2
 
     return export_pt2(src, out, **kw)

@@ -42,8 +42,10 @@ from torch import Tensor, nn
 from .source import ExportError
 
 __all__ = [
+    "OPENAI_HF_IDS",
     "check_plain_open_clip",
     "hf_config",
+    "hf_module_name",
     "hf_to_open_clip",
     "open_clip_config_of_hf",
     "open_clip_to_hf",
@@ -79,6 +81,41 @@ _TOWERS = (
     ("visual.transformer.resblocks", "vision_model.encoder.layers"),
     ("transformer.resblocks", "text_model.encoder.layers"),
 )
+
+
+#: the Hub repositories of OpenAI's CLIP weights in transformers' format, by open_clip name
+#: (open_clip's `<name>@openai` weights are the same release)
+OPENAI_HF_IDS = {
+    "ViT-B-32": "openai/clip-vit-base-patch32",
+    "ViT-B-16": "openai/clip-vit-base-patch16",
+    "ViT-L-14": "openai/clip-vit-large-patch14",
+    "ViT-L-14-336": "openai/clip-vit-large-patch14-336",
+}
+
+_MODULES = {
+    "attn.q_proj": "self_attn.q_proj",
+    "attn.k_proj": "self_attn.k_proj",
+    "attn.v_proj": "self_attn.v_proj",
+    "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+}
+
+
+def hf_module_name(name: str) -> str:
+    """The `CLIPModel` module of an open_clip image-tower module with dgsnet's split
+    attention (`transformer.resblocks.3.attn.q_proj` ->
+    `vision_model.encoder.layers.3.self_attn.q_proj`).
+
+    Raises:
+        ExportError: a module with no `CLIPModel` counterpart.
+    """
+    parts = name.split(".")
+    if parts[:2] == ["transformer", "resblocks"] and len(parts) >= 4:
+        leaf = ".".join(parts[3:])
+        if leaf in _MODULES:
+            return f"vision_model.encoder.layers.{parts[2]}.{_MODULES[leaf]}"
+    raise ExportError(f"the image-tower module {name!r} has no CLIPModel counterpart")
 
 
 def _layers(state: Mapping[str, Tensor], prefix: str) -> int:

@@ -32,31 +32,37 @@ from .common import (
     write_head,
 )
 from .loaders import loader_text
-from .merge import merged_copy
+from .merge import merged_copy, pristine_copy
 from .source import ExportError, ExportSource
 
-__all__ = ["export_hf"]
+__all__ = ["converted_clipmodel", "export_hf"]
 
 
-def _converted_open_clip(src: ExportSource) -> nn.Module:
-    """The merged open_clip model as a transformers `CLIPModel` (see `dgsnet.export.convert`)."""
+def converted_clipmodel(src: ExportSource, *, merged: bool = True) -> nn.Module:
+    """The open_clip model of `src` as a transformers `CLIPModel` (`dgsnet.export.convert`):
+    fine-tuned (`merged`, LoRA folded in) or the base model before fine-tuning.
+
+    Raises:
+        ExportError: the model has no `CLIPModel` equivalent.
+    """
     from transformers import CLIPConfig, CLIPModel
 
     from .convert import check_plain_open_clip, hf_config, open_clip_to_hf
     from .open_clip import open_clip_config
 
-    merged = merged_copy(src.wrapper.model, fuse=True).to("cpu")
-    check_plain_open_clip(merged)
-    _, cfg, _ = open_clip_config(src, merged)
+    copy_of = merged_copy if merged else pristine_copy
+    source = copy_of(src.wrapper.model, fuse=True).to("cpu")
+    check_plain_open_clip(source)
+    _, cfg, _ = open_clip_config(src, source)
     model = CLIPModel(CLIPConfig(**hf_config(cfg))).eval()
-    state = open_clip_to_hf(merged.state_dict())
+    state = open_clip_to_hf(source.state_dict())
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ExportError(
             f"the converted weights do not fit a CLIPModel: missing {missing[:4]}, "
             f"unexpected {unexpected[:4]}"
         )
-    return model.to(next(merged.parameters()).dtype)
+    return model.to(next(source.parameters()).dtype)
 
 
 def export_hf(
@@ -85,7 +91,7 @@ def export_hf(
         merged = merged_copy(src.wrapper.model, fuse=False).to("cpu")
         converted = False
     elif src.kind == "open_clip":
-        merged, converted = _converted_open_clip(src), True
+        merged, converted = converted_clipmodel(src), True
     else:
         raise ExportError(
             f"the hf format supports open_clip and Hugging Face models, not {src.kind!r}"

@@ -233,6 +233,11 @@ def load_model(folder=HERE, base_model=None):
         from transformers import AutoModel
 
         base = json.loads((Path(folder) / "base_model.json").read_text(encoding="utf-8"))
+        if not base.get("path"):
+            raise ValueError(
+                "base_model.json names no Hub id or folder for the base model: load the "
+                "CLIPModel the run started from yourself and pass it as base_model="
+            )
         base_model = AutoModel.from_pretrained(base["path"])
     return PeftModel.from_pretrained(base_model, str(folder)).eval()
 

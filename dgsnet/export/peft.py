@@ -10,8 +10,13 @@ base model they belong to, and the head, `preprocessing.json`, `load_detector.py
 itself, one-to-one: the same target modules (`vision_model.encoder.layers.N.self_attn.q_proj`,
 ...), rank, alpha and scaling (`use_rslora=True` for `lora_scaling="rslora"`).
 
-**open_clip base models**: an open_clip ViT computes its attention with PyTorch's
-`nn.MultiheadAttention`, whose query, key and value projections are one fused
+**open_clip base models onto their `CLIPModel` equivalent** (`base="hf"`): the same
+one-to-one adapter on the converted model's `q_proj`/`k_proj`/`v_proj` (`c_fc`/`c_proj` as
+`mlp.fc1`/`mlp.fc2`; `dgsnet.export.convert`); `base_model.json` names the Hub copy of
+OpenAI's weights when the base is `<name>@openai`.
+
+**open_clip base models onto open_clip** (the default): an open_clip ViT computes its
+attention with PyTorch's `nn.MultiheadAttention`, whose query, key and value projections are one fused
 `in_proj_weight` rather than three `nn.Linear` modules; peft can only adapt `nn.Linear`-like
 modules by name, so it cannot hold a LoRA on q, k and v separately. What peft can load onto a
 stock open_clip model is its own LoRA for a whole `nn.MultiheadAttention` (peft's
@@ -67,16 +72,22 @@ def _lora_ab(layer: Any) -> tuple[Tensor, Tensor, float]:
     return a, b, float(layer.scaling[name])
 
 
-def _hf_adapter(src: ExportSource) -> tuple[nn.Module, Any, dict[str, tuple[Tensor, Tensor]]]:
-    """(pristine model, LoraConfig, {full module name: (A, B)}) for a Hugging Face base."""
+def _hf_adapter(
+    src: ExportSource, converted: bool
+) -> tuple[nn.Module, Any, dict[str, tuple[Tensor, Tensor]]]:
+    """(pristine model, LoraConfig, {full module name: (A, B)}) for a Hugging Face base
+    (`converted`: the `CLIPModel` equivalent of an open_clip base)."""
     from peft import LoraConfig
+
+    from .convert import hf_module_name
+    from .hf import converted_clipmodel
 
     wrapper = src.wrapper
     prefix = _tower_prefix(wrapper.model, wrapper.encoder.image_tower)
     weights = {}
     for name, layer in lora_layers(wrapper.encoder.image_tower):
         a, b, _ = _lora_ab(layer)
-        weights[f"{prefix}.{name}"] = (a, b)
+        weights[hf_module_name(name) if converted else f"{prefix}.{name}"] = (a, b)
     cfg = wrapper.config
     config = LoraConfig(
         r=cfg.lora_rank,
@@ -86,6 +97,8 @@ def _hf_adapter(src: ExportSource) -> tuple[nn.Module, Any, dict[str, tuple[Tens
         bias="none",
         use_rslora=cfg.lora_scaling == "rslora",
     )
+    if converted:
+        return converted_clipmodel(src, merged=False), config, weights
     return pristine_copy(wrapper.model, fuse=False).to("cpu"), config, weights
 
 
@@ -179,8 +192,22 @@ def _fill(peft_model: nn.Module, weights: dict[str, tuple[Tensor, Tensor]]) -> N
 def _base_info(src: ExportSource, base: str) -> dict[str, Any]:
     spec = src.bundle.spec if src.bundle is not None else None
     info: dict[str, Any] = {"format": "dgsnet.peft_base", "library": base, "spec": src.spec}
-    if base == "hf":
+    if base == "hf" and src.kind == "hf":
         info["path"] = spec.name if spec is not None and spec.kind == "hf" else None
+        return info
+    if base == "hf":  # the CLIPModel equivalent of an open_clip base
+        from .convert import OPENAI_HF_IDS
+
+        name = spec.name.removesuffix("-quickgelu") if spec is not None else ""
+        known = spec is not None and spec.pretrained == "openai" and name in OPENAI_HF_IDS
+        info["path"] = OPENAI_HF_IDS[name] if known else None
+        info["converted_from"] = src.spec
+        if not known:
+            info["note"] = (
+                "the base is the CLIPModel equivalent of the open_clip model the run started "
+                "from (dgsnet.export.convert); no Hub copy of it is known: convert it and pass "
+                "it to PeftModel.from_pretrained"
+            )
         return info
     from .open_clip import uses_quick_gelu
 
@@ -221,7 +248,12 @@ def _check(src: ExportSource, folder: Path, base: str, tolerance: float) -> dict
 
     from peft import PeftModel
 
-    fresh = pristine_copy(src.wrapper.model, fuse=base == "open_clip").to("cpu")
+    if base == "hf" and src.kind == "open_clip":
+        from .hf import converted_clipmodel
+
+        fresh = converted_clipmodel(src, merged=False)
+    else:
+        fresh = pristine_copy(src.wrapper.model, fuse=base == "open_clip").to("cpu")
     loaded = PeftModel.from_pretrained(fresh, os.fspath(folder)).eval()
     features = _features_fn(loaded, base)
     head = copy.deepcopy(src.wrapper.image_head).to("cpu")
@@ -241,6 +273,7 @@ def export_peft(
     *,
     check: bool = True,
     tolerance: float = 1e-5,
+    base: str | None = None,
 ) -> dict[str, Any]:
     """Write the peft adapter export of `src` into `out` (see the module docstring).
 
@@ -250,24 +283,34 @@ def export_peft(
         check: load the adapter with `PeftModel.from_pretrained` onto a copy of the base
             model and compare its scores with the wrapper's.
         tolerance: the largest score difference the check accepts.
+        base: the library of the base model the adapter loads onto: `"open_clip"` (an
+            open_clip run's default: the attention form) or `"hf"` (a Hugging Face run's
+            only choice; for an open_clip run, the rank-r adapter of its `CLIPModel`
+            equivalent, e.g. `openai/clip-vit-large-patch14` for `ViT-L-14@openai`).
 
     Returns:
         The manifest (`export.json`).
 
     Raises:
-        ExportError: an encoder that is neither open_clip nor Hugging Face, or the check fails.
+        ExportError: an encoder that is neither open_clip nor Hugging Face, a base that
+            does not fit it, or the check fails.
     """
     from peft import get_peft_model
 
-    base = src.kind
-    if base == "hf":
-        pristine, config, weights = _hf_adapter(src)
-    elif base == "open_clip":
-        pristine, config, weights = _open_clip_adapter(src)
-    else:
+    if src.kind not in ("hf", "open_clip"):
         raise ExportError(
-            f"the peft format supports open_clip and Hugging Face models, not {base!r}"
+            f"the peft format supports open_clip and Hugging Face models, not {src.kind!r}"
         )
+    base = base or src.kind
+    if base not in ("hf", "open_clip") or (src.kind == "hf" and base != "hf"):
+        raise ExportError(
+            f"peft base {base!r} does not fit a {src.kind} model: a Hugging Face run's adapter "
+            "loads onto its Hugging Face model; an open_clip run's onto open_clip or hf"
+        )
+    if base == "hf":
+        pristine, config, weights = _hf_adapter(src, converted=src.kind == "open_clip")
+    else:
+        pristine, config, weights = _open_clip_adapter(src)
     peft_model = get_peft_model(pristine, config)
     _fill(peft_model, weights)
     with staged_folder(out) as tmp:

@@ -79,6 +79,7 @@ def test_no_check_writes_without_loading(oc_run, tmp_path):
     [
         (["-f", "open_clip", "--opset", "18"], "--opset applies to --format onnx only"),
         (["-f", "onnx", "--opset", "9"], "--opset must be 18 or more"),
+        (["-f", "pt2", "--peft-base", "hf"], "--peft-base applies to --format peft only"),
         (["-f", "onnx", "--open-clip-name", "ViT-B-32"], "--open-clip-name applies to"),
         (["-f", "open_clip", "--tolerance", "-1"], "--tolerance must be a positive number"),
         (

@@ -92,6 +92,7 @@ def fresh_base(item):
 
 for item in plan["items"]:
     d, fmt = item["dir"], item["format"]
+    label = item["label"]
     kwargs = {}
     if fmt == "open_clip":
         import open_clip
@@ -111,10 +112,10 @@ for item in plan["items"]:
 
         model = PeftModel.from_pretrained(fresh_base(item), d).eval()
         enc = model.encode_image if item["base"] == "open_clip" else hf_features(model)
-        results["peft:PeftModel.from_pretrained"] = logits_of(enc, d)
+        results[label + ":PeftModel.from_pretrained"] = logits_of(enc, d)
         merged = model.merge_and_unload().eval()
         enc = merged.encode_image if item["base"] == "open_clip" else hf_features(merged)
-        results["peft:merge_and_unload"] = logits_of(enc, d)
+        results[label + ":merge_and_unload"] = logits_of(enc, d)
         kwargs["base_model"] = fresh_base(item)
     elif fmt == "onnx":
         import onnx
@@ -133,14 +134,14 @@ for item in plan["items"]:
             results["pt2:torch.export.load"] = module(torch.from_numpy(x)).numpy()
     loader = runpy.run_path(str(Path(d) / "load_detector.py"))
     detector = loader["load_detector"](**kwargs)
-    results[fmt + ":load_detector.py"] = detector(x)
+    results[label + ":load_detector.py"] = detector(x)
     if plan.get("images"):  # the loader's own preprocessing, from image files
         pixels = np.stack([loader["preprocess"](p) for p in plan["images"]])
-        results[fmt + ":load_detector.py-images"] = detector(pixels)
+        results[label + ":load_detector.py-images"] = detector(pixels)
         if not kwargs:  # (the command line builds the peft base model itself)
             with contextlib.redirect_stdout(io.StringIO()) as text:
                 assert loader["main"](plan["images"]) == 0
-            results[fmt + ":load_detector.py-cli"] = np.array(
+            results[label + ":load_detector.py-cli"] = np.array(
                 [float(line.rsplit(",", 1)[1]) for line in text.getvalue().split()]
             )
 
@@ -163,14 +164,23 @@ def _pixels(bundle: Any, images: list[str], n_random: int, size: int) -> torch.T
     return torch.stack([*real, *rand]).float()
 
 
-def _base_item(ckpt_or_run: Path, spec: str | None, work: Path) -> dict[str, Any]:
-    """How the subprocess builds the peft base model: the recorded Hugging Face folder, or
-    the open_clip model of the spec from its config and pristine weights (written here)."""
+def _base_item(
+    source: Path, spec: str | None, work: Path, peft_base: str, model: str | None
+) -> dict[str, Any]:
+    """How the subprocess builds the peft base model: the recorded Hugging Face folder, the
+    CLIPModel equivalent of the open_clip base (converted and saved here), or the open_clip
+    model of the spec from its config and pristine weights (written here)."""
+    from dgsnet.export import load_source
+    from dgsnet.export.hf import converted_clipmodel
     from dgsnet.export.open_clip import config_from_modules
     from dgsnet.models import build_model
 
     if spec is not None and spec.startswith("hf:"):
         return {"base": "hf", "base_path": spec[3:]}
+    if peft_base == "hf":
+        folder = work / "converted-base"
+        converted_clipmodel(load_source(source, model=model), merged=False).save_pretrained(folder)
+        return {"base": "hf", "base_path": os.fspath(folder)}
     bundle = build_model(spec or "tiny:32")
     if spec is not None and spec.startswith("local-dir:"):
         cfg = json.loads((Path(spec[10:]) / "open_clip_config.json").read_text())["model_cfg"]
@@ -206,12 +216,19 @@ def _roundtrip(
     if spec.startswith("local-dir:"):  # an imported released run: its stored base model
         spec = spec
     manifests, items = {}, []
-    for fmt in formats:
-        manifest = export(source, fmt, work / fmt, model=model)
-        manifests[fmt] = manifest
-        item = {"format": fmt, "dir": os.fspath(work / fmt), "name": f"dgs-export-{fmt}"}
+    for label in formats:
+        fmt, _, peft_base = label.partition("@")  # "peft@hf": the adapter of the CLIPModel
+        options = {"peft_base": peft_base} if peft_base else {}
+        manifest = export(source, fmt, work / label, model=model, **options)
+        manifests[label] = manifest
+        item = {
+            "format": fmt,
+            "label": label,
+            "dir": os.fspath(work / label),
+            "name": f"dgs-export-{fmt}",
+        }
         if fmt == "peft":
-            item.update(_base_item(source, spec, work))
+            item.update(_base_item(source, spec, work, peft_base, model))
         items.append(item)
     plan = {
         "pixels": os.fspath(work / "pixels.npy"),
@@ -243,6 +260,7 @@ def _check(result: dict[str, Any], fmt: str) -> dict[str, float]:
     """Every method of `fmt` matches the wrapper; returns the largest score difference each."""
     want, n_img = result["want"], result["n_images"]
     methods = {k: v for k, v in result["got"].items() if k.startswith(fmt + ":")}
+    fmt = fmt.partition("@")[0]
     assert len(methods) >= 2, sorted(result["got"])
     tol = TOL_ONNX if fmt == "onnx" else TOL
     diffs = {}
@@ -270,7 +288,7 @@ def _check(result: dict[str, Any], fmt: str) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def oc_result(oc_run: Path, bench: Path, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("rt-oc")
-    return _roundtrip(oc_run, ("open_clip", "hf", "peft", "onnx", "pt2"), work, bench)
+    return _roundtrip(oc_run, ("open_clip", "hf", "peft", "peft@hf", "onnx", "pt2"), work, bench)
 
 
 @pytest.fixture(scope="module")
@@ -294,12 +312,12 @@ def released_result(released_run: Path, bench: Path, tmp_path_factory: pytest.Te
     )
 
 
-@pytest.mark.parametrize("fmt", ["open_clip", "hf", "peft", "onnx", "pt2"])
+@pytest.mark.parametrize("fmt", ["open_clip", "hf", "peft", "peft@hf", "onnx", "pt2"])
 def test_open_clip_run_every_format(oc_result, fmt):
     diffs = _check(oc_result, fmt)
     check = oc_result["manifests"][fmt]["check"]
     assert check["max_abs_score_diff"] <= check["tolerance"]
-    if fmt != "peft":  # image files through the loader's command line
+    if not fmt.startswith("peft"):  # image files through the loader's command line
         assert any(k.endswith("-cli") for k in diffs)
 
 
