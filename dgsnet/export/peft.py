@@ -19,8 +19,8 @@ OpenAI's weights when the base is `<name>@openai`.
 attention with PyTorch's `nn.MultiheadAttention`, whose query, key and value projections are
 one fused `in_proj_weight` rather than three `nn.Linear` modules; peft can only adapt
 `nn.Linear`-like modules by name, so it cannot hold a LoRA on q, k and v separately. What
-peft can load onto a
-stock open_clip model is its own LoRA for a whole `nn.MultiheadAttention` (peft's
+peft can load onto a stock open_clip model is its own LoRA for a whole
+`nn.MultiheadAttention` (peft's
 `lora.MultiheadAttention`): one `A` of shape `(r', D)` and one `B` of shape `(3 D, r')` on
 `in_proj_weight`, plus a LoRA of the same rank on `out_proj`. The export writes the exact
 equivalent of the trained q/k/v LoRA in that form: `A' = [A_q; A_k; A_v]` stacked and `B'`
