@@ -357,7 +357,7 @@ def test_retired_extra_key():
     "spec, quick",
     [("ViT-L-14@openai", True), ("ViT-B-32@openai", True), ("ViT-L-14@laion2b_s32b_b82k", False)],
 )
-def test_build_modeluses_quick_gelu_for_openai_weights(monkeypatch, spec, quick):
+def test_build_model_uses_quick_gelu_for_openai_weights(monkeypatch, spec, quick):
     """open_clip 3 builds "ViT-L-14" with nn.GELU and only warns when the OpenAI weights (trained
     with QuickGELU, as the released code runs them) are loaded into it; dgsnet asks for it."""
     import open_clip
