@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import TrainingConfigError
+from ..errors import RunLockedError
 from .distributed import DistInfo, any_rank
 
 try:  # pragma: no cover - always there on Linux and macOS
@@ -50,10 +50,6 @@ __all__ = ["LOCK_NAME", "RunLock", "RunLockedError", "hold_run_lock"]
 
 #: the lock file inside the output folder (kept after the run; only the lock on it matters)
 LOCK_NAME = ".dgsnet-train.lock"
-
-
-class RunLockedError(TrainingConfigError):
-    """Another live process holds the lock on the output folder."""
 
 
 class RunLock:
