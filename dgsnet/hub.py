@@ -28,12 +28,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .io import CheckpointError, atomic_write_json, atomic_write_text
+from .wrapper.checkpoint import MODEL_INFO_NAME
 from .wrapper.locate import HUB_PREFIX, is_hub_id, parse_hub_id, resolve_checkpoint
+from .wrapper.sharing import PushResult, stage_wrapper, upload_folder
 
 __all__ = [
     "HUB_PREFIX",
@@ -117,19 +118,6 @@ def _stage_evals(folder: Path, files: list[Path]) -> dict[str, dict[str, Any]]:
     return evals
 
 
-def _stage_wrapper(wrapper: Any, folder: Path, model: str | None) -> Path:
-    from .training.state import MODEL_INFO_NAME
-
-    ckpt = folder / "final"
-    wrapper.save_pretrained(ckpt)
-    if model is not None:
-        atomic_write_json(
-            ckpt / MODEL_INFO_NAME,
-            {"format": "dgsnet.model", "spec": model, "transform": "model"},
-        )
-    return ckpt
-
-
 def _stage_base(src_ckpt: Path, folder: Path, info: dict[str, Any]) -> bool:
     """Copy a base model stored beside the run (`local-dir:` relative to `final/`, as
     `dgsnet import-released` writes it) into the upload; True when one was copied."""
@@ -207,7 +195,6 @@ def stage_upload(
     from .checkpoint import read_checkpoint_meta
     from .evaluation import resolve_checkpoint as resolve_local
     from .model_card import model_card
-    from .training.state import MODEL_INFO_NAME
     from .wrapper import CONFIG_NAME, WEIGHTS_NAME, DGSWrapper
 
     out = Path(folder)
@@ -215,7 +202,7 @@ def stage_upload(
     run_dir = None
     base_stored = False
     if isinstance(source, DGSWrapper):
-        ckpt = _stage_wrapper(source, out, model)
+        ckpt = stage_wrapper(source, out, model)
     else:
         src_ckpt = resolve_local(source)
         _copy_checkpoint(src_ckpt, out, (WEIGHTS_NAME, CONFIG_NAME, MODEL_INFO_NAME))
@@ -246,23 +233,6 @@ def stage_upload(
     )
     atomic_write_text(out / "README.md", card)
     return out
-
-
-@dataclass
-class PushResult:
-    """What `push_to_hub` uploaded.
-
-    Attributes:
-        repo_id: the repository.
-        revision: the branch uploaded to (`None`: the default branch).
-        files: the uploaded files, relative to the repository root.
-        commit: what `HfApi.upload_folder` returned (a `CommitInfo`).
-    """
-
-    repo_id: str
-    revision: str | None
-    files: list[str]
-    commit: Any = None
 
 
 def push_to_hub(
@@ -302,8 +272,6 @@ def push_to_hub(
     Raises:
         ValueError: `repo_id` is not `org/name`.
     """
-    from huggingface_hub import HfApi
-
     repo, rev = parse_hub_id(repo_id)
     revision = revision or rev
     with tempfile.TemporaryDirectory(prefix="dgsnet-push-") as tmp:
@@ -316,16 +284,11 @@ def push_to_hub(
             exports=exports,
             license=license,
         )
-        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        api = HfApi(token=token)
-        api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
-        if revision is not None:
-            api.create_branch(repo, branch=revision, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(
-            repo_id=repo,
-            folder_path=folder,
-            repo_type="model",
+        return upload_folder(
+            folder,
+            repo,
             revision=revision,
-            commit_message=commit_message or "Upload a DGS-Net detector with dgsnet",
+            private=private,
+            token=token,
+            commit_message=commit_message,
         )
-    return PushResult(repo_id=repo, revision=revision, files=files, commit=commit)

@@ -249,3 +249,34 @@ def test_card_names_a_hub_base_model_only():
     assert "base_model:" not in local
     none = model_card(repo_id="o/n", meta=meta, model_info={})
     assert "model spec: not recorded" in none
+
+
+def test_the_wrappers_own_push_to_hub(recorder: Recorder, tmp_path: Path) -> None:
+    """`dgs.push_to_hub(repo)`: the saved wrapper and a card, up to the network call; what
+    was sent loads back into a wrapper around a fresh model."""
+    from dgsnet import DGSConfig, DGSWrapper
+    from tests.helpers import batch, build, tiny_open_clip
+
+    dgs, _ = build(DGSConfig(lora_dropout=0.0))
+    result = dgs.push_to_hub(
+        "hf-hub:org/tiny@dev", model="ViT-B-32@openai", license="mit", private=True
+    )
+    assert result.repo_id == "org/tiny" and result.revision == "dev"
+    assert [c[0] for c in recorder.calls] == ["create_repo", "create_branch", "upload_folder"]
+    assert recorder.calls[0][1]["private"] is True
+    assert (
+        recorder.files()
+        == [
+            "README.md",
+            "final/dgs_config.json",
+            "final/dgs_weights.safetensors",
+            "final/dgsnet_model.json",
+        ]
+        == result.files
+    )
+    card = recorder.card()
+    assert "license: mit" in card and "# DGS-Net detector: org/tiny" in card
+    assert "ViT-B-32@openai" in card and "No evaluation table was uploaded" in card
+    back = DGSWrapper.from_pretrained(recorder.keep / "final", tiny_open_clip())
+    x, _, _ = batch()
+    torch.testing.assert_close(back.predict(x), dgs.predict(x), rtol=0, atol=0)
