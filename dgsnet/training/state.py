@@ -31,6 +31,7 @@ from ..io import (
     sha256_file,
 )
 from ..wrapper import WEIGHTS_NAME, DGSWrapper
+from ..wrapper.checkpoint import MODEL_INFO_NAME
 from .precision import DEFAULT_PRECISION
 
 __all__ = [
@@ -73,9 +74,6 @@ RUN_NAME = "run.json"
 
 SUMMARY_NAME = "summary.json"
 """The run's summary: steps, skipped steps, stage-1 losses, time."""
-
-MODEL_INFO_NAME = "dgsnet_model.json"
-"""The spec that rebuilds the base model, beside a checkpoint's weights."""
 
 STATE_NAME = "trainer_state.json"
 """The trainer's state inside a checkpoint folder."""
