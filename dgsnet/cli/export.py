@@ -27,7 +27,7 @@ examples:
 Every OUT folder holds the artefact, the image head (head.safetensors, head.json), the
 preprocessing (preprocessing.json), a loader that needs no dgsnet (python OUT/load_detector.py
 IMAGE...) and export.json (files, sizes, and the check against dgsnet's own scores).
-docs/deploy.md describes each format.
+The user guide's deploy page describes each format.
 """
 
 

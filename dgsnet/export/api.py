@@ -13,8 +13,8 @@ from .source import ExportError, ExportSource, load_source
 
 __all__ = ["FORMATS", "ExportResult", "export"]
 
-#: the export formats, in the order the docs list them
 FORMATS = ("open_clip", "hf", "peft", "onnx", "pt2")
+"""The export formats, in the order the docs list them."""
 #: accepted spellings of the formats
 _ALIASES = {
     "torch.export": "pt2",
@@ -30,6 +30,7 @@ class ExportResult(dict[str, Any]):
     """The manifest of an export (`export.json`), with `path` (the folder)."""
 
     path: Path
+    """The export folder."""
 
     @property
     def files(self) -> dict[str, dict[str, Any]]:

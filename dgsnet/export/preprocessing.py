@@ -27,8 +27,8 @@ from typing import Any
 
 __all__ = ["PREPROCESSING_NAME", "describe_preprocessing", "output_description"]
 
-#: the file name of the preprocessing description inside every export folder
 PREPROCESSING_NAME = "preprocessing.json"
+"""The file name of the preprocessing description inside every export folder."""
 
 
 def _interp_name(value: Any) -> str:

@@ -34,25 +34,21 @@ class ExportError(ValueError):
 
 @dataclass
 class ExportSource:
-    """A trained detector ready to export.
-
-    Attributes:
-        wrapper: the trained `DGSWrapper`, in eval mode.
-        bundle: the base model's bundle (spec, tokenizer, transforms), or `None` for a
-            wrapper given in memory.
-        checkpoint: the checkpoint folder the weights came from, or `None`.
-        run_dir: the run folder around it (holding `run.json` or
-            `released_import.json`), or `None`.
-        model_info: the checkpoint's `dgsnet_model.json` (or `run.json`'s `model`).
-        preprocessing: the preprocessing description (see `dgsnet.export.preprocessing`).
-    """
+    """A trained detector ready to export."""
 
     wrapper: DGSWrapper
+    """The trained `DGSWrapper`, in eval mode."""
     bundle: ModelBundle | None = None
+    """The base model's bundle (spec, tokenizer, transforms), or `None` for a wrapper given in
+    memory."""
     checkpoint: Path | None = None
+    """The checkpoint folder the weights came from, or `None`."""
     run_dir: Path | None = None
+    """The run folder around it (holding `run.json` or `released_import.json`), or `None`."""
     model_info: dict[str, Any] = field(default_factory=dict)
+    """The checkpoint's `dgsnet_model.json` (or `run.json`'s `model`)."""
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    """The preprocessing description (see `dgsnet.export.preprocessing`)."""
 
     @property
     def kind(self) -> str:

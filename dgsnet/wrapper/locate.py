@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 HUB_PREFIX = "hf-hub:"
+"""The prefix of a Hugging Face Hub repository id in place of a folder (`hf-hub:user/name`)."""
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 

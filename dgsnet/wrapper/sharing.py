@@ -33,19 +33,16 @@ class Shareable(Protocol):
 
 @dataclass
 class PushResult:
-    """What an upload sent.
-
-    Attributes:
-        repo_id: the repository.
-        revision: the branch uploaded to (`None`: the default branch).
-        files: the uploaded files, relative to the repository root.
-        commit: what `HfApi.upload_folder` returned (a `CommitInfo`).
-    """
+    """What an upload sent."""
 
     repo_id: str
+    """The repository."""
     revision: str | None
+    """The branch uploaded to (`None`: the default branch)."""
     files: list[str]
+    """The uploaded files, relative to the repository root."""
     commit: Any = None
+    """What `HfApi.upload_folder` returned (a `CommitInfo`)."""
 
 
 def stage_wrapper(wrapper: Shareable, folder: Path, model: str | None) -> Path:
