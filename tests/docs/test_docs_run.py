@@ -104,9 +104,16 @@ def _run_shell(block: Block, where: Path) -> None:
     )
 
 
+@pytest.fixture(scope="session")
+def run_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("docs-run")
+
+
 @pytest.mark.parametrize("page", [_page_param(p) for p in RUN_PAGES])
-def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    where = make_workspace(tmp_path / "work")
+def test_page_code_runs(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cache: Path
+) -> None:
+    where = make_workspace(tmp_path / "work", page.read_text(encoding="utf-8"), run_cache)
     monkeypatch.chdir(where)
     substitute_tiny_models(monkeypatch.setattr)
     ns: dict[str, Any] | None = None

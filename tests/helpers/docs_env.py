@@ -23,6 +23,8 @@ small image folders in place of the benchmarks.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -87,9 +89,41 @@ def substitute_tiny_models(setattr_: Callable[[Any, str, Any], None] = setattr) 
     setattr_(open_clip, "get_pretrained_cfg", get_pretrained_cfg)
 
 
-def make_workspace(where: Path) -> Path:
-    """Write the docs' folders under `where` (the working directory of a page's blocks)."""
+_TRAINED: dict[str, Path] = {}
+
+
+def trained_run(cache: Path) -> Path:
+    """A tiny finished `dgsnet train` run (both stages, one epoch), made once per process
+    under `cache`: the `runs/dgs` of pages that use a run without training one."""
+    if "run" not in _TRAINED:
+        from dgsnet.cli import main
+
+        data = make_bench(cache / "data" / "train", n=2, captions=True)
+        out = cache / "runs" / "dgs"
+        argv = ["train", str(data), "--out", str(out), "--model", "tiny", "--epochs", "1",
+                "--stage1-epochs", "1", "--batch-size", "4", "--workers", "0", "-q"]  # fmt: skip
+        if main(argv) != 0:
+            raise RuntimeError("the docs tests' tiny run failed")
+        _TRAINED["run"] = out
+    return _TRAINED["run"]
+
+
+def uses_untrained_run(text: str) -> bool:
+    """Whether a page names `runs/dgs` without a command that writes it."""
+    return (
+        "runs/dgs" in text
+        and not re.search(r"(--out|-o)\s+runs/dgs\b", text)
+        and not (re.search(r"""train\([^)]*["']runs/dgs["']""", text))
+    )
+
+
+def make_workspace(where: Path, page_text: str = "", cache: Path | None = None) -> Path:
+    """Write the docs' folders under `where` (the working directory of a page's blocks);
+    with `cache`, a page that uses `runs/dgs` without training it gets a tiny trained run
+    there (`trained_run`)."""
     where.mkdir(parents=True, exist_ok=True)
+    if cache is not None and uses_untrained_run(page_text):
+        shutil.copytree(trained_run(cache), where / "runs" / "dgs")
     for i, rel in enumerate(TRAIN_ROOTS):
         make_bench(where / rel, n=4, seed=i, captions=True)
     for i, rel in enumerate(TEST_ROOTS):
@@ -123,8 +157,18 @@ def shim_bin(where: Path) -> Path:
         f'#!/bin/sh\nexec "{sys.executable}" -m tests.helpers.docs_cli "$@"\n'
     )
     (bin_dir / "dgsnet").chmod(0o755)
+    refuse = (
+        'echo "docs tests: a block runs pip; mark it <!-- docs-test: needs network: ... -->" >&2'
+        "; exit 97"
+    )
     for name in ("python", "python3"):  # a script, not a link: a venv knows itself by its path
-        (bin_dir / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+        (bin_dir / name).write_text(
+            f'#!/bin/sh\nif [ "$1" = "-m" ] && [ "$2" = "pip" ]; then {refuse}; fi\n'
+            f'exec "{sys.executable}" "$@"\n'
+        )
+        (bin_dir / name).chmod(0o755)
+    for name in ("pip", "pip3"):  # never install from a docs block into the test environment
+        (bin_dir / name).write_text(f"#!/bin/sh\n{refuse}\n")
         (bin_dir / name).chmod(0o755)
     return bin_dir
 
