@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import TrainingConfigError
@@ -32,7 +33,17 @@ from .training.precision import parse_precision
 from .training.state import FINAL_DIR, LAST_DIR, MODEL_INFO_NAME, RUN_NAME
 from .wrapper import CONFIG_NAME, DGSWrapper
 
-__all__ = ["evaluate", "load_trained", "predict_scores", "resolve_checkpoint"]
+__all__ = [
+    "evaluate",
+    "load_trained",
+    "predict_scores",
+    "resolve_checkpoint",
+    "stage1_result",
+]
+
+#: the record `dgsnet.interop` writes beside an imported released checkpoint (its
+#: `IMPORT_NAME`; named here because interop builds on this layer's training package)
+RELEASED_IMPORT_NAME = "released_import.json"
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
@@ -95,8 +106,66 @@ def load_trained(
         cache_dir=cache_dir,
     )
     wrapper = DGSWrapper.from_pretrained(ckpt, bundle.model, bundle.tokenizer)
+    reason = stage1_result(ckpt)
+    if reason is not None:
+        _score_with_teacher_head(wrapper, ckpt, reason)
     wrapper.eval()
     return wrapper, bundle
+
+
+def _read_json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def stage1_result(ckpt: str | os.PathLike[str]) -> str | None:
+    """Why the checkpoint folder `ckpt` holds a stage-1 result (only its teacher head was
+    trained), or `None`.
+
+    Read from the run folder around it: `run.json` of a `train --stage 1` run, or
+    `released_import.json` of an imported released stage-1 file. A folder copied out of
+    its run folder carries neither and counts as a stage-2 result."""
+    parent = Path(ckpt).parent
+    run = _read_json_or_none(parent / RUN_NAME)
+    if isinstance(run, dict) and isinstance(run.get("training"), dict):
+        if str(run["training"].get("stage")) == "1":
+            return f"{RUN_NAME}: a stage-1 training run"
+    imported = _read_json_or_none(parent / RELEASED_IMPORT_NAME)
+    if isinstance(imported, dict) and imported.get("stage") == 1:
+        return f"{RELEASED_IMPORT_NAME}: a released stage-1 checkpoint"
+    return None
+
+
+def _score_with_teacher_head(wrapper: DGSWrapper, ckpt: Path, reason: str) -> None:
+    """Make `wrapper.predict` score with the teacher head, the one head stage 1 trains.
+
+    With every LoRA `B` zero the student's features are the teacher's, so the teacher head
+    copied into the image head's place scores exactly as it does on the teacher. LoRA
+    factors that are not zero came from an earlier stage 2 (`--init-from`), which trained
+    the image head with them: nothing changes then."""
+    if any(
+        bool(p.detach().count_nonzero())
+        for n, p in wrapper.named_trainable_parameters()
+        if ".lora_B." in n
+    ):
+        return
+    image, teacher = wrapper.image_head, wrapper.teacher_head
+    if type(image) is not nn.Linear or image.weight.shape != teacher.weight.shape:
+        raise CheckpointError(
+            f"{ckpt} is a stage-1 result ({reason}): only its teacher head was trained, and "
+            f"the image head ({type(image).__name__}) cannot take its place to score with it"
+        )
+    with torch.no_grad():
+        image.weight.copy_(teacher.weight)
+        image.bias.copy_(teacher.bias)
+    warnings.warn(
+        f"{ckpt} is a stage-1 result ({reason}): scoring with its teacher head, the linear "
+        "probe stage 1 trains on the frozen CLIP features (the image head is untrained)",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _scores_from_logits(logits: Tensor) -> Tensor:
