@@ -95,6 +95,11 @@ def _merge_state(
     r = int(a.shape[0])
     scaling = alpha / math.sqrt(r)
     delta = scaling * (b.double() @ a.double())
+    if not bool(torch.isfinite(delta.to(w_s.dtype)).all()):
+        raise CheckpointError(
+            f"{path}: with alpha={alpha:g} the LoRA update alpha/sqrt(r) * B A of "
+            f"{STUDENT}{name}weight overflows {w_s.dtype}: pass the alpha it was trained with"
+        )
     # float rounding allowed: the merge itself, and the merge/unmerge round trips
     # the released script makes around each validation (weight += d; weight -= d)
     eps = torch.finfo(w_s.dtype).eps if w_s.is_floating_point() else 0.0

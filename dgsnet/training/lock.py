@@ -46,7 +46,7 @@ try:  # pragma: no cover - always there on Linux and macOS
 except ImportError:  # pragma: no cover - Windows: no lock
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_NAME", "RunLock", "RunLockedError", "hold_run_lock"]
+__all__ = ["LOCK_NAME", "RunLock", "RunLockedError", "hold_run_lock", "pid_alive"]
 
 #: the lock file inside the output folder (kept after the run; only the lock on it matters)
 LOCK_NAME = ".dgsnet-train.lock"
@@ -88,7 +88,8 @@ class RunLock:
                 os.close(fd)
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
-                if attempt < 2 and holder and host == socket.gethostname() and not _alive(holder):
+                here = host == socket.gethostname()
+                if attempt < 2 and holder and here and not pid_alive(holder):
                     # the run died, but loader workers it forked still hold the file (they
                     # inherited it and exit a few seconds after their parent): a new lock file
                     with contextlib.suppress(FileNotFoundError):
@@ -141,7 +142,8 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
