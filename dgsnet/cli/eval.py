@@ -59,7 +59,11 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
         "--blur-sigma", type=float, default=None, metavar="S", help="Gaussian blur sigma"
     )
     g.add_argument(
-        "--resize-scale", type=float, default=None, metavar="F", help="resize factor, e.g. 0.5"
+        "--resize-scale",
+        type=float,
+        default=None,
+        metavar="F",
+        help="resize factor in (0, 4], e.g. 0.5",
     )
     g = p.add_argument_group("evaluation")
     g.add_argument("--batch-size", type=int, default=64, metavar="N", help="(default: 64)")
@@ -84,8 +88,12 @@ def _degradation_name(args: argparse.Namespace) -> str:
 
     try:
         return Degrade(args.jpeg_quality, args.blur_sigma, args.resize_scale).name
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    except ValueError as exc:  # name the flag, not the argument
+        text = str(exc)
+        for name in ("jpeg_quality", "blur_sigma", "resize_scale"):
+            if text.startswith(name + " "):
+                text = "--" + name.replace("_", "-") + text[len(name) :]
+        raise UsageError(text) from None
 
 
 def _print_tables(tables: dict[str, Any], degradation: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -83,6 +84,7 @@ def _image_paths(inputs: list[str]) -> list[str]:
         p = Path(item)
         if p.is_dir():
             found = list_images(p)
+            _report_skipped(item, len(found), skipped_files(p))
             if not found:
                 raise UsageError(f"folder {item} contains no images")
             paths.extend(found)
@@ -93,6 +95,61 @@ def _image_paths(inputs: list[str]) -> list[str]:
         else:
             raise UsageError(f"{item} does not exist")
     return list(dict.fromkeys(paths))
+
+
+#: why a folder's entry is not scored -> how the report says it
+_SKIP_REASONS = {
+    "extension": "not an image extension",
+    "hidden": "hidden (the name starts with '.')",
+    "linked folder": "a linked folder (not followed)",
+}
+
+
+def skipped_files(folder: Path) -> dict[str, list[str]]:
+    """The entries under `folder` that `list_images` does not return, by reason:
+    `"extension"` (a file without one of `IMAGE_EXTENSIONS`), `"hidden"` (a file or
+    folder whose name starts with `.`; a hidden folder is listed, not its files) and
+    `"linked folder"` (a symbolic link to a folder, not followed)."""
+    from ..data import IMAGE_EXTENSIONS
+
+    out: dict[str, list[str]] = {reason: [] for reason in _SKIP_REASONS}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for d in sorted(dirnames):
+            path = os.path.join(dirpath, d)
+            if d.startswith("."):
+                out["hidden"].append(path + os.sep)
+            elif os.path.islink(path):
+                out["linked folder"].append(path + os.sep)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for f in sorted(filenames):
+            if f.startswith("."):
+                out["hidden"].append(os.path.join(dirpath, f))
+            elif os.path.splitext(f)[1].lower() not in IMAGE_EXTENSIONS:
+                out["extension"].append(os.path.join(dirpath, f))
+    return {reason: sorted(paths) for reason, paths in out.items() if paths}
+
+
+def _report_skipped(folder: str, scored: int, skipped: dict[str, list[str]]) -> None:
+    """Warn, with counts and the first names, about the entries of `folder` not scored."""
+    from ..data import IMAGE_EXTENSIONS
+
+    if not skipped:
+        return
+    total = sum(len(v) for v in skipped.values())
+    parts = []
+    for reason, paths in skipped.items():
+        shown = ", ".join(
+            os.path.relpath(x, folder) + (os.sep if x.endswith(os.sep) else "") for x in paths[:3]
+        )
+        more = f", ... ({len(paths) - 3} more)" if len(paths) > 3 else ""
+        parts.append(f"{len(paths)} {_SKIP_REASONS[reason]}: {shown}{more}")
+    warnings.warn(
+        f"{folder}: scored {scored} image(s), skipped {total} "
+        f"entr{'y' if total == 1 else 'ies'}: {'; '.join(parts)} (images are files ending in "
+        f"{', '.join(sorted(IMAGE_EXTENSIONS))}, any case, not hidden)",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
