@@ -224,7 +224,7 @@ class Bench:
         assert len(w.teacher_cache) >= len(index)
 
     def reference_step(self) -> None:
-        """The released code's step (see tests/test_wrapper.py::reference_step), with Adam."""
+        """The released code's step (see tests/helpers/reference.py), with Adam."""
         w, opt, teacher = self.get("C")
         captions, _ = self.fresh()
         model = w.encoder.model

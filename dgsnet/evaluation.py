@@ -22,8 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import TrainingConfigError
-from .io import CheckpointError
+from .errors import CheckpointError, TrainingConfigError
 from .metrics import MetricsTable
 from .models import ModelBundle, ModelSpec, build_model
 from .progress import progress_bar
@@ -258,7 +257,7 @@ def evaluate(
     `predict_scores` (checked before any image is read). Roots use the detection layout
     `<root>/<subset>[/<category>]/{0_real,1_fake}` or GenImage's (`split`).
     `single_class`: a dict to fill; when given, subsets with one class are allowed and get
-    a `dgsnet.single_class.SingleClassRow` (r_acc or f_acc only) in
+    a `dgsnet.metrics.SingleClassRow` (r_acc or f_acc only) in
     `single_class[root][subset]` instead of a table row (a root left with no two-class
     subset has no table)."""
     from .data import Degrade, default_transform, open_dataset
@@ -300,7 +299,7 @@ def evaluate(
             ys.append(int(y))
             ss.append(float(s))
         if single_class is not None:
-            from .single_class import split_single_class
+            from .metrics import split_single_class
 
             preds, single = split_single_class(preds, threshold)  # type: ignore[assignment]
             if single:
@@ -322,7 +321,7 @@ class _EvalItems(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
-        from .data import CorruptImageError, DatasetError
+        from .errors import CorruptImageError, DatasetError
 
         try:
             return self.dataset[index]

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import CheckpointError  # re-exported: its earlier home
+
 if TYPE_CHECKING:  # annotations only: the atomic writers need no torch (dgsnet.metrics uses them)
     from torch import Tensor
 
@@ -26,10 +28,6 @@ __all__ = [
     "sha256_file",
     "CheckpointError",
 ]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated, tampered with or does not fit the model."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

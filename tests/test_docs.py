@@ -37,7 +37,7 @@ PUBLIC_MODULES = [
     "dgsnet.wrapper.caches",
     "dgsnet.wrapper.checkpoint",
     "dgsnet.wrapper.output",
-    "dgsnet.presets",
+    "dgsnet.cli.presets",
     "dgsnet.errors",
     "dgsnet.io",
     "dgsnet.progress",

@@ -18,8 +18,9 @@ non-finite loss exits with 1, an interrupted run with 130. `--debug` shows the t
 
 from __future__ import annotations
 
+from ..errors import UsageError
 from .app import build_parser, main, train_settings
-from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, UsageError
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG
 
 __all__ = [
     "EXIT_FAILURE",

@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from .common import check_positive, check_roots, status
-from .errors import EXIT_OK, UsageError
+from .errors import EXIT_OK
 from .options import Formatter, common_parent, wrap
 
 __all__ = ["NAME", "add_parser", "run"]
@@ -82,7 +83,8 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
 def _images(root: str) -> tuple[list[str], dict[str, str | None]]:
     """The images under `root` and their categories (from the dataset layout when `root`
     has one; else every image found, without categories)."""
-    from ..data import DatasetError, list_images, open_dataset
+    from ..data import list_images, open_dataset
+    from ..errors import DatasetError
 
     try:
         ds = open_dataset(root, split="train", allow_single_class=True)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["check_positive", "check_roots", "load_checkpoint", "resolve_device", "status"]
 

@@ -16,6 +16,14 @@ import sys
 from types import TracebackType
 from typing import Any
 
+from ..errors import (  # UsageError re-exported: its earlier home
+    CheckpointError,
+    DatasetError,
+    ModelLoadError,
+    TrainingConfigError,
+    UsageError,
+)
+
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
@@ -34,15 +42,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _MAX_LINES = 8  # lines of a multi-line message printed under the error line
 
 
-class UsageError(ValueError):
-    """A command-line option or input is invalid (exit status 2)."""
-
-
 def _input_errors() -> tuple[type[BaseException], ...]:
-    from ..data import DatasetError
-    from ..errors import ModelLoadError, TrainingConfigError
-    from ..io import CheckpointError
-
     return (UsageError, DatasetError, CheckpointError, ModelLoadError, TrainingConfigError)
 
 

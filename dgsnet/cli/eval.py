@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from .common import check_positive, check_roots, load_checkpoint, status
-from .errors import EXIT_OK, UsageError
+from .errors import EXIT_OK
 from .options import Formatter, add_scoring_options, common_parent, wrap
 
 __all__ = ["NAME", "add_parser", "run"]
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise UsageError(str(exc)) from None
     wrapper, bundle = load_checkpoint(args)
-    from ..data import DatasetError
+    from ..errors import DatasetError
     from ..training import evaluate
 
     single: dict[str, dict[str, Any]] | None = {} if args.allow_single_class else None
@@ -212,7 +213,7 @@ def _evaluate(
 
 
 def _print_single_class(single: dict[str, dict[str, Any]], degradation: str) -> None:
-    from ..single_class import single_class_markdown
+    from ..metrics import single_class_markdown
 
     for root, rows in single.items():
         print()

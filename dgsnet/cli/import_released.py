@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from .common import status
-from .errors import EXIT_OK, UsageError
+from .errors import EXIT_OK
 from .options import Formatter, wrap
 
 __all__ = ["NAME", "add_parser", "run"]

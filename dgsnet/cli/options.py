@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..presets import DEFAULT_PRESET, get_preset
+from ..errors import UsageError
 from ..wrapper import DGSConfig
-from .errors import UsageError
+from .presets import DEFAULT_PRESET, get_preset
 
 __all__ = [
     "DGS_FLAGS",

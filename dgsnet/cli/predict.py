@@ -9,8 +9,9 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from ..errors import UsageError
 from .common import check_positive, load_checkpoint, status
-from .errors import EXIT_OK, UsageError
+from .errors import EXIT_OK
 from .options import Formatter, add_scoring_options, common_parent, wrap
 
 if TYPE_CHECKING:
@@ -63,8 +64,9 @@ class _PathDataset:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Any:
-        from ..data import CorruptImageError, DatasetError, Sample
+        from ..data import Sample
         from ..data._common import load_image
+        from ..errors import CorruptImageError, DatasetError
 
         try:
             img = load_image(self.paths[i])

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UsageError
 from ..io import json_safe
-from ..presets import TRAIN_PRESETS, get_preset
 from .common import check_roots, resolve_device, status
-from .errors import EXIT_OK, UsageError
+from .errors import EXIT_OK
 from .options import (
     Formatter,
     add_dgs_options,
@@ -22,6 +22,7 @@ from .options import (
     dgs_config,
     wrap,
 )
+from .presets import TRAIN_PRESETS, get_preset
 from .train_flags import flag_error
 
 if TYPE_CHECKING:
@@ -366,7 +367,8 @@ def _captions(args: argparse.Namespace, config: Any) -> tuple[Any, bool | None]:
         return None, None
     captions: Any = list(args.captions) if args.captions else "auto"
     if captions == "auto" and args.caption_fallback:
-        from ..data import CaptionError, find_caption_file
+        from ..data import find_caption_file
+        from ..errors import CaptionError
 
         def found(root: str) -> bool:
             try:

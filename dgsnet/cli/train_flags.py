@@ -12,7 +12,7 @@ Examples:
 
 from __future__ import annotations
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["FIELD_FLAGS", "flag_error"]
 

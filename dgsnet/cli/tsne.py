@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from .common import check_positive, check_roots, load_checkpoint, status
-from .errors import EXIT_OK, UsageError
+from .errors import EXIT_OK
 from .options import Formatter, add_model_options, common_parent, wrap
 
 __all__ = ["NAME", "add_parser", "run"]

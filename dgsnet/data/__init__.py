@@ -8,7 +8,8 @@ Examples:
 See `docs/datasets.md` and `docs/captions.md`.
 """
 
-from ._common import IMAGE_EXTENSIONS, CaptionError, CorruptImageError, DatasetError
+from ..errors import CaptionError, CaptionFallbackWarning, CorruptImageError, DatasetError
+from ._common import IMAGE_EXTENSIONS
 from .caption_files import (
     caption_file_candidates,
     find_caption_file,
@@ -18,7 +19,6 @@ from .caption_files import (
 from .caption_store import (
     CATEGORY_TEMPLATE,
     NEUTRAL_CAPTION,
-    CaptionFallbackWarning,
     CaptionStore,
     class_name_caption,
     load_captions,

@@ -14,6 +14,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile
 
+from ..errors import CaptionError, CorruptImageError, DatasetError, ImageRangeWarning
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DatasetError",
@@ -31,48 +33,6 @@ __all__ = [
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 )
-
-
-class DatasetError(ValueError):
-    """A dataset folder, an image file or a caption file is not what was expected.
-
-    The message always names the folder or file concerned and what was expected there.
-    """
-
-
-class CorruptImageError(DatasetError):
-    """An image file cannot be decoded (unreadable, truncated, not an image).
-
-    `path` holds the file, `reason` what the decoder said.
-
-    Args:
-        path: the image file.
-        reason: what the decoder said.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path = os.fspath(path)
-        self.reason = reason
-        super().__init__(f"cannot read image {self.path}: {reason}")
-
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:
-        # survive pickling across DataLoader worker processes with path and reason intact
-        return (type(self), (self.path, self.reason))
-
-
-class CaptionError(DatasetError):
-    """Captions are missing for some images, ambiguous, or a caption file is malformed.
-
-    `missing` lists the image paths that have no caption (possibly empty).
-
-    Args:
-        message: what is wrong.
-        missing: the image paths without a caption.
-    """
-
-    def __init__(self, message: str, missing: list[str] | None = None) -> None:
-        self.missing = list(missing or [])
-        super().__init__(message)
 
 
 def is_image_file(name: str | os.PathLike[str]) -> bool:
@@ -180,10 +140,6 @@ def _open(path: str | os.PathLike[str]) -> Image.Image:
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     return im
-
-
-class ImageRangeWarning(UserWarning):
-    """A float image held values outside 0..1, which `load_image` clipped."""
 
 
 #: modes with 8-bit channels that PIL converts to RGB itself (alpha dropped, CMYK, YCbCr, LAB

@@ -19,8 +19,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..errors import CaptionError
 from ..io import atomic_write_json
-from ._common import CaptionError
 
 __all__ = [
     "caption_file_candidates",

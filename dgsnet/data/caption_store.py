@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from ._common import CaptionError
+from ..errors import CaptionError, CaptionFallbackWarning
 from .caption_files import find_caption_file, read_caption_file
 
 __all__ = [
@@ -45,15 +45,6 @@ CATEGORY_TEMPLATE = "a photo of {article} {category}"
 _LEAKING_FIELDS = ("{class_name", "{label")
 _CLASS_NAMES = {0: "real", 1: "fake"}
 _MAX_LISTED = 5
-
-
-class CaptionFallbackWarning(UserWarning):
-    """A template caption stands in for a real (BLIP) caption.
-
-    The training still runs, but the text branch then carries no per-image semantic content,
-    so Orthogonal Suppression no longer does what the method intends (see `docs/captions.md`).
-    Turn it into an error with `warnings.simplefilter("error", CaptionFallbackWarning)`.
-    """
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from ..errors import CaptionFallbackWarning, CorruptImageError
 from ..progress import progress_bar
-from ._common import CorruptImageError, load_image
+from ._common import load_image
 from .caption_files import read_caption_file, write_caption_json
 from .caption_store import (
     _LEAKING_FIELDS,
     _MAX_LISTED,
-    CaptionFallbackWarning,
     CaptionStore,
     class_name_caption,
 )

@@ -12,7 +12,7 @@ the same names. See `docs/captions.md`.
 
 from __future__ import annotations
 
-from ._common import CaptionError
+from ..errors import CaptionError, CaptionFallbackWarning
 from .caption_files import (
     caption_file_candidates,
     find_caption_file,
@@ -22,7 +22,6 @@ from .caption_files import (
 from .caption_store import (
     CATEGORY_TEMPLATE,
     NEUTRAL_CAPTION,
-    CaptionFallbackWarning,
     CaptionStore,
     FallbackSpec,
     class_name_caption,

@@ -34,12 +34,10 @@ from typing import Any, Literal
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
+from ..errors import CorruptImageError, DatasetError, ImageRangeWarning
 from ..progress import progress_bar
 from ._common import (
     IMAGE_EXTENSIONS,
-    CorruptImageError,
-    DatasetError,
-    ImageRangeWarning,
     check_image,
     load_image,
     truncated_images_allowed,

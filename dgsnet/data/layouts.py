@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ._common import IMAGE_EXTENSIONS, DatasetError, is_image_file
+from ..errors import DatasetError
+from ._common import IMAGE_EXTENSIONS, is_image_file
 
 __all__ = [
     "REAL_DIR",

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..io import CheckpointError
+from ..errors import CheckpointError
 from ..wrapper import DGSConfig
 from .layout import RELEASED_ALPHA, RELEASED_DROPOUT, TEACHER1, TEACHER2, ReleasedCheckpoint
 from .reading import read_released

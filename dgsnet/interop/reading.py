@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..io import CheckpointError, sha256_file
+from ..errors import CheckpointError
+from ..io import sha256_file
 from .layout import (
     _OPENAI_META,
     HEADS,

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..io import CheckpointError, atomic_write_json, save_tensors
+from ..errors import CheckpointError
+from ..io import atomic_write_json, save_tensors
 from ..training.lock import pid_alive
 from .building import _build_clip, _check_base, _load_base, _wrap
 from .layout import (

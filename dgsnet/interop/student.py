@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..io import CheckpointError
+from ..errors import CheckpointError
 from .layout import _BLOCK, _QKV, STUDENT, TEACHER2
 
 

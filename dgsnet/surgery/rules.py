@@ -24,6 +24,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..errors import RuleOutputError  # re-exported: its earlier home
+
 __all__ = [
     "SurgeryRule",
     "RuleOutputError",
@@ -169,13 +171,6 @@ class SurgeryRule:
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, repr(self)))
-
-
-class RuleOutputError(TypeError, ValueError):
-    """A rule returned something other than a tensor of the gradient's shape, dtype and
-    device (for instance `None`, a list, a flattened or a float64 tensor). The message names
-    the rule's class, what was expected and what arrived. A `TypeError` and a `ValueError`
-    at once, so either `except` catches it."""
 
 
 def check_output(rule: object, out: object, like: Tensor, call: str) -> Tensor:

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ..surgery import RuleOutputError, SurgeryRule
+from ..errors import RuleOutputError
+from ..surgery import SurgeryRule
 
 __all__ = ["default_tolerances"]
 

@@ -112,7 +112,8 @@ class TrainItems(Dataset):
         return self.datasets[k], index - int(self.offsets[k])
 
     def __getitem__(self, index: int) -> Any:
-        from ..data import CorruptImageError, DatasetError, Sample
+        from ..data import Sample
+        from ..errors import CorruptImageError, DatasetError
 
         ds, local = self.locate(int(index))
         with torch.random.fork_rng(devices=[]):

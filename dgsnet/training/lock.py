@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import TrainingConfigError
+from ..errors import RunLockedError
 from .distributed import DistInfo, any_rank
 
 try:  # pragma: no cover - always there on Linux and macOS
@@ -64,10 +64,6 @@ GUARD_WAIT_S = 10.0
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
-
-
-class RunLockedError(TrainingConfigError):
-    """Another live process holds the lock on the output folder."""
 
 
 class RunLock:

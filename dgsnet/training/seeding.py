@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = [
     "derive_seed",

@@ -21,9 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import TrainingConfigError
+from ..errors import CheckpointError, TrainingConfigError
 from ..io import (
-    CheckpointError,
     atomic_write_json,
     fsync_dir,
     json_safe,

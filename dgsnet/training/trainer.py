@@ -22,10 +22,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import (
+    CheckpointError,
     TrainingConfigError,
     TrainingInterrupted,
 )
-from ..io import CheckpointError, atomic_write_json, json_safe, load_tensors
+from ..io import atomic_write_json, json_safe, load_tensors
 from ..progress import progress_bar
 from ..wrapper import DGSWrapper
 from .checkpoint_state import checkpoint_state, run_summary

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from ..encoders import DualEncoder
-from ..io import CheckpointError, atomic_write_json, load_tensors, save_tensors
+from ..errors import CheckpointError
+from ..io import atomic_write_json, load_tensors, save_tensors
 from .config import DGSConfig
 
 __all__ = [

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..encoders import DualEncoder, wrap_encoder
-from ..io import CheckpointError
+from ..errors import CheckpointError
 from ..surgery import OrthogonalSuppression, SurgeryRule, fuse
 from .caches import TeacherCache, TextCache
 from .captions import CaptionSource, as_source

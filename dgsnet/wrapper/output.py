@@ -64,7 +64,8 @@ def _register_output_pytree() -> None:
     tensors. DDP routes the forward output through its `_DDPSink` with `tree_flatten`
     (`static_graph=True`, `find_unused_parameters=True`); an unregistered dataclass is an
     opaque leaf there, and with `static_graph=True` the first step's gradients were then never
-    all-reduced (each rank kept its local gradient). `tests/test_distributed.py` checks this."""
+    all-reduced (each rank kept its local gradient). `tests/wrapper/test_distributed.py`
+    checks this."""
     try:
         from torch.utils import _pytree as pytree
     except ImportError:  # pragma: no cover - very old torch

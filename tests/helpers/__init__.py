@@ -31,8 +31,8 @@ from tests.helpers.models import (
     open_clip_tokenizer,
     openai_clip_tokenize,
     tiny_hf_clip,
-    tiny_openai_clip,
     tiny_open_clip,
+    tiny_openai_clip,
     zero_grads,
 )
 from tests.helpers.reference import reference_step

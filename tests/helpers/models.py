@@ -52,7 +52,7 @@ def open_clip_tokenizer() -> Any:
     return open_clip.get_tokenizer("ViT-B-32")
 
 
-def tiny_hf_clip(seed: int = 0, image_size: int = 32) -> Any:
+def tiny_hf_clip(seed: int = 0, image_size: int = 32, projection_dim: int = 16) -> Any:
     """A Hugging Face ``CLIPModel`` of the same size (needs ``transformers``)."""
     from transformers import CLIPConfig, CLIPModel
 
@@ -77,7 +77,7 @@ def tiny_hf_clip(seed: int = 0, image_size: int = 32) -> Any:
             image_size=image_size,
             patch_size=8,
         ),
-        projection_dim=16,
+        projection_dim=projection_dim,
     )
     return CLIPModel(cfg)
 

@@ -8,7 +8,9 @@ the LoRA branch's input only and in training mode only; the out projection and t
 as they are. Parameters are named ``w_lora_A`` (r x in) and ``w_lora_B`` (out x r). Switching
 to eval mode merges: ``weight += scaling * B A`` in place.
 
-Nothing here uses dgsnet or peft: the tests compare dgsnet against this.
+Nothing here uses dgsnet or peft: the tests compare dgsnet against this. The last section
+builds whole files in the released stage-2 layout from tiny OpenAI-style open_clip models
+(`make_released`), for the interop and command-line tests.
 """
 
 from __future__ import annotations
@@ -124,3 +126,66 @@ def copy_lora_from_wrapper(released: nn.Module, wrapper) -> None:
             peft_layer = tower.get_submodule(name)
             layer.w_lora_A.copy_(peft_layer.lora_A["default"].weight)
             layer.w_lora_B.copy_(peft_layer.lora_B["default"].weight)
+
+
+# -- whole released files from tiny OpenAI-style models ------------------------------------------
+RANK, ALPHA = 4, 6.0
+SIZE = 56  # 7 x 7 patches of 8 pixels: the patch-selection mosaic fits exactly
+
+
+def openai_style_clip(seed=0, width=128, layers=2):
+    """A tiny CLIP laid out like OpenAI's: head width 64, QuickGELU."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    return open_clip.CLIP(
+        embed_dim=32,
+        quick_gelu=True,
+        vision_cfg=dict(image_size=SIZE, patch_size=8, width=width, layers=layers, head_width=64),
+        text_cfg=dict(context_length=16, vocab_size=49408, width=64, heads=1, layers=1),
+    ).eval()
+
+
+def make_released(seed=0, merged=False, width=128, round_trips=0):
+    """(state dict in the released stage-2 layout, the released model, the heads, the
+    teacher). ``round_trips``: merge/unmerge cycles before saving, as the released script
+    makes around each validation (float rounding drift)."""
+    teacher = openai_style_clip(seed, width=width)
+    student = released_clip(teacher, r=RANK, alpha=ALPHA, dropout=0.8)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for layer in released_layers(student).values():
+            layer.w_lora_A.copy_(torch.randn(layer.w_lora_A.shape, generator=g) * 0.3)
+            layer.w_lora_B.copy_(torch.randn(layer.w_lora_B.shape, generator=g) * 0.3)
+    heads = {}
+    for name in ("img_fc", "text_fc", "img_frozen_fc"):
+        heads[name] = nn.Linear(32, 1)
+        with torch.no_grad():
+            # logits of order 1 (scores away from 0 and 1): a well-conditioned comparison
+            heads[name].weight.normal_(0, 0.1, generator=g)
+    for layer in released_layers(student).values():
+        for _ in range(round_trips):
+            with torch.no_grad():
+                d = layer.delta()
+                layer.weight += d
+                layer.weight -= d
+        if merged:
+            layer.merge()
+    sd = {f"clip_model.{k}": v for k, v in student.state_dict().items()}
+    sd.update(
+        {f"clip_model_frozen.clip_model_frozen.{k}": v for k, v in teacher.state_dict().items()}
+    )
+    sd.update(
+        {
+            f"clip_model_frozen.img_frozen_fc.{k}": v
+            for k, v in heads["img_frozen_fc"].state_dict().items()
+        }
+    )
+    for name in ("img_fc", "text_fc"):
+        sd.update({f"{name}.{k}": v for k, v in heads[name].state_dict().items()})
+    return sd, student.eval(), heads, teacher
+
+
+def released_scores(student, head, images):
+    with torch.no_grad():
+        return torch.sigmoid(head(student.encode_image(images))).flatten()

@@ -126,3 +126,20 @@ def test_the_wrapper_registers_no_parameter_under_a_name_of_its_own():
     assert all(n.startswith(allowed) for n in names), [
         n for n in names if not n.startswith(allowed)
     ]
+
+
+def test_casting_the_model_alone_names_the_head_left_behind():
+    model, fc = tiny_open_clip(), nn.Linear(16, 1)
+    dgs = DGSWrapper(model, None, DGSConfig(suppression=False), image_head=fc)
+    x, _, y = batch()
+    model.double()  # the user's CLIP only: the wrapper's own heads stay float32
+    fc.double()
+    with pytest.raises(ValueError, match=r"DGS text head is torch.float32 on cpu.*dgs.half\(\)"):
+        dgs(x.double(), None, y)
+    with pytest.raises(ValueError, match="DGS text head"):
+        dgs.predict(x.double())
+    dgs.double()  # the wrapper holds the model and every head: one call casts them all
+    dgs(x.double(), None, y).loss.backward()
+    dgs.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fc(model.encode_image(x.double())), dgs.predict(x.double()))

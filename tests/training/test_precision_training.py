@@ -464,7 +464,7 @@ def test_cli_bf16_train_eval_predict_and_refused_resume(bench, test_bench, tmp_p
 def test_precision_benchmark_runs_tiny_on_cpu(tmp_path, capsys):
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "precision_step.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "precision_step.py"
     spec = importlib.util.spec_from_file_location("precision_step", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)

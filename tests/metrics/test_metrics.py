@@ -657,7 +657,7 @@ def test_atomic_write_failure_keeps_old_file(table, tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(M.os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         table.to_json(p)
     assert p.read_text() == "old"
@@ -670,7 +670,9 @@ def test_atomic_write_failure_keeps_old_file(table, tmp_path, monkeypatch):
 
 
 def test_module_imports_numpy_only():
-    path = Path(M.__file__)
+    from dgsnet.metrics import detection
+
+    path = Path(detection.__file__)
     code = (
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('m', {str(path)!r})\n"

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from tests.helpers import make_bench
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARGS = [
     "--model",
     "tiny",

@@ -39,7 +39,7 @@ from dgsnet.training import (
 )
 from tests.helpers import make_bench, tiny_hf_clip, write_image
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -18,7 +18,7 @@ from dgsnet.cli import main
 from dgsnet.training.lock import LOCK_NAME, RunLock, RunLockedError, hold_run_lock
 from tests.helpers import make_bench
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "--model",
     "tiny",

@@ -13,7 +13,7 @@ import torch
 
 from dgsnet.cli import main
 from tests.helpers.images import write_image
-from tests.test_interop import SIZE, make_released, released_scores
+from tests.helpers.released import SIZE, make_released, released_scores
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,8 +15,8 @@ The conventions are those of UnivFD, CNNDetection, AIGCDetectBenchmark, NPR and 
 
 This module imports numpy only (no scikit-learn, no torch); torch tensors are accepted by duck
 typing (`.detach().cpu()`). Tables of these numbers (`MetricsTable`, the Markdown
-grid, the CSV files of `dgsnet eval` and `dgsnet predict`) live in `dgsnet.tables`
-and are importable from here as well.
+grid, the CSV files of `dgsnet eval` and `dgsnet predict`) live in `dgsnet.metrics.tables`;
+every public name of both is importable from `dgsnet.metrics`.
 
 Examples:
     >>> from dgsnet.metrics import compute_metrics
@@ -33,37 +33,23 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from .tables import (
-        MetricsTable,
-        markdown_grid,
-        roots_summary_markdown,
-        scores_csv,
-        tables_csv,
-        write_tables_csv,
-    )
 
 __all__ = [
     "DEFAULT_THRESHOLD",
     "TABLE_COLUMNS",
     "BestThreshold",
     "DetectionMetrics",
-    "MetricsTable",
+    "PathLike",
     "accuracy",
     "average_precision",
     "best_threshold_accuracy",
+    "check_threshold",
     "compute_metrics",
     "fake_accuracy",
-    "markdown_grid",
     "real_accuracy",
-    "roots_summary_markdown",
-    "scores_csv",
-    "tables_csv",
-    "write_tables_csv",
 ]
 
 #: The decision threshold of the field: predicted fake iff `score > 0.5`.
@@ -182,7 +168,8 @@ def _validate(y_true: Any, scores: Any, *, probabilities: bool) -> tuple[np.ndar
     return _labels(y), _scores(s, probabilities=probabilities)
 
 
-def _threshold(threshold: Any) -> float:
+def check_threshold(threshold: Any) -> float:
+    """`threshold` as a finite float, or a `TypeError` / `ValueError` naming what arrived."""
     try:
         t = float(threshold)
     except (TypeError, ValueError):
@@ -322,7 +309,7 @@ def accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD) -> 
         TypeError: non-numeric input.
     """
     fake, s = _validate(y_true, scores, probabilities=True)
-    return _rate(_correct(fake, s, _threshold(threshold)))
+    return _rate(_correct(fake, s, check_threshold(threshold)))
 
 
 def real_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD) -> float:
@@ -343,7 +330,7 @@ def real_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD
     """
     fake, s = _validate(y_true, scores, probabilities=True)
     return _class_rate(
-        _correct(fake, s, _threshold(threshold)), ~fake, "r_acc", "real images (label 0)"
+        _correct(fake, s, check_threshold(threshold)), ~fake, "r_acc", "real images (label 0)"
     )
 
 
@@ -365,7 +352,7 @@ def fake_accuracy(y_true: Any, scores: Any, threshold: float = DEFAULT_THRESHOLD
     """
     fake, s = _validate(y_true, scores, probabilities=True)
     return _class_rate(
-        _correct(fake, s, _threshold(threshold)), fake, "f_acc", "fake images (label 1)"
+        _correct(fake, s, check_threshold(threshold)), fake, "f_acc", "fake images (label 1)"
     )
 
 
@@ -495,7 +482,7 @@ def compute_metrics(
         TypeError: non-numeric input.
     """
     fake, s = _validate(y_true, scores, probabilities=True)
-    t = _threshold(threshold)
+    t = check_threshold(threshold)
     n_fake = int(np.count_nonzero(fake))
     n_real = int(fake.size - n_fake)
     if n_real == 0 or n_fake == 0:
@@ -516,28 +503,3 @@ def compute_metrics(
         n_real=n_real,
         n_fake=n_fake,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# tables: dgsnet.tables, importable from here (loaded on first use, so that this module alone
-# still needs numpy only)
-# --------------------------------------------------------------------------------------------
-
-_TABLE_NAMES = frozenset(
-    {
-        "MetricsTable",
-        "markdown_grid",
-        "roots_summary_markdown",
-        "scores_csv",
-        "tables_csv",
-        "write_tables_csv",
-    }
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _TABLE_NAMES:
-        from . import tables
-
-        return getattr(tables, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

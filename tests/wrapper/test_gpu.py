@@ -149,3 +149,34 @@ def test_cuda_fused_surgery_equals_eager():
 
 def test_cuda_bf16_autocast_step_close_to_float32():
     _check_bf16_autocast_close_to_float32("cuda")
+
+
+def _check_user_model_placement(device: str) -> None:
+    """The border with a user's model on a device: stage 1 moves CPU batches there; moving
+    the user's CLIP alone is named in the error; moving the wrapper moves every head; the
+    user's forward equals `predict` there."""
+    from torch import nn
+
+    from dgsnet import DGSWrapper
+    from tests.helpers import tiny_open_clip
+
+    model, fc = tiny_open_clip(), nn.Linear(16, 1)
+    dgs = DGSWrapper(model, None, DGSConfig(suppression=False), image_head=fc)
+    x, _, y = batch()
+    model.to(device)  # the user's CLIP only
+    fc.to(device)
+    if device != "cpu":
+        with pytest.raises(ValueError, match="DGS text head .* on cpu"):
+            dgs(x.to(device), None, y)
+    dgs.to(device)
+    hist = dgs.fit_teacher_head([(x, y)], epochs=1, lr=1e-2)  # CPU batches, moved
+    assert len(hist) == 1
+    dgs(x.to(device), None, y.to(device)).loss.backward()
+    dgs.eval()
+    with torch.no_grad():
+        mine = fc(model.encode_image(x.to(device)))
+    torch.testing.assert_close(mine, dgs.predict(x.to(device)), rtol=0, atol=1e-6)
+
+
+def test_user_model_placement_on_cuda():
+    _check_user_model_placement("cuda")

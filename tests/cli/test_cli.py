@@ -16,7 +16,7 @@ import pytest
 from dgsnet.cli import main
 from tests.helpers import make_bench, write_image
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST = [
     "--model",
     "tiny",

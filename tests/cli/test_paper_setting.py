@@ -18,7 +18,7 @@ from dgsnet.cli import main, train_settings
 from dgsnet.presets import TRAIN_PRESETS, get_preset
 from tests.helpers import make_bench
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PRESET_FILE = REPO / "examples" / "presets" / "aigibench-setting2.json"
 SETTING2_SUBSETS = ("car", "cat", "chair", "horse", "sdv1.4")
 

@@ -23,7 +23,7 @@ import torch
 from dgsnet import DGSConfig
 from tests.helpers import batch, build
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = 3
 
 
@@ -108,7 +108,7 @@ def test_deterministic_algorithms_mode_agrees(first_run):
 def test_fresh_interpreter_with_other_hash_seed_agrees(first_run):
     code = (
         f"import torch; torch.set_num_threads({torch.get_num_threads()});"
-        "from tests.test_determinism import run, digest; print(digest(run()[1]))"
+        "from tests.wrapper.test_determinism import run, digest; print(digest(run()[1]))"
     )
     env = dict(os.environ, PYTHONHASHSEED="12345", PYTHONPATH=str(ROOT))
     proc = subprocess.run(

@@ -292,7 +292,7 @@ def test_dgs_output_is_a_pytree_node():
 # ------------------------------------------------------------------------------------------
 # Hugging Face Accelerate: examples/accelerate_train.py
 # ------------------------------------------------------------------------------------------
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "accelerate_train.py"
 TINY_ARGS = ["--tiny", "--cpu", "--samples", "32", "--steps", "3", "--no-shuffle"]
 
