@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from .metrics import MetricsTable
 from .models import ModelBundle, ModelSpec, build_model
 from .progress import progress_bar
 from .training.data import iterate_loader
+from .training.lock import RunLock
 from .training.options import check_int_at_least
 from .training.precision import parse_precision
 from .training.state import FINAL_DIR, LAST_DIR, MODEL_INFO_NAME, RUN_NAME
@@ -85,8 +87,41 @@ def load_trained(
 ) -> tuple[DGSWrapper, ModelBundle]:
     """Rebuild a trained detector: the base model from the spec stored beside the weights
     (`dgsnet_model.json`; or `model=`), then `DGSWrapper.from_pretrained`. Returns
-    `(wrapper in eval mode, bundle)`; `bundle.eval_transform` preprocesses images."""
-    ckpt = resolve_checkpoint(path)
+    `(wrapper in eval mode, bundle)`; `bundle.eval_transform` preprocesses images.
+
+    A stage-1 result (`stage1_result`) is scored with its teacher head. A checkpoint that a
+    training run (one that holds the folder's run lock) replaced while it was read, as it
+    replaces `last/` at every checkpoint, is read again once; when that fails too, the
+    `CheckpointError` says the checkpoint is being written and by which process."""
+    for attempt in (1, 2):
+        ckpt = resolve_checkpoint(path)
+        try:
+            return _load_trained(ckpt, model, device, transform, cache_dir)
+        except (CheckpointError, OSError) as exc:
+            writer = RunLock(ckpt.parent).holder()
+            if writer is None:
+                raise
+            if attempt == 2:
+                raise CheckpointError(
+                    f"{ckpt} is being written: the training run in {ckpt.parent} ({writer}) "
+                    "replaced it while it was read, twice. Read it again in a moment, or "
+                    f"{ckpt.parent / FINAL_DIR} once the run has ended"
+                ) from exc
+            time.sleep(_REREAD_DELAY_S)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: the pause before reading a checkpoint again that a running training replaced meanwhile
+_REREAD_DELAY_S = 0.2
+
+
+def _load_trained(
+    ckpt: Path,
+    model: str | ModelSpec | None,
+    device: str | torch.device,
+    transform: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+) -> tuple[DGSWrapper, ModelBundle]:
     info = _model_info(ckpt) or {}
     spec = model if model is not None else info.get("spec")
     if model is None and isinstance(spec, str) and spec.startswith("local-dir:"):

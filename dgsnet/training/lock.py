@@ -164,6 +164,39 @@ class RunLock:
             os.close(fd)  # replaced meanwhile (by a dgsnet without the guard): lock the new one
         raise RunLockedError(f"{self.out}: the lock file {self.path} keeps being replaced")
 
+    def holder(self) -> str | None:
+        """Who holds the lock (`"process PID"`), or `None` when no run holds it.
+
+        Probed under the guard when the folder is writable, so that the probe never makes a
+        run that is starting at that moment fail; without it otherwise (a read-only folder
+        holds no run that is starting)."""
+        if fcntl is None or not self.path.is_file() or self.path.is_symlink():
+            return None
+        try:
+            with self._guard():
+                return self._probe()
+        except (OSError, RunLockedError):  # no guard file can be made, or it is stuck
+            return self._probe()
+
+    def _probe(self) -> str | None:
+        assert fcntl is not None
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | _NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in _BUSY:
+                    return None
+                pid, _ = _read_holder(fd)
+                return f"process {pid}" if pid else "another process"
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         """Clear the pid and drop the lock (a no-op when not held)."""
         fd, self.fd = self.fd, None

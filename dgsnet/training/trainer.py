@@ -40,6 +40,7 @@ from .data import (
     make_loader,
 )
 from .distributed import DistInfo, any_rank, barrier, broadcast_parameters, setup_distributed
+from .fresh_start import fresh_start_refusal
 from .guard import check_finite_weights
 from .lock import hold_run_lock
 from .options import TrainOptions
@@ -247,6 +248,11 @@ class Trainer:
         self.ckpt = find_resume_checkpoint(self.out) if resume is not False else None
         if resume is True and self.ckpt is None:
             raise TrainingConfigError(f"nothing to resume: {self.out / LAST_DIR} does not exist")
+        refusal = None
+        if self.main and self.ckpt is None:  # a fresh start: keep what it must not delete
+            refusal = fresh_start_refusal(self.out, resume=resume, init_from=self.options.init_from)
+        if any_rank(refusal is not None, self.dist, self.device):
+            raise refusal or TrainingConfigError(f"rank 0 refused to start over in {self.out}")
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             if self.ckpt is None:
