@@ -49,7 +49,12 @@ RELEASED_IMPORT_NAME = "released_import.json"
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     """A checkpoint folder (`dgs_config.json` inside), or a training output folder (its
-    `final/`, else its `last/`)."""
+    `final/`, else its `last/`); a `hf-hub:org/name[@revision]` id is first resolved to
+    its local snapshot through huggingface_hub (`dgsnet.hub.resolve_checkpoint`)."""
+    if os.fspath(path).startswith("hf-hub:"):
+        from .wrapper.locate import resolve_checkpoint as resolve_hub
+
+        path = resolve_hub(path)
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint {p} does not exist")

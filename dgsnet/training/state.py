@@ -31,6 +31,7 @@ from ..io import (
     sha256_file,
 )
 from ..wrapper import WEIGHTS_NAME, DGSWrapper
+from ..wrapper.checkpoint import MODEL_INFO_NAME
 from .precision import DEFAULT_PRECISION
 
 __all__ = [
@@ -68,8 +69,6 @@ LOG_NAME = "train_log.jsonl"
 RUN_NAME = "run.json"
 
 SUMMARY_NAME = "summary.json"
-
-MODEL_INFO_NAME = "dgsnet_model.json"
 
 STATE_NAME = "trainer_state.json"
 

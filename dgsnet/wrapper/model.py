@@ -30,22 +30,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..encoders import DualEncoder, wrap_encoder
-from ..errors import CheckpointError
 from ..surgery import OrthogonalSuppression, SurgeryRule, fuse
 from .caches import TeacherCache, TextCache
 from .captions import CaptionSource, as_source
 from .checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
-    config_from_meta,
     load_dgs_checkpoint,
-    read_checkpoint_meta,
+    read_pretrained,
     save_dgs_checkpoint,
 )
 from .config import DGSConfig
 from .heads import HeadLoss, LossFn, check_image_head
+from .locate import pretrained_folder, require_base_model
 from .lora import attach_lora, lora_spec
 from .output import DGSOutput, SurgeryResult
+from .sharing import PushResult, push_wrapper
 from .stage1 import BatchFn, Stage1Batch, fit_teacher_head
 from .teacher import TeacherBranch, find_trunk_start
 from .terms import dgs_terms
@@ -189,7 +189,6 @@ class DGSWrapper(nn.Module):
         self.teacher_head = nn.Linear(dim, classes, **kw)
         self.teacher_head.requires_grad_(False)
 
-    # -- plumbing -----------------------------------------------------------------------------
     def placement(self) -> Placement:
         """The device and floating dtype of the image tower's weights (read each call, so
         they follow `.to()` and `.half()`): what images must match."""
@@ -228,7 +227,6 @@ class DGSWrapper(nn.Module):
                 if p.requires_grad or prefix == "text_head":
                     yield f"{prefix}.{n}", p
 
-    # -- encoders -----------------------------------------------------------------------------
     def _post(self, feats: Tensor) -> Tensor:
         return F.normalize(feats, dim=-1) if self.config.normalize_features else feats
 
@@ -324,7 +322,6 @@ class DGSWrapper(nn.Module):
             shared_trunk=cfg.shared_trunk,
         )
 
-    # -- the step -----------------------------------------------------------------------------
     def forward(
         self,
         images: Tensor,
@@ -465,7 +462,6 @@ class DGSWrapper(nn.Module):
         finally:
             self.train(was_training)
 
-    # -- stage 1 ------------------------------------------------------------------------------
     def fit_teacher_head(
         self,
         loader: Iterable[Any],
@@ -482,14 +478,10 @@ class DGSWrapper(nn.Module):
     ) -> list[float]:
         """Stage 1: train `teacher_head` as a linear probe on frozen teacher features.
 
-        The loader is taken as it is: `(images, labels, ...)` tuples or lists (extra entries
-        ignored), dgsnet's `(images, captions, labels[, index])` batches, dicts (keys found
-        by common names or named with `image_key`/`label_key`/`index_key`), or anything a
-        `batch_fn` turns into `(images, labels[, index])` (see `Stage1Batch`). Images and
-        labels are moved to the model's device. With indices, the teacher features of the
-        first epoch are kept (on the CPU) for the later epochs (`cache_features`), and the
-        final head's logits fill the teacher cache that stage 2 reads. With `epochs > 1`
-        a one-shot iterator (a generator) is refused before any training.
+        The loader is taken as it is (`Stage1Batch` lists the batch forms read); batches
+        are moved to the model's device. With indices, the first epoch's teacher features are
+        kept for the later epochs (`cache_features`) and the final head's logits fill the
+        teacher cache that stage 2 reads. A one-shot iterator with `epochs > 1` is refused.
 
         Args:
             loader: the batches, re-iterable when `epochs > 1`.
@@ -510,7 +502,6 @@ class DGSWrapper(nn.Module):
         options = {"betas": betas, "progress": progress, "cache_features": cache_features}
         return fit_teacher_head(self, loader, epochs, lr, reader=reader, **options)  # type: ignore[arg-type]
 
-    # -- checkpoints (dgsnet.wrapper.checkpoint) ----------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write LoRA weights and the three heads (safetensors) and the config (JSON),
         each atomically; the JSON, written last, records the weights' sha256
@@ -524,44 +515,64 @@ class DGSWrapper(nn.Module):
         """
         return save_dgs_checkpoint(self, directory)
 
+    def push_to_hub(self, repo_id: str, *, model: str | None = None, **kwargs: Any) -> PushResult:
+        """Upload the wrapper to the Hugging Face Hub with a generated model card.
+
+        The repository holds `final/` (`save_pretrained`'s files) and `README.md`; it loads
+        back with `DGSWrapper.from_pretrained("hf-hub:org/name", model)`, and with
+        `dgsnet.evaluation.load_trained("hf-hub:org/name")` when `model` names the base
+        model's spec. To share a whole `dgsnet train` run (its data description and
+        evaluation tables too), use `dgsnet push RUN_DIR org/name`.
+
+        Args:
+            repo_id: `org/name` (or `hf-hub:org/name[@revision]`).
+            model: the base model's spec (e.g. `"ViT-L-14@openai"`), or `None`.
+            **kwargs: `license`, `revision`, `private`, `token`, `commit_message` (see
+                `dgsnet.wrapper.sharing.push_wrapper`).
+
+        Returns:
+            The repository, branch and files uploaded (`PushResult`).
+        """
+        return push_wrapper(self, repo_id, model=model, **kwargs)
+
     @classmethod
     def from_pretrained(
         cls,
         directory: str | Path,
-        model: Any,
+        model: Any = None,
         tokenizer: Any = None,
         loss_fn: LossFn | None = None,
         *,
         image_head: nn.Module | None = None,
         captions: Any = None,
+        revision: str | None = None,
     ) -> DGSWrapper:
         """Rebuild a wrapper around a fresh `model` (the same architecture as when saved),
         with the saved config, and load the LoRA weights and heads.
 
         Args:
-            directory: the folder `save_pretrained` wrote.
-            model: a fresh model of the saved architecture.
+            directory: the folder `save_pretrained` wrote, or a Hub repository id
+                (`"org/name"`, `"hf-hub:org/name"`; see `dgsnet.wrapper.locate`).
+            model: a fresh model of the saved architecture (required; to build it from a
+                run folder's recorded spec, use `dgsnet.evaluation.load_trained`).
             tokenizer: the model's tokenizer (needed for string captions).
             loss_fn: the custom loss the wrapper was built with, if any.
             image_head: a fresh head of the saved class, when the wrapper was saved with
                 your own head (its weights are loaded into it).
             captions: the caption source (see `DGSWrapper`).
+            revision: the Hub revision (branch, tag or commit), for a repository id.
 
         Returns:
             The wrapper, with the saved weights and config.
 
         Raises:
             CheckpointError: (`dgsnet.io`) the folder is damaged or does not fit
-                `model`, or it was saved with your own head and none was passed.
+                `model`, it was saved with your own head and none was passed, no `model`
+                was given, or a repository id cannot be resolved.
         """
-        meta = read_checkpoint_meta(directory)
-        config = config_from_meta(meta, directory)
-        saved_head = meta.get("image_head")
-        if image_head is None and isinstance(saved_head, dict) and not saved_head.get("linear"):
-            raise CheckpointError(
-                f"{directory} was saved with your own image head ({saved_head.get('class')}): "
-                "pass a fresh one, DGSWrapper.from_pretrained(directory, model, image_head=...)"
-            )
+        require_base_model(model, directory)
+        directory = pretrained_folder(directory, revision)
+        meta, config = read_pretrained(directory, image_head is not None)
         wrapper = cls(
             model, tokenizer, config, loss_fn=loss_fn, image_head=image_head, captions=captions
         )
