@@ -128,9 +128,8 @@ class DirectionLog:
     def add(self, direction: Tensor, labels: Tensor, grad: Tensor, text: Tensor) -> None:
         """One step: the projected direction per sample (any positive scale), the labels, the
         gradient arriving at the features (before the projection) and the text features."""
-        self._steps.append(
-            tuple(t.detach().double().cpu() for t in (direction, labels, grad, text))  # type: ignore[misc]
-        )
+        d, y, g, t = (x.detach().double().cpu() for x in (direction, labels, grad, text))
+        self._steps.append((d, y, g, t))
 
     def __len__(self) -> int:
         return len(self._steps)

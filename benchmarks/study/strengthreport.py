@@ -28,8 +28,14 @@ MEASURES = {
     "theme_effect": "Theme effect (predicted-fake rate, warm minus cool scenes)",
     "train_family_acc": "Training-family accuracy",
 }
-#: the measures compared with plain LoRA
+#: the measures compared with plain LoRA, with their names in the tables' titles
 PAIRED = ("heldout_acc", "heldout_ap", "cka", "theme_effect")
+SHORT = {
+    "heldout_acc": "held-out accuracy",
+    "heldout_ap": "held-out AP",
+    "cka": "CKA",
+    "theme_effect": "theme effect",
+}
 BASELINE = "lora"
 #: the fixed-direction measurement (``row["surgery"]["dir_" + k]``), with column titles
 DIRECTIONS = {
@@ -153,7 +159,7 @@ def markdown(results: dict) -> str:
         trend = f" | {ss[-1]} minus {ss[0]} |" if len(ss) > 1 else " |"
         for k in PAIRED:
             lines += [
-                f"**Paired against plain LoRA, {MEASURES[k].split(' (')[0].lower()}**: per "
+                f"**Paired against plain LoRA, {SHORT[k]}**: per "
                 f"strength the mean over the {n} seeds of the per-seed difference, its 95% "
                 f"t-interval (t(0.975, {n - 1}) x sd / sqrt({n})) and the positive seeds"
                 + (
@@ -179,7 +185,7 @@ def markdown(results: dict) -> str:
         "trained on the training captions): accuracy on a fresh draw of the training "
         "distribution and the mean over the shortcut-free test sets:",
         "",
-        head,
+        "| Caption-only classifier | " + " | ".join(ss) + " |",
         rule,
     ]
     for name in ("training distribution", "test sets"):
@@ -252,7 +258,7 @@ def plots(results: dict, out: Path) -> list[Path]:
         ax.axhline(0, color="grey", lw=0.8, ls=":")
         ax.set_xticks(x, ss)
         ax.set_xlabel("shortcut strength P(warm | fake) in training")
-        ax.set_title(f"{MEASURES[k].split(' (')[0]}: minus plain LoRA", fontsize=10)
+        ax.set_title(f"{SHORT[k][0].upper()}{SHORT[k][1:]}: minus plain LoRA", fontsize=10)
     axes[0].set_ylabel("points (x100), mean and 95% t-interval over seeds")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(shown), 6), fontsize=8)
