@@ -93,6 +93,28 @@ def _write_strength_report(results: dict, out: Path, plots: bool) -> str:
     return table
 
 
+def _add_axis_options(ap: argparse.ArgumentParser) -> None:
+    """The options of the shortcut-strength axis, and --methods."""
+    ap.add_argument(
+        "--strength-axis",
+        action="store_true",
+        help="one training family (--families, default upconv) at several shortcut strengths "
+        "(--shortcuts), the methods of --methods",
+    )
+    ap.add_argument(
+        "--shortcuts",
+        default=None,
+        help="with --strength-axis: the training set's shortcut strengths P(warm | fake), "
+        "comma-separated (default: 0.5,0.7,0.9)",
+    )
+    ap.add_argument(
+        "--methods",
+        default=None,
+        help="with --grid or --strength-axis: the methods, comma-separated (default: the grid's "
+        "nine; the strength axis: " + ",".join(methods.STRENGTH_METHODS) + ")",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.study", description=__doc__.splitlines()[0]
@@ -144,24 +166,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --grid or --strength-axis: worker processes, one (family or strength, seed) "
         "each at a time (default 1); the numbers do not depend on it",
     )
-    ap.add_argument(
-        "--strength-axis",
-        action="store_true",
-        help="one training family (--families, default upconv) at several shortcut strengths "
-        "(--shortcuts), the methods of --methods",
-    )
-    ap.add_argument(
-        "--shortcuts",
-        default=None,
-        help="with --strength-axis: the training set's shortcut strengths P(warm | fake), "
-        "comma-separated (default: 0.5,0.7,0.9)",
-    )
-    ap.add_argument(
-        "--methods",
-        default=None,
-        help="with --grid or --strength-axis: the methods, comma-separated (default: the grid's "
-        "nine; the strength axis: " + ",".join(methods.STRENGTH_METHODS) + ")",
-    )
+    _add_axis_options(ap)
     ap.add_argument(
         "--prior",
         default=None,

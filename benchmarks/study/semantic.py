@@ -151,54 +151,68 @@ class DirectionLog:
         """
         if not self._steps:
             return {}
-        same = same_n = 0.0
-        lowest = 1.0
-        label_sums: dict[int, Tensor] = {}
-        label_counts: dict[int, int] = {}
-        label_norms: dict[int, float] = {}
-        text_pairs = text_n = 0.0
-        along_dir, along_text, along_pos = [], [], []
-        for direction, labels, grad, text in self._steps:
-            u = unit(direction)
-            keep = torch.linalg.vector_norm(u, dim=-1) > 0
-            for lab in labels[keep].unique().tolist():
-                ul = u[keep & (labels == lab)]
-                n = len(ul)
-                same += _pair_sum(ul)
-                same_n += n * (n - 1)
-                if n > 1:
-                    gram = ul @ ul.T
-                    off = ~torch.eye(n, dtype=torch.bool)
-                    lowest = min(lowest, float(gram[off].min()))
-                key = int(lab)
-                label_sums[key] = label_sums.get(key, torch.zeros(u.shape[1], dtype=u.dtype)) + (
-                    ul.sum(0)
-                )
-                label_counts[key] = label_counts.get(key, 0) + n
-                label_norms[key] = label_norms.get(key, 0.0) + float((ul * ul).sum())
-            tu = unit(text)
-            text_pairs += _pair_sum(tu)
-            text_n += len(tu) * (len(tu) - 1)
-            along_dir.append(_abs_cos(grad, direction))
-            along_text.append(_abs_cos(grad, text))
-            along_pos.append(_abs_cos(grad, text.clamp_min(0)))
-        all_pairs = sum(float(s @ s) - label_norms[k] for k, s in label_sums.items())
-        all_n = sum(n * (n - 1) for n in label_counts.values())
-        out = {
-            "grad_along_direction": float(torch.cat(along_dir).mean()),
-            "grad_along_text": float(torch.cat(along_text).mean()),
-            "grad_along_text_positive": float(torch.cat(along_pos).mean()),
-        }
-        # (pairs that do not exist, e.g. one image per label, give no entry rather than NaN)
-        if same_n:
-            out["cos_same_label_same_step"] = same / same_n
-            out["min_cos_same_label_same_step"] = lowest
-        if all_n > same_n:
-            out["cos_same_label_other_step"] = (all_pairs - same) / (all_n - same_n)
-        if text_n:
-            out["cos_text_other_images"] = text_pairs / text_n
-        if len(label_sums) == 2:
-            a, b = (label_sums[k] for k in sorted(label_sums))
-            na, nb = (label_counts[k] for k in sorted(label_counts))
-            out["cos_other_label"] = float(a @ b) / (na * nb)
-        return out
+        return {**_shares(self._steps), **_direction_cosines(self._steps)}
+
+
+Steps = list[tuple[Tensor, Tensor, Tensor, Tensor]]
+
+
+def _shares(steps: Steps) -> dict[str, float]:
+    """The shares of the incoming gradients along the directions and the text features, and
+    the mean cosine between two images' text features."""
+    text_pairs = text_n = 0.0
+    along_dir, along_text, along_pos = [], [], []
+    for direction, _labels, grad, text in steps:
+        tu = unit(text)
+        text_pairs += _pair_sum(tu)
+        text_n += len(tu) * (len(tu) - 1)
+        along_dir.append(_abs_cos(grad, direction))
+        along_text.append(_abs_cos(grad, text))
+        along_pos.append(_abs_cos(grad, text.clamp_min(0)))
+    out = {
+        "grad_along_direction": float(torch.cat(along_dir).mean()),
+        "grad_along_text": float(torch.cat(along_text).mean()),
+        "grad_along_text_positive": float(torch.cat(along_pos).mean()),
+    }
+    if text_n:
+        out["cos_text_other_images"] = text_pairs / text_n
+    return out
+
+
+def _direction_cosines(steps: Steps) -> dict[str, float]:
+    """The cosines between the directions of two images: same label and step (mean and
+    lowest), same label and other steps, other label. Pairs that do not exist (one image per
+    label, say) give no entry rather than NaN."""
+    same = same_n = 0.0
+    lowest = 1.0
+    sums: dict[int, Tensor] = {}
+    counts: dict[int, int] = {}
+    norms: dict[int, float] = {}
+    for direction, labels, _grad, _text in steps:
+        u = unit(direction)
+        keep = torch.linalg.vector_norm(u, dim=-1) > 0
+        for lab in labels[keep].unique().tolist():
+            ul = u[keep & (labels == lab)]
+            n = len(ul)
+            same += _pair_sum(ul)
+            same_n += n * (n - 1)
+            if n > 1:
+                gram = ul @ ul.T
+                lowest = min(lowest, float(gram[~torch.eye(n, dtype=torch.bool)].min()))
+            key = int(lab)
+            sums[key] = sums.get(key, torch.zeros(u.shape[1], dtype=u.dtype)) + ul.sum(0)
+            counts[key] = counts.get(key, 0) + n
+            norms[key] = norms.get(key, 0.0) + float((ul * ul).sum())
+    all_pairs = sum(float(s @ s) - norms[k] for k, s in sums.items())
+    all_n = sum(n * (n - 1) for n in counts.values())
+    out: dict[str, float] = {}
+    if same_n:
+        out["cos_same_label_same_step"] = same / same_n
+        out["min_cos_same_label_same_step"] = lowest
+    if all_n > same_n:
+        out["cos_same_label_other_step"] = (all_pairs - same) / (all_n - same_n)
+    if len(sums) == 2:
+        a, b = (sums[k] for k in sorted(sums))
+        na, nb = (counts[k] for k in sorted(counts))
+        out["cos_other_label"] = float(a @ b) / (na * nb)
+    return out
