@@ -59,7 +59,7 @@ def load_checkpoint(args: argparse.Namespace) -> tuple[Any, Any]:
     """`(wrapper, bundle)` of `args.checkpoint` (a training or checkpoint folder) on
     `--device`, with the `--model`/`--pretrained`/`--cache-dir`/`--transform`
     options."""
-    from ..training import load_trained
+    from ..training.evaluation import load_trained
 
     if not Path(args.checkpoint).exists():
         raise UsageError(f"checkpoint {args.checkpoint} does not exist")
