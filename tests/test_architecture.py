@@ -90,41 +90,7 @@ WRAPPER_ORDER: dict[str, int] = {
 # the shared piece down, make the name public); remove an entry once fixed. Entries that no
 # longer occur fail `test_allow_lists_hold_only_real_violations`.
 KNOWN_CYCLES: set[frozenset[str]] = set()
-KNOWN_PRIVATE_READS: set[tuple[str, str]] = {
-    ("dgsnet.data.captioners", "dgsnet.data.caption_store._LEAKING_FIELDS"),
-    ("dgsnet.data.captioners", "dgsnet.data.caption_store._MAX_LISTED"),
-    ("dgsnet.data.datasets", "dgsnet.data.layouts._Record"),
-    ("dgsnet.data.datasets", "dgsnet.data.layouts._check_root"),
-    ("dgsnet.data.datasets", "dgsnet.data.layouts._collect"),
-    ("dgsnet.data.datasets", "dgsnet.data.layouts._detection_leaves"),
-    ("dgsnet.data.datasets", "dgsnet.data.layouts._filter_subsets"),
-    ("dgsnet.data.datasets", "dgsnet.data.layouts._genimage_leaves"),
-    ("dgsnet.data.datasets", "dgsnet.data.layouts._layout_hint"),
-    ("dgsnet.interop.reading", "dgsnet.interop.layout._OPENAI_META"),
-    ("dgsnet.interop.reading", "dgsnet.interop.student._check_student"),
-    ("dgsnet.interop.reading", "dgsnet.interop.student._need"),
-    ("dgsnet.interop.run_folder", "dgsnet.interop.building._build_clip"),
-    ("dgsnet.interop.run_folder", "dgsnet.interop.building._check_base"),
-    ("dgsnet.interop.run_folder", "dgsnet.interop.building._load_base"),
-    ("dgsnet.interop.run_folder", "dgsnet.interop.building._wrap"),
-    ("dgsnet.interop.student", "dgsnet.interop.layout._BLOCK"),
-    ("dgsnet.interop.student", "dgsnet.interop.layout._QKV"),
-    ("dgsnet.testing.autograd_checks", "dgsnet.testing.compare._call"),
-    ("dgsnet.testing.autograd_checks", "dgsnet.testing.compare._check_tol"),
-    ("dgsnet.testing.autograd_checks", "dgsnet.testing.compare._compare"),
-    ("dgsnet.testing.autograd_checks", "dgsnet.testing.compare._name"),
-    ("dgsnet.testing.autograd_checks", "dgsnet.testing.compare._tols"),
-    ("dgsnet.testing.invariants", "dgsnet.testing.compare._call"),
-    ("dgsnet.testing.invariants", "dgsnet.testing.compare._check_finite_inputs"),
-    ("dgsnet.testing.invariants", "dgsnet.testing.compare._compare"),
-    ("dgsnet.testing.invariants", "dgsnet.testing.compare._finite_part"),
-    ("dgsnet.testing.invariants", "dgsnet.testing.compare._fmt_sample"),
-    ("dgsnet.testing.invariants", "dgsnet.testing.compare._name"),
-    ("dgsnet.testing.invariants", "dgsnet.testing.compare._ref_keys"),
-    ("dgsnet.testing.invariants", "dgsnet.testing.compare._row_norm"),
-    ("dgsnet.testing.invariants", "dgsnet.testing.compare._rows"),
-    ("dgsnet.testing.invariants", "dgsnet.testing.compare._tols"),
-}
+KNOWN_PRIVATE_READS: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:
