@@ -194,7 +194,7 @@ def import_released(
         wrapper = wrap_released(ckpt, net, open_clip.get_tokenizer("ViT-L-14"), dropout)
         write_run_folder(wrapper, out, base=base, model_config=ckpt.info.model_config)
     else:
-        from ..training import build_model
+        from ..models import build_model
 
         bundle = build_model(model, transform="patch-selection", flip=False)
         own = bundle.model.state_dict()

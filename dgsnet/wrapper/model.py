@@ -63,6 +63,20 @@ from .validation import (
 __all__ = ["DGSWrapper", "DGSOutput", "SurgeryResult", "WEIGHTS_NAME", "CONFIG_NAME"]
 
 
+def _teacher_copy(encoder: DualEncoder, tokenizer: Any) -> tuple[nn.Module, DualEncoder]:
+    """A frozen copy of the encoder's model (`teacher="copy"`), and its adapter."""
+    teacher = copy.deepcopy(encoder.model).requires_grad_(False)
+    return teacher, type(encoder)(teacher, tokenizer)
+
+
+def _suppression_rule(config: DGSConfig) -> SurgeryRule | None:
+    """Orthogonal Suppression as `config` sets it (fused when asked); `None` when off."""
+    if not config.suppression:
+        return None
+    rule: SurgeryRule = OrthogonalSuppression(eps=config.eps, conflict_only=config.conflict_only)
+    return fuse(rule) if config.fused else rule
+
+
 class DGSWrapper(nn.Module):
     """DGS-Net around a CLIP-like dual encoder (see the module docstring).
 
@@ -130,9 +144,7 @@ class DGSWrapper(nn.Module):
         self.teacher_model: nn.Module | None = None
         teacher_encoder: DualEncoder | None = None
         if config.teacher == "copy":
-            teacher = copy.deepcopy(self.encoder.model).requires_grad_(False)
-            self.teacher_model = teacher
-            teacher_encoder = type(self.encoder)(teacher, tokenizer)
+            self.teacher_model, teacher_encoder = _teacher_copy(self.encoder, tokenizer)
         # attach_lora freezes the whole model, and the head may live inside it
         head = image_head if isinstance(image_head, nn.Module) else nn.Module()
         head_flags = [(p, p.requires_grad) for p in head.parameters()]
@@ -148,12 +160,7 @@ class DGSWrapper(nn.Module):
         )
         """The step's input checks (`BatchChecker`), bound to this model."""
         self._build_heads(image_head)
-        self.rule: SurgeryRule | None = None
-        if config.suppression:
-            rule: SurgeryRule = OrthogonalSuppression(
-                eps=config.eps, conflict_only=config.conflict_only
-            )
-            self.rule = fuse(rule) if config.fused else rule
+        self.rule: SurgeryRule | None = _suppression_rule(config)
         self.text_cache = TextCache(config.text_cache_size)
         """Text features by caption (LRU); its capacity is `config.text_cache_size`."""
         self.teacher_cache = TeacherCache()
