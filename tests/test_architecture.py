@@ -22,6 +22,7 @@ And the tests mirror the package: test file names are unique across `tests/`.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -599,3 +600,24 @@ def test_no_module_over_600_lines_and_no_function_body_over_60() -> None:
                     long_functions.append(f"{name}.{node.name} (line {node.lineno}: {n} lines)")
     assert not long_modules, f"modules over {MAX_MODULE_LINES} lines: {long_modules}"
     assert not long_functions, f"function bodies over {MAX_FUNCTION_LINES} lines: {long_functions}"
+
+
+# -- the page and the test agree --------------------------------------------------------------
+def documented_layers() -> dict[str, int]:
+    """`{module: layer}` from the layer table of docs/architecture.md (`x/`: package x)."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## The layers, bottom to top", 1)[1].split("\n## ", 1)[0]
+    found: dict[str, int] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0][:1].isdigit():
+            continue
+        layer = int(cells[0].split()[0])
+        for name in re.findall(r"`([^`]+)`", cells[1]):
+            name = name.rstrip("/")
+            found[name if name == "dgsnet" else f"dgsnet.{name}"] = layer
+    return found
+
+
+def test_the_layer_table_of_the_docs_matches_layers() -> None:
+    assert documented_layers() == LAYERS
