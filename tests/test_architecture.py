@@ -67,6 +67,9 @@ LAYERS: dict[str, int] = {
     "dgsnet.training": 5,
     "dgsnet.evaluation": 5,
     "dgsnet.interop": 5,  # the package and every module in it
+    "dgsnet.export": 5,  # reads run folders through evaluation; one module per format
+    "dgsnet.hub": 5,
+    "dgsnet.model_card": 5,
     # 6 the command line
     "dgsnet.cli": 6,
     "dgsnet.__main__": 6,
@@ -75,11 +78,12 @@ LAYERS: dict[str, int] = {
 
 # Order inside the wrapper package, bottom to top: the parts know nothing of the class
 # that assembles them (each takes values or a small protocol of its public members).
-WRAPPER_ORDER: dict[str, int] = {
+WRAPPER_ORDER: dict[str, float] = {
     "dgsnet.wrapper.config": 0,
     "dgsnet.wrapper.caches": 0,
     "dgsnet.wrapper.output": 0,
     "dgsnet.wrapper.captions": 0,
+    "dgsnet.wrapper.card": 0,
     "dgsnet.wrapper.heads": 1,
     "dgsnet.wrapper.lora": 1,
     "dgsnet.wrapper.validation": 1,
@@ -89,6 +93,8 @@ WRAPPER_ORDER: dict[str, int] = {
     "dgsnet.wrapper.checkpoint": 2,
     "dgsnet.wrapper.stage1": 2,
     "dgsnet.wrapper.terms": 3,
+    "dgsnet.wrapper.locate": 3,
+    "dgsnet.wrapper.sharing": 3.5,
     "dgsnet.wrapper.model": 4,
     "dgsnet.wrapper": 5,
 }

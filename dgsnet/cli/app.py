@@ -7,8 +7,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from . import caption, demo, import_released, plot, predict, train, tsne
+from . import caption, demo, import_released, plot, predict, push, train, tsne
 from . import eval as eval_command
+from . import export as export_command
 from .errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -24,7 +25,18 @@ __all__ = ["COMMANDS", "build_parser", "main", "train_settings"]
 
 #: The command modules, in the order `dgsnet --help` lists them. Each has `NAME`,
 #: `add_parser(subparsers) -> [parsers]` (the parser, then any alias) and `run(args)`.
-COMMANDS = (train, eval_command, predict, import_released, caption, tsne, plot, demo)
+COMMANDS = (
+    train,
+    eval_command,
+    predict,
+    import_released,
+    export_command,
+    push,
+    caption,
+    tsne,
+    plot,
+    demo,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

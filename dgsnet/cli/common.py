@@ -56,12 +56,13 @@ def check_roots(roots: Sequence[str], what: str = "root") -> None:
 
 
 def load_checkpoint(args: argparse.Namespace) -> tuple[Any, Any]:
-    """`(wrapper, bundle)` of `args.checkpoint` (a training or checkpoint folder) on
+    """`(wrapper, bundle)` of `args.checkpoint` (a training or checkpoint folder, or a
+    `hf-hub:` id) on
     `--device`, with the `--model`/`--pretrained`/`--cache-dir`/`--transform`
     options."""
     from ..training.evaluation import load_trained
 
-    if not Path(args.checkpoint).exists():
+    if not Path(args.checkpoint).exists() and not str(args.checkpoint).startswith("hf-hub:"):
         raise UsageError(f"checkpoint {args.checkpoint} does not exist")
     device = resolve_device(args.device)
     model = args.model

@@ -132,7 +132,7 @@ def _write_model_info(tmp: Path, wrapper: Any, spec: str | None, image_size: int
     """Write `final/dgsnet_model.json` (the base model's spec and the released preprocessing)
     and, for an imported wrapper, `released_import.json`."""
     from ..data import IMAGENET_MEAN, IMAGENET_STD
-    from ..training import MODEL_INFO_NAME
+    from ..wrapper.checkpoint import MODEL_INFO_NAME
 
     info = getattr(wrapper, "released_import", None)
     model_info = {

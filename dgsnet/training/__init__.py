@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from ..errors import ModelLoadError, NonFiniteError, TrainingConfigError, TrainingInterrupted
 from ..models import ClipPreprocess, HFPreprocess, ModelBundle, ModelSpec, build_model
+from ..wrapper.checkpoint import MODEL_INFO_NAME
 from .api import train
 from .data import ResumableSampler, TrainItems, dataset_fingerprint, open_datasets
 from .distributed import DistInfo, setup_distributed
@@ -52,7 +53,6 @@ from .run_folder import (
     FINAL_DIR,
     LAST_DIR,
     LOG_NAME,
-    MODEL_INFO_NAME,
     OPTIMIZER_NAME,
     RUN_NAME,
     STATE_NAME,

@@ -31,10 +31,11 @@ from ..metrics import MetricsTable, split_single_class
 from ..models import ModelBundle, ModelSpec, build_model
 from ..progress import progress_bar
 from ..wrapper import DGSWrapper
+from ..wrapper.checkpoint import MODEL_INFO_NAME
 from .data import iterate_loader
 from .options import check_int_at_least
 from .precision import Precision, parse_precision
-from .run_folder import MODEL_INFO_NAME, recorded_model_info, resolve_checkpoint
+from .run_folder import recorded_model_info, resolve_checkpoint
 from .workers import bounded_workers
 
 __all__ = [

@@ -10,10 +10,10 @@ A run writes into one folder `OUT`:
 | `run.json` (`RUN_NAME`) | the model, the options, the settings and the data fingerprint |
 | `summary.json` (`SUMMARY_NAME`) | the summary of a finished run |
 
-Inside `last/` and `final/`, beside the wrapper's checkpoint files (`dgsnet.wrapper.checkpoint`),
-`dgsnet_model.json` (`MODEL_INFO_NAME`) names the base model that rebuilds it. A folder is
-written beside its target (`staging_dir`) and put in place by `commit_dir`, so a crash at
-any moment leaves a complete one.
+Inside `last/` and `final/`, beside the wrapper's checkpoint files
+(`dgsnet.wrapper.checkpoint`, which also names `MODEL_INFO_NAME`), `dgsnet_model.json` names
+the base model that rebuilds it. A folder is written beside its target (`staging_dir`) and put
+in place by `commit_dir`, so a crash at any moment leaves a complete one.
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ from typing import Any
 from ..errors import CheckpointError
 from ..io import atomic_write_json, fsync_dir, json_safe
 from ..wrapper import CONFIG_NAME, DGSWrapper
+from ..wrapper.checkpoint import MODEL_INFO_NAME
+from ..wrapper.locate import resolve_checkpoint as resolve_hub_checkpoint
 
 __all__ = [
     "FINAL_DIR",
     "FRESH_RUN_CLEARS",
     "LAST_DIR",
     "LOG_NAME",
-    "MODEL_INFO_NAME",
     "OPTIMIZER_NAME",
     "RUN_NAME",
     "STATE_NAME",
@@ -60,8 +61,6 @@ LOG_NAME = "train_log.jsonl"
 RUN_NAME = "run.json"
 
 SUMMARY_NAME = "summary.json"
-
-MODEL_INFO_NAME = "dgsnet_model.json"
 
 STATE_NAME = "trainer_state.json"
 
@@ -107,7 +106,10 @@ def find_resume_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     """A checkpoint folder (`dgs_config.json` inside), or a training output folder (its
-    `final/`, else its `last/`)."""
+    `final/`, else its `last/`); a `hf-hub:org/name[@revision]` id is first resolved to
+    its local snapshot through huggingface_hub (`dgsnet.hub.resolve_checkpoint`)."""
+    if os.fspath(path).startswith("hf-hub:"):
+        path = resolve_hub_checkpoint(path)
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint {p} does not exist")

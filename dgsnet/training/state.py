@@ -7,12 +7,12 @@ What this module held is now in two modules named for what they are:
 names.
 """
 
+from ..wrapper.checkpoint import MODEL_INFO_NAME
 from .run_folder import (
     FINAL_DIR,
     FRESH_RUN_CLEARS,
     LAST_DIR,
     LOG_NAME,
-    MODEL_INFO_NAME,
     OPTIMIZER_NAME,
     RUN_NAME,
     STATE_NAME,

@@ -38,6 +38,7 @@ from .config import DGSConfig
 __all__ = [
     "CONFIG_NAME",
     "FORMAT_VERSION",
+    "MODEL_INFO_NAME",
     "CheckpointModel",
     "WEIGHTS_NAME",
     "config_digest",
@@ -46,6 +47,7 @@ __all__ = [
     "load_dgs_checkpoint",
     "load_dgs_weights",
     "read_checkpoint_meta",
+    "read_pretrained",
     "save_dgs_checkpoint",
     "set_dgs_state_dict",
     "check_same_function",
@@ -54,6 +56,10 @@ __all__ = [
 
 WEIGHTS_NAME = "dgs_weights.safetensors"
 CONFIG_NAME = "dgs_config.json"
+MODEL_INFO_NAME = "dgsnet_model.json"
+"""Beside a checkpoint, when present: the base model's spec and preprocessing, from which
+`dgsnet.evaluation.load_trained` rebuilds the model (written by the trainer, the importer of
+released checkpoints and `push_to_hub`)."""
 FORMAT_VERSION = 1
 
 # the model properties a checkpoint must agree with (when both sides record them)
@@ -312,6 +318,31 @@ def load_dgs_checkpoint(
 
 def _as_list(value: Any) -> Any:
     return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def read_pretrained(directory: str | Path, has_head: bool) -> tuple[dict[str, Any], DGSConfig]:
+    """The metadata and config of a checkpoint about to be rebuilt by `from_pretrained`.
+
+    Args:
+        directory: the checkpoint folder.
+        has_head: whether the caller passes an image head of its own.
+
+    Returns:
+        `(meta, config)`.
+
+    Raises:
+        CheckpointError: the folder is damaged, or it was saved with the user's own image
+            head and `has_head` is false.
+    """
+    meta = read_checkpoint_meta(directory)
+    config = config_from_meta(meta, directory)
+    saved = meta.get("image_head")
+    if not has_head and isinstance(saved, dict) and not saved.get("linear"):
+        raise CheckpointError(
+            f"{directory} was saved with your own image head ({saved.get('class')}): pass a "
+            "fresh one, DGSWrapper.from_pretrained(directory, model, image_head=...)"
+        )
+    return meta, config
 
 
 def check_same_function(saved: DGSConfig, current: DGSConfig, directory: str | Path) -> None:

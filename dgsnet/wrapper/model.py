@@ -20,7 +20,6 @@ Examples:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,25 +29,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..encoders import DualEncoder, wrap_encoder
-from ..errors import CheckpointError
-from ..surgery import OrthogonalSuppression, SurgeryRule, fuse
+from ..surgery import SurgeryRule
 from .caches import TeacherCache, TextCache
 from .captions import CaptionSource, as_source
 from .checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
-    config_from_meta,
     load_dgs_checkpoint,
-    read_checkpoint_meta,
+    read_pretrained,
     save_dgs_checkpoint,
 )
 from .config import DGSConfig
 from .heads import HeadLoss, LossFn, check_image_head
+from .locate import pretrained_folder, require_base_model
 from .lora import attach_lora, lora_spec
 from .output import DGSOutput, SurgeryResult
+from .sharing import PushResult, push_wrapper
 from .stage1 import BatchFn, Stage1Batch, fit_teacher_head
-from .teacher import TeacherBranch, find_trunk_start
-from .terms import dgs_terms
+from .teacher import TeacherBranch, copy_teacher, find_trunk_start
+from .terms import dgs_terms, suppression_rule
 from .text import TextBranch
 from .validation import (
     BatchChecker,
@@ -61,20 +60,6 @@ from .validation import (
 )
 
 __all__ = ["DGSWrapper", "DGSOutput", "SurgeryResult", "WEIGHTS_NAME", "CONFIG_NAME"]
-
-
-def _teacher_copy(encoder: DualEncoder, tokenizer: Any) -> tuple[nn.Module, DualEncoder]:
-    """A frozen copy of the encoder's model (`teacher="copy"`), and its adapter."""
-    teacher = copy.deepcopy(encoder.model).requires_grad_(False)
-    return teacher, type(encoder)(teacher, tokenizer)
-
-
-def _suppression_rule(config: DGSConfig) -> SurgeryRule | None:
-    """Orthogonal Suppression as `config` sets it (fused when asked); `None` when off."""
-    if not config.suppression:
-        return None
-    rule: SurgeryRule = OrthogonalSuppression(eps=config.eps, conflict_only=config.conflict_only)
-    return fuse(rule) if config.fused else rule
 
 
 class DGSWrapper(nn.Module):
@@ -144,7 +129,7 @@ class DGSWrapper(nn.Module):
         self.teacher_model: nn.Module | None = None
         teacher_encoder: DualEncoder | None = None
         if config.teacher == "copy":
-            self.teacher_model, teacher_encoder = _teacher_copy(self.encoder, tokenizer)
+            self.teacher_model, teacher_encoder = copy_teacher(self.encoder, tokenizer)
         # attach_lora freezes the whole model, and the head may live inside it
         head = image_head if isinstance(image_head, nn.Module) else nn.Module()
         head_flags = [(p, p.requires_grad) for p in head.parameters()]
@@ -160,7 +145,7 @@ class DGSWrapper(nn.Module):
         )
         """The step's input checks (`BatchChecker`), bound to this model."""
         self._build_heads(image_head)
-        self.rule: SurgeryRule | None = _suppression_rule(config)
+        self.rule: SurgeryRule | None = suppression_rule(config)
         self.text_cache = TextCache(config.text_cache_size)
         """Text features by caption (LRU); its capacity is `config.text_cache_size`."""
         self.teacher_cache = TeacherCache()
@@ -196,7 +181,6 @@ class DGSWrapper(nn.Module):
         self.teacher_head = nn.Linear(dim, classes, **kw)
         self.teacher_head.requires_grad_(False)
 
-    # -- plumbing -----------------------------------------------------------------------------
     def placement(self) -> Placement:
         """The device and floating dtype of the image tower's weights (read each call, so
         they follow `.to()` and `.half()`): what images must match."""
@@ -235,7 +219,6 @@ class DGSWrapper(nn.Module):
                 if p.requires_grad or prefix == "text_head":
                     yield f"{prefix}.{n}", p
 
-    # -- encoders -----------------------------------------------------------------------------
     def _post(self, feats: Tensor) -> Tensor:
         return F.normalize(feats, dim=-1) if self.config.normalize_features else feats
 
@@ -331,7 +314,6 @@ class DGSWrapper(nn.Module):
             shared_trunk=cfg.shared_trunk,
         )
 
-    # -- the step -----------------------------------------------------------------------------
     def forward(
         self,
         images: Tensor,
@@ -472,7 +454,6 @@ class DGSWrapper(nn.Module):
         finally:
             self.train(was_training)
 
-    # -- stage 1 ------------------------------------------------------------------------------
     def fit_teacher_head(
         self,
         loader: Iterable[Any],
@@ -489,14 +470,10 @@ class DGSWrapper(nn.Module):
     ) -> list[float]:
         """Stage 1: train `teacher_head` as a linear probe on frozen teacher features.
 
-        The loader is taken as it is: `(images, labels, ...)` tuples or lists (extra entries
-        ignored), dgsnet's `(images, captions, labels[, index])` batches, dicts (keys found
-        by common names or named with `image_key`/`label_key`/`index_key`), or anything a
-        `batch_fn` turns into `(images, labels[, index])` (see `Stage1Batch`). Images and
-        labels are moved to the model's device. With indices, the teacher features of the
-        first epoch are kept (on the CPU) for the later epochs (`cache_features`), and the
-        final head's logits fill the teacher cache that stage 2 reads. With `epochs > 1`
-        a one-shot iterator (a generator) is refused before any training.
+        The loader is taken as it is (`Stage1Batch` lists the batch forms read); batches
+        are moved to the model's device. With indices, the first epoch's teacher features are
+        kept for the later epochs (`cache_features`) and the final head's logits fill the
+        teacher cache that stage 2 reads. A one-shot iterator with `epochs > 1` is refused.
 
         Args:
             loader: the batches, re-iterable when `epochs > 1`.
@@ -517,7 +494,6 @@ class DGSWrapper(nn.Module):
         options = {"betas": betas, "progress": progress, "cache_features": cache_features}
         return fit_teacher_head(self, loader, epochs, lr, reader=reader, **options)  # type: ignore[arg-type]
 
-    # -- checkpoints (dgsnet.wrapper.checkpoint) ----------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write LoRA weights and the three heads (safetensors) and the config (JSON),
         each atomically; the JSON, written last, records the weights' sha256
@@ -531,44 +507,64 @@ class DGSWrapper(nn.Module):
         """
         return save_dgs_checkpoint(self, directory)
 
+    def push_to_hub(self, repo_id: str, *, model: str | None = None, **kwargs: Any) -> PushResult:
+        """Upload the wrapper to the Hugging Face Hub with a generated model card.
+
+        The repository holds `final/` (`save_pretrained`'s files) and `README.md`; it loads
+        back with `DGSWrapper.from_pretrained("hf-hub:org/name", model)`, and with
+        `dgsnet.evaluation.load_trained("hf-hub:org/name")` when `model` names the base
+        model's spec. To share a whole `dgsnet train` run (its data description and
+        evaluation tables too), use `dgsnet push RUN_DIR org/name`.
+
+        Args:
+            repo_id: `org/name` (or `hf-hub:org/name[@revision]`).
+            model: the base model's spec (e.g. `"ViT-L-14@openai"`), or `None`.
+            **kwargs: `license`, `revision`, `private`, `token`, `commit_message` (see
+                `dgsnet.wrapper.sharing.push_wrapper`).
+
+        Returns:
+            The repository, branch and files uploaded (`PushResult`).
+        """
+        return push_wrapper(self, repo_id, model=model, **kwargs)
+
     @classmethod
     def from_pretrained(
         cls,
         directory: str | Path,
-        model: Any,
+        model: Any = None,
         tokenizer: Any = None,
         loss_fn: LossFn | None = None,
         *,
         image_head: nn.Module | None = None,
         captions: Any = None,
+        revision: str | None = None,
     ) -> DGSWrapper:
         """Rebuild a wrapper around a fresh `model` (the same architecture as when saved),
         with the saved config, and load the LoRA weights and heads.
 
         Args:
-            directory: the folder `save_pretrained` wrote.
-            model: a fresh model of the saved architecture.
+            directory: the folder `save_pretrained` wrote, or a Hub repository id
+                (`"org/name"`, `"hf-hub:org/name"`; see `dgsnet.wrapper.locate`).
+            model: a fresh model of the saved architecture (required; to build it from a
+                run folder's recorded spec, use `dgsnet.evaluation.load_trained`).
             tokenizer: the model's tokenizer (needed for string captions).
             loss_fn: the custom loss the wrapper was built with, if any.
             image_head: a fresh head of the saved class, when the wrapper was saved with
                 your own head (its weights are loaded into it).
             captions: the caption source (see `DGSWrapper`).
+            revision: the Hub revision (branch, tag or commit), for a repository id.
 
         Returns:
             The wrapper, with the saved weights and config.
 
         Raises:
             CheckpointError: (`dgsnet.io`) the folder is damaged or does not fit
-                `model`, or it was saved with your own head and none was passed.
+                `model`, it was saved with your own head and none was passed, no `model`
+                was given, or a repository id cannot be resolved.
         """
-        meta = read_checkpoint_meta(directory)
-        config = config_from_meta(meta, directory)
-        saved_head = meta.get("image_head")
-        if image_head is None and isinstance(saved_head, dict) and not saved_head.get("linear"):
-            raise CheckpointError(
-                f"{directory} was saved with your own image head ({saved_head.get('class')}): "
-                "pass a fresh one, DGSWrapper.from_pretrained(directory, model, image_head=...)"
-            )
+        require_base_model(model, directory)
+        directory = pretrained_folder(directory, revision)
+        meta, config = read_pretrained(directory, image_head is not None)
         wrapper = cls(
             model, tokenizer, config, loss_fn=loss_fn, image_head=image_head, captions=captions
         )
