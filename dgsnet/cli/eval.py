@@ -98,7 +98,7 @@ def _degradation_name(args: argparse.Namespace) -> str:
 
 
 def _print_tables(tables: dict[str, Any], degradation: str) -> None:
-    from ..metrics import roots_summary_markdown
+    from ..metrics.tables import roots_summary_markdown
 
     for i, (root, table) in enumerate(tables.items()):
         if i:
@@ -121,7 +121,7 @@ def _write_outputs(
     single: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     from ..io import atomic_write_json
-    from ..metrics import write_tables_csv
+    from ..metrics.tables import write_tables_csv
     from ..plots import accuracy_figure
 
     if args.csv and tables:  # (two-class tables only; single-class rows go to --json)
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
     wrapper, bundle = load_checkpoint(args)
     from ..errors import DatasetError
-    from ..training import evaluate
+    from ..training.evaluation import evaluate
 
     single: dict[str, dict[str, Any]] | None = {} if args.allow_single_class else None
     try:
@@ -213,7 +213,7 @@ def _evaluate(
 
 
 def _print_single_class(single: dict[str, dict[str, Any]], degradation: str) -> None:
-    from ..metrics import single_class_markdown
+    from ..metrics.single_class import single_class_markdown
 
     for root, rows in single.items():
         print()

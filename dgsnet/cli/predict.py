@@ -7,15 +7,12 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from ..errors import UsageError
 from .common import check_positive, load_checkpoint, status
 from .errors import EXIT_OK
 from .options import Formatter, add_scoring_options, common_parent, wrap
-
-if TYPE_CHECKING:
-    from torch.utils.data import Dataset
 
 __all__ = ["NAME", "add_parser", "run"]
 
@@ -53,33 +50,10 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
     return [p]
 
 
-class _PathDataset:
-    """Images given by path; a corrupt one raises a one-argument `DatasetError` (so
-    that it keeps its type when re-raised from a DataLoader worker)."""
-
-    def __init__(self, paths: list[str], transform: Any) -> None:
-        self.paths, self.transform = paths, transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> Any:
-        from ..data import Sample
-        from ..data._common import load_image
-        from ..errors import CorruptImageError, DatasetError
-
-        try:
-            img = load_image(self.paths[i])
-        except CorruptImageError as exc:
-            raise DatasetError(str(exc)) from exc
-        return Sample(self.transform(img), None, 0, "", i, self.paths[i])
-
-
 def _image_paths(inputs: list[str]) -> list[str]:
     """The image files named by `inputs` (files, and folders searched recursively), each
     once, in order."""
-    from ..data import list_images
-    from ..data._common import is_image_file
+    from ..data import is_image_file, list_images
 
     paths: list[str] = []
     for item in inputs:
@@ -156,17 +130,17 @@ def _report_skipped(folder: str, scored: int, skipped: dict[str, list[str]]) -> 
 
 def run(args: argparse.Namespace) -> int:
     """Run `dgsnet predict`; returns the exit status."""
-    from ..metrics import scores_csv
+    from ..metrics.tables import scores_csv
 
     check_positive("--batch-size", args.batch_size)
     check_positive("--workers", args.workers, 0)
     paths = _image_paths(args.inputs)
     wrapper, bundle = load_checkpoint(args)
-    from ..training import predict_scores
+    from ..training.evaluation import EvalItems, ImageFiles, predict_scores
 
     scores, _, _, done_paths = predict_scores(
         wrapper,
-        cast("Dataset[Any]", _PathDataset(paths, bundle.eval_transform)),
+        EvalItems(ImageFiles(paths, bundle.eval_transform)),
         batch_size=args.batch_size,
         num_workers=args.workers,
         progress=not args.quiet and args.out is not None,

@@ -18,8 +18,8 @@ from torch import Tensor
 from ..errors import CheckpointError
 from ..io import sha256_file
 from .layout import (
-    _OPENAI_META,
     HEADS,
+    OPENAI_META_KEYS,
     RELEASED_ALPHA,
     RELEASED_RANK,
     STUDENT,
@@ -30,7 +30,7 @@ from .layout import (
     ReleasedCheckpoint,
     ReleasedImport,
 )
-from .student import _check_student, _need
+from .student import check_student, need_tensor
 
 __all__ = ["MAX_ALPHA", "check_alpha", "read_released", "released_model_config"]
 
@@ -129,7 +129,7 @@ def _check_stored(path: Path, key: str, t: Tensor) -> None:
 
 def _check_values(path: Path, key: str, t: Tensor) -> None:
     """Weights are floating point and finite (OpenAI's integer scalar entries aside)."""
-    if key.rpartition(".")[2] in _OPENAI_META and t.dim() == 0:
+    if key.rpartition(".")[2] in OPENAI_META_KEYS and t.dim() == 0:
         return
     if not t.is_floating_point():
         raise CheckpointError(
@@ -245,7 +245,7 @@ def released_model_config(
     parts = dict(base)
 
     def need(name: str) -> Tensor:
-        return _need(path, parts, prefix, name)
+        return need_tensor(path, parts, prefix, name)
 
     conv = need("visual.conv1.weight")
     pos = need("visual.positional_embedding")
@@ -288,8 +288,8 @@ def released_model_config(
 
 
 def _head(path: Path, part: dict[str, Tensor], prefix: str, dim: int) -> tuple[Tensor, Tensor]:
-    w = _need(path, part, prefix, "weight")
-    b = _need(path, part, prefix, "bias")
+    w = need_tensor(path, part, prefix, "weight")
+    b = need_tensor(path, part, prefix, "bias")
     extra = sorted(set(part) - {"weight", "bias"})
     if extra:
         raise CheckpointError(f"{path}: unknown key {prefix + extra[0]!r}")
@@ -330,7 +330,7 @@ def read_released(
     sd = _load_state_dict(path)
     stage, parts = _split(path, sd)
     t_prefix = TEACHER2 if stage == 2 else TEACHER1
-    base = {k: v for k, v in parts[t_prefix].items() if k not in _OPENAI_META}
+    base = {k: v for k, v in parts[t_prefix].items() if k not in OPENAI_META_KEYS}
     cfg = released_model_config(
         base, head_width=head_width, quick_gelu=quick_gelu, path=path, prefix=t_prefix
     )
@@ -339,8 +339,8 @@ def read_released(
         teacher_head = _head(path, parts[TEACHER_HEAD2], TEACHER_HEAD2, dim)
         image_head: tuple[Tensor, Tensor] | None = _head(path, parts["img_fc."], "img_fc.", dim)
         text_head: tuple[Tensor, Tensor] | None = _head(path, parts["text_fc."], "text_fc.", dim)
-        student = {k: v for k, v in parts[STUDENT].items() if k not in _OPENAI_META}
-        lora, rank, merged, deviation = _check_student(
+        student = {k: v for k, v in parts[STUDENT].items() if k not in OPENAI_META_KEYS}
+        lora, rank, merged, deviation = check_student(
             path, base, student, cfg["vision_cfg"]["layers"], float(alpha)
         )
     else:

@@ -16,7 +16,7 @@ from torch import Tensor
 from ..errors import CheckpointError
 from ..io import atomic_write_json, save_tensors
 from ..training.lock import pid_alive
-from .building import _build_clip, _check_base, _load_base, _wrap
+from .building import build_clip, check_base, load_base, wrap_released
 from .layout import (
     BASE_DIR,
     FINAL_DIR,
@@ -177,7 +177,7 @@ def _write_model_info(tmp: Path, wrapper: Any, spec: str | None, image_size: int
     """Write `final/dgsnet_model.json` (the base model's spec and the released preprocessing)
     and, for an imported wrapper, `released_import.json`."""
     from ..data import IMAGENET_MEAN, IMAGENET_STD
-    from ..training import MODEL_INFO_NAME
+    from ..wrapper.checkpoint import MODEL_INFO_NAME
 
     info = getattr(wrapper, "released_import", None)
     model_info = {
@@ -232,23 +232,23 @@ def import_released(
     if model is None:
         import open_clip
 
-        net = _build_clip(ckpt.info.model_config)
-        _load_base(Path(path), net, ckpt.base, prefix)
+        net = build_clip(ckpt.info.model_config)
+        load_base(Path(path), net, ckpt.base, prefix)
         base = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        wrapper = _wrap(ckpt, net, open_clip.get_tokenizer("ViT-L-14"), dropout)
+        wrapper = wrap_released(ckpt, net, open_clip.get_tokenizer("ViT-L-14"), dropout)
         write_run_folder(wrapper, out, base=base, model_config=ckpt.info.model_config)
     else:
-        from ..training import build_model
+        from ..models import build_model
 
         bundle = build_model(model, transform="patch-selection", flip=False)
         own = bundle.model.state_dict()
-        _check_base(Path(path), own, ckpt.base, prefix)
+        check_base(Path(path), own, ckpt.base, prefix)
         for k, v in own.items():
             if not torch.equal(v, ckpt.base[k].to(v.dtype)):
                 raise CheckpointError(
                     f"{path}: {prefix + k!r} differs from the weights of --model {model}; "
                     "omit --model to store the file's own CLIP in the run folder"
                 )
-        wrapper = _wrap(ckpt, bundle.model, bundle.tokenizer, dropout)
+        wrapper = wrap_released(ckpt, bundle.model, bundle.tokenizer, dropout)
         write_run_folder(wrapper, out, model_spec=str(bundle.spec))
     return ckpt.info

@@ -1,7 +1,7 @@
 """What a run that starts over may delete from its output folder.
 
 A run with nothing to resume (no `OUT/last/`) starts over and deletes an earlier run's
-checkpoints, log and summary (`dgsnet.training.state.FRESH_RUN_CLEARS`). `fresh_start_refusal`
+checkpoints, log and summary (`dgsnet.training.run_folder.FRESH_RUN_CLEARS`). `fresh_start_refusal`
 says why not when that would destroy a finished run (its `final/` weights or `summary.json`)
 that the caller did not ask to replace, or the weights `init_from` names.
 
@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from ..errors import TrainingConfigError
-from .state import FINAL_DIR, FRESH_RUN_CLEARS, LAST_DIR, SUMMARY_NAME
+from .run_folder import FINAL_DIR, FRESH_RUN_CLEARS, LAST_DIR, SUMMARY_NAME
 
 __all__ = ["finished_run_parts", "fresh_start_refusal"]
 

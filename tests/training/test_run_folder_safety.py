@@ -17,7 +17,7 @@ from dgsnet.errors import TrainingConfigError
 from dgsnet.io import CheckpointError
 from dgsnet.models import build_model
 from dgsnet.training.lock import RunLock
-from dgsnet.training.state import commit_dir, staging_dir
+from dgsnet.training.run_folder import commit_dir, staging_dir
 from tests.helpers import make_bench
 
 pytestmark = pytest.mark.usefixtures("one_thread")
