@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .io import CheckpointError, atomic_write_json, atomic_write_text
+from .errors import CheckpointError
+from .io import atomic_write_json, atomic_write_text
 from .wrapper.checkpoint import MODEL_INFO_NAME
 from .wrapper.locate import HUB_PREFIX, is_hub_id, parse_hub_id, resolve_checkpoint
 from .wrapper.sharing import PushResult, stage_wrapper, upload_folder
@@ -192,10 +193,10 @@ def stage_upload(
     Returns:
         `folder`.
     """
-    from .checkpoint import read_checkpoint_meta
-    from .evaluation import resolve_checkpoint as resolve_local
     from .model_card import model_card
+    from .training.run_folder import resolve_checkpoint as resolve_local
     from .wrapper import CONFIG_NAME, WEIGHTS_NAME, DGSWrapper
+    from .wrapper.checkpoint import read_checkpoint_meta
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)

@@ -187,15 +187,27 @@ def read_run_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
     Raises:
         FileNotFoundError: no log there.
-        ValueError: a line before the last is not a JSON object.
+        ValueError: a line before the last is not a JSON object (the message names the file
+            and the line).
     """
+    return [rec for _, rec in _numbered_records(path)]
+
+
+def _log_file(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
-    if p.is_dir():
-        p = p / "train_log.jsonl"
+    return p / "train_log.jsonl" if p.is_dir() else p
+
+
+def _numbered_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]]:
+    """`("<file>, line <n>", record)` for each record of the log (see `read_run_log`)."""
+    p = _log_file(path)
     if not p.is_file():
         raise FileNotFoundError(f"no run log at {p} (expected a run folder or a train_log.jsonl)")
-    lines = p.read_text(encoding="utf-8").splitlines()
-    records: list[dict[str, Any]] = []
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p} is not UTF-8 text ({exc})") from None
+    records: list[tuple[str, dict[str, Any]]] = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -207,7 +219,7 @@ def read_run_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             raise ValueError(f"{p}, line {i + 1}: not a JSON record") from None
         if not isinstance(rec, dict):
             raise ValueError(f"{p}, line {i + 1}: expected a JSON object, got {type(rec).__name__}")
-        records.append(rec)
+        records.append((f"{p}, line {i + 1}", rec))
     return records
 
 
@@ -215,7 +227,10 @@ def _value(v: Any) -> float | None:
     """A finite float from a logged number (the log writes NaN/Inf as strings); else None."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
-    f = float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # an integer beyond float range
+        return None
     return f if math.isfinite(f) else None
 
 
@@ -233,11 +248,42 @@ def run_curves(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Curv
 
     Figures without any point are left out (a run without surgery logs no statistics).
 
+    Raises:
+        ValueError: a step record whose `step` is not a whole number, or whose `losses`
+            or `stats` is not an object (the message names the record).
+
     Examples:
         >>> run_curves([{"event": "step", "step": 1, "loss": 0.7, "losses": {"image": 0.6},
         ...              "stats": {"removed_fraction": 0.1}, "lr": 1e-3}])["losses"]
         {'total': ([1], [0.7]), 'image': ([1], [0.6])}
     """
+    return _curves((f"record {i + 1}", rec) for i, rec in enumerate(records))
+
+
+def _step_fields(where: str, rec: Mapping[str, Any]) -> tuple[int, Mapping[str, Any], Any]:
+    """`(step, stats, losses)` of a step record, checked (`ValueError` naming `where`)."""
+    step = rec.get("step")
+    if isinstance(step, float) and math.isfinite(step) and step.is_integer():
+        step = int(step)
+    if isinstance(step, int) and not 0 <= step < 2**63:
+        raise ValueError(
+            f"{where}: a step record's 'step' must be a whole number >= 0, got {step!r:.40}"
+        )
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise ValueError(f"{where}: a step record's 'step' must be a whole number, got {step!r}")
+    parts = {}
+    for key in ("losses", "stats"):
+        value = rec.get(key)
+        if value is not None and not isinstance(value, Mapping):
+            raise ValueError(
+                f"{where}: a step record's {key!r} must be an object of numbers, got "
+                f"{type(value).__name__} {value!r:.60}"
+            )
+        parts[key] = value or {}
+    return step, parts["stats"], parts["losses"]
+
+
+def _curves(records: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, dict[str, Curve]]:
     curves: dict[str, dict[str, Curve]] = {name: {} for name in RUN_FIGURES}
 
     def add(figure: str, name: str, step: int, value: Any) -> None:
@@ -247,14 +293,13 @@ def run_curves(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Curv
             xs.append(step)
             ys.append(v)
 
-    for rec in records:
+    for where, rec in records:
         if rec.get("event") != "step":
             continue
-        step = int(rec["step"])
+        step, stats, losses = _step_fields(where, rec)
         add("losses", "total", step, rec.get("loss"))
-        for part, v in (rec.get("losses") or {}).items():
+        for part, v in losses.items():
             add("losses", str(part), step, v)
-        stats = rec.get("stats") or {}
         add("removed_fraction", "removed_fraction", step, stats.get("removed_fraction"))
         for name in ("cos_harm", "cos_help"):
             add("cosines", name, step, stats.get(name))
@@ -314,16 +359,17 @@ def run_figures(
 
     Raises:
         FileNotFoundError: no run log.
-        ValueError: the log is damaged, or holds no stage-2 step (e.g. a stage-1 run).
+        ValueError: the log is damaged (a line that is no JSON object, a step record with
+            a bad `step`, `losses` or `stats`: the message names the file and the line),
+            or holds no stage-2 step (e.g. a stage-1 run).
         ImportError: matplotlib is missing (the message names the `viz` extra).
 
     Examples:
         >>> run_figures("runs/tiny")  # doctest: +SKIP
     """
     src = Path(run)
-    records = read_run_log(src)
-    curves = run_curves(records)
-    log_name = src if src.is_file() else src / "train_log.jsonl"
+    curves = _curves(_numbered_records(src))
+    log_name = _log_file(src)
     if not curves:
         raise ValueError(f"{log_name} holds no stage-2 step records to plot")
     out = Path(out_dir) if out_dir is not None else (src.parent if src.is_file() else src) / "plots"

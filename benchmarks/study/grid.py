@@ -49,8 +49,9 @@ def _task(
     lora_scaling: str,
     method_names: tuple[str, ...],
 ) -> dict:
-    """One (training family, seed): every method in ``method_names``. Returns the rows, the
-    text-only classifier's accuracies, the log lines and the seconds it took."""
+    """One (training family, seed) of the protocol ``proto`` (its ``shortcut`` included):
+    every method in ``method_names``. Returns the rows, the text-only classifier's accuracies,
+    the log lines and the seconds it took."""
     t0 = time.time()
     lines: list[str] = []
     model = _STATE["model"]
@@ -58,11 +59,15 @@ def _task(
     b = methods.Budget(**budget)
     ctx = runner.prepare(seed, p, model, b, lines.append, lora_scaling)
     rows = {}
+    lora = None  # the plain-LoRA detector, which WiSE-FT ("wise") reuses
     for m in method_names:
-        rows[m], _ = runner.evaluate(m, ctx, model, b, lines.append, lora_scaling)
+        rows[m], trained = runner.evaluate(m, ctx, model, b, lines.append, lora_scaling, lora)
+        if m == "lora":
+            lora = trained
     return {
         "family": family,
         "seed": seed,
+        "shortcut": p.shortcut,
         "rows": rows,
         "text_only": ctx.text_only,
         "log": lines,
@@ -110,22 +115,60 @@ def run_grid(
     ``jobs == 1`` runs in this process (with ``threads`` torch threads, restored afterwards);
     more run in that many spawned worker processes, each loading the prior from ``prior_dir``.
     """
+    tasks = [(f, f, s, asdict(proto)) for f in families for s in proto.seeds]
+    done = run_tasks(
+        model, prior_dir, spec, tasks, budget, lora_scaling, jobs, threads, log, method_names
+    )
+    runs: dict[str, dict] = {}
+    for fam in families:
+        runs[fam] = {
+            "seeds": {str(s): done[(fam, s)]["rows"] for s in proto.seeds},
+            "text_only": {str(s): done[(fam, s)]["text_only"] for s in proto.seeds},
+        }
+    seconds = {f"{fam}/{s}": done[(fam, s)]["seconds"] for fam, _, s, _p in tasks}
+    return runs, seconds
+
+
+Task = tuple[str, str, int, dict]
+
+
+def run_tasks(
+    model: torch.nn.Module,
+    prior_dir: Path,
+    spec: prior.PriorSpec,
+    tasks: Sequence[Task],
+    budget: methods.Budget,
+    lora_scaling: str,
+    jobs: int,
+    threads: int,
+    log: Callable[[str], None],
+    method_names: tuple[str, ...],
+) -> dict[tuple[str, int], dict]:
+    """Run ``tasks``, each ``(name, training family, seed, protocol as a dict)``, every method
+    of ``method_names`` in each. Returns the results of :func:`_task` keyed ``(name, seed)``;
+    the log names each task by ``name`` (the grid: the family; the strength axis: the
+    shortcut).
+
+    Raises:
+        ValueError: ``jobs`` or ``threads`` below 1.
+    """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    tasks = [(f, s) for f in families for s in proto.seeds]
-    common = (asdict(proto), asdict(budget), lora_scaling, tuple(method_names))
+    common = (asdict(budget), lora_scaling, tuple(method_names))
+    names = {(fam, seed, p["shortcut"]): name for name, fam, seed, p in tasks}
     done: dict[tuple[str, int], dict] = {}
     t0 = time.time()
 
     def finished(res: dict) -> None:
-        done[(res["family"], res["seed"])] = res
+        name = names[(res["family"], res["seed"], res["shortcut"])]
+        done[(name, res["seed"])] = res
         for line in res["log"]:
-            log(f"[{res['family']}]{line}")
+            log(f"[{name}]{line}")
         rate = (time.time() - t0) / len(done)
         log(
-            f"grid: {res['family']} seed {res['seed']} done in {res['seconds'] / 60:.1f} min; "
+            f"grid: {name} seed {res['seed']} done in {res['seconds'] / 60:.1f} min; "
             f"{len(done)}/{len(tasks)} done, {(time.time() - t0) / 60:.1f} min elapsed, "
             f"about {rate * (len(tasks) - len(done)) / 60:.0f} min left"
         )
@@ -134,8 +177,8 @@ def run_grid(
         before = torch.get_num_threads()
         try:
             _init(str(prior_dir), asdict(spec), threads, model)
-            for fam, seed in tasks:
-                finished(_task(fam, seed, *common))
+            for _, fam, seed, p in tasks:
+                finished(_task(fam, seed, p, *common))
         finally:
             torch.set_num_threads(before)
             _STATE.clear()
@@ -147,18 +190,10 @@ def run_grid(
             initializer=_init,
             initargs=(str(prior_dir), asdict(spec), threads),
         ) as ex:
-            futures = [ex.submit(_task, fam, seed, *common) for fam, seed in tasks]
+            futures = [ex.submit(_task, fam, seed, p, *common) for _, fam, seed, p in tasks]
             for fut in as_completed(futures):
                 finished(fut.result())
-
-    runs: dict[str, dict] = {}
-    for fam in families:
-        runs[fam] = {
-            "seeds": {str(s): done[(fam, s)]["rows"] for s in proto.seeds},
-            "text_only": {str(s): done[(fam, s)]["text_only"] for s in proto.seeds},
-        }
-    seconds = {f"{fam}/{s}": done[(fam, s)]["seconds"] for fam, s in tasks}
-    return runs, seconds
+    return done
 
 
 def family_results(results: dict, family: str) -> dict:

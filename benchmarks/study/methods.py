@@ -23,7 +23,19 @@ number of steps. Only the training signal differs:
                 ``lora_fd``: ``DGSConfig(feature_distill=w)``, the term taken on the raw
                 features so the projection does not act on its gradient; added with the
                 grid (docs/study.md)
+``sem``         per-image semantic suppression: plain LoRA whose feature gradient is
+                projected, per image, off the image's own caption feature
+                (``semantic.SemanticSuppression``); added with the strength axis
+``sem_pos``     the same off the caption feature's positive part (DGS-Net's sign split
+                applied to the per-image direction); added with the strength axis
+``wise``        WiSE-FT: plain LoRA with its fine-tuned branch scaled by 0.5 at evaluation
+                (weight-space interpolation halfway to the prior); added with the strength
+                axis
 ==============  ===================================================================
+
+``METHODS`` is what the single-family run and the grid run; ``EXTRA_METHODS`` came with the
+shortcut-strength axis and run there (``STRENGTH_METHODS``), so the earlier runs' method sets,
+and with them their timings, stay as published.
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from dgsnet import DGSConfig, DGSWrapper
 from dgsnet.surgery import GradientSurgery, OrthogonalSuppression, SurgeryStats
 
 from . import prior as prior_mod
+from .semantic import DirectionLog, SemanticSuppression
 from .world import Split
 
 METHODS = (
@@ -52,6 +65,12 @@ METHODS = (
     "os_random",
     "dgs_fd",
 )
+#: methods added with the shortcut-strength axis (not in the single-family run or the grid)
+EXTRA_METHODS = ("sem", "sem_pos", "wise")
+#: every method, in the order of the tables
+ALL_METHODS = METHODS + EXTRA_METHODS
+#: the methods of the shortcut-strength axis
+STRENGTH_METHODS = ("probe", "lora", "lora_fd", "dgs", "dgs_no_pa", "sem", "sem_pos", "wise")
 LABELS = {
     "probe": "Frozen prior + linear probe",
     "lora": "Plain LoRA",
@@ -62,6 +81,9 @@ LABELS = {
     "dgs_inv": "DGS, invariant align scale",
     "os_random": "Control: projection off a random direction",
     "dgs_fd": "DGS + feature distillation",
+    "sem": "Semantic suppression (own caption)",
+    "sem_pos": "Semantic suppression, positive part",
+    "wise": "WiSE-FT (LoRA branch x 0.5)",
 }
 
 
@@ -91,7 +113,7 @@ def reference_config(lora_scaling: str = DEFAULT_SCALING, **overrides) -> DGSCon
 
 
 def _config(method: str, lora_scaling: str = DEFAULT_SCALING, fd_weight: float = 1.0) -> DGSConfig:
-    if method in ("lora", "lora_fd", "os_random"):
+    if method in ("lora", "lora_fd", "os_random", "sem", "sem_pos"):
         return reference_config(lora_scaling, suppression=False, alignment=False)
     if method == "dgs":
         return reference_config(lora_scaling)
@@ -103,7 +125,7 @@ def _config(method: str, lora_scaling: str = DEFAULT_SCALING, fd_weight: float =
         return reference_config(lora_scaling, align_scale="invariant")
     if method == "dgs_fd":
         return reference_config(lora_scaling, feature_distill=fd_weight)
-    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    raise ValueError(f"unknown method {method!r}; expected one of {ALL_METHODS}")
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator):
@@ -184,65 +206,146 @@ def train_method(
     budget: Budget,
     seed: int,
     lora_scaling: str = DEFAULT_SCALING,
+    base: Trained | None = None,
 ) -> Trained:
     """Fine-tune a fresh copy of ``prior`` with ``method`` on ``train`` (every LoRA scaled as
-    ``lora_scaling`` says)."""
+    ``lora_scaling`` says). ``"wise"`` is plain LoRA with its branch halved at evaluation:
+    pass the plain-LoRA detector of the same seed as ``base`` to reuse it (else it is
+    trained here, to the same parameters)."""
     if method == "probe":
         dgs = DGSWrapper(
             copy.deepcopy(prior), prior_mod.tokenizer(), reference_config(lora_scaling)
         )
         dgs.teacher_head.load_state_dict(probe_head)
         return Trained(dgs, frozen=True)
+    if method == "wise":
+        if base is None:
+            base = train_method("lora", prior, train, probe_head, budget, seed, lora_scaling)
+        return wise_ft(base, WISE_ALPHA)
     torch.manual_seed(seed)
     config = _config(method, lora_scaling, budget.fd_weight)
     dgs = DGSWrapper(copy.deepcopy(prior), prior_mod.tokenizer(), config)
     dgs.teacher_head.load_state_dict(probe_head)
-    x = prior_mod.to_input(train.images)
-    y = train.labels
-    f_teacher = None
-    if method == "lora_fd":
-        f_teacher = _in_chunks(dgs.encode_teacher, train.images)
+    step = _Step(method, dgs, train, budget, seed)
     opt = torch.optim.Adam(list(dgs.trainable_parameters()), lr=budget.lr, betas=(0.9, 0.999))
     gen = torch.Generator().manual_seed(seed)
-    # the control's random directions come from a generator of their own, so the batch order
-    # stays the one every other method sees
-    control_gen = torch.Generator().manual_seed(10_000 + seed)
-    control_rule = OrthogonalSuppression(eps=dgs.config.eps)
-    projects = method == "os_random" or dgs.config.suppression
     surgery_log: list[dict[str, float]] = []
+    directions = DirectionLog()
     dgs.train()
     for _ in range(budget.epochs):
         for idx in _batches(len(train), budget.batch_size, gen):
-            captions = [train.captions[i] for i in idx.tolist()]
-            if method == "os_random":
-                f = dgs.encode_student(x[idx])
-                u = torch.randn(f.shape[1], generator=control_gen)
-                sign = torch.randint(0, 2, (len(idx), 1), generator=control_gen) * 2 - 1
-                stats = SurgeryStats()
-                f = GradientSurgery.apply(f, control_rule, {"harm": sign * u}, stats)
-                logits = dgs.image_head(f).flatten()
-                loss = F.binary_cross_entropy_with_logits(logits, y[idx].float())
-            elif method == "lora_fd":
-                f = dgs.encode_student(x[idx])
-                logits = dgs.image_head(f).flatten()
-                loss = F.binary_cross_entropy_with_logits(logits, y[idx].float())
-                loss = loss + budget.fd_weight * F.mse_loss(f, f_teacher[idx])
-            else:
-                out = dgs(x[idx], captions, y[idx], index=idx)
-                loss, stats = out.loss, out.surgery
+            loss, stats = step.loss(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if projects:
+            if step.projects:
                 surgery_log.append(stats.summary())
+                step.record(directions, idx, stats)
             opt.step()
     dgs.eval()
     surgery = None
     if surgery_log:
+        # cos_harm: the cosine between the incoming gradient and the reference projected off
+        # (its positive part for "harm"; the whole caption feature for "sem" and "sem_pos")
+        keys = {"removed_fraction": "removed_fraction", "cos_harm": step.cos_key}
         surgery = {
-            k: sum(d[k] for d in surgery_log) / len(surgery_log)
-            for k in ("removed_fraction", "cos_harm")
+            k: sum(d[src] for d in surgery_log) / len(surgery_log) for k, src in keys.items()
         }
+        surgery.update({f"dir_{k}": v for k, v in directions.summary().items()})
     return Trained(dgs, frozen=False, surgery=surgery)
+
+
+class _Step:
+    """One method's training loss on a batch, and what its projection removed."""
+
+    def __init__(
+        self, method: str, dgs: DGSWrapper, train: Split, budget: Budget, seed: int
+    ) -> None:
+        self.method, self.dgs, self.train, self.budget = method, dgs, train, budget
+        self.x = prior_mod.to_input(train.images)
+        self.f_teacher = None
+        if method == "lora_fd":
+            self.f_teacher = _in_chunks(dgs.encode_teacher, train.images)
+        # the control's random directions come from a generator of their own, so the batch
+        # order stays the one every other method sees
+        self.control_gen = torch.Generator().manual_seed(10_000 + seed)
+        self.control_rule = OrthogonalSuppression(eps=dgs.config.eps)
+        self.semantic = method in ("sem", "sem_pos")
+        self.semantic_rule = SemanticSuppression(part="positive" if method == "sem_pos" else "full")
+        self.projects = method == "os_random" or self.semantic or dgs.config.suppression
+        self.cos_key = "cos_text" if self.semantic else "cos_harm"
+
+    def _captions(self, idx: torch.Tensor) -> list[str]:
+        return [self.train.captions[i] for i in idx.tolist()]
+
+    def _bce(self, f: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        logits = self.dgs.image_head(f).flatten()
+        return F.binary_cross_entropy_with_logits(logits, self.train.labels[idx].float())
+
+    def loss(self, idx: torch.Tensor) -> tuple[torch.Tensor, SurgeryStats]:
+        """The loss of the batch ``idx`` and the projection's statistics (filled in
+        backward)."""
+        dgs, method = self.dgs, self.method
+        if method == "os_random":
+            f = dgs.encode_student(self.x[idx])
+            u = torch.randn(f.shape[1], generator=self.control_gen)
+            sign = torch.randint(0, 2, (len(idx), 1), generator=self.control_gen) * 2 - 1
+            stats = SurgeryStats()
+            f = GradientSurgery.apply(f, self.control_rule, {"harm": sign * u}, stats)
+            return self._bce(f, idx), stats
+        if self.semantic:
+            # plain LoRA whose feature gradient is projected, per image, off the image's own
+            # caption feature (the public API: encoder, text features, GradientSurgery)
+            f = dgs.encode_student(self.x[idx])
+            t = dgs.encode_text(self._captions(idx))
+            stats = SurgeryStats()
+            f = GradientSurgery.apply(f, self.semantic_rule, {"text": t.to(f.dtype)}, stats)
+            return self._bce(f, idx), stats
+        if method == "lora_fd":
+            assert self.f_teacher is not None
+            f = dgs.encode_student(self.x[idx])
+            loss = self._bce(f, idx)
+            return loss + self.budget.fd_weight * F.mse_loss(f, self.f_teacher[idx]), SurgeryStats()
+        out = dgs(self.x[idx], self._captions(idx), self.train.labels[idx], index=idx)
+        return out.loss, out.surgery
+
+    @torch.no_grad()
+    def record(self, log: DirectionLog, idx: torch.Tensor, stats: SurgeryStats) -> None:
+        """After backward: the direction projected off each sample, the incoming gradient and
+        the image's own caption feature (read from the wrapper's text cache: no randomness,
+        no effect on training)."""
+        if stats.grad_in is None:
+            return
+        if self.semantic:
+            text = stats.refs["text"]
+            direction = self.semantic_rule.direction(text)
+        else:
+            text = self.dgs.encode_text(self._captions(idx))
+            direction = stats.refs["harm"].clamp_min(0)
+        log.add(direction, self.train.labels[idx], stats.grad_in, text)
+
+
+#: WiSE-FT's interpolation: the fine-tuned LoRA branch scaled by this at evaluation time
+WISE_ALPHA = 0.5
+
+
+def wise_ft(trained: Trained, alpha: float = WISE_ALPHA) -> Trained:
+    """Weight-space interpolation (WiSE-FT, Wortsman et al., 2022) of a LoRA detector with its
+    prior: a copy whose every LoRA ``B`` matrix is scaled by ``alpha``, so each adapted weight
+    is ``W0 + alpha * s * B A`` (``alpha = 0`` is the prior, ``1`` the fine-tuned model); the
+    fine-tuned image head is kept. Multiplying by 0.5 is exact in floating point."""
+    if trained.frozen:
+        raise ValueError("wise_ft needs a fine-tuned LoRA detector, got the frozen probe")
+    dgs = copy.deepcopy(trained.dgs)
+    scaled = 0
+    with torch.no_grad():
+        for name, p in dgs.named_trainable_parameters():
+            if "lora_B" in name:
+                p.mul_(alpha)
+                scaled += 1
+    if not scaled:
+        raise ValueError("wise_ft found no LoRA B matrix to scale (no 'lora_B' parameter)")
+    dgs.eval()
+    return Trained(dgs, frozen=False)
 
 
 def text_only_classifier(

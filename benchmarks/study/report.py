@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .methods import LABELS, METHODS
+from .methods import ALL_METHODS, LABELS
 
 
 def _stat(values: list[float], scale: float = 100.0, signed: bool = False) -> str:
@@ -23,7 +23,7 @@ def methods_in(results: dict) -> list[str]:
     """The study's methods that ``results`` holds, in the study's order (a results.json of an
     earlier run may lack the methods added since)."""
     first = next(iter(results["seeds"].values()))
-    return [m for m in METHODS if m in first]
+    return [m for m in ALL_METHODS if m in first]
 
 
 def markdown(results: dict) -> str:

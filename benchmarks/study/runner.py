@@ -127,15 +127,17 @@ def evaluate(
     budget: methods.Budget,
     log: Callable[[str], None],
     lora_scaling: str = methods.DEFAULT_SCALING,
+    base: methods.Trained | None = None,
 ) -> tuple[dict, methods.Trained]:
     """Train ``method`` on the context's training split and measure it: accuracy, AP, r_acc,
     f_acc and oracle accuracy per test set and their held-out means, the theme effect, the
-    linear CKA to the teacher, what the projection removed (projecting methods). Returns the
-    row (as results.json stores it) and the trained detector."""
+    linear CKA to the teacher, what the projection removed (projecting methods). ``base``:
+    the plain-LoRA detector of this seed, which ``"wise"`` reuses. Returns the row (as
+    results.json stores it) and the trained detector."""
     t1 = time.time()
     proto, seed = ctx.proto, ctx.seed
     trained = methods.train_method(
-        method, model, ctx.train, ctx.probe_head, budget, seed, lora_scaling
+        method, model, ctx.train, ctx.probe_head, budget, seed, lora_scaling, base=base
     )
     held = [f for f in world.FAMILIES if f != proto.train_family]
     row: dict = {"families": {}}
@@ -190,8 +192,11 @@ def run_seed(
             fam_ids.append(torch.full((len(fake),), k))
         tsne_x, tsne_meta = torch.cat(parts), torch.cat(fam_ids)
     results, feats = {}, {}
+    lora = None
     for method in method_names:
-        row, trained = evaluate(method, ctx, model, budget, log, lora_scaling)
+        row, trained = evaluate(method, ctx, model, budget, log, lora_scaling, base=lora)
+        if method == "lora":
+            lora = trained
         results[method] = row
         if tsne_x is not None:
             feats[method] = trained.features(tsne_x)

@@ -60,7 +60,7 @@ def load_checkpoint(args: argparse.Namespace) -> tuple[Any, Any]:
     `hf-hub:` id) on
     `--device`, with the `--model`/`--pretrained`/`--cache-dir`/`--transform`
     options."""
-    from ..training import load_trained
+    from ..training.evaluation import load_trained
 
     if not Path(args.checkpoint).exists() and not str(args.checkpoint).startswith("hf-hub:"):
         raise UsageError(f"checkpoint {args.checkpoint} does not exist")

@@ -12,6 +12,7 @@ from ..errors import UsageError
 from ..training.workers import default_workers
 from .common import check_positive, check_roots, load_checkpoint, status
 from .errors import EXIT_OK
+from .eval_classes import add_classes_option
 from .options import Formatter, add_scoring_options, common_parent, wrap
 
 __all__ = ["NAME", "add_parser", "run"]
@@ -64,7 +65,11 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
         "--blur-sigma", type=float, default=None, metavar="S", help="Gaussian blur sigma"
     )
     g.add_argument(
-        "--resize-scale", type=float, default=None, metavar="F", help="resize factor, e.g. 0.5"
+        "--resize-scale",
+        type=float,
+        default=None,
+        metavar="F",
+        help="resize factor in (0, 4], e.g. 0.5",
     )
     g = p.add_argument_group("evaluation")
     g.add_argument("--batch-size", type=int, default=64, metavar="N", help="(default: 64)")
@@ -79,13 +84,7 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
     g.add_argument(
         "--split", choices=("train", "val"), default="val", help="GenImage split (default: val)"
     )
-    g.add_argument(
-        "--classes",
-        nargs="+",
-        metavar="NAME",
-        help="a checkpoint with more than one class: the class folder names in label order "
-        "(default: the root's class folders, sorted)",
-    )
+    add_classes_option(g)
     g.add_argument(
         "--allow-single-class",
         action="store_true",
@@ -102,12 +101,16 @@ def _degradation_name(args: argparse.Namespace) -> str:
 
     try:
         return Degrade(args.jpeg_quality, args.blur_sigma, args.resize_scale).name
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    except ValueError as exc:  # name the flag, not the argument
+        text = str(exc)
+        for name in ("jpeg_quality", "blur_sigma", "resize_scale"):
+            if text.startswith(name + " "):
+                text = "--" + name.replace("_", "-") + text[len(name) :]
+        raise UsageError(text) from None
 
 
 def _print_tables(tables: dict[str, Any], degradation: str) -> None:
-    from ..metrics import roots_summary_markdown
+    from ..metrics.tables import roots_summary_markdown
 
     for i, (root, table) in enumerate(tables.items()):
         if i:
@@ -130,7 +133,7 @@ def _write_outputs(
     single: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     from ..io import atomic_write_json
-    from ..metrics import write_tables_csv
+    from ..metrics.tables import write_tables_csv
     from ..plots import accuracy_figure
 
     if args.csv and tables:  # (two-class tables only; single-class rows go to --json)
@@ -186,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     if args.classes:
         raise UsageError("--classes applies to checkpoints with more than one class")
     from ..errors import DatasetError
-    from ..training import evaluate
+    from ..training.evaluation import evaluate
 
     single: dict[str, dict[str, Any]] | None = {} if args.allow_single_class else None
     try:
@@ -229,7 +232,7 @@ def _evaluate(
 
 
 def _print_single_class(single: dict[str, dict[str, Any]], degradation: str) -> None:
-    from ..metrics import single_class_markdown
+    from ..metrics.single_class import single_class_markdown
 
     for root, rows in single.items():
         print()

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import UsageError
 from .common import status
 
-__all__ = ["run_classifier"]
+__all__ = ["add_classes_option", "run_classifier"]
 
 #: `dgsnet eval` options that only mean something for a binary real/fake head
 _DETECTION_ONLY = (
@@ -24,6 +24,17 @@ _DETECTION_ONLY = (
     ("allow_single_class", "--allow-single-class"),
     ("subsets", "--subsets"),
 )
+
+
+def add_classes_option(g: Any) -> None:
+    """`--classes NAME...`: the label order of a classifier's class folders."""
+    g.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="NAME",
+        help="a checkpoint with more than one class: the class folder names in label order "
+        "(default: the root's class folders, sorted)",
+    )
 
 
 def run_classifier(args: argparse.Namespace, wrapper: Any, bundle: Any, degradation: str) -> None:

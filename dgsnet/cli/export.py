@@ -6,8 +6,9 @@ import argparse
 import math
 from typing import Any
 
+from ..errors import UsageError
 from .common import status
-from .errors import EXIT_OK, UsageError
+from .errors import EXIT_OK
 from .options import Formatter, wrap
 
 __all__ = ["NAME", "add_parser", "run"]
@@ -67,6 +68,16 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
     g.add_argument(
         "--cache-dir", default=None, metavar="DIR", help="open_clip / Hugging Face cache folder"
     )
+    _add_format_and_check_options(p)
+    g = p.add_argument_group("general")
+    g.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    g.add_argument("--quiet", "-q", action="store_true", help="no status lines")
+    p.set_defaults(func=run)
+    return [p]
+
+
+def _add_format_and_check_options(p: argparse.ArgumentParser) -> None:
+    """The per-format options and the check against dgsnet's scores."""
     g = p.add_argument_group("format options")
     g.add_argument(
         "--open-clip-name",
@@ -93,11 +104,6 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
         metavar="T",
         help="largest score difference accepted (default 1e-5; onnx 1e-4)",
     )
-    g = p.add_argument_group("general")
-    g.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    g.add_argument("--quiet", "-q", action="store_true", help="no status lines")
-    p.set_defaults(func=run)
-    return [p]
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:

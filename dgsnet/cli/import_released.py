@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +84,17 @@ def run(args: argparse.Namespace) -> int:
     """Run `dgsnet import-released`; returns the exit status.
 
     Raises:
-        UsageError: `--out` exists, `--alpha` is not a positive number, or the file is
-            not a released checkpoint (the reading error's message, one line).
+        UsageError: `--out` exists or is a symbolic link, `--alpha` is not a number in
+            (0, 1e4], or the file is not a released checkpoint (the reading error's message,
+            one line).
     """
     from ..interop import import_released
+    from ..interop.reading import check_alpha
 
-    if not (math.isfinite(args.alpha) and args.alpha > 0):
-        raise UsageError(f"--alpha must be a positive number, got {args.alpha!r}")
+    try:
+        check_alpha(args.alpha)
+    except ValueError as exc:
+        raise UsageError(f"--{exc}") from None
     if not Path(args.path).is_file():
         raise UsageError(f"released checkpoint {args.path} does not exist or is not a file")
     try:

@@ -20,6 +20,7 @@ import json
 import shutil
 import textwrap
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,10 +37,12 @@ __all__ = [
     "add_model_options",
     "add_precision_options",
     "add_scoring_options",
+    "check_option_values",
     "common_parent",
     "dgs_config",
     "dgs_flags",
     "parse_args",
+    "probability",
     "read_config",
     "unknown_key",
     "wrap",
@@ -145,13 +148,29 @@ def add_precision_options(g: argparse._ArgumentGroup, *, compile: bool) -> None:
         )
 
 
+def probability(text: str) -> float:
+    """An `argparse` type: a number in [0, 1] (NaN refused, which would compare false with
+    every score and label every image real).
+
+    Raises:
+        argparse.ArgumentTypeError: `text` is not such a number.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # false for NaN too
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def add_scoring_options(p: argparse.ArgumentParser, threshold_group: Any) -> None:
     """Options shared by `eval` and `predict`: the decision threshold (in
     `threshold_group`), the model options of a trained checkpoint, and a preprocessing
     override."""
     threshold_group.add_argument(
         "--threshold",
-        type=float,
+        type=probability,
         default=0.5,
         metavar="T",
         help="fake iff score > threshold (default: 0.5)",
@@ -392,34 +411,91 @@ def unknown_key(what: str, key: str, known: list[str]) -> str:
 
 def read_config(config: str, train_parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The `--config` file's options as `{dest: value}`, checked against the parser's
-    options (unknown names, with the nearest valid one, and invalid choices raise
-    `UsageError`). The file is JSON, or YAML for a `.yaml` / `.yml` name."""
+    options (`check_option_values`). The file is JSON, or YAML for a `.yaml` / `.yml` name."""
     path = Path(config)
-    data = _load_config_object(path)
+    return check_option_values(_load_config_object(path), train_parser, f"config file {path}")
+
+
+def check_option_values(
+    data: Mapping[str, Any], train_parser: argparse.ArgumentParser, source: str
+) -> dict[str, Any]:
+    """Options read from a file (any format), as `{dest: value}`, each value checked against
+    the kind of its option, as the command line would check the flag.
+
+    Keys are option names with `_` or `-` (`"batch_size"`, `"--batch-size"`); `"dgs"` is a
+    mapping of `DGSConfig` fields (their names checked here, their values by `DGSConfig`
+    later). A value must be of the option's kind: `true`/`false` for an on/off option, a
+    number for a numeric one, a list for an option taking several values (`"captions":
+    ["c.json"]`, not `"c.json"`), a string for a path or a name, one of the choices for a
+    choice; `null` leaves the option unset. An unknown key is named with the nearest valid
+    one (`unknown_key`).
+
+    Args:
+        data: the file's options.
+        train_parser: the `train` parser whose options they set.
+        source: how errors name the file (e.g. `"config file recipe.json"`).
+
+    Raises:
+        UsageError: an unknown option or DGSConfig field, or a value of the wrong kind (the
+            message names the option, what it takes and what it got).
+    """
     actions = {a.dest: a for a in train_parser._actions if a.dest not in _CONFIG_SKIP}
     defaults: dict[str, Any] = {}
     for key, value in data.items():
         dest = str(key).lstrip("-").replace("-", "_")
         if dest == "dgs":
             if not isinstance(value, dict):
-                raise UsageError(f'config file {path}: "dgs" must be a mapping of DGSConfig fields')
+                raise UsageError(f'{source}: "dgs" must be a mapping of DGSConfig fields')
             fields = [f.name for f in dataclasses.fields(DGSConfig)]
             for name in value:
                 if name not in fields:
                     what = unknown_key("DGSConfig field", str(name), fields)
-                    raise UsageError(f'config file {path}: "dgs": {what}')
+                    raise UsageError(f'{source}: "dgs": {what}')
             defaults["dgs"] = value
             continue
         if dest not in actions:
-            raise UsageError(
-                f"config file {path}: {unknown_key('option', dest, [*actions, 'dgs'])}"
-            )
-        choices = actions[dest].choices
-        if choices is not None and value is not None and value not in choices:
-            if str(value) not in choices:
-                raise UsageError(
-                    f"config file {path}: {key} must be one of {list(choices)}, got {value!r}"
-                )
-            value = str(value)
-        defaults[dest] = value
+            raise UsageError(f"{source}: {unknown_key('option', dest, [*actions, 'dgs'])}")
+        defaults[dest] = _option_value(source, str(key), value, actions[dest])
     return defaults
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {json.dumps(value)}"
+
+
+def _option_value(source: str, key: str, value: Any, action: argparse.Action) -> Any:
+    """`value` of the file's option `key` if it fits `action` (a choice as its string)."""
+    if value is None:
+        return None
+    if isinstance(action.const, bool) and action.nargs == 0:  # an on/off flag
+        if not isinstance(value, bool):
+            raise UsageError(f"{source}: {key} must be true or false, got {_kind(value)}")
+        return value
+    many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*")
+    if many:
+        if not isinstance(value, list):
+            example = json.dumps([value]) if isinstance(value, str) else "[...]"
+            raise UsageError(
+                f"{source}: {key} takes a list of values (e.g. {example}), got {_kind(value)}"
+            )
+        return [_one_value(source, key, v, action) for v in value]
+    return _one_value(source, key, value, action)
+
+
+def _one_value(source: str, key: str, value: Any, action: argparse.Action) -> Any:
+    """One value of an option: a number for `type=int`/`float`, else a string; one of
+    the choices when it has them."""
+    if action.choices is not None:
+        if value in action.choices or str(value) in action.choices:
+            return value if value in action.choices else str(value)
+        raise UsageError(f"{source}: {key} must be one of {list(action.choices)}, got {value!r}")
+    if action.type is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{source}: {key} must be an integer, got {_kind(value)}")
+    elif action.type is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{source}: {key} must be a number, got {_kind(value)}")
+        value = float(value)
+    elif not isinstance(value, str):
+        raise UsageError(f"{source}: {key} must be a string, got {_kind(value)}")
+    return value

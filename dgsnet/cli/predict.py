@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from ..errors import UsageError
 from .common import check_positive, load_checkpoint, status
 from .errors import EXIT_OK
 from .options import Formatter, add_scoring_options, common_parent, wrap
 from .predict_format import FORMATS, format_class_predictions, format_predictions
-
-if TYPE_CHECKING:
-    from torch.utils.data import Dataset
 
 __all__ = ["NAME", "add_parser", "run"]
 
@@ -65,39 +63,17 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
     return [p]
 
 
-class _PathDataset:
-    """Images given by path; a corrupt one raises a one-argument `DatasetError` (so
-    that it keeps its type when re-raised from a DataLoader worker)."""
-
-    def __init__(self, paths: list[str], transform: Any) -> None:
-        self.paths, self.transform = paths, transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> Any:
-        from ..data import Sample
-        from ..data._common import load_image
-        from ..errors import CorruptImageError, DatasetError
-
-        try:
-            img = load_image(self.paths[i])
-        except CorruptImageError as exc:
-            raise DatasetError(str(exc)) from exc
-        return Sample(self.transform(img), None, 0, "", i, self.paths[i])
-
-
 def _image_paths(inputs: list[str]) -> list[str]:
     """The image files named by `inputs` (files, and folders searched recursively), each
     once, in order."""
-    from ..data import list_images
-    from ..data._common import is_image_file
+    from ..data import is_image_file, list_images
 
     paths: list[str] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             found = list_images(p)
+            _report_skipped(item, len(found), skipped_files(p))
             if not found:
                 raise UsageError(f"folder {item} contains no images")
             paths.extend(found)
@@ -110,17 +86,72 @@ def _image_paths(inputs: list[str]) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
+#: why a folder's entry is not scored -> how the report says it
+_SKIP_REASONS = {
+    "extension": "not an image extension",
+    "hidden": "hidden (the name starts with '.')",
+    "linked folder": "a linked folder (not followed)",
+}
+
+
+def skipped_files(folder: Path) -> dict[str, list[str]]:
+    """The entries under `folder` that `list_images` does not return, by reason:
+    `"extension"` (a file without one of `IMAGE_EXTENSIONS`), `"hidden"` (a file or
+    folder whose name starts with `.`; a hidden folder is listed, not its files) and
+    `"linked folder"` (a symbolic link to a folder, not followed)."""
+    from ..data import IMAGE_EXTENSIONS
+
+    out: dict[str, list[str]] = {reason: [] for reason in _SKIP_REASONS}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for d in sorted(dirnames):
+            path = os.path.join(dirpath, d)
+            if d.startswith("."):
+                out["hidden"].append(path + os.sep)
+            elif os.path.islink(path):
+                out["linked folder"].append(path + os.sep)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for f in sorted(filenames):
+            if f.startswith("."):
+                out["hidden"].append(os.path.join(dirpath, f))
+            elif os.path.splitext(f)[1].lower() not in IMAGE_EXTENSIONS:
+                out["extension"].append(os.path.join(dirpath, f))
+    return {reason: sorted(paths) for reason, paths in out.items() if paths}
+
+
+def _report_skipped(folder: str, scored: int, skipped: dict[str, list[str]]) -> None:
+    """Warn, with counts and the first names, about the entries of `folder` not scored."""
+    from ..data import IMAGE_EXTENSIONS
+
+    if not skipped:
+        return
+    total = sum(len(v) for v in skipped.values())
+    parts = []
+    for reason, paths in skipped.items():
+        shown = ", ".join(
+            os.path.relpath(x, folder) + (os.sep if x.endswith(os.sep) else "") for x in paths[:3]
+        )
+        more = f", ... ({len(paths) - 3} more)" if len(paths) > 3 else ""
+        parts.append(f"{len(paths)} {_SKIP_REASONS[reason]}: {shown}{more}")
+    warnings.warn(
+        f"{folder}: scored {scored} image(s), skipped {total} "
+        f"entr{'y' if total == 1 else 'ies'}: {'; '.join(parts)} (images are files ending in "
+        f"{', '.join(sorted(IMAGE_EXTENSIONS))}, any case, not hidden)",
+        UserWarning,
+        stacklevel=2,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run `dgsnet predict`; returns the exit status."""
     check_positive("--batch-size", args.batch_size)
     check_positive("--workers", args.workers, 0)
     paths = _image_paths(args.inputs)
     wrapper, bundle = load_checkpoint(args)
-    from ..training import predict_probabilities
+    from ..training.evaluation import EvalItems, ImageFiles, predict_probabilities
 
     probs, _, _, done_paths = predict_probabilities(
         wrapper,
-        cast("Dataset[Any]", _PathDataset(paths, bundle.eval_transform)),
+        EvalItems(ImageFiles(paths, bundle.eval_transform)),
         batch_size=args.batch_size,
         num_workers=args.workers,
         progress=not args.quiet and args.out is not None,

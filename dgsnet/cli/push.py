@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from .common import status
-from .errors import EXIT_OK, UsageError
+from .errors import EXIT_OK
 from .options import Formatter, wrap
 
 __all__ = ["NAME", "add_parser", "run"]
@@ -88,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
             be made.
     """
     from ..export import ExportError
-    from ..hub import parse_hub_id, push_to_hub
+    from ..hub import push_to_hub
+    from ..wrapper.locate import parse_hub_id
 
     if not Path(args.source).exists():
         raise UsageError(f"{args.source} does not exist")

@@ -29,7 +29,7 @@ from .train_flags import flag_error
 from .train_validation import add_validation_options, open_validation
 
 if TYPE_CHECKING:
-    from ..training import TrainOptions
+    from ..training.options import TrainOptions
 
 __all__ = ["NAME", "add_parser", "run", "run_options", "train_options"]
 
@@ -320,7 +320,7 @@ def train_options(args: argparse.Namespace, run_info: dict[str, Any]) -> TrainOp
     there, once; a bad value raises `TrainingConfigError`, exit 2).
     `progress`, `deterministic_transform` and `model_info` are filled in by `run`
     once the process group and the model exist."""
-    from ..training import TrainOptions
+    from ..training.options import TrainOptions
 
     return TrainOptions(
         args.out,
@@ -355,7 +355,7 @@ def train_options(args: argparse.Namespace, run_info: dict[str, Any]) -> TrainOp
 
 def _build_model(args: argparse.Namespace, device: Any) -> Any:
     from ..errors import ModelLoadError
-    from ..training import build_model
+    from ..models import build_model
 
     try:
         return build_model(
@@ -461,7 +461,7 @@ def _report_result(args: argparse.Namespace, result: Any) -> None:
 
 
 def _open_data(args: argparse.Namespace, config: Any, bundle: Any, quiet: bool) -> list[Any]:
-    from ..training import open_datasets
+    from ..training.data import open_datasets
 
     captions, fallback = _captions(args, config)
     datasets = open_datasets(
@@ -489,7 +489,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # TrainingConfigError: report the flag, not the field
         raise flag_error(exc) from None
 
-    from ..training import Trainer, seed_everything, setup_distributed
+    from ..training.distributed import setup_distributed
+    from ..training.seeding import seed_everything
+    from ..training.trainer import Trainer
     from ..wrapper import DGSWrapper
 
     device = resolve_device(args.device)

@@ -9,7 +9,7 @@ See `docs/datasets.md` and `docs/captions.md`.
 """
 
 from ..errors import CaptionError, CaptionFallbackWarning, CorruptImageError, DatasetError
-from ._common import IMAGE_EXTENSIONS, load_image
+from ._common import IMAGE_EXTENSIONS, is_image_file, load_image
 from .caption_files import (
     caption_file_candidates,
     find_caption_file,
@@ -77,6 +77,8 @@ __all__ = [
     "detect_layout",
     "open_dataset",
     "list_images",
+    "is_image_file",
+    "load_image",
     # captions
     "CaptionStore",
     "load_captions",

@@ -42,9 +42,9 @@ NEUTRAL_CAPTION = "a photo of an object"
 CATEGORY_TEMPLATE = "a photo of {article} {category}"
 """Fallback template when the image's object category is known (ProGAN-style category folders)."""
 
-_LEAKING_FIELDS = ("{class_name", "{label")
+LABEL_TEMPLATE_FIELDS = ("{class_name", "{label")
 _CLASS_NAMES = {0: "real", 1: "fake"}
-_MAX_LISTED = 5
+MAX_LISTED = 5
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def class_name_caption(
     cat = category.replace("_", " ").strip() if category else None
     if template is None:
         template = CATEGORY_TEMPLATE if cat else NEUTRAL_CAPTION
-    if any(f in template for f in _LEAKING_FIELDS):
+    if any(f in template for f in LABEL_TEMPLATE_FIELDS):
         warnings.warn(
             f"caption template {template!r} states the label: the text branch becomes a label "
             "oracle and Orthogonal Suppression then removes the label direction itself",
@@ -139,7 +139,7 @@ def _make_fallback(spec: FallbackSpec) -> Callable[[str, str | None], str] | Non
     if spec is True:
         return _TemplateFallback(None)
     if isinstance(spec, str):
-        if any(f in spec for f in _LEAKING_FIELDS):
+        if any(f in spec for f in LABEL_TEMPLATE_FIELDS):
             raise ValueError(
                 f"fallback template {spec!r} states the label, which would make the text branch "
                 "a label oracle; pass a callable (path, category) -> str if you really want this"
@@ -330,7 +330,7 @@ class CaptionStore:
         if not best_keys:
             return None
         if len(best_keys) > 1:
-            shown = ", ".join(repr(k) for k in best_keys[:_MAX_LISTED])
+            shown = ", ".join(repr(k) for k in best_keys[:MAX_LISTED])
             raise CaptionError(
                 f"image {s} matches {len(best_keys)} caption keys equally well ({shown}); "
                 "pass root= so that keys resolve by relative path, or fix the caption file"
@@ -388,8 +388,8 @@ class CaptionStore:
 
     # -- messages -----------------------------------------------------------------------------
     def _missing_message(self, names: list[str], total: int) -> str:
-        shown = "\n  ".join(names[:_MAX_LISTED])
-        more = f"\n  ... and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
+        shown = "\n  ".join(names[:MAX_LISTED])
+        more = f"\n  ... and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
         src = f" in {self.source}" if self.source else ""
         return (
             f"{len(names)} of {total} images have no caption{src} ({len(self)} captions "

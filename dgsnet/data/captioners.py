@@ -23,8 +23,8 @@ from ..progress import progress_bar
 from ._common import load_image
 from .caption_files import read_caption_file, write_caption_json
 from .caption_store import (
-    _LEAKING_FIELDS,
-    _MAX_LISTED,
+    LABEL_TEMPLATE_FIELDS,
+    MAX_LISTED,
     CaptionStore,
     class_name_caption,
 )
@@ -66,7 +66,7 @@ class TemplateCaptioner:
         template: str | None = None,
         categories: Callable[[str], str | None] | None = None,
     ) -> None:
-        if template is not None and any(f in template for f in _LEAKING_FIELDS):
+        if template is not None and any(f in template for f in LABEL_TEMPLATE_FIELDS):
             raise ValueError(
                 f"TemplateCaptioner does not know labels; template {template!r} asks for one"
             )
@@ -327,7 +327,7 @@ def generate_captions(
         bar.close()
     run.save()
     if report.failed:
-        shown = "\n  ".join(f"{p}: {r}" for p, r in report.failed[:_MAX_LISTED])
+        shown = "\n  ".join(f"{p}: {r}" for p, r in report.failed[:MAX_LISTED])
         warnings.warn(
             f"{len(report.failed)} images could not be read and have no caption:\n  {shown}",
             stacklevel=2,

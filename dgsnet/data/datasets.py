@@ -49,14 +49,14 @@ from .layouts import (
     GENIMAGE_REAL_DIR,
     GENIMAGE_SPLITS,
     REAL_DIR,
-    _check_root,
-    _collect,
-    _detection_leaves,
-    _filter_subsets,
-    _genimage_leaves,
-    _layout_hint,
-    _Record,
+    ImageRecord,
+    check_root,
+    collect_records,
     detect_layout,
+    detection_leaves,
+    filter_subsets,
+    genimage_leaves,
+    layout_hint,
     list_images,
 )
 from .samples import Batch, Sample, collate
@@ -107,7 +107,7 @@ class LabeledImageDataset(Dataset):
 
     def __init__(
         self,
-        records: Sequence[_Record],
+        records: Sequence[ImageRecord],
         root: Path,
         transform: Callable[[Image.Image], Any] | None = None,
         captions: CaptionsArg = None,
@@ -336,17 +336,17 @@ class DetectionFolder(LabeledImageDataset):
         caption_fallback: FallbackSpec = None,
         verify: bool = False,
     ) -> None:
-        root_p = _check_root(root)
-        leaves, ignored = _detection_leaves(root_p)
+        root_p = check_root(root)
+        leaves, ignored = detection_leaves(root_p)
         if not leaves:
             raise DatasetError(
                 f"no {REAL_DIR}/{FAKE_DIR} folders under {root_p} (looked in root, "
-                f"root/<subset> and root/<subset>/<category>)" + _layout_hint(root_p, "genimage")
+                f"root/<subset> and root/<subset>/<category>)" + layout_hint(root_p, "genimage")
             )
         self.ignored_dirs: list[Path] = ignored
         """Folders under the root that hold neither class folder, so were not read."""
-        leaves = _filter_subsets(leaves, subsets, root_p)
-        records = _collect(
+        leaves = filter_subsets(leaves, subsets, root_p)
+        records = collect_records(
             leaves, ((REAL_DIR, 0), (FAKE_DIR, 1)), allow_single_class, keep_category=True
         )
         super().__init__(
@@ -404,18 +404,18 @@ class GenImageFolder(LabeledImageDataset):
     ) -> None:
         if split not in GENIMAGE_SPLITS:
             raise ValueError(f"split must be one of {GENIMAGE_SPLITS}, got {split!r}")
-        root_p = _check_root(root)
-        leaves = _genimage_leaves(root_p, split)
+        root_p = check_root(root)
+        leaves = genimage_leaves(root_p, split)
         if not leaves:
             raise DatasetError(
                 f"no GenImage '{split}' folders under {root_p} (expected "
                 f"<generator>[/<inner>]/{split}/{{{GENIMAGE_REAL_DIR},{GENIMAGE_FAKE_DIR}}})"
-                + _layout_hint(root_p, "detection")
+                + layout_hint(root_p, "detection")
             )
         self.split = split
         """The GenImage split read: `"train"` or `"val"`."""
-        leaves = _filter_subsets(leaves, subsets, root_p)
-        records = _collect(
+        leaves = filter_subsets(leaves, subsets, root_p)
+        records = collect_records(
             leaves,
             ((GENIMAGE_REAL_DIR, 0), (GENIMAGE_FAKE_DIR, 1)),
             allow_single_class,
@@ -479,7 +479,7 @@ class ClassFolder(LabeledImageDataset):
         caption_fallback: FallbackSpec = None,
         verify: bool = False,
     ) -> None:
-        root_p = _check_root(root)
+        root_p = check_root(root)
         found = {
             d.name: list_images(d)
             for d in sorted(root_p.iterdir())
@@ -503,7 +503,7 @@ class ClassFolder(LabeledImageDataset):
         self.ignored_dirs: list[Path] = [root_p / n for n in found if n not in names]
         """Sub-folders of the root that are not classes (no images, or not listed)."""
         records = [
-            _Record(path, label, name, None)
+            ImageRecord(path, label, name, None)
             for label, name in enumerate(names)
             for path in found[name]
         ]

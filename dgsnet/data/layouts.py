@@ -39,7 +39,7 @@ GENIMAGE_SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)
-class _Record:
+class ImageRecord:
     path: str
     label: int
     subset: str
@@ -73,7 +73,7 @@ def _subdirs(folder: Path) -> list[Path]:
     return [Path(e.path) for e in entries if not e.name.startswith(".") and e.is_dir()]
 
 
-def _check_root(root: str | os.PathLike[str]) -> Path:
+def check_root(root: str | os.PathLike[str]) -> Path:
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"root must be a path, got {type(root).__name__}")
     p = Path(root)
@@ -88,7 +88,7 @@ def _folder_name(p: Path) -> str:
     return Path(os.path.abspath(p)).name
 
 
-def _filter_subsets(
+def filter_subsets(
     leaves: list[tuple[str, str | None, Path]], subsets: Iterable[str] | None, root: Path
 ) -> list[tuple[str, str | None, Path]]:
     if subsets is None:
@@ -103,16 +103,16 @@ def _filter_subsets(
     return [leaf for leaf in leaves if leaf[0] in wanted]
 
 
-def _collect(
+def collect_records(
     leaves: list[tuple[str, str | None, Path]],
     class_dirs: tuple[tuple[str, int], ...],
     allow_single_class: bool,
     keep_category: bool,
-) -> list[_Record]:
-    records: list[_Record] = []
+) -> list[ImageRecord]:
+    records: list[ImageRecord] = []
     for subset, category, folder in leaves:
         where = f"subset {subset!r}" + (f" (folder {category!r})" if category else "")
-        leaf_records: list[_Record] = []
+        leaf_records: list[ImageRecord] = []
         for dirname, label in class_dirs:
             cdir = folder / dirname
             if not cdir.is_dir():
@@ -131,7 +131,7 @@ def _collect(
                     f"{', '.join(sorted(IMAGE_EXTENSIONS))}, any case)"
                 )
             cat = category if keep_category else None
-            leaf_records.extend(_Record(f, label, subset, cat) for f in files)
+            leaf_records.extend(ImageRecord(f, label, subset, cat) for f in files)
         if not leaf_records:
             raise DatasetError(
                 f"{where} contains no images: every class folder under {folder} is empty"
@@ -148,7 +148,7 @@ def _has_detection_classes(d: Path) -> bool:
     return (d / REAL_DIR).is_dir() or (d / FAKE_DIR).is_dir()
 
 
-def _detection_leaves(root: Path) -> tuple[list[tuple[str, str | None, Path]], list[Path]]:
+def detection_leaves(root: Path) -> tuple[list[tuple[str, str | None, Path]], list[Path]]:
     """(subset, category, folder holding the class dirs) in sorted order, and ignored dirs."""
     if _has_detection_classes(root):
         return [(_folder_name(root), None, root)], []
@@ -185,7 +185,7 @@ def _genimage_split_dirs(gen: Path, split: str) -> list[tuple[str | None, Path]]
     ]
 
 
-def _genimage_leaves(root: Path, split: str) -> list[tuple[str, str | None, Path]]:
+def genimage_leaves(root: Path, split: str) -> list[tuple[str, str | None, Path]]:
     own = _genimage_split_dirs(root, split)
     if own and own[0][0] is None:
         return [(_folder_name(root), None, own[0][1])]
@@ -222,7 +222,7 @@ def _is_genimage(root: Path) -> bool:
     return _find_dirs(root, 2, split_dir)
 
 
-def _layout_hint(root: Path, other: Literal["detection", "genimage"]) -> str:
+def layout_hint(root: Path, other: Literal["detection", "genimage"]) -> str:
     """A hint when `root` holds the *other* layout."""
     try:
         if other == "genimage" and _is_genimage(root):
@@ -250,7 +250,7 @@ def detect_layout(root: str | os.PathLike[str]) -> Literal["detection", "genimag
     Raises:
         DatasetError: `root` is missing, holds neither layout, or holds both.
     """
-    root_p = _check_root(root)
+    root_p = check_root(root)
     det, gen = _is_detection(root_p), _is_genimage(root_p)
     if det and gen:
         raise DatasetError(

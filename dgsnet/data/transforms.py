@@ -29,6 +29,7 @@ __all__ = [
     "spectral_entropy",
     "PatchSelection",
     "Degrade",
+    "MAX_RESIZE_SCALE",
     "RandomHorizontalFlip",
     "default_transform",
     "ClipPreprocess",
@@ -42,6 +43,10 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # --------------------------------------------------------------------------------------------
 # degradations
+
+
+#: the largest `Degrade` resize factor
+MAX_RESIZE_SCALE = 4.0
 
 
 class Degrade:
@@ -59,7 +64,9 @@ class Degrade:
     Args:
         jpeg_quality: JPEG quality, an integer in 1..100.
         blur_sigma: Gaussian blur standard deviation (> 0).
-        resize_scale: resize factor (> 0).
+        resize_scale: resize factor, in `(0, MAX_RESIZE_SCALE]` (robustness studies use
+            0.25 to 2; a larger factor makes each image a memory hazard, 1000 makes a 64-pixel
+            image 64000 pixels wide).
         interpolation: `"nearest"`, `"bilinear"`, `"bicubic"` or `"lanczos"`.
 
     Raises:
@@ -96,8 +103,10 @@ class Degrade:
             jpeg_quality = int(jpeg_quality)
         if blur_sigma is not None and not (math.isfinite(blur_sigma) and blur_sigma > 0):
             raise ValueError(f"blur_sigma must be a positive number, got {blur_sigma}")
-        if resize_scale is not None and not (math.isfinite(resize_scale) and resize_scale > 0):
-            raise ValueError(f"resize_scale must be a positive number, got {resize_scale}")
+        if resize_scale is not None and not 0 < resize_scale <= MAX_RESIZE_SCALE:  # NaN: false
+            raise ValueError(
+                f"resize_scale must be a number in (0, {MAX_RESIZE_SCALE:g}], got {resize_scale}"
+            )
         if interpolation not in self._INTERP:
             raise ValueError(
                 f"interpolation must be one of {sorted(self._INTERP)}, got {interpolation!r}"

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..io import CheckpointError
+from ..errors import CheckpointError
 from ..models import ModelBundle
 from ..wrapper import DGSWrapper
 from .preprocessing import describe_preprocessing, output_description
@@ -90,7 +90,8 @@ def _released(run_dir: Path | None) -> dict[str, Any] | None:
 
 
 def _model_info(ckpt: Path) -> dict[str, Any]:
-    from ..training.state import MODEL_INFO_NAME, RUN_NAME
+    from ..training.run_folder import RUN_NAME
+    from ..wrapper.checkpoint import MODEL_INFO_NAME
 
     for candidate in (ckpt / MODEL_INFO_NAME, ckpt.parent / RUN_NAME):
         if candidate.is_file():
@@ -165,7 +166,7 @@ def load_source(
         return source
     if isinstance(source, DGSWrapper):
         return _from_wrapper(source, preprocess)
-    from ..evaluation import load_trained, resolve_checkpoint
+    from ..training.evaluation import load_trained, resolve_checkpoint
 
     path: str | os.PathLike[str] = source
     text = os.fspath(source)

@@ -42,10 +42,11 @@ from .layout import (
     ReleasedCheckpoint,
     ReleasedImport,
 )
-from .reading import read_released, released_model_config
-from .run_folder import import_released, write_run_folder
+from .reading import MAX_ALPHA, read_released, released_model_config
+from .run_folder import import_released, remove_stale_staging, write_run_folder
 
 __all__ = [
+    "MAX_ALPHA",
     "RELEASED_ALPHA",
     "RELEASED_DROPOUT",
     "RELEASED_RANK",
@@ -55,5 +56,6 @@ __all__ = [
     "load_released",
     "read_released",
     "released_model_config",
+    "remove_stale_staging",
     "write_run_folder",
 ]

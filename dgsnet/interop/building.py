@@ -22,7 +22,7 @@ __all__ = ["load_released"]
 log = logging.getLogger("dgsnet.interop")
 
 
-def _build_clip(cfg: Mapping[str, Any]) -> nn.Module:
+def build_clip(cfg: Mapping[str, Any]) -> nn.Module:
     import open_clip
 
     with torch.random.fork_rng(devices=[]):  # the weights are overwritten: no global RNG use
@@ -32,7 +32,7 @@ def _build_clip(cfg: Mapping[str, Any]) -> nn.Module:
         )
 
 
-def _check_base(
+def check_base(
     path: Path, own: Mapping[str, Tensor], base: Mapping[str, Tensor], prefix: str
 ) -> None:
     """The model's state dict `own` and the file's pristine CLIP have the same keys and
@@ -57,16 +57,18 @@ def _check_base(
             )
 
 
-def _load_base(path: Path, model: nn.Module, base: Mapping[str, Tensor], prefix: str) -> None:
+def load_base(path: Path, model: nn.Module, base: Mapping[str, Tensor], prefix: str) -> None:
     """Load the pristine weights into `model` (strict; errors name the file's key)."""
     own = model.state_dict()
-    _check_base(path, own, base, prefix)
+    check_base(path, own, base, prefix)
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(base[k].to(v.dtype))
 
 
-def _wrap(ckpt: ReleasedCheckpoint, model: nn.Module, tokenizer: Any, dropout: float) -> Any:
+def wrap_released(
+    ckpt: ReleasedCheckpoint, model: nn.Module, tokenizer: Any, dropout: float
+) -> Any:
     from ..wrapper import DGSWrapper
 
     info = ckpt.info
@@ -145,15 +147,15 @@ def load_released(
     ckpt = read_released(path, alpha=alpha, head_width=head_width, quick_gelu=quick_gelu)
     prefix = TEACHER2 if ckpt.info.stage == 2 else TEACHER1
     if model is None:
-        model = _build_clip(ckpt.info.model_config)
+        model = build_clip(ckpt.info.model_config)
         if tokenizer is None:
             import open_clip
 
             tokenizer = open_clip.get_tokenizer("ViT-L-14")  # OpenAI's BPE; ships with open_clip
     elif not isinstance(model, nn.Module):
         raise TypeError(f"model must be an open_clip CLIP (nn.Module), got {type(model).__name__}")
-    _load_base(Path(path), model, ckpt.base, prefix)
-    wrapper = _wrap(ckpt, model, tokenizer, dropout)
+    load_base(Path(path), model, ckpt.base, prefix)
+    wrapper = wrap_released(ckpt, model, tokenizer, dropout)
     wrapper.eval()
     i = ckpt.info
     log.info(

@@ -46,9 +46,9 @@ TEACHER_HEAD1 = "img_frozen_fc."
 HEADS = ("img_fc.", "text_fc.")
 
 #: scalar entries of OpenAI's own checkpoints that are no weights (its loader drops them too)
-_OPENAI_META = ("input_resolution", "context_length", "vocab_size")
-_QKV = ("q_proj", "k_proj", "v_proj")
-_BLOCK = re.compile(r"^visual\.transformer\.resblocks\.(\d+)\.attn\.")
+OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
+QKV_NAMES = ("q_proj", "k_proj", "v_proj")
+BLOCK_PATTERN = re.compile(r"^visual\.transformer\.resblocks\.(\d+)\.attn\.")
 
 BASE_DIR = "base_model"
 FINAL_DIR = "final"

@@ -18,8 +18,8 @@ from torch import Tensor
 from ..errors import CheckpointError
 from ..io import sha256_file
 from .layout import (
-    _OPENAI_META,
     HEADS,
+    OPENAI_META_KEYS,
     RELEASED_ALPHA,
     RELEASED_RANK,
     STUDENT,
@@ -30,14 +30,47 @@ from .layout import (
     ReleasedCheckpoint,
     ReleasedImport,
 )
-from .student import _check_student, _need
+from .student import check_student, need_tensor
 
-__all__ = ["read_released", "released_model_config"]
+__all__ = ["MAX_ALPHA", "check_alpha", "read_released", "released_model_config"]
+
+
+#: the largest LoRA alpha accepted on import: alphas are of the order of the rank (the
+#: released 6 with r = 6); far larger ones overflow the update `alpha / sqrt(r) * B A`
+MAX_ALPHA = 1e4
+
+
+def check_alpha(alpha: Any) -> float:
+    """`alpha` as a float if it is a number in `(0, MAX_ALPHA]`.
+
+    Raises:
+        ValueError: any other value, named.
+    """
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, (int, float))
+        or not 0 < alpha <= MAX_ALPHA  # false for NaN
+    ):
+        raise ValueError(f"alpha must be a number in (0, {MAX_ALPHA:g}], got {alpha!r}")
+    return float(alpha)
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unpickling_refusal(path: Path, exc: BaseException) -> CheckpointError:
+    """The error for a file that holds objects other than tensors: unpickling them would
+    run code named in the file, which safe loading refuses to do."""
+    names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
+    named = f" (it names {', '.join(names)})" if names else ""
+    return CheckpointError(
+        f"{path} is refused: it holds Python objects other than tensors{named}, and loading "
+        "them would run code from the file. dgsnet reads released checkpoints with "
+        "torch.load(weights_only=True), which loads tensors only and runs nothing; a "
+        "checkpoint saved by torch.save(model.state_dict()) holds tensors only"
+    )
 
 
 def _load_state_dict(path: Path) -> dict[str, Tensor]:
@@ -46,10 +79,7 @@ def _load_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path} holds objects other than tensors, which are not loaded (safe loading, "
-            f"weights_only=True): {_short(exc, 200)}"
-        ) from None
+        raise _unpickling_refusal(path, exc) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
         raise CheckpointError(
             f"{path} cannot be read as a torch.save file (truncated or damaged?): {_short(exc)}"
@@ -67,8 +97,52 @@ def _load_state_dict(path: Path) -> dict[str, Tensor]:
             raise CheckpointError(
                 f"{path}: entry {key!r} is a {type(value).__name__}, expected a tensor"
             )
+        _check_stored(path, key, value)
         out[key] = value
+    for key, value in out.items():
+        _check_values(path, key, value)
     return out
+
+
+def _check_stored(path: Path, key: str, t: Tensor) -> None:
+    """`t` is a dense tensor with values, and the file stores every value its shape declares
+    (a view that repeats a few stored values, stride 0, would make every later step
+    allocate the declared size). Checked before anything reads or builds from it."""
+    if t.layout != torch.strided:
+        raise CheckpointError(
+            f"{path}: {key!r} is a {t.layout} tensor; a released checkpoint holds dense tensors"
+        )
+    if t.device.type == "meta":
+        raise CheckpointError(f"{path}: {key!r} is a meta tensor (a shape without values)")
+    if t.numel() == 0:
+        return
+    stored = t.untyped_storage().nbytes()
+    last = t.storage_offset() + sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True))
+    declared = t.numel() * t.element_size()
+    if declared > stored or (last + 1) * t.element_size() > stored:
+        raise CheckpointError(
+            f"{path}: {key!r} declares shape {tuple(t.shape)} ({declared} bytes) but the file "
+            f"stores {stored} bytes for it (strides {tuple(t.stride())}): refused before "
+            "anything is built from it"
+        )
+
+
+def _check_values(path: Path, key: str, t: Tensor) -> None:
+    """Weights are floating point and finite (OpenAI's integer scalar entries aside)."""
+    if key.rpartition(".")[2] in OPENAI_META_KEYS and t.dim() == 0:
+        return
+    if not t.is_floating_point():
+        raise CheckpointError(
+            f"{path}: {key!r} has dtype {t.dtype}; weights must be floating point (a file "
+            "whose weights were converted to integers, bools or complex numbers is not the "
+            "released one)"
+        )
+    bad = int((~torch.isfinite(t)).sum())
+    if bad:
+        raise CheckpointError(
+            f"{path}: {key!r} holds NaN or Inf ({bad} of {t.numel()} values): the file is "
+            "damaged, or the run that saved it diverged"
+        )
 
 
 def _split(path: Path, sd: dict[str, Tensor]) -> tuple[int, dict[str, dict[str, Tensor]]]:
@@ -171,7 +245,7 @@ def released_model_config(
     parts = dict(base)
 
     def need(name: str) -> Tensor:
-        return _need(path, parts, prefix, name)
+        return need_tensor(path, parts, prefix, name)
 
     conv = need("visual.conv1.weight")
     pos = need("visual.positional_embedding")
@@ -214,8 +288,8 @@ def released_model_config(
 
 
 def _head(path: Path, part: dict[str, Tensor], prefix: str, dim: int) -> tuple[Tensor, Tensor]:
-    w = _need(path, part, prefix, "weight")
-    b = _need(path, part, prefix, "bias")
+    w = need_tensor(path, part, prefix, "weight")
+    b = need_tensor(path, part, prefix, "bias")
     extra = sorted(set(part) - {"weight", "bias"})
     if extra:
         raise CheckpointError(f"{path}: unknown key {prefix + extra[0]!r}")
@@ -250,19 +324,13 @@ def read_released(
             unknown key, a missing key or a shape that does not fit (the message names it).
     """
     path = Path(path)
-    if not (
-        isinstance(alpha, (int, float))
-        and not isinstance(alpha, bool)
-        and math.isfinite(alpha)
-        and alpha > 0
-    ):
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+    check_alpha(alpha)
     if isinstance(head_width, bool) or not isinstance(head_width, int) or head_width < 1:
         raise ValueError(f"head_width must be an int >= 1, got {head_width!r}")
     sd = _load_state_dict(path)
     stage, parts = _split(path, sd)
     t_prefix = TEACHER2 if stage == 2 else TEACHER1
-    base = {k: v for k, v in parts[t_prefix].items() if k not in _OPENAI_META}
+    base = {k: v for k, v in parts[t_prefix].items() if k not in OPENAI_META_KEYS}
     cfg = released_model_config(
         base, head_width=head_width, quick_gelu=quick_gelu, path=path, prefix=t_prefix
     )
@@ -271,8 +339,8 @@ def read_released(
         teacher_head = _head(path, parts[TEACHER_HEAD2], TEACHER_HEAD2, dim)
         image_head: tuple[Tensor, Tensor] | None = _head(path, parts["img_fc."], "img_fc.", dim)
         text_head: tuple[Tensor, Tensor] | None = _head(path, parts["text_fc."], "text_fc.", dim)
-        student = {k: v for k, v in parts[STUDENT].items() if k not in _OPENAI_META}
-        lora, rank, merged, deviation = _check_student(
+        student = {k: v for k, v in parts[STUDENT].items() if k not in OPENAI_META_KEYS}
+        lora, rank, merged, deviation = check_student(
             path, base, student, cfg["vision_cfg"]["layers"], float(alpha)
         )
     else:

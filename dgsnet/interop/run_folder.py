@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from torch import Tensor
 
 from ..errors import CheckpointError
 from ..io import atomic_write_json, save_tensors
-from .building import _build_clip, _check_base, _load_base, _wrap
+from ..training.lock import pid_alive
+from .building import build_clip, check_base, load_base, wrap_released
 from .layout import (
     BASE_DIR,
     FINAL_DIR,
@@ -27,7 +29,7 @@ from .layout import (
 )
 from .reading import read_released
 
-__all__ = ["import_released", "write_run_folder"]
+__all__ = ["import_released", "remove_stale_staging", "write_run_folder"]
 
 
 def write_run_folder(
@@ -52,8 +54,9 @@ def write_run_folder(
     pixels, the 24 lowest and 25 highest by spectral entropy, tiled; ImageNet mean/std), no
     flip.
 
-    The folder is assembled beside `out_dir` and renamed into place at the end; an
-    existing `out_dir` is refused.
+    The folder is assembled beside `out_dir` (`.<name>.tmp-<host>-<pid>`) and renamed into
+    place at the end; the staging folders of killed writers are removed first
+    (`remove_stale_staging`). An existing `out_dir`, or a symbolic link there, is refused.
 
     Args:
         wrapper: the wrapper to save (`wrapper.released_import` is recorded if present).
@@ -67,18 +70,18 @@ def write_run_folder(
         `out_dir`.
 
     Raises:
-        FileExistsError: `out_dir` exists.
+        FileExistsError: `out_dir` exists or is a symbolic link.
         ValueError: neither `model_spec` nor `base` + `model_config` given.
     """
     out = Path(out_dir)
-    if out.exists():
-        raise FileExistsError(f"{out} exists; choose a new run folder")
+    _check_new_folder(out)
     stored = base is not None and model_config is not None
     if not stored and not model_spec:
         raise ValueError("write_run_folder needs model_spec, or base and model_config")
     image_size = _patch_image_size(wrapper, image_size)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    remove_stale_staging(out)
+    tmp = out.parent / f"{_staging_prefix(out)}{socket.gethostname()}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
@@ -93,6 +96,48 @@ def write_run_folder(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _check_new_folder(out: Path) -> None:
+    """Refuse an `out` that exists, a symbolic link included (even one to nothing: the
+    folder would be renamed over the link, and the error would name the staging folder).
+
+    Raises:
+        FileExistsError: naming `out` (and the link's target).
+    """
+    if out.is_symlink():
+        raise FileExistsError(
+            f"{out} is a symbolic link (to {os.readlink(out)}); choose a new run folder"
+        )
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose a new run folder")
+
+
+def _staging_prefix(out: Path) -> str:
+    return f".{out.name}.tmp-"
+
+
+def remove_stale_staging(out: str | os.PathLike[str]) -> list[Path]:
+    """Delete the staging folders that writers of `out` killed on this host left beside it.
+
+    A run folder is assembled in `.<name>.tmp-<host>-<pid>` next to `out` and renamed into
+    place; a writer killed by `kill -9` leaves that folder (with its partial copy of the
+    base model) behind. Those whose process no longer runs on this host are removed
+    (`.<name>.tmp-<pid>`, the name before the host was recorded, counts as this host's).
+
+    Returns:
+        The folders removed.
+    """
+    out = Path(out)
+    prefix, host = _staging_prefix(out), socket.gethostname()
+    removed = []
+    for folder in sorted(out.parent.glob(prefix + "*")):
+        owner, _, pid = folder.name[len(prefix) :].rpartition("-")
+        if not pid.isdigit() or owner not in ("", host) or pid_alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def _patch_image_size(wrapper: Any, image_size: int | None) -> int:
@@ -132,7 +177,7 @@ def _write_model_info(tmp: Path, wrapper: Any, spec: str | None, image_size: int
     """Write `final/dgsnet_model.json` (the base model's spec and the released preprocessing)
     and, for an imported wrapper, `released_import.json`."""
     from ..data import IMAGENET_MEAN, IMAGENET_STD
-    from ..training import MODEL_INFO_NAME
+    from ..wrapper.checkpoint import MODEL_INFO_NAME
 
     info = getattr(wrapper, "released_import", None)
     model_info = {
@@ -178,33 +223,32 @@ def import_released(
     Raises:
         CheckpointError: a bad file (see `read_released`), or a `model` whose weights
             are not the file's pristine CLIP.
-        FileExistsError: `out_dir` exists.
+        FileExistsError: `out_dir` exists or is a symbolic link.
     """
     out = Path(out_dir)
-    if out.exists():
-        raise FileExistsError(f"{out} exists; choose a new run folder")
+    _check_new_folder(out)
     ckpt = read_released(path, alpha=alpha, head_width=head_width, quick_gelu=quick_gelu)
     prefix = TEACHER2 if ckpt.info.stage == 2 else TEACHER1
     if model is None:
         import open_clip
 
-        net = _build_clip(ckpt.info.model_config)
-        _load_base(Path(path), net, ckpt.base, prefix)
+        net = build_clip(ckpt.info.model_config)
+        load_base(Path(path), net, ckpt.base, prefix)
         base = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        wrapper = _wrap(ckpt, net, open_clip.get_tokenizer("ViT-L-14"), dropout)
+        wrapper = wrap_released(ckpt, net, open_clip.get_tokenizer("ViT-L-14"), dropout)
         write_run_folder(wrapper, out, base=base, model_config=ckpt.info.model_config)
     else:
-        from ..training import build_model
+        from ..models import build_model
 
         bundle = build_model(model, transform="patch-selection", flip=False)
         own = bundle.model.state_dict()
-        _check_base(Path(path), own, ckpt.base, prefix)
+        check_base(Path(path), own, ckpt.base, prefix)
         for k, v in own.items():
             if not torch.equal(v, ckpt.base[k].to(v.dtype)):
                 raise CheckpointError(
                     f"{path}: {prefix + k!r} differs from the weights of --model {model}; "
                     "omit --model to store the file's own CLIP in the run folder"
                 )
-        wrapper = _wrap(ckpt, bundle.model, bundle.tokenizer, dropout)
+        wrapper = wrap_released(ckpt, bundle.model, bundle.tokenizer, dropout)
         write_run_folder(wrapper, out, model_spec=str(bundle.spec))
     return ckpt.info

@@ -12,10 +12,10 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
-from .layout import _BLOCK, _QKV, STUDENT, TEACHER2
+from .layout import BLOCK_PATTERN, QKV_NAMES, STUDENT, TEACHER2
 
 
-def _need(path: Path, part: dict[str, Tensor], prefix: str, name: str) -> Tensor:
+def need_tensor(path: Path, part: dict[str, Tensor], prefix: str, name: str) -> Tensor:
     if name not in part:
         raise CheckpointError(f"{path}: missing key {prefix + name!r}")
     return part[name]
@@ -23,10 +23,10 @@ def _need(path: Path, part: dict[str, Tensor], prefix: str, name: str) -> Tensor
 
 def _student_keys(base: Mapping[str, Tensor], layers: int) -> set[str]:
     """The student's expected keys: the base's, with each vision block's attention split."""
-    keys = {k for k in base if not _BLOCK.match(k)}
+    keys = {k for k in base if not BLOCK_PATTERN.match(k)}
     for i in range(layers):
         pre = f"visual.transformer.resblocks.{i}.attn."
-        for p in _QKV:
+        for p in QKV_NAMES:
             keys |= {f"{pre}{p}.{n}" for n in ("weight", "bias", "w_lora_A", "w_lora_B")}
         keys |= {f"{pre}proj.weight", f"{pre}proj.bias"}
     return keys
@@ -49,7 +49,7 @@ def _check_fixed(
             f"{path}: unknown key {STUDENT + unknown[0]!r}"
             f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}"
         )
-    fixed = sorted(k for k in want if not _BLOCK.match(k))
+    fixed = sorted(k for k in want if not BLOCK_PATTERN.match(k))
     for key in fixed:
         if student[key].shape != base[key].shape:
             raise CheckpointError(
@@ -95,6 +95,11 @@ def _merge_state(
     r = int(a.shape[0])
     scaling = alpha / math.sqrt(r)
     delta = scaling * (b.double() @ a.double())
+    if not bool(torch.isfinite(delta.to(w_s.dtype)).all()):
+        raise CheckpointError(
+            f"{path}: with alpha={alpha:g} the LoRA update alpha/sqrt(r) * B A of "
+            f"{STUDENT}{name}weight overflows {w_s.dtype}: pass the alpha it was trained with"
+        )
     # float rounding allowed: the merge itself, and the merge/unmerge round trips
     # the released script makes around each validation (weight += d; weight -= d)
     eps = torch.finfo(w_s.dtype).eps if w_s.is_floating_point() else 0.0
@@ -135,7 +140,7 @@ def _check_block(
     b_in = base.get(f"{pre}in_proj_bias")
     d = w_in.shape[1]
     deviation = 0.0
-    for j, p in enumerate(_QKV):
+    for j, p in enumerate(QKV_NAMES):
         name = f"{pre}{p}."
         a, b, rank = _lora_pair(path, student, name, d, rank)
         bias_t = b_in[j * d : (j + 1) * d] if b_in is not None else None
@@ -167,7 +172,7 @@ def _check_block(
     return rank, deviation
 
 
-def _check_student(
+def check_student(
     path: Path, base: dict[str, Tensor], student: dict[str, Tensor], layers: int, alpha: float
 ) -> tuple[dict[str, tuple[Tensor, Tensor]], int, bool | None, float]:
     """Validate the stage-2 student against the pristine base; return the LoRA factors, the

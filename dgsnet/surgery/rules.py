@@ -340,8 +340,7 @@ class OrthogonalSuppression(SurgeryRule):
 
     def __init__(self, eps: float = 1e-6, conflict_only: bool = False, ref: str = "harm") -> None:
         self.eps = _check_nonneg_float("OrthogonalSuppression", "eps", eps)
-        """Added to the norm of `relu(r)` before dividing: the projection of a tiny reference fades
-        out instead of blowing up."""
+        """Added to `||relu(r)||` before dividing: a tiny reference fades out, never blows up."""
         if not isinstance(conflict_only, bool):
             raise TypeError(
                 f"OrthogonalSuppression: conflict_only must be a bool, got {conflict_only!r}"
@@ -483,8 +482,7 @@ class PriorAlignment(SurgeryRule):
                 f"PriorAlignment: scale must be 'reference' or 'invariant', got {scale!r}"
             )
         self.scale: AlignScale = scale
-        """`"reference"`: the factor is `weight / B`, as in the released code; `"invariant"`:
-        `weight`."""
+        """The factor: `weight / B` (`"reference"`, the released code's) or `weight`."""
         self.ref = _check_ref_name("PriorAlignment", ref)
         """The name of the reference this rule reads (`"help"` by default)."""
         self.refs = (self.ref,)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..surgery import GradientSurgery, SurgeryRule, drop_nonfinite, fuse
 from ..surgery.fused import FusedRule
-from .compare import _call, _check_tol, _compare, _name, _tols
+from .compare import call_rule, check_tolerance, compare_samples, resolve_tolerances, rule_name
 
 __all__ = [
     "assert_gradcheck",
@@ -109,9 +109,9 @@ def assert_gradcheck(
         >>> g, harm = torch.randn(2, 5), torch.randn(2, 5)
         >>> assert_gradcheck(OrthogonalSuppression(), g, {"harm": harm})
     """
-    name = _name(rule)
-    eps = _check_tol("eps", eps)
-    atol, rtol = _check_tol("atol", atol), _check_tol("rtol", rtol)
+    name = rule_name(rule)
+    eps = check_tolerance("eps", eps)
+    atol, rtol = check_tolerance("atol", atol), check_tolerance("rtol", rtol)
     if eps == 0:
         raise ValueError("eps must be > 0 for finite differences, got 0")
     for label, f, inputs, names in _gradcheck_cases(rule, grad, refs, wrt_refs):
@@ -242,25 +242,25 @@ def assert_fused_matches_eager(
         >>> assert_fused_matches_eager(OrthogonalSuppression(), g, {"harm": harm})  # doctest: +SKIP
     """
     eager = rule.rule if isinstance(rule, FusedRule) else rule
-    atol = _check_tol("atol", atol)
+    atol = check_tolerance("atol", atol)
     if rtol is None:
         rtol = max(1e-6, torch.finfo(grad.dtype).eps) if grad.is_floating_point() else 1e-6
-    rtol = _check_tol("rtol", rtol)
+    rtol = check_tolerance("rtol", rtol)
     fused = fuse(eager)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out_f = _call(fused, grad, refs, "the gradient (fused)")
+        out_f = call_rule(fused, grad, refs, "the gradient (fused)")
     for w in caught:  # recorded for the failure message, and passed on to the caller
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    out_e = _call(eager, grad, refs, "the gradient (eager)")
+    out_e = call_rule(eager, grad, refs, "the gradient (eager)")
     fallback = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     note = f"(torch.compile fell back to eager: {fallback[0]})" if fallback else ""
     if out_f.dtype != out_e.dtype:
         raise AssertionError(
-            f"fuse({_name(eager)}) returned dtype {out_f.dtype}, eager {out_e.dtype}"
+            f"fuse({rule_name(eager)}) returned dtype {out_f.dtype}, eager {out_e.dtype}"
         )
-    _compare(
-        f"fuse({_name(eager)}) vs eager",
+    compare_samples(
+        f"fuse({rule_name(eager)}) vs eager",
         out_f,
         out_e,
         [grad],
@@ -307,7 +307,7 @@ def assert_surgery_backward_applies_rule(
     """
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError("assert_surgery_backward_applies_rule: x must be a floating-point tensor")
-    name = _name(rule)
+    name = rule_name(rule)
     leaf = x.detach().clone().requires_grad_(True)
     y = GradientSurgery.apply(leaf, rule, refs, None, nonfinite)
     same = y.shape == leaf.shape and bool(  # NaN == NaN here: the identity keeps NaN
@@ -325,14 +325,14 @@ def assert_surgery_backward_applies_rule(
     expected_refs = dict(refs)
     if nonfinite == "ignore":
         expected_refs.update(drop_nonfinite(used))
-    expected = _call(rule, grad_output, expected_refs, "the upstream gradient")
+    expected = call_rule(rule, grad_output, expected_refs, "the upstream gradient")
     if got.dtype != expected.dtype:
         raise AssertionError(
             f"GradientSurgery with {name} passed back dtype {got.dtype}, "
             f"rule(grad) has {expected.dtype}"
         )
-    atol, rtol = _tols(x.dtype, atol, rtol)
-    _compare(
+    atol, rtol = resolve_tolerances(x.dtype, atol, rtol)
+    compare_samples(
         f"GradientSurgery backward vs {name}(upstream gradient)",
         got,
         expected,

@@ -1,8 +1,9 @@
 """Tolerances and the per-sample comparison shared by every check of `dgsnet.testing`.
 
-`default_tolerances` gives the `(rtol, atol)` defaults per dtype; the private helpers call a
-rule with its inputs checked, and compare an actual against an expected result sample by
-sample, naming the worst sample in the failure message.
+`default_tolerances` gives the `(rtol, atol)` defaults per dtype. The helpers below it are
+shared by the checks of `invariants` and `autograd_checks` (public in this module, not part
+of `dgsnet.testing`'s API): they call a rule with its inputs checked, and compare an actual
+against an expected result sample by sample, naming the worst sample in the failure message.
 """
 
 from __future__ import annotations
@@ -46,14 +47,16 @@ def default_tolerances(dtype: torch.dtype) -> tuple[float, float]:
     return 4 * eps, torch.finfo(dtype).tiny
 
 
-def _tols(dtype: torch.dtype, atol: float | None, rtol: float | None) -> tuple[float, float]:
+def resolve_tolerances(
+    dtype: torch.dtype, atol: float | None, rtol: float | None
+) -> tuple[float, float]:
     d_rtol, d_atol = default_tolerances(dtype)
-    atol = d_atol if atol is None else _check_tol("atol", atol)
-    rtol = d_rtol if rtol is None else _check_tol("rtol", rtol)
+    atol = d_atol if atol is None else check_tolerance("atol", atol)
+    rtol = d_rtol if rtol is None else check_tolerance("rtol", rtol)
     return atol, rtol
 
 
-def _check_tol(name: str, value: object) -> float:
+def check_tolerance(name: str, value: object) -> float:
     """A tolerance must be a finite number >= 0: a NaN tolerance would fail every comparison
     (`x <= nan` is false) and an infinite one pass every comparison."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -67,14 +70,14 @@ def _check_tol(name: str, value: object) -> float:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _name(rule: object) -> str:
+def rule_name(rule: object) -> str:
     try:
         return repr(rule)
     except Exception:  # a broken __repr__ must not hide the real failure
         return type(rule).__name__
 
 
-def _call(rule: SurgeryRule, grad: Tensor, refs: Mapping[str, Tensor], what: str) -> Tensor:
+def call_rule(rule: SurgeryRule, grad: Tensor, refs: Mapping[str, Tensor], what: str) -> Tensor:
     """Run the rule and check that it returned a tensor of the gradient's shape. A rule output
     that the rule API itself refuses (`RuleOutputError`) is a failure of
     the rule, reported as `AssertionError`."""
@@ -84,23 +87,23 @@ def _call(rule: SurgeryRule, grad: Tensor, refs: Mapping[str, Tensor], what: str
         raise AssertionError(f"{exc} (for {what})") from exc
     if not isinstance(out, Tensor):
         raise AssertionError(
-            f"{_name(rule)} returned {type(out).__name__} for {what}, expected a torch.Tensor"
+            f"{rule_name(rule)} returned {type(out).__name__} for {what}, expected a torch.Tensor"
         )
     if out.shape != grad.shape:
         raise AssertionError(
-            f"{_name(rule)} returned shape {tuple(out.shape)} for {what}, expected the "
+            f"{rule_name(rule)} returned shape {tuple(out.shape)} for {what}, expected the "
             f"gradient's shape {tuple(grad.shape)}"
         )
     return out
 
 
-def _rows(t: Tensor) -> Tensor:
+def as_rows(t: Tensor) -> Tensor:
     """View `t` as `(samples, D)` in float64 (a 1-D tensor is one sample)."""
     t = t.detach().to(torch.float64)
     return t.reshape(1, -1) if t.dim() == 1 else t.reshape(-1, t.shape[-1])
 
 
-def _row_norm(t: Tensor) -> Tensor:
+def row_norms(t: Tensor) -> Tensor:
     """Per-sample L2 norm of a `(samples, D)` float64 tensor, without under/overflow."""
     if t.shape[-1] == 0:
         return torch.zeros(t.shape[0], 1, dtype=t.dtype, device=t.device)
@@ -120,12 +123,12 @@ def _sample_index(shape: Sequence[int], flat_row: int) -> tuple[int, ...]:
     return tuple(reversed(idx))
 
 
-def _fmt_sample(shape: Sequence[int], flat_row: int) -> str:
+def format_sample(shape: Sequence[int], flat_row: int) -> str:
     idx = _sample_index(shape, flat_row)
     return "the only sample" if not idx else f"sample {idx}"
 
 
-def _finite_part(t: Tensor) -> Tensor:
+def finite_part(t: Tensor) -> Tensor:
     """`t` with NaN and infinities replaced by 0: what a scale is measured on."""
     return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
 
@@ -134,12 +137,12 @@ def _nonfinite_rows(tensors: Iterable[Tensor]) -> Tensor | None:
     """Per sample (`(samples, 1)`): does any of `tensors` hold a NaN/Inf there?"""
     rows: Tensor | None = None
     for t in tensors:
-        r = ~torch.isfinite(_rows(t)).all(dim=-1, keepdim=True)
+        r = ~torch.isfinite(as_rows(t)).all(dim=-1, keepdim=True)
         rows = r if rows is None else rows | r
     return rows
 
 
-def _compare(
+def compare_samples(
     invariant: str,
     actual: Tensor,
     expected: Tensor,
@@ -163,10 +166,10 @@ def _compare(
       entries of that sample are still compared.
     """
     inputs = list(scale_from)
-    a, e = _rows(actual), _rows(expected)
-    scale = _row_norm(_finite_part(e))
+    a, e = as_rows(actual), as_rows(expected)
+    scale = row_norms(finite_part(e))
     for t in inputs:
-        scale = torch.maximum(scale, _row_norm(_finite_part(_rows(t))))
+        scale = torch.maximum(scale, row_norms(finite_part(as_rows(t))))
     suffix = f" {note}" if note else ""
 
     special_a, special_e = ~torch.isfinite(a), ~torch.isfinite(e)
@@ -189,7 +192,7 @@ def _compare(
             what = "on both sides, for finite inputs"
         raise AssertionError(
             f"{invariant}: {n} entr{'y' if n == 1 else 'ies'} NaN/Inf {what}; max abs deviation "
-            f"nan; first at {_fmt_sample(shape, row)}, coordinate {col}: got {got:.6g}, "
+            f"nan; first at {format_sample(shape, row)}, coordinate {col}: got {got:.6g}, "
             f"expected {exp:.6g}.{suffix}"
         )
     dev = torch.where(special, torch.zeros_like(a), (a - e).abs())  # finite everywhere
@@ -202,13 +205,13 @@ def _compare(
     rel = dev / torch.where(scale > 0, scale, torch.ones_like(scale))
     raise AssertionError(
         f"{invariant}: max abs deviation {float(dev.max()):.3e}, max deviation relative to the "
-        f"sample's norm {float(rel.max()):.3e}; worst entry at {_fmt_sample(shape, row)}, "
+        f"sample's norm {float(rel.max()):.3e}; worst entry at {format_sample(shape, row)}, "
         f"coordinate {col}: got {float(a[row, col]):.6g}, expected {float(e[row, col]):.6g} "
         f"(allowed: atol={atol:.3g} + rtol={rtol:.3g} * norm {float(scale[row, 0]):.3g}).{suffix}"
     )
 
 
-def _check_finite_inputs(check: str, grad: Tensor, refs: Mapping[str, Tensor]) -> None:
+def check_finite_inputs(check: str, grad: Tensor, refs: Mapping[str, Tensor]) -> None:
     if not isinstance(grad, Tensor):
         raise TypeError(f"{check}: grad must be a torch.Tensor, got {type(grad).__name__}")
     if not bool(torch.isfinite(grad).all()):
@@ -224,7 +227,7 @@ def _check_finite_inputs(check: str, grad: Tensor, refs: Mapping[str, Tensor]) -
             )
 
 
-def _ref_keys(
+def reference_keys(
     rule: SurgeryRule, refs: Mapping[str, Tensor], keys: Iterable[str] | None
 ) -> list[str]:
     if keys is None:

@@ -12,16 +12,16 @@ from torch import Tensor
 
 from ..surgery import SurgeryRule, sign_split
 from .compare import (
-    _call,
-    _check_finite_inputs,
-    _compare,
-    _finite_part,
-    _fmt_sample,
-    _name,
-    _ref_keys,
-    _row_norm,
-    _rows,
-    _tols,
+    as_rows,
+    call_rule,
+    check_finite_inputs,
+    compare_samples,
+    finite_part,
+    format_sample,
+    reference_keys,
+    resolve_tolerances,
+    row_norms,
+    rule_name,
 )
 
 __all__ = [
@@ -56,11 +56,11 @@ def assert_finite_and_shaped(rule: SurgeryRule, grad: Tensor, refs: Mapping[str,
         >>> g = torch.randn(2, 3, 8, dtype=torch.bfloat16)
         >>> assert_finite_and_shaped(PriorAlignment(), g, {"help": torch.randn(2, 3, 8)})
     """
-    _check_finite_inputs("assert_finite_and_shaped", grad, refs)
+    check_finite_inputs("assert_finite_and_shaped", grad, refs)
     before = grad.detach().clone()
     refs_before = {k: v.detach().clone() for k, v in refs.items() if isinstance(v, Tensor)}
-    out = _call(rule, grad, refs, "the gradient")
-    name = _name(rule)
+    out = call_rule(rule, grad, refs, "the gradient")
+    name = rule_name(rule)
     if out.dtype != grad.dtype:
         raise AssertionError(
             f"{name} returned dtype {out.dtype}, expected the gradient's {grad.dtype}"
@@ -71,11 +71,11 @@ def assert_finite_and_shaped(rule: SurgeryRule, grad: Tensor, refs: Mapping[str,
         )
     finite = torch.isfinite(out)
     if not bool(finite.all()):
-        rows = ~_rows(finite.to(torch.float64)).bool().all(dim=-1)
+        rows = ~as_rows(finite.to(torch.float64)).bool().all(dim=-1)
         row = int(rows.nonzero()[0, 0])
         raise AssertionError(
             f"{name} returned {int((~finite).sum())} NaN/Inf value(s) for finite inputs "
-            f"(first at {_fmt_sample(grad.shape, row)})"
+            f"(first at {format_sample(grad.shape, row)})"
         )
     if not torch.equal(grad.detach(), before):
         dev = float((grad.detach().double() - before.double()).abs().max())
@@ -122,21 +122,21 @@ def assert_orthogonal(
     """
     if ref not in refs:
         raise ValueError(f"assert_orthogonal: refs has no key {ref!r} (keys: {sorted(refs)})")
-    atol, rtol = _tols(grad.dtype, atol, rtol)
-    out = _call(rule, grad, refs, "the gradient")
-    o = _rows(out)
-    pos = _rows(refs[ref]).clamp_min(0)
-    norm = _row_norm(pos)
+    atol, rtol = resolve_tolerances(grad.dtype, atol, rtol)
+    out = call_rule(rule, grad, refs, "the gradient")
+    o = as_rows(out)
+    pos = as_rows(refs[ref]).clamp_min(0)
+    norm = row_norms(pos)
     u = pos / torch.where(norm > 0, norm, torch.ones_like(norm))
     comp = (o * u).sum(dim=-1, keepdim=True)
-    scale = torch.maximum(_row_norm(_finite_part(_rows(grad))), _row_norm(_finite_part(o)))
+    scale = torch.maximum(row_norms(finite_part(as_rows(grad))), row_norms(finite_part(o)))
     bad_finite = ~torch.isfinite(comp)
     if bool(bad_finite.any()):
         row = int(bad_finite.nonzero()[0, 0])
         raise AssertionError(
-            f"orthogonality to the positive part of refs[{ref!r}] violated by {_name(rule)}: the "
-            f"component <out, u> is {float(comp[row, 0]):.6g} (NaN/Inf in "
-            f"{int(bad_finite.sum())} sample(s)) at {_fmt_sample(grad.shape, row)}"
+            f"orthogonality to the positive part of refs[{ref!r}] violated by {rule_name(rule)}: "
+            f"the component <out, u> is {float(comp[row, 0]):.6g} (NaN/Inf in "
+            f"{int(bad_finite.sum())} sample(s)) at {format_sample(grad.shape, row)}"
         )
     tol = atol + rtol * scale
     if bool((comp.abs() <= tol).all()):
@@ -144,9 +144,9 @@ def assert_orthogonal(
     row = int((comp.abs() - tol).argmax())
     rel = comp.abs() / torch.where(scale > 0, scale, torch.ones_like(scale))
     raise AssertionError(
-        f"orthogonality to the positive part of refs[{ref!r}] violated by {_name(rule)}: max "
+        f"orthogonality to the positive part of refs[{ref!r}] violated by {rule_name(rule)}: max "
         f"|<out, u>| = {float(comp.abs().max()):.3e}, max relative to max(||grad||, ||out||) = "
-        f"{float(rel.max()):.3e}; worst at {_fmt_sample(grad.shape, row)}: <out, u> = "
+        f"{float(rel.max()):.3e}; worst at {format_sample(grad.shape, row)}: <out, u> = "
         f"{float(comp[row, 0]):.6g} (allowed: atol={atol:.3g} + rtol={rtol:.3g} * "
         f"{float(scale[row, 0]):.3g})"
     )
@@ -179,11 +179,11 @@ def assert_idempotent(
         >>> g, other = torch.randn(8, 32), torch.randn(8, 32)
         >>> assert_idempotent(ConflictProjection(), g, {"other": other})
     """
-    atol, rtol = _tols(grad.dtype, atol, rtol)
-    once = _call(rule, grad, refs, "the gradient")
-    twice = _call(rule, once, refs, "its own output")
-    _compare(
-        f"idempotence of {_name(rule)} (rule(rule(g)) vs rule(g))",
+    atol, rtol = resolve_tolerances(grad.dtype, atol, rtol)
+    once = call_rule(rule, grad, refs, "the gradient")
+    twice = call_rule(rule, once, refs, "its own output")
+    compare_samples(
+        f"idempotence of {rule_name(rule)} (rule(rule(g)) vs rule(g))",
         twice,
         once,
         [grad],
@@ -235,13 +235,13 @@ def assert_positively_homogeneous(
         >>> assert_positively_homogeneous(rule, g, {"harm": harm}, scales=(1e-3, 7.0))
     """
     scales = _check_scales("assert_positively_homogeneous", scales)
-    atol, rtol = _tols(grad.dtype, atol, rtol)
-    base = _call(rule, grad, refs, "the gradient")
+    atol, rtol = resolve_tolerances(grad.dtype, atol, rtol)
+    base = call_rule(rule, grad, refs, "the gradient")
     for c in scales:
         scaled_grad = grad * c
-        out = _call(rule, scaled_grad, refs, f"{c:g} * the gradient")
-        _compare(
-            f"positive homogeneity of {_name(rule)} (rule({c:g} g) vs {c:g} rule(g))",
+        out = call_rule(rule, scaled_grad, refs, f"{c:g} * the gradient")
+        compare_samples(
+            f"positive homogeneity of {rule_name(rule)} (rule({c:g} g) vs {c:g} rule(g))",
             out,
             base.detach().to(torch.float64) * c,
             [scaled_grad],
@@ -285,16 +285,16 @@ def assert_reference_scale_invariant(
         >>> assert_reference_scale_invariant(ConflictProjection(), g, {"other": other})
     """
     scales = _check_scales("assert_reference_scale_invariant", scales)
-    keys = _ref_keys(rule, refs, keys)
-    atol, rtol = _tols(grad.dtype, atol, rtol)
-    base = _call(rule, grad, refs, "the gradient")
+    keys = reference_keys(rule, refs, keys)
+    atol, rtol = resolve_tolerances(grad.dtype, atol, rtol)
+    base = call_rule(rule, grad, refs, "the gradient")
     for c in scales:
         scaled = dict(refs)
         for k in keys:
             scaled[k] = refs[k] * c
-        out = _call(rule, grad, scaled, f"references {keys} scaled by {c:g}")
-        _compare(
-            f"invariance of {_name(rule)} to scaling references {keys} by {c:g}",
+        out = call_rule(rule, grad, scaled, f"references {keys} scaled by {c:g}")
+        compare_samples(
+            f"invariance of {rule_name(rule)} to scaling references {keys} by {c:g}",
             out,
             base,
             [grad],
@@ -415,14 +415,14 @@ def assert_noop_on_zero_reference(
         >>> rule = OrthogonalSuppression(eps=0.0)
         >>> assert_noop_on_zero_reference(rule, g, {"harm": g}, atol=0, rtol=0)
     """
-    keys = _ref_keys(rule, refs, keys)
-    atol, rtol = _tols(grad.dtype, atol, rtol)
+    keys = reference_keys(rule, refs, keys)
+    atol, rtol = resolve_tolerances(grad.dtype, atol, rtol)
     zeroed = dict(refs)
     for k in keys:
         zeroed[k] = torch.zeros_like(refs[k])
-    out = _call(rule, grad, zeroed, f"zero references {keys}")
-    _compare(
-        f"no-op of {_name(rule)} on zero references {keys} (rule(g) vs g)",
+    out = call_rule(rule, grad, zeroed, f"zero references {keys}")
+    compare_samples(
+        f"no-op of {rule_name(rule)} on zero references {keys} (rule(g) vs g)",
         out,
         grad,
         [grad],

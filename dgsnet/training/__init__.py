@@ -2,10 +2,11 @@ r"""The training engine behind `dgsnet train` / `dgsnet eval`, usable from Pytho
 
 Pieces (see `docs/cli.md` for the command line on top of them), one module each:
 `options` (`TrainOptions`), `precision`, `seeding`, `distributed`, `data`
-(items, the resumable sampler, the fingerprint, loaders), `state` (the output-folder layout
-and the resumable checkpoint), `runlog`, `signals` and `trainer` (`Trainer`,
-`train`); the model factory is `dgsnet.models` and loading and evaluation
-`dgsnet.evaluation` (their names are re-exported here).
+(items, the resumable sampler, the fingerprint, loaders), `run_folder` (the output-folder
+layout), `run_state` (the trainer's resumable run state: `RunProgress`,
+`trainer_state.json`), `runlog`, `signals`, `evaluation` (loading a trained run and scoring
+it; also importable as `dgsnet.evaluation`), `trainer` (`Trainer`) and `api` (`train`); the
+model factory is `dgsnet.models` (its names are re-exported here).
 
 * `build_model`: a model spec (`tiny`, an open_clip name with its weights such as
   `ViT-L-14@openai`, or `hf:<path>` for a Hugging Face CLIP) -> `ModelBundle`
@@ -43,44 +44,39 @@ Precision (`dgsnet.training.precision`): `precision="fp32"` (default), `"tf32"`,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from ..errors import ModelLoadError, NonFiniteError, TrainingConfigError, TrainingInterrupted
 from ..models import ClipPreprocess, HFPreprocess, ModelBundle, ModelSpec, build_model
+from ..wrapper.checkpoint import MODEL_INFO_NAME
 from .api import train
 from .data import ResumableSampler, TrainItems, dataset_fingerprint, open_datasets
 from .distributed import DistInfo, setup_distributed
+from .evaluation import (
+    Prediction,
+    TrainedDetector,
+    evaluate,
+    evaluate_classifier,
+    load_trained,
+    predict_probabilities,
+    predict_scores,
+)
 from .monitor import BEST_DIR, VALIDATION_CSV, ValidationMonitor, held_out_split
 from .options import TrainOptions
 from .precision import PRECISIONS, Precision, compile_image_tower
-from .seeding import seed_everything
-from .state import (
+from .run_folder import (
     FINAL_DIR,
     LAST_DIR,
     LOG_NAME,
-    MODEL_INFO_NAME,
     OPTIMIZER_NAME,
     RUN_NAME,
-    STATE_FORMAT,
     STATE_NAME,
-    STATE_VERSION,
     SUMMARY_NAME,
     TEACHER_CACHE_NAME,
     find_resume_checkpoint,
+    resolve_checkpoint,
 )
+from .run_state import STATE_FORMAT, STATE_VERSION, RunProgress
+from .seeding import seed_everything
 from .trainer import Trainer, TrainResult, TrainState
-
-if TYPE_CHECKING:
-    from ..evaluation import (
-        Prediction,
-        TrainedDetector,
-        evaluate,
-        evaluate_classifier,
-        load_trained,
-        predict_probabilities,
-        predict_scores,
-        resolve_checkpoint,
-    )
 
 __all__ = [
     "LAST_DIR",
@@ -108,6 +104,7 @@ __all__ = [
     "compile_image_tower",
     "TrainState",
     "TrainResult",
+    "RunProgress",
     "Trainer",
     "DistInfo",
     "ResumableSampler",
@@ -132,28 +129,3 @@ __all__ = [
     "dataset_fingerprint",
     "seed_everything",
 ]
-
-# dgsnet.evaluation imports this package (the output-folder layout), so its names are
-# looked up on first use instead of imported here
-_FROM_EVALUATION = (
-    "evaluate",
-    "evaluate_classifier",
-    "predict_probabilities",
-    "load_trained",
-    "predict_scores",
-    "resolve_checkpoint",
-    "TrainedDetector",
-    "Prediction",
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FROM_EVALUATION:
-        from .. import evaluation
-
-        return getattr(evaluation, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_FROM_EVALUATION))

@@ -44,8 +44,8 @@ from ..wrapper import DGSWrapper
 from .data import iterate_loader
 from .options import TrainOptions
 from .precision import Precision
+from .run_folder import commit_dir, save_model_dir, staging_dir
 from .seeding import derive_seed
-from .state import commit_dir, save_model_dir, staging_dir
 
 __all__ = [
     "BEST_DIR",

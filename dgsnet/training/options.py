@@ -25,7 +25,14 @@ import numpy as np
 from ..errors import TrainingConfigError
 from .precision import parse_precision
 
-__all__ = ["TrainOptions", "check_int_at_least", "check_positive_float", "parse_stage"]
+__all__ = [
+    "MAX_SEED",
+    "TrainOptions",
+    "check_int_at_least",
+    "check_positive_float",
+    "check_seed",
+    "parse_stage",
+]
 
 
 def check_int_at_least(name: str, value: Any, minimum: int = 1) -> int:
@@ -36,6 +43,25 @@ def check_int_at_least(name: str, value: Any, minimum: int = 1) -> int:
     """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise TrainingConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+#: the largest seed: torch's generators take 64-bit seeds; a run's seeds stay signed int64
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(value: Any) -> int:
+    """`value` as an `int` if it is an integer in `[0, MAX_SEED]` (not a bool).
+
+    Raises:
+        TrainingConfigError: naming `seed`, the range and the value given.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or not 0 <= value <= MAX_SEED
+    ):
+        raise TrainingConfigError(f"seed must be an integer in [0, 2**63 - 1], got {value!r}")
     return int(value)
 
 
@@ -190,7 +216,7 @@ class TrainOptions:
             "save_every": check_int_at_least("save_every", self.save_every, 0),
             "log_every": check_int_at_least("log_every", self.log_every),
             "num_workers": check_int_at_least("num_workers", self.num_workers, 0),
-            "seed": check_int_at_least("seed", self.seed, 0),
+            "seed": check_seed(self.seed),
         }
         checked["val_every"] = check_int_at_least("val_every", self.val_every, 0)
         checked["patience"] = check_int_at_least("patience", self.patience, 0)

@@ -1,10 +1,12 @@
-"""The two-stage training loop: `Trainer`, and `train`, its one-call form.
+"""The two-stage training loop: `Trainer` (`dgsnet.training.train` is its one-call form).
 
-A `Trainer` holds the state of one run as attributes (the options, the data, the
-optimizer, the counters, the log); `Trainer.run` is the run as a list of steps:
-prepare the output folder, restore a checkpoint, stage 1 (the teacher head), stage 2 (LoRA
-and heads, epoch by epoch and step by step, with checkpoints), finish (`final/` and the
-summary).
+A `Trainer` holds one run: its inputs, and what the run finds and advances, all set in
+`Trainer.__init__`: the process group, the data fingerprint, the log, the run's
+`RunProgress` (epoch, step, skipped steps, ...), and the optimizer of stage 2. `Trainer.run`
+is the run as a list of steps: prepare the output folder, restore a checkpoint, stage 1 (the
+teacher head), stage 2 (LoRA and heads, epoch by epoch and step by step, with checkpoints),
+finish (`final/` and the summary). What a checkpoint holds is assembled from values by
+`dgsnet.training.run_state`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..data import collate
 from ..errors import CheckpointError, TrainingConfigError, TrainingInterrupted
-from ..io import atomic_write_json, json_safe, load_tensors
+from ..io import atomic_write_json, json_safe, load_tensors, sha256_file
 from ..progress import progress_bar
-from ..wrapper import DGSWrapper
-from .checkpoint_state import checkpoint_state, run_summary
+from ..wrapper import WEIGHTS_NAME, DGSWrapper
 from .data import (
     ResumableSampler,
     Stage1Batches,
@@ -35,16 +37,14 @@ from .data import (
     make_loader,
 )
 from .distributed import DistInfo, any_rank, barrier, broadcast_parameters, setup_distributed
+from .fresh_start import fresh_start_refusal
 from .guard import check_finite_weights
 from .lock import hold_run_lock
 from .monitor import ValidationMonitor
 from .options import TrainOptions
-from .precision import Precision, compile_image_tower
+from .precision import Precision, compile_image_tower, scaler_state
 from .results import TrainResult, TrainState
-from .runlog import RunLog
-from .seeding import derive_seed, deterministic_algorithms, seed_everything, set_rng_state
-from .signals import StopFlag
-from .state import (
+from .run_folder import (
     FINAL_DIR,
     LAST_DIR,
     LOG_NAME,
@@ -54,15 +54,25 @@ from .state import (
     clear_run_state,
     commit_dir,
     find_resume_checkpoint,
-    load_training_state,
-    restore_optimizer,
+    resolve_checkpoint,
     save_model_dir,
-    save_optimizer,
-    save_teacher_cache,
     staging_dir,
     write_run_json,
+)
+from .run_state import (
+    RunProgress,
+    checkpoint_state,
+    load_training_state,
+    restore_optimizer,
+    resume_key,
+    run_summary,
+    save_optimizer,
+    save_teacher_cache,
     write_state_json,
 )
+from .runlog import RunLog
+from .seeding import derive_seed, deterministic_algorithms, seed_everything, set_rng_state
+from .signals import StopFlag
 from .step import StepRunner
 from .tensorboard import TENSORBOARD_DIR, TensorBoardSink
 
@@ -112,55 +122,38 @@ class Trainer:
         """The wrapper's device."""
         self.precision = Precision.parse(options.precision, self.device)
         """The run's precision policy (`TrainOptions.precision` on the device)."""
-        self.scaler: torch.amp.GradScaler | None = None
-        """The fp16 `GradScaler` of stage 2, else `None`."""
         self._check_stage2_has_teacher()
-        self.validation = ValidationMonitor(options, val_data, self.cfg.num_classes)
-        """Validation during training (`dgsnet.training.monitor`): off without validation data."""
-        # set by run(): the data, the distributed setting and what a resumed run restores
-        self.dist = DistInfo()
-        """This process's place in a torchrun job (set by `run`)."""
-        self.items: TrainItems | None = None
-        """The training items, indexed across the datasets (set by `run`)."""
-        self.fingerprint: dict[str, Any] = {}
-        """The data fingerprint a resumed run must match."""
-        self.resume_key: dict[str, Any] = {}
-        """The settings a resumed run must match."""
-        self.ckpt: Path | None = None
-        """The checkpoint folder resumed from, or `None`."""
-        self.restored: dict[str, Any] | None = None
-        """The state read from that checkpoint, or `None`."""
-        self.log = RunLog(None)
-        """The run log (`train_log.jsonl`, and its TensorBoard sink)."""
-        self.ts = TrainState(wrapper=wrapper, out_dir=self.out)
-        """The `TrainState` handed to the callbacks."""
         self.stop = StopFlag(options.handle_signals)
         """SIGINT/SIGTERM handling (`TrainOptions.handle_signals`)."""
-        self.stage1_done = False
-        """Whether the teacher head is trained (stage 1 done, or resumed past it)."""
-        self.start_epoch = 0
-        """The stage-2 epoch to start from (0-based; a resumed run's)."""
-        self.start_batch = 0
-        """The batch of that epoch to start after (a resumed run's)."""
+        self.validation = ValidationMonitor(options, val_data, self.cfg.num_classes)
+        """Validation during training (`dgsnet.training.monitor`): off without validation data."""
+        # what the run finds (run() fills them in before anything is trained)
+        self.dist = DistInfo()
+        """The process group, joined by `run`."""
+        self.fingerprint: dict[str, Any] = {}
+        """The training data's fingerprint, which a resumed run must match."""
+        self.resume_key: dict[str, Any] = {}
+        """The settings a resumed run must share."""
+        self.log = RunLog(None)
+        """The run log, `train_log.jsonl` (opened by `run` on rank 0)."""
+        # where the run stands: restored from a checkpoint, advanced step by step
+        self.progress = RunProgress(stage1_done=options.stage == "2")
+        """Where the run stands: restored from a checkpoint, advanced step by step."""
         self.resumed_from: int | None = None
-        """The global step resumed from, or `None` for a fresh run."""
-        # stage 2
-        self.named: list[tuple[str, nn.Parameter]] = []  # set with the optimizer (stage 2)
-        """`(name, parameter)` of every trainable parameter, in optimizer order (stage 2)."""
-        self.names: list[str] = []
-        """Their names."""
+        """The step of the checkpoint resumed, if any."""
+        self.ts = TrainState(wrapper=wrapper, out_dir=self.out)
+        """The `TrainState` handed to the callbacks."""
+        # stage 2: no optimizer before it (nor in a stage-1 run), no scaler without fp16
         self.optimizer: torch.optim.Optimizer | None = None
-        """Stage 2's Adam optimizer."""
-        self.scheduler: Any = None
+        """Stage 2's Adam optimizer (none before it, nor in a stage-1 run)."""
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         """Stage 2's learning-rate schedule."""
-        self.model: nn.Module = wrapper
-        """The module the step calls: the wrapper, or its `DistributedDataParallel`."""
-        self.sampler: ResumableSampler | None = None
-        """Stage 2's resumable sampler."""
+        self.scaler: torch.amp.GradScaler | None = None
+        """The fp16 `GradScaler` of stage 2, else `None`."""
+        self.names: list[str] = []
+        """The optimizer's parameters, by name."""
         self.n_batches = 0
         """Stage-2 batches per epoch on this rank."""
-        self.step: StepRunner | None = None
-        """One stage-2 optimisation step (`dgsnet.training.step`)."""
         self.t_start = time.perf_counter()
         """`time.perf_counter()` at the start of `run`."""
         self.elapsed = 0.0
@@ -186,10 +179,10 @@ class Trainer:
         """
         o = self.options
         self.t_start = time.perf_counter()
-        self._setup()
+        items = self._setup()
         with hold_run_lock(self.out, self.dist, self.device):  # one run per out_dir
-            self._prepare_out_dir()
-            self._restore()
+            ckpt = self._prepare_out_dir()
+            state = self._restore(ckpt)
             try:
                 with (
                     deterministic_algorithms(o.deterministic, self.device),
@@ -197,70 +190,61 @@ class Trainer:
                     self.stop,
                 ):
                     self._emit("train_begin")
-                    if self.options.runs_stage1 and not self.stage1_done:
-                        self._stage1()
-                    if self.options.runs_stage2:
-                        self._stage2()
+                    if o.runs_stage1 and not self.progress.stage1_done:
+                        self._stage1(items)
+                    if o.runs_stage2:
+                        self._stage2(items, ckpt, state)
                     self._finish()
             finally:
                 self.log.close()
         return self._result()
 
-    def _setup(self) -> None:
+    def _setup(self) -> TrainItems:
         """Join the process group, index the data, fingerprint it, fix the resume key."""
         o = self.options
         self.dist = setup_distributed(self.device)
         self.ts.rank = self.dist.rank
-        self.items = TrainItems(self.validation.split(self.data), seed=o.seed)
-        self.fingerprint = dataset_fingerprint(self.items.datasets)
-        self.resume_key = {
-            "stage": o.stage,
-            "config": self.cfg.to_dict(),
-            "batch_size": o.batch_size,
-            "lr": o.lr,
-            "stage1_lr": o.stage1_lr,
-            "stage1_epochs": o.stage1_epochs,
-            "betas": list(o.betas),
-            "lr_step": o.lr_step,
-            "lr_gamma": o.lr_gamma,
-            "seed": o.seed,
-            "shuffle": o.shuffle,
-            "world_size": self.dist.world_size,
-            "deterministic_transform": bool(o.deterministic_transform),
-            "model": (o.model_info or {}).get("spec"),
-            "precision": o.precision,
-        }
+        items = TrainItems(self.validation.split(self.data), seed=o.seed)
+        self.fingerprint = dataset_fingerprint(items.datasets)
+        self.resume_key = resume_key(o, self.cfg.to_dict(), self.dist.world_size)
+        return items
 
-    def _prepare_out_dir(self) -> None:
-        """Find the checkpoint to resume; on a fresh run delete an earlier run's state."""
+    def _prepare_out_dir(self) -> Path | None:
+        """Find the checkpoint to resume (returned); on a fresh run delete an earlier run's
+        state."""
         resume = self.options.resume
-        self.ckpt = find_resume_checkpoint(self.out) if resume is not False else None
-        if resume is True and self.ckpt is None:
+        ckpt = find_resume_checkpoint(self.out) if resume is not False else None
+        if resume is True and ckpt is None:
             raise TrainingConfigError(f"nothing to resume: {self.out / LAST_DIR} does not exist")
+        refusal = None
+        if self.main and ckpt is None:  # a fresh start: keep what it must not delete
+            refusal = fresh_start_refusal(self.out, resume=resume, init_from=self.options.init_from)
+        if any_rank(refusal is not None, self.dist, self.device):
+            raise refusal or TrainingConfigError(f"rank 0 refused to start over in {self.out}")
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            if self.ckpt is None:
+            if ckpt is None:
                 clear_run_state(self.out)
         barrier(self.dist)
+        return ckpt
 
-    def _restore(self) -> None:
-        """Load the checkpoint (or `init_from`), open the log, write `run.json`, set the
-        RNGs and the counters."""
+    def _restore(self, ckpt: Path | None) -> dict[str, Any] | None:
+        """Load the checkpoint `ckpt` (or `init_from`), open the log, write `run.json`, set
+        the RNGs and the progress; return the checkpoint's training state (`None` when the
+        run starts fresh)."""
         o = self.options
         state: dict[str, Any] | None = None
-        if self.ckpt is not None:
-            assert self.items is not None
+        if ckpt is not None:
             state = load_training_state(
-                self.ckpt, self.wrapper, self.resume_key, self.fingerprint, o.epochs
+                ckpt, self.wrapper, self.resume_key, self.fingerprint, o.epochs
             )
         elif o.init_from is not None:
             self._init_from(o.init_from)
-        self.restored = state
         offset = int(state.get("log_offset", 0)) if state is not None else None
         tensorboard = o.tensorboard and self.main
         sinks = [TensorBoardSink(self.out / TENSORBOARD_DIR)] if tensorboard else []
         self.log = RunLog(self.out / LOG_NAME if self.main else None, offset, sinks)
-        self.validation.restore(self.ckpt, self.log, self.main, self.precision)
+        self.validation.restore(ckpt, self.log, self.main, self.precision)
         if self.main:
             write_run_json(self.out, o.model_info, o.run_info, self.resume_key, self.fingerprint)
         try:
@@ -271,11 +255,25 @@ class Trainer:
         except BaseException:
             self.log.close()
             raise
-        self._restore_counters(state)
+        if state is not None:
+            self.progress = RunProgress.from_state(state)
+            self.resumed_from = self.progress.step
+        p = self.progress
+        self.log.write(
+            {
+                "event": "resume" if state else "start",
+                "time": time.time(),
+                "step": p.step,
+                "epoch": p.epoch,
+                "batch": p.batch,
+                "world_size": self.dist.world_size,
+                "checkpoint": os.fspath(ckpt) if ckpt else None,
+                "num_images": self.fingerprint["num_images"],
+            }
+        )
+        return state
 
     def _init_from(self, init_from: str | os.PathLike[str]) -> None:
-        from ..evaluation import resolve_checkpoint  # (evaluation imports this package)
-
         try:
             self.wrapper.load_checkpoint(resolve_checkpoint(init_from))
         except CheckpointError:
@@ -283,41 +281,21 @@ class Trainer:
         except Exception as exc:  # pragma: no cover - defensive
             raise CheckpointError(f"cannot initialise from {init_from}: {exc}") from exc
 
-    def _restore_counters(self, state: Mapping[str, Any] | None) -> None:
-        ts = self.ts
-        ts.stage1_history = list(state.get("stage1_history", [])) if state else []
-        self.stage1_done = bool(state["stage1_done"]) if state else self.options.stage == "2"
-        self.start_epoch = int(state["epoch"]) if state else 0
-        self.start_batch = int(state["batch"]) if state else 0
-        ts.global_step = int(state["global_step"]) if state else 0
-        ts.skipped_steps = int(state["skipped_steps"]) if state else 0
-        self.resumed_from = ts.global_step if state else None
-        self.log.write(
-            {
-                "event": "resume" if state else "start",
-                "time": time.time(),
-                "step": ts.global_step,
-                "epoch": self.start_epoch,
-                "batch": self.start_batch,
-                "world_size": self.dist.world_size,
-                "checkpoint": os.fspath(self.ckpt) if self.ckpt else None,
-                "num_images": self.fingerprint["num_images"],
-            }
-        )
-
     def _emit(self, event: str) -> None:
+        """Show the callbacks the run's progress (`TrainState`) at `event`."""
+        ts, p = self.ts, self.progress
+        ts.global_step, ts.skipped_steps, ts.stage1_history = p.step, p.skipped, p.stage1_history
         for cb in self.callbacks:
-            cb(event, self.ts)
+            cb(event, ts)
 
     # -- stage 1 -------------------------------------------------------------------------------
 
-    def _stage1(self) -> None:
+    def _stage1(self, items: TrainItems) -> None:
         """Fit the teacher head as a linear probe on frozen features; checkpoint."""
         o, wrapper = self.options, self.wrapper
-        assert self.items is not None
-        self.ts.stage = 1
+        self.progress.stage = self.ts.stage = 1
         batches = Stage1Batches(
-            self.items,
+            items,
             o.batch_size,
             o.seed,
             o.shuffle,
@@ -340,76 +318,77 @@ class Trainer:
             # each rank filled its teacher cache with its own head: refill from the broadcast
             # one during stage 2 instead
             wrapper.teacher_cache.clear()
-        self.ts.stage1_history = [float(h) for h in history]
+        self.progress.stage1_history = [float(h) for h in history]
         for i, h in enumerate(history):
             self.log.write({"event": "stage1_epoch", "epoch": i + 1, "loss": h})
-        self.stage1_done = True
-        self._checkpoint("stage2" if o.stage == "both" else "done", 0, 0)
+        self.progress.stage1_done = True
+        self._checkpoint("stage2" if o.stage == "both" else "done")
         self._emit("stage1_end")
 
     # -- stage 2 -------------------------------------------------------------------------------
 
-    def _stage2(self) -> None:
-        """LoRA + heads with the gradient surgery, epoch after epoch."""
+    def _stage2(self, items: TrainItems, ckpt: Path | None, state: dict[str, Any] | None) -> None:
+        """LoRA + heads with the gradient surgery, epoch after epoch (the optimizer's and
+        the scaler's state from the checkpoint `ckpt` with training state `state`, if any)."""
         o = self.options
-        assert self.items is not None
-        self.ts.stage = 2
-        self._make_optimizer()
-        self.scaler = self.precision.make_scaler((self.restored or {}).get("grad_scaler"))
+        self.progress.stage = self.ts.stage = 2
+        named, optimizer, scheduler = self._make_optimizer(ckpt, state)
+        self.scaler = self.precision.make_scaler((state or {}).get("grad_scaler"))
         if o.compile:
             compile_image_tower(self.wrapper.encoder)
-        self.model = self._parallel_model()
-        self.ts.model = self.model
-        self.sampler = ResumableSampler(
-            len(self.items),
+        model = self.ts.model = self._parallel_model()
+        sampler = ResumableSampler(
+            len(items),
             seed=o.seed,
             shuffle=o.shuffle,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
         )
-        self.n_batches = math.ceil(self.sampler.per_rank / o.batch_size)
-        assert self.optimizer is not None
-        self.step = StepRunner(
-            model=self.model,
-            optimizer=self.optimizer,
-            named=self.named,
+        self.n_batches = math.ceil(sampler.per_rank / o.batch_size)
+        step = StepRunner(
+            model=model,
+            optimizer=optimizer,
+            named=named,
             seed=o.seed,
             dist=self.dist,
             device=self.device,
             pass_index=bool(o.deterministic_transform),
             on_nonfinite=o.on_nonfinite,
-            text_table=self._caption_table() if o.precompute_text and not self.cfg.plain else None,
+            text_table=self._caption_table(items)
+            if o.precompute_text and not self.cfg.plain
+            else None,
             n_batches=self.n_batches,
             autocast=self.precision.autocast,
             scaler=self.scaler,
         )
         self.wrapper.train()
-        for epoch in range(self.start_epoch, o.epochs):
+        for epoch in range(self.progress.epoch, o.epochs):
             if self.validation.stopped:  # early stop (a resumed run stays stopped)
                 break
-            self._epoch(epoch)
-            if self.validation.stopped and self.ts.batch < self.n_batches:  # mid-epoch
-                self._checkpoint("stage2", epoch, self.ts.batch)
+            self._epoch(epoch, items, sampler, step, optimizer)
+            if self.validation.stopped and self.progress.batch < self.n_batches:  # mid-epoch
+                self._checkpoint("stage2")
                 break
-            self.start_batch = 0
-            self._end_epoch(epoch)
+            self._end_epoch(epoch, scheduler)
         self.wrapper.eval()
 
-    def _caption_table(self) -> Any:
+    def _caption_table(self, items: TrainItems) -> Any:
         """The precomputed text features, computed under the run's autocast (as the step
         would compute them) and kept in float32."""
-        assert self.items is not None
         with self.precision.autocast():
-            table = caption_table(self.wrapper, self.items)
+            table = caption_table(self.wrapper, items)
         return None if table is None else (table[0].float(), table[1])
 
-    def _make_optimizer(self) -> None:
-        """Adam and the step schedule; their state from the checkpoint on a resumed run."""
-        o, state, ckpt = self.options, self.restored, self.ckpt
+    def _make_optimizer(
+        self, ckpt: Path | None, state: dict[str, Any] | None
+    ) -> tuple[list[tuple[str, nn.Parameter]], torch.optim.Optimizer, Any]:
+        """Adam and the step schedule (their state from the checkpoint on a resumed run);
+        returns `(named parameters, optimizer, scheduler)` and keeps them for checkpoints."""
+        o = self.options
         # after any checkpoint was loaded, as the optimizer binds these parameter objects
-        self.named = list(self.wrapper.named_trainable_parameters())
-        self.names = [n for n, _ in self.named]
-        opt = torch.optim.Adam([p for _, p in self.named], lr=o.lr, betas=o.betas)
+        named = list(self.wrapper.named_trainable_parameters())
+        self.names = [n for n, _ in named]
+        opt = torch.optim.Adam([p for _, p in named], lr=o.lr, betas=o.betas)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.lr_step, gamma=o.lr_gamma)
         self.optimizer, self.scheduler = opt, sched
         self.ts.optimizer, self.ts.scheduler = opt, sched
@@ -418,6 +397,7 @@ class Trainer:
             restore_optimizer(opt, self.names, tensors, state["optimizer"], ckpt)
         if state is not None and state.get("scheduler"):
             sched.load_state_dict(state["scheduler"])
+        return named, opt, sched
 
     def _parallel_model(self) -> nn.Module:
         """The wrapper, under `DistributedDataParallel` when there are several ranks."""
@@ -431,18 +411,23 @@ class Trainer:
             dev_ids = [index if index is not None else torch.cuda.current_device()]
         return DDP(self.wrapper, device_ids=dev_ids, find_unused_parameters=self.cfg.plain)
 
-    def _epoch(self, epoch: int) -> None:
-        """The stage-2 steps of `epoch`, from `start_batch` on."""
-        from ..data import collate
-
-        o, sampler = self.options, self.sampler
-        assert self.items is not None and sampler is not None
-        self.ts.epoch = epoch
-        self.items.set_epoch(("stage2", epoch))
+    def _epoch(
+        self,
+        epoch: int,
+        items: TrainItems,
+        sampler: ResumableSampler,
+        step: StepRunner,
+        optimizer: torch.optim.Optimizer,
+    ) -> None:
+        """The stage-2 steps of `epoch`, from the batch the progress stands at on."""
+        o = self.options
+        start = self.progress.batch
+        self.progress.epoch = self.ts.epoch = epoch
+        items.set_epoch(("stage2", epoch))
         sampler.set_epoch(epoch)
-        sampler.set_start(self.start_batch * o.batch_size)
+        sampler.set_start(start * o.batch_size)
         loader = make_loader(
-            self.items,
+            items,
             sampler,
             o.batch_size,
             o.num_workers,
@@ -452,16 +437,16 @@ class Trainer:
         )
         bar = progress_bar(
             total=self.n_batches,
-            initial=self.start_batch,
+            initial=start,
             desc=f"stage 2 epoch {epoch + 1}/{o.epochs}",
             enabled=o.progress and self.main,
         )
-        batch_i = self.start_batch
+        batch_i = start
         try:
             for batch in iterate_loader(loader):
                 batch_i += 1
-                assert self.step is not None
-                record = self.step(batch, self.ts.global_step + 1, epoch, batch_i)
+                record = step(batch, self.progress.step + 1, epoch, batch_i)
+                record["lr"] = optimizer.param_groups[0]["lr"]
                 self._after_step(record, epoch, batch_i, bar)
                 if self.validation.stopped:
                     break
@@ -470,83 +455,92 @@ class Trainer:
 
     def _after_step(self, record: dict[str, Any], epoch: int, batch_i: int, bar: Any) -> None:
         """Count, log and show the step; checkpoint when due or when asked to stop."""
-        o, ts = self.options, self.ts
-        assert self.optimizer is not None
-        step = ts.global_step = record["step"]
-        ts.batch = batch_i
+        o, p = self.options, self.progress
+        step = p.step = record["step"]
+        p.batch = self.ts.batch = batch_i
         if record["skipped"]:
-            ts.skipped_steps += 1
-        record["lr"] = self.optimizer.param_groups[0]["lr"]
-        ts.record = record
+            p.skipped += 1
+        self.ts.record = record
         if record["skipped"] or step % o.log_every == 0:
             self.log.write(record)
         bar.update(1)
         post = {"loss": f"{record['loss']:.4f}"}
         if "removed_fraction" in record.get("stats", {}):
             post["removed"] = f"{record['stats']['removed_fraction']:.3f}"
-        if ts.skipped_steps:
-            post["skipped"] = str(ts.skipped_steps)
+        if p.skipped:
+            post["skipped"] = str(p.skipped)
         bar.set_postfix(post)
         if self.validation.due(step):
             self.validation.run(self.wrapper, step, epoch + 1)
         if o.save_every and step % o.save_every == 0 and batch_i < self.n_batches:
-            self._checkpoint("stage2", epoch, batch_i)
+            self._checkpoint("stage2")
         self._emit("step_end")
         if any_rank(self.stop.requested, self.dist, self.device):
-            self._checkpoint("stage2", epoch, batch_i)
+            self._checkpoint("stage2")
             raise TrainingInterrupted(
                 f"stopped at stage-2 step {step} (epoch {epoch + 1}, batch "
                 f"{batch_i}/{self.n_batches}); the checkpoint {self.out / LAST_DIR} resumes it"
             )
 
-    def _end_epoch(self, epoch: int) -> None:
+    def _end_epoch(self, epoch: int, scheduler: Any) -> None:
         """Step the schedule, log the epoch, checkpoint."""
-        assert self.scheduler is not None
-        self.scheduler.step()
-        done = epoch + 1 == self.options.epochs
+        scheduler.step()
+        p = self.progress
+        p.epoch, p.batch = epoch + 1, 0
         self.log.write(
-            {
-                "event": "epoch_end",
-                "epoch": epoch + 1,
-                "step": self.ts.global_step,
-                "skipped_steps": self.ts.skipped_steps,
-            }
+            {"event": "epoch_end", "epoch": epoch + 1, "step": p.step, "skipped_steps": p.skipped}
         )
         if self.validation.per_epoch:
-            self.validation.run(self.wrapper, self.ts.global_step, epoch + 1)
-        self._checkpoint("done" if done else "stage2", epoch + 1, 0)
+            self.validation.run(self.wrapper, p.step, epoch + 1)
+        self._checkpoint("done" if p.epoch == self.options.epochs else "stage2")
         self._emit("epoch_end")
 
     # -- checkpoints and the end ---------------------------------------------------------------
 
-    def _checkpoint(self, phase: str, epoch: int, batch: int) -> None:
-        """Write `OUT/last` (rank 0, between barriers) and tell the callbacks."""
+    def _checkpoint(self, phase: str) -> None:
+        """Write `OUT/last` at the run's progress (rank 0, between barriers) and tell the
+        callbacks."""
         barrier(self.dist)
         if self.main:
-            self._write_last(phase, epoch, batch)
+            self._write_last(phase)
         barrier(self.dist)
         self._emit("checkpoint")
 
-    def _write_last(self, phase: str, epoch: int, batch: int) -> None:
-        o, ts = self.options, self.ts
+    def _write_last(self, phase: str) -> None:
+        o, p = self.options, self.progress
         target = self.out / LAST_DIR
-        check_finite_weights(self.wrapper, os.fspath(target), ts.global_step)
+        check_finite_weights(self.wrapper, os.fspath(target), p.step)
         tmp = staging_dir(target)
         save_model_dir(tmp, self.wrapper, o.model_info)
         opt_meta = None
         if self.optimizer is not None:
             opt_meta = save_optimizer(tmp, self.optimizer, self.names)
         cache_meta = save_teacher_cache(tmp, self.wrapper) if o.deterministic_transform else None
-        body = checkpoint_state(self, phase, epoch, batch, tmp, opt_meta, cache_meta)
+        progress = p.to_state(
+            seed=o.seed, batch_size=o.batch_size, shuffle=o.shuffle, world_size=self.dist.world_size
+        )
+        body = checkpoint_state(
+            progress,
+            phase=phase,
+            resume_key=self.resume_key,
+            dataset=self.fingerprint,
+            precision=o.precision,
+            weights_sha256=sha256_file(tmp / WEIGHTS_NAME),
+            optimizer=opt_meta,
+            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+            grad_scaler=scaler_state(self.scaler),
+            teacher_cache=cache_meta,
+            log_offset=self.log.offset(),
+        )
         write_state_json(tmp / STATE_NAME, body)
         self.validation.save(tmp)
         commit_dir(tmp, target)
         self.log.write(
             {
                 "event": "checkpoint",
-                "step": ts.global_step,
-                "epochs_done": epoch,
-                "batches_done_in_epoch": batch,
+                "step": p.step,
+                "epochs_done": p.epoch,
+                "batches_done_in_epoch": p.batch,
                 "phase": phase,
             }
         )
@@ -557,13 +551,21 @@ class Trainer:
         barrier(self.dist)
         if self.main:
             final_dir = self.out / FINAL_DIR
-            check_finite_weights(self.wrapper, os.fspath(final_dir), self.ts.global_step)
+            check_finite_weights(self.wrapper, os.fspath(final_dir), self.progress.step)
             tmp = staging_dir(final_dir)
             save_model_dir(tmp, self.wrapper, self.options.model_info)
             commit_dir(tmp, final_dir)
         barrier(self.dist)
         self.elapsed = time.perf_counter() - self.t_start
-        summary = run_summary(self, final_dir)
+        summary = run_summary(
+            self.progress,
+            stage=self.options.stage,
+            epochs=self.options.epochs,
+            resumed_from=self.resumed_from,
+            final_dir=final_dir,
+            elapsed_s=self.elapsed,
+            num_images=self.fingerprint["num_images"],
+        )
         self.log.write(summary)
         if self.main:
             atomic_write_json(self.out / SUMMARY_NAME, json_safe(summary))
@@ -574,10 +576,10 @@ class Trainer:
             wrapper=self.wrapper,
             out_dir=self.out,
             final_dir=self.out / FINAL_DIR if self.main else None,
-            global_step=self.ts.global_step,
-            skipped_steps=self.ts.skipped_steps,
+            global_step=self.progress.step,
+            skipped_steps=self.progress.skipped,
             epochs=self.options.epochs,
-            stage1_history=self.ts.stage1_history,
+            stage1_history=self.progress.stage1_history,
             resumed_from=self.resumed_from,
             elapsed_s=self.elapsed,
         )

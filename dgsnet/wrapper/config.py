@@ -21,6 +21,14 @@ LoRAScaling = Literal["standard", "rslora"]
 _RETIRED_KEYS: dict[str, Any] = {"extra": {}}
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass(frozen=True)
 class DGSConfig:
     """Configuration of `DGSWrapper`: every setting of DGS fine-tuning, validated.
@@ -137,15 +145,14 @@ class DGSConfig:
     instead of by autograd; exact up to float rounding."""
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise ValueError(f"DGSConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
+        self._check_heads_and_lora()
+        self._check_switches_and_step()
 
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
+    def _fail(self, name: str, expected: str) -> None:
+        raise ValueError(f"DGSConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
 
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
+    def _check_heads_and_lora(self) -> None:
+        fail, is_int, is_num = self._fail, _is_int, _is_num
         if not is_int(self.num_classes) or self.num_classes < 1:
             fail("num_classes", "an int >= 1 (1: binary detection with BCE)")
         if self.loss not in ("auto", "bce", "ce"):
@@ -179,6 +186,9 @@ class DGSConfig:
             not self.lora_layers or not all(is_int(i) for i in self.lora_layers)
         ):
             fail("lora_layers", "a non-empty list of block indices (ints)")
+
+    def _check_switches_and_step(self) -> None:
+        fail, is_num = self._fail, _is_num
         for name in (
             "suppression",
             "alignment",
@@ -203,7 +213,7 @@ class DGSConfig:
             fail("nonfinite", "'raise' or 'ignore'")
         if self.teacher not in ("shared", "copy"):
             fail("teacher", "'shared' (adapters off, no copy) or 'copy'")
-        if not is_int(self.text_cache_size) or self.text_cache_size < 0:
+        if not _is_int(self.text_cache_size) or self.text_cache_size < 0:
             fail("text_cache_size", "an int >= 0 (0 disables the cache)")
         if not is_num(self.feature_distill) or self.feature_distill < 0:
             fail("feature_distill", "a finite number >= 0 (0: off)")

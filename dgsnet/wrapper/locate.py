@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..io import CheckpointError
+from ..errors import CheckpointError
 from .checkpoint import CONFIG_NAME
 
 __all__ = [

@@ -20,7 +20,6 @@ Examples:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..encoders import DualEncoder, wrap_encoder
-from ..surgery import OrthogonalSuppression, SurgeryRule, fuse
+from ..surgery import SurgeryRule
 from .caches import TeacherCache, TextCache
 from .captions import CaptionSource, as_source
 from .checkpoint import (
@@ -47,8 +46,8 @@ from .lora import attach_lora, lora_spec
 from .output import DGSOutput, SurgeryResult
 from .sharing import PushResult, push_wrapper
 from .stage1 import BatchFn, Stage1Batch, fit_teacher_head
-from .teacher import TeacherBranch, find_trunk_start
-from .terms import dgs_terms
+from .teacher import TeacherBranch, copy_teacher, find_trunk_start
+from .terms import dgs_terms, suppression_rule
 from .text import TextBranch
 from .validation import (
     BatchChecker,
@@ -137,9 +136,7 @@ class DGSWrapper(nn.Module):
         the model with adapters off)."""
         teacher_encoder: DualEncoder | None = None
         if config.teacher == "copy":
-            teacher = copy.deepcopy(self.encoder.model).requires_grad_(False)
-            self.teacher_model = teacher
-            teacher_encoder = type(self.encoder)(teacher, tokenizer)
+            self.teacher_model, teacher_encoder = copy_teacher(self.encoder, tokenizer)
         # attach_lora freezes the whole model, and the head may live inside it
         head = image_head if isinstance(image_head, nn.Module) else nn.Module()
         head_flags = [(p, p.requires_grad) for p in head.parameters()]
@@ -156,14 +153,9 @@ class DGSWrapper(nn.Module):
         )
         """The step's input checks (`BatchChecker`), bound to this model."""
         self._build_heads(image_head)
-        self.rule: SurgeryRule | None = None
-        """The surgery rule of the step (suppression, alignment, or both composed in the configured
-        order), or `None` when neither is on."""
-        if config.suppression:
-            rule: SurgeryRule = OrthogonalSuppression(
-                eps=config.eps, conflict_only=config.conflict_only
-            )
-            self.rule = fuse(rule) if config.fused else rule
+        self.rule: SurgeryRule | None = suppression_rule(config)
+        """The surgery rule of the step (suppression, alignment, or both composed in the
+        configured order), or `None` when neither is on."""
         self.text_cache = TextCache(config.text_cache_size)
         """Text features by caption (LRU); its capacity is `config.text_cache_size`."""
         self.teacher_cache = TeacherCache()

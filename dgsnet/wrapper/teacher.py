@@ -8,7 +8,9 @@ logits, through the per-index logit cache. `DGSWrapper.features` and `encode_tea
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +19,7 @@ from ..encoders import DualEncoder
 from .caches import TeacherCache
 from .lora import adapters_disabled, check_no_merge
 
-__all__ = ["TeacherBranch"]
+__all__ = ["TeacherBranch", "copy_teacher"]
 
 
 class TeacherBranch:
@@ -148,6 +150,20 @@ class TeacherBranch:
     def device(self) -> torch.device:
         """The teacher head's device (the model's)."""
         return next(self.head.parameters()).device
+
+
+def copy_teacher(encoder: DualEncoder, tokenizer: Any) -> tuple[nn.Module, DualEncoder]:
+    """A frozen copy of the encoder's model (`DGSConfig(teacher="copy")`), and its adapter.
+
+    Args:
+        encoder: the student's adapter, before LoRA is attached.
+        tokenizer: the tokenizer the adapter was built with.
+
+    Returns:
+        `(teacher model, its adapter)`.
+    """
+    teacher = copy.deepcopy(encoder.model).requires_grad_(False)
+    return teacher, type(encoder)(teacher, tokenizer)
 
 
 def find_trunk_start(lora_modules: list[str], block_pattern: str) -> int:

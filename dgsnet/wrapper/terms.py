@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..surgery import GradientSurgery, SurgeryRule, SurgeryStats
+from ..surgery import GradientSurgery, OrthogonalSuppression, SurgeryRule, SurgeryStats, fuse
 from .config import DGSConfig
 from .heads import HeadLoss
 from .references import guard_help, help_reference, text_reference
 from .validation import raise_nonfinite_inputs
 
-__all__ = ["TermModel", "dgs_terms"]
+__all__ = ["TermModel", "dgs_terms", "suppression_rule"]
 
 
 class TermModel(Protocol):
@@ -44,6 +44,15 @@ class TermModel(Protocol):
 
     head_loss: HeadLoss
     """The head loss (`HeadLoss`)."""
+
+
+def suppression_rule(config: DGSConfig) -> SurgeryRule | None:
+    """Orthogonal Suppression as `config` sets it (`eps`, `conflict_only`, fused when
+    `fused`); `None` when `suppression` is off."""
+    if not config.suppression:
+        return None
+    rule: SurgeryRule = OrthogonalSuppression(eps=config.eps, conflict_only=config.conflict_only)
+    return fuse(rule) if config.fused else rule
 
 
 def dgs_terms(

@@ -579,7 +579,7 @@ def test_eval_bad_input(trained, data, tmp_path, capsys):
         )
         == 2
     )
-    assert "jpeg_quality" in err_line(capsys)
+    assert "--jpeg-quality must be an integer in 1..100" in err_line(capsys)
     # a tampered checkpoint
     import shutil
 

@@ -95,7 +95,7 @@ def test_import_released_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["import-released", os.fspath(tmp_path / "nope.pth"), "-o", os.fspath(run)]) == 2
     assert "does not exist" in one_error_line(capsys)
     assert main(["import-released", os.fspath(good), "-o", os.fspath(run), "--alpha", "0"]) == 2
-    assert "--alpha must be a positive number" in one_error_line(capsys)
+    assert "--alpha must be a number in (0, 10000]" in one_error_line(capsys)
     run.mkdir()
     assert main(["import-released", os.fspath(good), "-o", os.fspath(run)]) == 2
     assert "exists; choose a new run folder" in one_error_line(capsys)

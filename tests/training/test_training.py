@@ -365,7 +365,7 @@ def test_resume_after_stage1_interruption(bench, tmp_path, reference_run):
 
 
 def test_crash_while_writing_checkpoint_keeps_previous(bench, tmp_path, reference_run, monkeypatch):
-    import dgsnet.training.state as training
+    import dgsnet.training.run_state as training
 
     _, expected = reference_run
     real = training.save_tensors
@@ -391,7 +391,7 @@ def test_crash_while_writing_checkpoint_keeps_previous(bench, tmp_path, referenc
 
 
 def test_crash_between_renames_resumes_from_prev(bench, tmp_path, reference_run, monkeypatch):
-    import dgsnet.training.state as training
+    import dgsnet.training.run_folder as training
 
     _, expected = reference_run
     real = os.replace
