@@ -15,27 +15,10 @@ import pytest
 
 from dgsnet.cli import main
 from tests.helpers import make_bench, write_image
+from tests.helpers.cli import tiny_train_flags
 
 REPO = Path(__file__).resolve().parents[2]
-FAST = [
-    "--model",
-    "tiny",
-    "--workers",
-    "0",
-    "--batch-size",
-    "4",
-    "--epochs",
-    "1",
-    "--stage1-epochs",
-    "1",
-    "--lr",
-    "1e-3",
-    "--stage1-lr",
-    "1e-2",
-    "--lora-dropout",
-    "0.1",
-    "--quiet",
-]
+FAST = tiny_train_flags()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

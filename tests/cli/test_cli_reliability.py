@@ -14,24 +14,11 @@ import pytest
 
 from dgsnet.cli import main
 from tests.helpers import make_bench, write_image
+from tests.helpers.cli import tiny_train_flags
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = [
-    "--model",
-    "tiny",
-    "--workers",
-    "0",
-    "--batch-size",
-    "4",
-    "--stage1-epochs",
-    "1",
-    "--lr",
-    "1e-3",
-    "--stage1-lr",
-    "1e-2",
-    "--quiet",
-]
+FAST = tiny_train_flags(epochs=None, lora_dropout=None)
 
 
 @pytest.fixture(scope="module")

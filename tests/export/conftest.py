@@ -23,26 +23,11 @@ from torch import nn
 
 from dgsnet.cli import main
 from tests.helpers import make_bench, tiny_hf_clip
+from tests.helpers.cli import tiny_train_flags
 from tests.helpers.released import released_clip, released_layers
 
 REPO = Path(__file__).resolve().parents[2]
-FAST = [
-    "--workers",
-    "0",
-    "--batch-size",
-    "4",
-    "--epochs",
-    "1",
-    "--stage1-epochs",
-    "1",
-    "--lr",
-    "1e-3",
-    "--stage1-lr",
-    "1e-2",
-    "--lora-dropout",
-    "0.1",
-    "--quiet",
-]
+FAST = tiny_train_flags(model=None)
 
 
 @pytest.fixture(scope="session")

@@ -15,29 +15,10 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.helpers import make_bench
+from tests.helpers.cli import tiny_train_flags
 
 REPO = Path(__file__).resolve().parents[2]
-ARGS = [
-    "--model",
-    "tiny",
-    "--workers",
-    "0",
-    "--batch-size",
-    "2",
-    "--epochs",
-    "2",
-    "--stage1-epochs",
-    "1",
-    "--lr",
-    "1e-3",
-    "--stage1-lr",
-    "1e-2",
-    "--lora-dropout",
-    "0.1",
-    "--save-every",
-    "1",
-    "--quiet",
-]
+ARGS = tiny_train_flags(batch_size=2, epochs=2, save_every=1)
 
 
 def command(root: Path, out: Path) -> list[str]:

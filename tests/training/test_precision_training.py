@@ -45,6 +45,7 @@ from dgsnet.training import (
 )
 from dgsnet.training.state import write_state_json
 from tests.helpers import batch, build, grads, make_bench, rel_norm_errors, zero_grads
+from tests.helpers.cli import tiny_train_flags
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -430,10 +431,7 @@ def test_bf16_train_and_evaluate_on_cuda(bench, test_bench, tmp_path):
 # ------------------------------------------------------------------------------------------
 # command line
 # ------------------------------------------------------------------------------------------
-FAST = [
-    "--model", "tiny", "--workers", "0", "--batch-size", "4", "--epochs", "1",
-    "--stage1-epochs", "1", "--lr", "1e-3", "--stage1-lr", "1e-2", "--quiet",
-]  # fmt: skip
+FAST = tiny_train_flags(lora_dropout=None)
 
 
 def test_cli_bf16_train_eval_predict_and_refused_resume(bench, test_bench, tmp_path, capsys):

@@ -13,26 +13,9 @@ import pytest
 
 from dgsnet.cli import main
 from tests.helpers import make_bench
+from tests.helpers.cli import tiny_train_flags
 
-FAST = [
-    "--model",
-    "tiny",
-    "--workers",
-    "0",
-    "--batch-size",
-    "4",
-    "--epochs",
-    "2",
-    "--stage1-epochs",
-    "2",
-    "--lr",
-    "1e-3",
-    "--stage1-lr",
-    "1e-2",
-    "--lora-dropout",
-    "0.1",
-    "--quiet",
-]
+FAST = tiny_train_flags(epochs=2, stage1_epochs=2)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,25 +17,10 @@ import pytest
 from dgsnet.cli import main
 from dgsnet.training.lock import LOCK_NAME, RunLock, RunLockedError, hold_run_lock
 from tests.helpers import make_bench
+from tests.helpers.cli import tiny_train_flags
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = [
-    "--model",
-    "tiny",
-    "--workers",
-    "0",
-    "--batch-size",
-    "2",
-    "--stage1-epochs",
-    "1",
-    "--lr",
-    "1e-3",
-    "--stage1-lr",
-    "1e-2",
-    "--lora-dropout",
-    "0.1",
-    "--quiet",
-]
+TINY = tiny_train_flags(batch_size=2, epochs=None)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,23 +19,12 @@ from dgsnet.cli import main
 from dgsnet.evaluation import load_trained
 from dgsnet.models import build_model
 from tests.helpers import make_bench, make_lora_nonzero, write_image
+from tests.helpers.cli import tiny_train_flags
 from tests.helpers.released_files import SIZE, stage1_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = [
-    "--model",
-    "tiny",
-    "--workers",
-    "0",
-    "--batch-size",
-    "4",
-    "--stage1-epochs",
-    "2",
-    "--stage1-lr",
-    "5e-2",
-    "--quiet",
-]
+FAST = tiny_train_flags(epochs=None, stage1_epochs=2, stage1_lr="5e-2", lr=None, lora_dropout=None)
 
 
 def teacher_scores(ckpt: Path, spec: str, x: torch.Tensor) -> torch.Tensor:
