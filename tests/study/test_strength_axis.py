@@ -55,13 +55,15 @@ def test_quick_strength_axis(tmp_path):
             sem = rows["sem"]["surgery"]
             assert sem["dir_cos_same_label_same_step"] < 1 - 1e-3  # one direction per image
             # the share along the projected direction is the share along the own caption (or
-            # its positive part)
+            # its positive part); both are float32 cosines computed from differently rounded
+            # vectors (the direction is the normalised text feature), so they agree to float32
+            # rounding, not to the last bit (1.6e-9 apart on the CI machine)
             assert sem["dir_grad_along_direction"] == pytest.approx(
-                sem["dir_grad_along_text"], abs=1e-9
+                sem["dir_grad_along_text"], abs=1e-6
             )
             pos = rows["sem_pos"]["surgery"]
             assert pos["dir_grad_along_direction"] == pytest.approx(
-                pos["dir_grad_along_text_positive"], abs=1e-9
+                pos["dir_grad_along_text_positive"], abs=1e-6
             )
     # the shortcut strength reaches the training captions: the caption-only classifier
     txt = {
