@@ -296,27 +296,43 @@ class _Run:
         (self.out / "log.txt").write_text("\n".join(self.lines) + "\n")
         return 0
 
+    def _parallel_results(
+        self,
+        head: dict,
+        varied: tuple[str, ...],
+        extra: dict,
+        runs: dict,
+        task_seconds: dict,
+        threads: int,
+    ) -> dict:
+        """The results record of a grid or an axis: ``head`` first, the protocol without the
+        ``varied`` fields, the common record and ``extra``, then the runs and the timings."""
+        elapsed = time.time() - self.t0
+        record = asdict(self.proto)
+        for name in varied:
+            del record[name]
+        return {
+            **head,
+            "protocol": record,
+            **self.common,
+            **extra,
+            "runs": runs,
+            "seconds": elapsed,
+            "task_seconds": task_seconds,
+            "jobs": self.args.jobs,
+            "threads_per_job": threads,
+            **self.env,
+        }
+
     def grid(self, threads: int) -> int:
         args, out, families = self.args, self.out, self.chosen["families"]
         runs, task_seconds = grid.run_grid(
             self.model, self.prior_dir, self.spec, self.proto, self.budget, families,
             args.lora_scaling, args.jobs, threads, self.log, self.chosen["methods"],
         )  # fmt: skip
-        elapsed = time.time() - self.t0
-        record = asdict(self.proto)
-        del record["train_family"]
-        results = {
-            "grid": True,
-            "train_families": list(families),
-            "protocol": record,
-            **self.common,
-            "runs": runs,
-            "seconds": elapsed,
-            "task_seconds": task_seconds,
-            "jobs": args.jobs,
-            "threads_per_job": threads,
-            **self.env,
-        }
+        head = {"grid": True, "train_families": list(families)}
+        results = self._parallel_results(head, ("train_family",), {}, runs, task_seconds, threads)
+        elapsed = results["seconds"]
         atomic_write_json(out / "results.json", results)
         table = _write_grid_report(results, out, plots=not args.no_plots)
         return self.finish(
@@ -332,23 +348,20 @@ class _Run:
             self.model, self.prior_dir, self.spec, self.proto, self.budget, family, shortcuts,
             args.lora_scaling, args.jobs, threads, self.log, self.chosen["methods"],
         )  # fmt: skip
-        elapsed = time.time() - self.t0
-        record = asdict(self.proto)
-        del record["train_family"], record["shortcut"]
-        results = {
+        head = {
             "strength_axis": True,
             "train_family": family,
             "shortcuts": [strength.key(s) for s in shortcuts],
-            "protocol": record,
-            **self.common,
-            "feature_dim": int(self.spec.embed_dim),
-            "runs": runs,
-            "seconds": elapsed,
-            "task_seconds": task_seconds,
-            "jobs": args.jobs,
-            "threads_per_job": threads,
-            **self.env,
         }
+        results = self._parallel_results(
+            head,
+            ("train_family", "shortcut"),
+            {"feature_dim": int(self.spec.embed_dim)},
+            runs,
+            task_seconds,
+            threads,
+        )
+        elapsed = results["seconds"]
         atomic_write_json(out / "results.json", results)
         table = _write_strength_report(results, out, plots=not args.no_plots)
         return self.finish(

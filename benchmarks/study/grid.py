@@ -75,24 +75,38 @@ def _task(
     }
 
 
+def parse_subset(
+    text: str, choices: Sequence[str], option: str, kind: str, unknown_kind: str
+) -> tuple[str, ...]:
+    """A comma-separated subset of `choices` given to `option`, in the order of `choices`.
+
+    `kind` names one item in the messages (``"family"``), `unknown_kind` an unknown one
+    (``"generator family"``).
+
+    Raises:
+        ValueError: an unknown or repeated item, or none.
+    """
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"{option} needs at least one of {', '.join(choices)}")
+    unknown = [n for n in names if n not in choices]
+    if unknown:
+        raise ValueError(
+            f"unknown {unknown_kind} {unknown[0]!r} in {option}; expected a comma-separated "
+            f"subset of {', '.join(choices)}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"{option} names a {kind} twice: {text!r}")
+    return tuple(c for c in choices if c in names)
+
+
 def parse_families(text: str) -> tuple[str, ...]:
     """``"upconv,spectral"`` -> the training families, in the study's order.
 
     Raises:
         ValueError: an unknown or repeated family, or none.
     """
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
-        raise ValueError(f"--families needs at least one of {', '.join(world.FAMILIES)}")
-    unknown = [n for n in names if n not in world.FAMILIES]
-    if unknown:
-        raise ValueError(
-            f"unknown generator family {unknown[0]!r} in --families; expected a comma-separated "
-            f"subset of {', '.join(world.FAMILIES)}"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"--families names a family twice: {text!r}")
-    return tuple(f for f in world.FAMILIES if f in names)
+    return parse_subset(text, world.FAMILIES, "--families", "family", "generator family")
 
 
 def run_grid(

@@ -62,18 +62,7 @@ def parse_methods(text: str) -> tuple[str, ...]:
     Raises:
         ValueError: an unknown or repeated method, or none.
     """
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
-        raise ValueError(f"--methods needs at least one of {', '.join(methods.ALL_METHODS)}")
-    unknown = [n for n in names if n not in methods.ALL_METHODS]
-    if unknown:
-        raise ValueError(
-            f"unknown method {unknown[0]!r} in --methods; expected a comma-separated subset of "
-            f"{', '.join(methods.ALL_METHODS)}"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"--methods names a method twice: {text!r}")
-    return tuple(m for m in methods.ALL_METHODS if m in names)
+    return grid.parse_subset(text, methods.ALL_METHODS, "--methods", "method", "method")
 
 
 def run_axis(
