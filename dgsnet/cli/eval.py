@@ -12,7 +12,7 @@ from ..errors import UsageError
 from ..training.workers import default_workers
 from .common import check_positive, check_roots, load_checkpoint, status
 from .errors import EXIT_OK
-from .eval_classes import add_classes_option
+from .eval_classes import add_classes_option, evaluation_options
 from .options import Formatter, add_scoring_options, common_parent, wrap
 
 __all__ = ["NAME", "add_parser", "run"]
@@ -217,17 +217,11 @@ def _evaluate(
         wrapper,
         args.roots,
         bundle.eval_transform,
-        jpeg_quality=args.jpeg_quality,
-        blur_sigma=args.blur_sigma,
-        resize_scale=args.resize_scale,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
         subsets=args.subsets,
         split=args.split,
         threshold=args.threshold,
-        progress=not args.quiet,
-        precision=args.precision,
         single_class=single,
+        **evaluation_options(args),
     )
 
 

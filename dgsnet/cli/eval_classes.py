@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import UsageError
 from .common import status
 
-__all__ = ["add_classes_option", "run_classifier"]
+__all__ = ["add_classes_option", "evaluation_options", "run_classifier"]
 
 #: `dgsnet eval` options that only mean something for a binary real/fake head
 _DETECTION_ONLY = (
@@ -35,6 +35,21 @@ def add_classes_option(g: Any) -> None:
         help="a checkpoint with more than one class: the class folder names in label order "
         "(default: the root's class folders, sorted)",
     )
+
+
+def evaluation_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments that `dgsnet eval` gives both `evaluate` (a binary head) and
+    `evaluate_classifier`: the degradations, the batch size and workers, the progress bar
+    and the precision. (Here rather than in `eval`, which imports this module.)"""
+    return {
+        "jpeg_quality": args.jpeg_quality,
+        "blur_sigma": args.blur_sigma,
+        "resize_scale": args.resize_scale,
+        "batch_size": args.batch_size,
+        "num_workers": args.workers,
+        "progress": not args.quiet,
+        "precision": args.precision,
+    }
 
 
 def run_classifier(args: argparse.Namespace, wrapper: Any, bundle: Any, degradation: str) -> None:
@@ -58,13 +73,7 @@ def run_classifier(args: argparse.Namespace, wrapper: Any, bundle: Any, degradat
         args.roots,
         bundle.eval_transform,
         classes=args.classes,
-        jpeg_quality=args.jpeg_quality,
-        blur_sigma=args.blur_sigma,
-        resize_scale=args.resize_scale,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        progress=not args.quiet,
-        precision=args.precision,
+        **evaluation_options(args),
     )
     for i, (root, report) in enumerate(reports.items()):
         if i:

@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import UsageError
 from .common import status
 from .errors import EXIT_OK
-from .options import Formatter, wrap
+from .options import Formatter, add_status_options, wrap
 
 __all__ = ["NAME", "add_parser", "run"]
 
@@ -69,9 +69,7 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
         "--cache-dir", default=None, metavar="DIR", help="open_clip / Hugging Face cache folder"
     )
     _add_format_and_check_options(p)
-    g = p.add_argument_group("general")
-    g.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    g.add_argument("--quiet", "-q", action="store_true", help="no status lines")
+    add_status_options(p)
     p.set_defaults(func=run)
     return [p]
 

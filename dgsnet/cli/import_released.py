@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import UsageError
 from .common import status
 from .errors import EXIT_OK
-from .options import Formatter, wrap
+from .options import Formatter, add_status_options, wrap
 
 __all__ = ["NAME", "add_parser", "run"]
 
@@ -73,9 +73,7 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
         help=f"the LoRA alpha the file was trained with, not stored in it (default: "
         f"{RELEASED_ALPHA:g}, the released value)",
     )
-    g = p.add_argument_group("general")
-    g.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    g.add_argument("--quiet", "-q", action="store_true", help="no status lines")
+    add_status_options(p)
     p.set_defaults(func=run)
     return [p]
 

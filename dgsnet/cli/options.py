@@ -1,6 +1,7 @@
 """Options shared by several commands, the DGS options, and the layering of `train`'s values.
 
-* `common_parent`: `--debug`, `--quiet`, `--device` (every command).
+* `common_parent`: `--debug`, `--quiet`, `--device` (the commands with `--device`);
+  `add_status_options`: `--debug`, `--quiet` (the commands without it).
 * `add_model_options`, `add_scoring_options`: the model of a run or checkpoint,
   and the threshold and preprocessing override of `eval` and `predict`.
 * `add_precision_options`: `--precision` (`train`, `eval`, `predict`) and
@@ -37,6 +38,7 @@ __all__ = [
     "add_model_options",
     "add_precision_options",
     "add_scoring_options",
+    "add_status_options",
     "check_option_values",
     "common_parent",
     "dgs_config",
@@ -78,6 +80,14 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 # --------------------------------------------------------------------------------------------
 # shared option groups
 # --------------------------------------------------------------------------------------------
+
+
+def add_status_options(p: argparse.ArgumentParser) -> None:
+    """The "general" group of a command without `--device`: `--debug` and `--quiet`/`-q`
+    (no status lines). The commands with `--device` take `common_parent` instead."""
+    g = p.add_argument_group("general")
+    g.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    g.add_argument("--quiet", "-q", action="store_true", help="no status lines")
 
 
 def common_parent() -> argparse.ArgumentParser:

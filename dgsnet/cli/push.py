@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import UsageError
 from .common import status
 from .errors import EXIT_OK
-from .options import Formatter, wrap
+from .options import Formatter, add_status_options, wrap
 
 __all__ = ["NAME", "add_parser", "run"]
 
@@ -74,9 +74,7 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
         help="base model spec, if RUN_DIR does not record it",
     )
     p.add_argument("--message", "-m", default=None, help="the commit message")
-    g = p.add_argument_group("general")
-    g.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    g.add_argument("--quiet", "-q", action="store_true", help="no status lines")
+    add_status_options(p)
     p.set_defaults(func=run)
     return [p]
 
