@@ -35,7 +35,7 @@ from .errors import CheckpointError
 from .io import atomic_write_json, atomic_write_text
 from .wrapper.checkpoint import MODEL_INFO_NAME
 from .wrapper.locate import HUB_PREFIX, is_hub_id, parse_hub_id, resolve_checkpoint
-from .wrapper.sharing import PushResult, stage_wrapper, upload_folder
+from .wrapper.sharing import PushResult, stage_wrapper, upload_folder, write_model_info
 
 __all__ = [
     "HUB_PREFIX",
@@ -209,10 +209,7 @@ def stage_upload(
         _copy_checkpoint(src_ckpt, out, (WEIGHTS_NAME, CONFIG_NAME, MODEL_INFO_NAME))
         ckpt = out / "final"
         if model is not None:
-            atomic_write_json(
-                ckpt / MODEL_INFO_NAME,
-                {"format": "dgsnet.model", "spec": model, "transform": "model"},
-            )
+            write_model_info(ckpt, model)
         base_stored = _stage_base(src_ckpt, out, _read_json(ckpt / MODEL_INFO_NAME) or {})
         run_dir = _run_dir_of(src_ckpt)
     run, released = _stage_run_files(run_dir, out)

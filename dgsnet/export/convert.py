@@ -134,6 +134,30 @@ def _pairs(state: Mapping[str, Tensor], hf: bool) -> Iterator[tuple[str, str]]:
                     yield f"{oc_prefix}.{i}.{oc}.{leaf}", f"{hf_prefix}.{i}.{tr}.{leaf}"
 
 
+def _renamed(state: Mapping[str, Tensor], hf: bool) -> tuple[dict[str, Tensor], set[str]]:
+    """The one-to-one and the transposed tensors of `state` (transformers' with `hf`, else
+    open_clip's) under the other library's names, and the keys of `state` they used."""
+    out: dict[str, Tensor] = {}
+    used = set()
+    for oc, tr in _pairs(state, hf=hf):
+        src, dst = (tr, oc) if hf else (oc, tr)
+        out[dst] = state[src]
+        used.add(src)
+    for oc, tr in _TRANSPOSED:
+        src, dst = (tr, oc) if hf else (oc, tr)
+        out[dst] = state[src].t().contiguous()
+        used.add(src)
+    return out, used
+
+
+def _refuse_unused(state: Mapping[str, Tensor], used: set[str], message: str) -> None:
+    """Raise `ExportError(message)`, with the first unused keys in its `{}`, when a key of
+    `state` was not converted."""
+    extra = sorted(set(state) - used)
+    if extra:
+        raise ExportError(message.format(extra[:4]))
+
+
 def open_clip_to_hf(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """An open_clip CLIP state dict in transformers' `CLIPModel` names and layouts.
 
@@ -146,14 +170,7 @@ def open_clip_to_hf(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     Raises:
         ExportError: a key the conversion does not know (not a plain ViT CLIP).
     """
-    out: dict[str, Tensor] = {}
-    used = set()
-    for oc, hf in _pairs(state, hf=False):
-        out[hf] = state[oc]
-        used.add(oc)
-    for oc, hf in _TRANSPOSED:
-        out[hf] = state[oc].t().contiguous()
-        used.add(oc)
+    out, used = _renamed(state, hf=False)
     for oc_prefix, hf_prefix in _TOWERS:
         for i in range(_layers(state, oc_prefix)):
             for leaf in ("weight", "bias"):
@@ -161,9 +178,7 @@ def open_clip_to_hf(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
                 for part, name in zip(fused.chunk(3, dim=0), ("q", "k", "v"), strict=True):
                     out[f"{hf_prefix}.{i}.self_attn.{name}_proj.{leaf}"] = part.contiguous()
                 used.add(f"{oc_prefix}.{i}.attn.in_proj_{leaf}")
-    extra = sorted(set(state) - used)
-    if extra:
-        raise ExportError(f"cannot convert open_clip weights {extra[:4]} to a CLIPModel")
+    _refuse_unused(state, used, "cannot convert open_clip weights {} to a CLIPModel")
     return out
 
 
@@ -180,23 +195,14 @@ def hf_to_open_clip(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         ExportError: a key the conversion does not know.
     """
     state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
-    out: dict[str, Tensor] = {}
-    used = set()
-    for oc, hf in _pairs(state, hf=True):
-        out[oc] = state[hf]
-        used.add(hf)
-    for oc, hf in _TRANSPOSED:
-        out[oc] = state[hf].t().contiguous()
-        used.add(hf)
+    out, used = _renamed(state, hf=True)
     for oc_prefix, hf_prefix in _TOWERS:
         for i in range(_layers(state, hf_prefix)):
             for leaf in ("weight", "bias"):
                 names = [f"{hf_prefix}.{i}.self_attn.{p}_proj.{leaf}" for p in ("q", "k", "v")]
                 out[f"{oc_prefix}.{i}.attn.in_proj_{leaf}"] = torch.cat([state[n] for n in names])
                 used.update(names)
-    extra = sorted(set(state) - used)
-    if extra:
-        raise ExportError(f"cannot convert CLIPModel weights {extra[:4]} to open_clip")
+    _refuse_unused(state, used, "cannot convert CLIPModel weights {} to open_clip")
     return out
 
 

@@ -194,7 +194,8 @@ def _open_clip_body(name: str | None, quick_gelu: bool) -> str:
     )
 
 
-_HF_BODY = '''
+#: the image features of a transformers CLIP / SigLIP (the hf loader, and peft's on an hf base)
+_HF_FEATURES = """
 
 def _features(model):
     def features(x):
@@ -202,7 +203,9 @@ def _features(model):
         return out if hasattr(out, "shape") else out.pooler_output
 
     return features
+"""
 
+_HF_BODY = '''
 
 def load_model(folder=HERE):
     """The fine-tuned CLIP / SigLIP (LoRA merged) as a stock transformers model."""
@@ -216,14 +219,6 @@ def load_detector(folder=HERE):
 '''
 
 _PEFT_HF_BODY = '''
-
-def _features(model):
-    def features(x):
-        out = model.get_image_features(pixel_values=x)
-        return out if hasattr(out, "shape") else out.pooler_output
-
-    return features
-
 
 def load_model(folder=HERE, base_model=None):
     """The base model with this adapter (peft), e.g. base_model=CLIPModel.from_pretrained(...)."""
@@ -341,9 +336,11 @@ def loader_text(
     if fmt == "open_clip":
         body = _HEAD + _open_clip_body(name, quick_gelu)
     elif fmt == "hf":
-        body = _HEAD + _HF_BODY
+        body = _HEAD + _HF_FEATURES + _HF_BODY
+    elif fmt == "peft" and base == "hf":
+        body = _HEAD + _HF_FEATURES + _PEFT_HF_BODY
     elif fmt == "peft":
-        body = _HEAD + (_PEFT_HF_BODY if base == "hf" else _PEFT_OPEN_CLIP_BODY)
+        body = _HEAD + _PEFT_OPEN_CLIP_BODY
     elif fmt == "onnx":
         body = _ONNX_BODY
     else:

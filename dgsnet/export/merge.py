@@ -194,6 +194,15 @@ def fuse_attention(model: nn.Module) -> int:
     return len(names)
 
 
+def _stripped_copy(model: nn.Module, *, merge: bool, fuse: bool) -> nn.Module:
+    """A deep copy of `model` without its LoRA layers (folded in with `merge`, else dropped),
+    with stock attention when `fuse`, in eval mode and with `requires_grad` off."""
+    out = strip_lora(copy.deepcopy(model), merge=merge)
+    if fuse:
+        fuse_attention(out)
+    return out.eval().requires_grad_(False)
+
+
 def merged_copy(model: nn.Module, *, fuse: bool = True) -> nn.Module:
     """A deep copy of `model` with every LoRA folded in and, with `fuse`, every split
     attention fused back (the fine-tuned model in its library's own layout), in eval mode.
@@ -205,10 +214,7 @@ def merged_copy(model: nn.Module, *, fuse: bool = True) -> nn.Module:
     Returns:
         The copy, with `requires_grad` off.
     """
-    out = strip_lora(copy.deepcopy(model), merge=True)
-    if fuse:
-        fuse_attention(out)
-    return out.eval().requires_grad_(False)
+    return _stripped_copy(model, merge=True, fuse=fuse)
 
 
 def pristine_copy(model: nn.Module, *, fuse: bool = True) -> nn.Module:
@@ -222,7 +228,4 @@ def pristine_copy(model: nn.Module, *, fuse: bool = True) -> nn.Module:
     Returns:
         The copy, with `requires_grad` off.
     """
-    out = strip_lora(copy.deepcopy(model), merge=False)
-    if fuse:
-        fuse_attention(out)
-    return out.eval().requires_grad_(False)
+    return _stripped_copy(model, merge=False, fuse=fuse)

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
 from ..models import ModelBundle
 from ..wrapper import DGSWrapper
 from .preprocessing import describe_preprocessing, output_description
@@ -90,19 +89,9 @@ def _released(run_dir: Path | None) -> dict[str, Any] | None:
 
 
 def _model_info(ckpt: Path) -> dict[str, Any]:
-    from ..training.run_folder import RUN_NAME
-    from ..wrapper.checkpoint import MODEL_INFO_NAME
+    from ..training.run_folder import model_info_records
 
-    for candidate in (ckpt / MODEL_INFO_NAME, ckpt.parent / RUN_NAME):
-        if candidate.is_file():
-            try:
-                data = json.loads(candidate.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise CheckpointError(f"{candidate} is not valid JSON ({exc})") from exc
-            info = data.get("model", data) if candidate.name == RUN_NAME else data
-            if isinstance(info, dict):
-                return info
-    return {}
+    return next(model_info_records(ckpt), {})
 
 
 def _run_dir(ckpt: Path) -> Path | None:

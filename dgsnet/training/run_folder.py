@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "commit_dir",
     "find_resume_checkpoint",
     "RELEASED_IMPORT_NAME",
+    "model_info_records",
     "recorded_model_info",
     "resolve_checkpoint",
     "save_model_dir",
@@ -138,13 +139,14 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     )
 
 
-def recorded_model_info(ckpt: Path) -> dict[str, Any] | None:
-    """The base model recorded for the checkpoint folder `ckpt`: its `dgsnet_model.json`,
-    else the `model` entry of the run's `run.json` beside it; `None` when neither names a
-    model spec.
+def model_info_records(ckpt: Path) -> Iterator[dict[str, Any]]:
+    """The base-model records of the checkpoint folder `ckpt`, first to last: its
+    `dgsnet_model.json`, then the `model` entry of the run's `run.json` beside it, each when
+    the file exists and holds a JSON object. Lazy: `run.json` is read only when the caller
+    asks for the record after the first.
 
     Raises:
-        CheckpointError: one of the files is not valid JSON.
+        CheckpointError: one of the files read is not valid JSON.
     """
     for candidate in (ckpt / MODEL_INFO_NAME, ckpt.parent / RUN_NAME):
         if candidate.is_file():
@@ -153,9 +155,19 @@ def recorded_model_info(ckpt: Path) -> dict[str, Any] | None:
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise CheckpointError(f"{candidate} is not valid JSON ({exc})") from exc
             info = data.get("model", data) if candidate.name == RUN_NAME else data
-            if isinstance(info, dict) and info.get("spec"):
-                return info
-    return None
+            if isinstance(info, dict):
+                yield info
+
+
+def recorded_model_info(ckpt: Path) -> dict[str, Any] | None:
+    """The base model recorded for the checkpoint folder `ckpt`: its `dgsnet_model.json`,
+    else the `model` entry of the run's `run.json` beside it; `None` when neither names a
+    model spec.
+
+    Raises:
+        CheckpointError: one of the files is not valid JSON.
+    """
+    return next((info for info in model_info_records(ckpt) if info.get("spec")), None)
 
 
 def _read_json_or_none(path: Path) -> Any:

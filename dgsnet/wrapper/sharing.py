@@ -22,7 +22,14 @@ from .card import model_card
 from .checkpoint import MODEL_INFO_NAME, read_checkpoint_meta
 from .locate import parse_hub_id
 
-__all__ = ["PushResult", "Shareable", "push_wrapper", "stage_wrapper", "upload_folder"]
+__all__ = [
+    "PushResult",
+    "Shareable",
+    "push_wrapper",
+    "stage_wrapper",
+    "upload_folder",
+    "write_model_info",
+]
 
 
 class Shareable(Protocol):
@@ -45,14 +52,21 @@ class PushResult:
     """What `HfApi.upload_folder` returned (a `CommitInfo`)."""
 
 
+def write_model_info(ckpt: Path, model: str) -> None:
+    """Write `ckpt/dgsnet_model.json`: the base model is built from the spec `model` and
+    evaluated with its own preprocessing (`transform: "model"`)."""
+    atomic_write_json(
+        ckpt / MODEL_INFO_NAME, {"format": "dgsnet.model", "spec": model, "transform": "model"}
+    )
+
+
 def stage_wrapper(wrapper: Shareable, folder: Path, model: str | None) -> Path:
     """Save `wrapper` as `folder/final` (with `dgsnet_model.json` naming the base model when
     `model` is given); returns the checkpoint folder."""
     ckpt = folder / "final"
     wrapper.save_pretrained(ckpt)
     if model is not None:
-        info = {"format": "dgsnet.model", "spec": model, "transform": "model"}
-        atomic_write_json(ckpt / MODEL_INFO_NAME, info)
+        write_model_info(ckpt, model)
     return ckpt
 
 
