@@ -15,9 +15,8 @@ import pytest
 
 from dgsnet.cli import main
 from tests.helpers import make_bench, write_image
-from tests.helpers.cli import tiny_train_flags
+from tests.helpers.cli import REPO, subprocess_env, tiny_train_flags, train_argv
 
-REPO = Path(__file__).resolve().parents[2]
 FAST = tiny_train_flags()
 
 
@@ -35,7 +34,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
-    assert main(["train", os.fspath(data / "train"), "--out", os.fspath(out), *FAST]) == 0
+    assert main(train_argv(data / "train", out, *FAST)) == 0
     return out
 
 
@@ -181,7 +180,6 @@ def test_eval_degradations_and_two_roots(trained, data, capsys):
 
 
 def test_entry_point_subprocess(trained, data):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.fspath(REPO)}
     proc = subprocess.run(
         [
             sys.executable,
@@ -196,7 +194,7 @@ def test_entry_point_subprocess(trained, data):
         ],
         capture_output=True,
         text=True,
-        env=env,
+        env=subprocess_env(),
         cwd=REPO,
         timeout=180,
     )
@@ -206,7 +204,7 @@ def test_entry_point_subprocess(trained, data):
 
 def test_rerun_resumes_and_no_resume_starts_over(trained, data, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", os.fspath(data / "train"), "--out", os.fspath(out), *FAST, "--save-every", "1"]
+    args = train_argv(data / "train", out, *FAST, "--save-every", "1")
     assert main(args) == 0
     first = (out / "final" / "dgs_weights.safetensors").read_bytes()
     assert main(args) == 0  # complete run: nothing left to do, same weights
@@ -217,19 +215,7 @@ def test_rerun_resumes_and_no_resume_starts_over(trained, data, tmp_path, capsys
     assert '"event": "resume"' not in (out / "train_log.jsonl").read_text()
     assert (out / "final" / "dgs_weights.safetensors").read_bytes() == first  # same seed, same run
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "train",
-                os.fspath(data / "train"),
-                "--out",
-                os.fspath(tmp_path / "none"),
-                *FAST,
-                "--resume",
-            ]
-        )
-        == 2
-    )
+    assert main(train_argv(data / "train", tmp_path / "none", *FAST, "--resume")) == 2
     assert "nothing to resume" in err_line(capsys)
 
 
@@ -283,25 +269,8 @@ def test_config_file_with_overrides(data, tmp_path, capsys):
 
 def test_ablation_flags_reach_the_config(data, tmp_path):
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                os.fspath(data / "train"),
-                "--out",
-                os.fspath(out),
-                *FAST,
-                "--no-suppression",
-                "--align-scale",
-                "invariant",
-                "--lora-alpha",
-                "3",
-                "--lora-layers",
-                "-1",
-            ]
-        )
-        == 0
-    )
+    ablation = ["--no-suppression", "--align-scale", "invariant", "--lora-alpha", "3"]
+    assert main(train_argv(data / "train", out, *FAST, *ablation, "--lora-layers", "-1")) == 0
     config = json.loads((out / "final" / "dgs_config.json").read_text())["config"]
     assert config["suppression"] is False and config["alignment"] is True
     assert config["align_scale"] == "invariant" and config["lora_alpha"] == 3.0
@@ -332,7 +301,7 @@ def nan_at_step_2(monkeypatch):
 
 def test_nonfinite_raise_exits_1_naming_the_step(data, tmp_path, capsys, nan_at_step_2):
     capsys.readouterr()
-    rc = main(["train", os.fspath(data / "train"), "--out", os.fspath(tmp_path / "r"), *FAST])
+    rc = main(train_argv(data / "train", tmp_path / "r", *FAST))
     assert rc == 1
     line = err_line(capsys)
     assert line.startswith("dgsnet: error: non-finite loss (nan) at stage 2, epoch 1, step 2")
@@ -341,20 +310,7 @@ def test_nonfinite_raise_exits_1_naming_the_step(data, tmp_path, capsys, nan_at_
 
 def test_nonfinite_skip_counts(data, tmp_path, nan_at_step_2):
     out = tmp_path / "r"
-    assert (
-        main(
-            [
-                "train",
-                os.fspath(data / "train"),
-                "--out",
-                os.fspath(out),
-                *FAST,
-                "--on-nonfinite",
-                "skip",
-            ]
-        )
-        == 0
-    )
+    assert main(train_argv(data / "train", out, *FAST, "--on-nonfinite", "skip")) == 0
     assert json.loads((out / "summary.json").read_text())["skipped_steps"] == 1
 
 
@@ -427,13 +383,13 @@ def test_caption_template_then_train(tmp_path, capsys):
         == 0
     )  # resumable: nothing new to do
     assert json.loads(cap_file.read_text()) == captions
-    assert main(["train", os.fspath(root), "--out", os.fspath(tmp_path / "run"), *FAST]) == 0
+    assert main(train_argv(root, tmp_path / "run", *FAST)) == 0
 
 
 def test_caption_fallback_without_caption_file(tmp_path, capsys):
     root = make_bench(tmp_path / "train", subsets=("progan",), n=2, captions=False)
     capsys.readouterr()
-    args = ["train", os.fspath(root), "--out", os.fspath(tmp_path / "run"), *FAST]
+    args = train_argv(root, tmp_path / "run", *FAST)
     assert main([*args, "--caption-fallback"]) == 0
     assert "dgsnet: warning: 4 of 4 images have no caption" in capsys.readouterr().err
 
@@ -537,7 +493,7 @@ def test_train_bad_input(tmp_path, capsys, case, message):
             "bad-model": ["--model", "ViT-B-32"],
             "bad-option-value": ["--lora-dropout", "1.5"],
         }.get(case, [])
-    args = ["train", os.fspath(root), "--out", os.fspath(tmp_path / "out"), *FAST, *extra]
+    args = train_argv(root, tmp_path / "out", *FAST, *extra)
     if case == "no-out":
         args = ["train", os.fspath(root), "--model", "tiny", "--quiet"]
     capsys.readouterr()
@@ -596,7 +552,7 @@ def test_debug_shows_the_traceback(tmp_path):
     from dgsnet.data import DatasetError
 
     with pytest.raises(DatasetError):
-        main(["train", os.fspath(tmp_path), "--out", os.fspath(tmp_path / "o"), *FAST, "--debug"])
+        main(train_argv(tmp_path, tmp_path / "o", *FAST, "--debug"))
 
 
 def test_argparse_errors_exit_2(capsys):

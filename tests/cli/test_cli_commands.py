@@ -13,7 +13,7 @@ import torch
 
 from dgsnet.cli import main
 from tests.helpers.images import write_image
-from tests.helpers.released import SIZE, make_released, released_scores
+from tests.helpers.released import SIZE, make_released, released_scores, save_released
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,9 +52,7 @@ def test_import_released_then_predict_equals_the_released_arithmetic(tmp_path, c
 
     from dgsnet.training import load_trained
 
-    sd, student, heads, _ = make_released(merged=merged)
-    path = tmp_path / "model_epoch_step2.pth"
-    torch.save(sd, path)
+    path, student, heads = save_released(tmp_path, merged=merged)
     run = tmp_path / "run"
     assert main(["import-released", os.fspath(path), "-o", os.fspath(run), "--alpha", "6"]) == 0
     err = capsys.readouterr().err

@@ -10,6 +10,7 @@ import pytest
 
 from dgsnet.cli import main
 from tests.helpers import make_bench
+from tests.helpers.cli import tiny_train_flags, train_argv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,26 +24,9 @@ def test_eval_allow_single_class_reports_r_acc_or_f_acc_only(tmp_path, capsys):
 
     root = make_bench(tmp_path / "train", subsets=("progan",), n=2)
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                os.fspath(root),
-                "--out",
-                os.fspath(run),
-                "--model",
-                "tiny",
-                "--workers",
-                "0",
-                "--batch-size",
-                "4",
-                "--stage1-epochs",
-                "1",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    # one epoch a stage, at the command's learning rates and dropout
+    flags = tiny_train_flags(lr=None, stage1_lr=None, lora_dropout=None)
+    assert main(train_argv(root, run, *flags)) == 0
     test = make_bench(
         tmp_path / "test", subsets=("biggan", "dalle", "glide"), n=2, seed=3, captions=False
     )

@@ -19,12 +19,11 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 import torch
-from torch import nn
 
 from dgsnet.cli import main
-from tests.helpers import make_bench, tiny_hf_clip
+from tests.helpers import make_bench, write_tiny_hf_base
 from tests.helpers.cli import tiny_train_flags
-from tests.helpers.released import released_clip, released_layers
+from tests.helpers.released_files import stage2_file
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = tiny_train_flags(model=None)
@@ -46,26 +45,6 @@ def oc_run(bench: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     args = ["train", os.fspath(bench / "train"), "--out", os.fspath(out), "--model", "tiny"]
     assert main([*args, *FAST]) == 0
     return out
-
-
-def write_tiny_hf_base(folder: Path) -> Path:
-    """A tiny Hugging Face CLIP folder: model, a word-level tokenizer, an image processor."""
-    import tokenizers
-    import transformers
-
-    tiny_hf_clip(image_size=32).save_pretrained(folder)
-    words = "a photo of cat dog on the grass red car street chair in room".split()
-    vocab = {"[PAD]": 1, "[UNK]": 3, "<s>": 0, "</s>": 2, **{w: i + 4 for i, w in enumerate(words)}}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]"
-    )
-    fast.save_pretrained(folder)
-    transformers.CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -102,49 +81,13 @@ def standard_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # -- released checkpoints (the layout of the DGS-Net code's model_epoch_step2.pth) ----------
 
-RELEASED_SIZE = 56  # 7 x 7 patches of 8 pixels: the patch-selection mosaic fits exactly
-
-
-def openai_style_clip(seed: int = 0) -> Any:
-    """A tiny CLIP laid out like OpenAI's: head width 64, QuickGELU."""
-    import open_clip
-
-    torch.manual_seed(seed)
-    return open_clip.CLIP(
-        embed_dim=32,
-        quick_gelu=True,
-        vision_cfg=dict(image_size=RELEASED_SIZE, patch_size=8, width=128, layers=2, head_width=64),
-        text_cfg=dict(context_length=16, vocab_size=49408, width=64, heads=1, layers=1),
-    ).eval()
-
-
-def released_state_dict(seed: int = 0, rank: int = 4, alpha: float = 6.0) -> dict[str, Any]:
-    """A stage-2 state dict in the released layout (unmerged LoRA, non-zero A and B)."""
-    teacher = openai_style_clip(seed)
-    student = released_clip(teacher, r=rank, alpha=alpha, dropout=0.8)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for layer in released_layers(student).values():
-            layer.w_lora_A.copy_(torch.randn(layer.w_lora_A.shape, generator=g) * 0.3)
-            layer.w_lora_B.copy_(torch.randn(layer.w_lora_B.shape, generator=g) * 0.3)
-    sd = {f"clip_model.{k}": v for k, v in student.state_dict().items()}
-    sd.update(
-        {f"clip_model_frozen.clip_model_frozen.{k}": v for k, v in teacher.state_dict().items()}
-    )
-    for key in ("img_fc", "text_fc", "clip_model_frozen.img_frozen_fc"):
-        head = nn.Linear(32, 1)
-        with torch.no_grad():
-            head.weight.normal_(0, 0.1, generator=g)
-        sd.update({f"{key}.{k}": v for k, v in head.state_dict().items()})
-    return sd
-
 
 @pytest.fixture(scope="session")
 def released_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`dgsnet import-released model_epoch_step2.pth -o RUN` on a synthetic released file."""
     base = tmp_path_factory.mktemp("released")
     path = base / "model_epoch_step2.pth"
-    torch.save(released_state_dict(), path)
+    torch.save(stage2_file(), path)
     out = base / "run"
     assert main(["import-released", os.fspath(path), "-o", os.fspath(out), "--quiet"]) == 0
     return out

@@ -27,10 +27,10 @@ def _err(capsys) -> str:
 
 def test_import_released_then_export_in_two_commands(tmp_path, capsys):
     """The authors' released weights become an ONNX detector in two commands."""
-    from tests.export.conftest import released_state_dict
+    from tests.helpers.released_files import stage2_file
 
     path = tmp_path / "model_epoch_step2.pth"
-    torch.save(released_state_dict(seed=3), path)
+    torch.save(stage2_file(seed=3), path)
     run = tmp_path / "released"
     assert main(["import-released", os.fspath(path), "-o", os.fspath(run), "-q"]) == 0
     out = tmp_path / "onnx"
@@ -131,19 +131,10 @@ def test_a_failed_check_leaves_no_folder(oc_run, tmp_path):
 
 
 def test_a_model_without_a_clipmodel_equivalent(tmp_path):
-    import open_clip
-
     from dgsnet import DGSConfig, DGSWrapper
-    from tests.helpers import open_clip_tokenizer
+    from tests.helpers import open_clip_tokenizer, tiny_open_clip
 
-    torch.manual_seed(0)
-    model = open_clip.CLIP(
-        embed_dim=16,
-        vision_cfg=dict(
-            image_size=32, patch_size=8, width=32, layers=1, head_width=16, ls_init_value=0.1
-        ),
-        text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
-    )
+    model = tiny_open_clip(layers=1, layer_scale=0.1)
     w = DGSWrapper(model, open_clip_tokenizer(), DGSConfig(lora_dropout=0.0))
     with pytest.raises(ExportError, match="no CLIPModel equivalent: it uses LayerScale"):
         export(w, "hf", tmp_path / "hf")

@@ -89,16 +89,7 @@ def test_clipmodel_to_open_clip_same_image_features():
 
 
 def test_models_without_an_equivalent_are_refused():
-    import open_clip
-
-    torch.manual_seed(0)
-    layer_scale = open_clip.CLIP(
-        embed_dim=16,
-        vision_cfg=dict(
-            image_size=32, patch_size=8, width=32, layers=1, head_width=16, ls_init_value=0.1
-        ),
-        text_cfg=dict(context_length=16, vocab_size=1000, width=32, heads=2, layers=1),
-    )
+    layer_scale = tiny_open_clip(layers=1, layer_scale=0.1)
     with pytest.raises(ExportError, match="no CLIPModel equivalent: it uses LayerScale"):
         check_plain_open_clip(layer_scale)
     check_plain_open_clip(tiny_open_clip())

@@ -33,6 +33,7 @@ from tests.helpers.models import (
     tiny_hf_clip,
     tiny_open_clip,
     tiny_openai_clip,
+    write_tiny_hf_base,
     zero_grads,
 )
 from tests.helpers.reference import reference_step
@@ -60,6 +61,7 @@ __all__ = [
     "tiny_open_clip",
     "write_image",
     "write_random_image",
+    "write_tiny_hf_base",
     "write_truncated",
     "zero_grads",
 ]

@@ -6,6 +6,7 @@ No weights are downloaded: every model here is built from a config with a fixed 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,16 +31,21 @@ def tiny_open_clip(
     layers: int = 2,
     embed_dim: int = 16,
     dtype: torch.dtype = torch.float32,
+    layer_scale: float | None = None,
 ) -> Any:
-    """An open_clip ``CLIP`` with a 2-block ViT (patch 8) and a 1-block text tower."""
+    """An open_clip ``CLIP`` with a 2-block ViT (patch 8) and a 1-block text tower;
+    `layer_scale`: the ViT's LayerScale init value (none by default)."""
     import open_clip
 
     torch.manual_seed(seed)
+    vision: dict[str, Any] = dict(
+        image_size=image_size, patch_size=8, width=32, layers=layers, head_width=16
+    )
+    if layer_scale is not None:
+        vision["ls_init_value"] = layer_scale
     model = open_clip.CLIP(
         embed_dim=embed_dim,
-        vision_cfg=dict(
-            image_size=image_size, patch_size=8, width=32, layers=layers, head_width=16
-        ),
+        vision_cfg=vision,
         text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
     )
     return model.to(dtype)
@@ -99,6 +105,27 @@ def hf_tokenizer() -> Any:
         bos_token="<s>",
         eos_token="</s>",
     )
+
+
+def write_tiny_hf_base(folder: Path) -> Path:
+    """A folder `build_model("hf:<folder>")` loads: :func:`tiny_hf_clip` (32 pixels), a
+    word-level tokenizer and an image processor (needs ``transformers``)."""
+    import tokenizers
+    import transformers
+
+    tiny_hf_clip(image_size=32).save_pretrained(folder)
+    words = "a photo of cat dog on the grass red car street chair in room".split()
+    vocab = {"[PAD]": 1, "[UNK]": 3, "<s>": 0, "</s>": 2, **{w: i + 4 for i, w in enumerate(words)}}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]"
+    )
+    fast.save_pretrained(folder)
+    transformers.CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(folder)
+    return folder
 
 
 def make_lora_nonzero(wrapper: Any, seed: int = 1, scale: float = 0.05) -> None:

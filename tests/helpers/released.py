@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -146,17 +148,25 @@ def openai_style_clip(seed=0, width=128, layers=2):
     ).eval()
 
 
-def make_released(seed=0, merged=False, width=128, round_trips=0):
-    """(state dict in the released stage-2 layout, the released model, the heads, the
-    teacher). ``round_trips``: merge/unmerge cycles before saving, as the released script
-    makes around each validation (float rounding drift)."""
-    teacher = openai_style_clip(seed, width=width)
+def released_student(teacher: nn.Module, seed: int = 0) -> tuple[nn.Module, torch.Generator]:
+    """The released LoRA model around a copy of `teacher` (rank `RANK`, alpha `ALPHA`) with
+    non-zero A and B drawn from a generator seeded `seed + 1`; returns that generator too, for
+    the heads to be drawn next."""
     student = released_clip(teacher, r=RANK, alpha=ALPHA, dropout=0.8)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for layer in released_layers(student).values():
             layer.w_lora_A.copy_(torch.randn(layer.w_lora_A.shape, generator=g) * 0.3)
             layer.w_lora_B.copy_(torch.randn(layer.w_lora_B.shape, generator=g) * 0.3)
+    return student, g
+
+
+def make_released(seed=0, merged=False, width=128, round_trips=0):
+    """(state dict in the released stage-2 layout, the released model, the heads, the
+    teacher). ``round_trips``: merge/unmerge cycles before saving, as the released script
+    makes around each validation (float rounding drift)."""
+    teacher = openai_style_clip(seed, width=width)
+    student, g = released_student(teacher, seed)
     heads = {}
     for name in ("img_fc", "text_fc", "img_frozen_fc"):
         heads[name] = nn.Linear(32, 1)
@@ -184,6 +194,15 @@ def make_released(seed=0, merged=False, width=128, round_trips=0):
     for name in ("img_fc", "text_fc"):
         sd.update({f"{name}.{k}": v for k, v in heads[name].state_dict().items()})
     return sd, student.eval(), heads, teacher
+
+
+def save_released(folder: Path, **kw: Any) -> tuple[Path, nn.Module, dict[str, nn.Linear]]:
+    """`make_released(**kw)` saved as `folder/model_epoch_step2.pth` (the released file's
+    name): `(its path, the released model, the heads)`."""
+    sd, student, heads, _ = make_released(**kw)
+    path = folder / "model_epoch_step2.pth"
+    torch.save(sd, path)
+    return path, student, heads
 
 
 def released_scores(student, head, images):

@@ -14,24 +14,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from tests.helpers.released import released_clip, released_layers
+from tests.helpers.released import SIZE, openai_style_clip, released_student
 
-RANK, ALPHA = 4, 6.0
-SIZE = 56  # 7 x 7 patches of 8 pixels: the released patch-selection mosaic fits exactly
+__all__ = ["SIZE", "stage1_file", "stage2_file", "write_released_files"]
 EMBED = 32
-
-
-def openai_style_clip(seed: int = 0) -> nn.Module:
-    """A tiny CLIP laid out like OpenAI's (head width 64, QuickGELU), in eval mode."""
-    import open_clip
-
-    torch.manual_seed(seed)
-    return open_clip.CLIP(
-        embed_dim=EMBED,
-        quick_gelu=True,
-        vision_cfg=dict(image_size=SIZE, patch_size=8, width=128, layers=2, head_width=64),
-        text_cfg=dict(context_length=16, vocab_size=49408, width=64, heads=1, layers=1),
-    ).eval()
 
 
 def _head(g: torch.Generator) -> nn.Linear:
@@ -53,12 +39,7 @@ def stage1_file(seed: int = 0) -> tuple[dict[str, Tensor], nn.Module, nn.Linear]
 def stage2_file(seed: int = 0) -> dict[str, Tensor]:
     """The state dict of a released stage-2 file (unmerged LoRA, non-zero factors)."""
     teacher = openai_style_clip(seed)
-    student = released_clip(teacher, r=RANK, alpha=ALPHA, dropout=0.8)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for layer in released_layers(student).values():
-            layer.w_lora_A.copy_(torch.randn(layer.w_lora_A.shape, generator=g) * 0.3)
-            layer.w_lora_B.copy_(torch.randn(layer.w_lora_B.shape, generator=g) * 0.3)
+    student, g = released_student(teacher, seed)
     sd = {f"clip_model.{k}": v for k, v in student.state_dict().items()}
     pristine = "clip_model_frozen.clip_model_frozen."
     sd.update({pristine + k: v for k, v in teacher.state_dict().items()})

@@ -21,6 +21,7 @@ from tests.helpers.released import (
     make_released,
     openai_style_clip,
     released_scores,
+    save_released,
 )
 
 
@@ -33,9 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.parametrize("merged, round_trips", [(False, 0), (True, 0), (False, 2), (True, 2)])
 def test_load_released_predictions_equal_the_released_arithmetic(tmp_path, merged, round_trips):
-    sd, student, heads, _ = make_released(merged=merged, round_trips=round_trips)
-    path = tmp_path / "model_epoch_step2.pth"
-    torch.save(sd, path)
+    path, student, heads = save_released(tmp_path, merged=merged, round_trips=round_trips)
     dgs = load_released(path)
     info = dgs.released_import
     assert isinstance(info, ReleasedImport)
@@ -79,9 +78,7 @@ def test_run_folder_predict_and_eval(tmp_path, capsys, merged):
     from dgsnet.cli import main
     from dgsnet.training import load_trained
 
-    sd, student, heads, _ = make_released(merged=merged)
-    path = tmp_path / "model_epoch_step2.pth"
-    torch.save(sd, path)
+    path, student, heads = save_released(tmp_path, merged=merged)
     run = tmp_path / "run"
     info = import_released(path, run)
     assert info.merged is merged and info.stage == 2

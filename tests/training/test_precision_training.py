@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from dgsnet import DGSConfig, DGSWrapper
+from dgsnet import DGSConfig
 from dgsnet.cli import main
 from dgsnet.training import (
     LAST_DIR,
@@ -34,37 +34,19 @@ from dgsnet.training import (
     Precision,
     TrainingConfigError,
     TrainOptions,
-    build_model,
     compile_image_tower,
     evaluate,
     load_trained,
-    open_datasets,
     predict_scores,
-    seed_everything,
-    train,
 )
 from dgsnet.training.state import write_state_json
 from tests.helpers import batch, build, grads, make_bench, rel_norm_errors, zero_grads
 from tests.helpers.cli import tiny_train_flags
+from tests.helpers.training import Boom, assert_same_weights, train_tiny, weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-KW = dict(
-    epochs=2,
-    stage1_epochs=1,
-    batch_size=3,
-    lr=1e-3,
-    stage1_lr=1e-2,
-    progress=False,
-    deterministic=True,
-    save_every=2,
-)
-
-
-class Boom(RuntimeError):
-    pass
 
 
 def crash_after(k: int):
@@ -88,33 +70,8 @@ def test_bench(tmp_path_factory) -> Path:
 
 
 def run(root: Path, out: Path, device: str = "cpu", callbacks=(), **kw):
-    seed_everything(0)
-    bundle = build_model("tiny", device=device)
-    wrapper = DGSWrapper(bundle.model, bundle.tokenizer, DGSConfig.reference(lora_dropout=0.5))
-    data = open_datasets([root], bundle.train_transform, captions="auto")
-    return train(
-        wrapper,
-        data,
-        out,
-        callbacks=callbacks,
-        model_info=bundle.info(),
-        deterministic_transform=bundle.deterministic_train,
-        **{**KW, **kw},
-    )
-
-
-def weights(wrapper) -> dict[str, torch.Tensor]:
-    out = {n: p.detach().cpu().clone() for n, p in wrapper.named_trainable_parameters()}
-    out.update(
-        {f"teacher.{n}": p.detach().cpu() for n, p in wrapper.teacher_head.named_parameters()}
-    )
-    return out
-
-
-def assert_same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    kw = {"stage1_epochs": 1, **kw}  # one stage-1 epoch, not two
+    return train_tiny(root, out, device=device, callbacks=callbacks, **kw)
 
 
 def state_json(out: Path) -> dict:
@@ -186,7 +143,7 @@ def test_bf16_resume_is_bit_identical(bench, tmp_path, bf16_run):
     assert state_json(tmp_path)["global_step"] == 4
     resumed = run(bench, tmp_path, precision="bf16")
     assert resumed.resumed_from == 4
-    assert_same(weights(resumed.wrapper), expected)
+    assert_same_weights(weights(resumed.wrapper), expected)
 
 
 # ------------------------------------------------------------------------------------------
@@ -241,7 +198,7 @@ def _fp16_resume_check(bench: Path, tmp_path: Path, device: str, exact: bool = T
     )
     assert resumed.resumed_from == 3 and restored["first"] == scale_at3
     if exact:
-        assert_same(weights(resumed.wrapper), expected)
+        assert_same_weights(weights(resumed.wrapper), expected)
     else:  # CUDA without CUBLAS_WORKSPACE_CONFIG: the same to float32 rounding
         got = weights(resumed.wrapper)
         for k in expected:

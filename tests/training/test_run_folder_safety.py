@@ -19,21 +19,15 @@ from dgsnet.models import build_model
 from dgsnet.training.lock import RunLock
 from dgsnet.training.run_folder import commit_dir, staging_dir
 from tests.helpers import make_bench
+from tests.helpers.cli import tiny_train_flags, train_argv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+# the tiny model's stage 1 alone, one epoch, at the command's learning rate and dropout
 STAGE1 = [
-    "--model",
-    "tiny",
-    "--workers",
-    "0",
-    "--batch-size",
-    "4",
+    *tiny_train_flags(epochs=None, lr=None, stage1_lr=None, lora_dropout=None),
     "--stage",
     "1",
-    "--stage1-epochs",
-    "1",
-    "--quiet",
 ]
 
 
@@ -55,7 +49,7 @@ def finished(tmp_path) -> tuple[Path, Path]:
     """(data, a finished stage-1 run whose last/ was deleted to save space)."""
     data = make_bench(tmp_path / "train", subsets=("progan",), n=2)
     out = tmp_path / "run"
-    assert main(["train", os.fspath(data), "--out", os.fspath(out), *STAGE1]) == 0
+    assert main(train_argv(data, out, *STAGE1)) == 0
     import shutil
 
     shutil.rmtree(out / "last")
@@ -70,7 +64,7 @@ def test_a_fresh_start_keeps_a_finished_run_and_names_what_exists(finished, caps
     before = snapshot(out)
     assert "final/dgs_weights.safetensors" in before and "summary.json" in before
     capsys.readouterr()
-    assert main(["train", os.fspath(data), "--out", os.fspath(out), *STAGE1]) == 2
+    assert main(train_argv(data, out, *STAGE1)) == 2
     lines = error_lines(capsys)
     assert len(lines) == 1, lines
     assert "holds a finished run (final/, train_log.jsonl, summary.json)" in lines[0]
@@ -80,7 +74,7 @@ def test_a_fresh_start_keeps_a_finished_run_and_names_what_exists(finished, caps
 
 def test_no_resume_is_the_explicit_way_to_start_over(finished, capsys):
     data, out = finished
-    assert main(["train", os.fspath(data), "--out", os.fspath(out), *STAGE1, "--no-resume"]) == 0
+    assert main(train_argv(data, out, *STAGE1, "--no-resume")) == 0
     assert (out / "final" / "dgs_config.json").is_file() and (out / "last").is_dir()
 
 
@@ -89,7 +83,7 @@ def test_init_from_the_output_folder_itself_is_refused(finished, capsys, extra):
     data, out = finished
     before = snapshot(out)
     capsys.readouterr()
-    argv = ["train", os.fspath(data), "--out", os.fspath(out), *STAGE1, "--init-from"]
+    argv = train_argv(data, out, *STAGE1, "--init-from")
     assert main([*argv, os.fspath(out), *extra]) == 2
     lines = error_lines(capsys)
     assert len(lines) == 1 and f"lies inside the output folder {out}" in lines[0], lines

@@ -13,7 +13,7 @@ import pytest
 
 from dgsnet.cli import main
 from tests.helpers import make_bench
-from tests.helpers.cli import tiny_train_flags
+from tests.helpers.cli import tiny_train_flags, train_argv
 
 FAST = tiny_train_flags(epochs=2, stage1_epochs=2)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -30,7 +30,7 @@ def root(tmp_path_factory) -> Path:
 def run(root, tmp_path_factory) -> Path:
     pytest.importorskip("tensorboard")
     out = tmp_path_factory.mktemp("tb") / "run"
-    assert main(["train", os.fspath(root), "--out", os.fspath(out), "--tensorboard", *FAST]) == 0
+    assert main(train_argv(root, out, "--tensorboard", *FAST)) == 0
     return out
 
 
@@ -186,16 +186,7 @@ def test_tensorboard_after_resume_has_each_step_once(root, tmp_path, monkeypatch
     from dgsnet.training.trainer import Trainer
 
     out = tmp_path / "run"
-    args = [
-        "train",
-        os.fspath(root),
-        "--out",
-        os.fspath(out),
-        "--tensorboard",
-        "--save-every",
-        "2",
-        *FAST,
-    ]
+    args = train_argv(root, out, "--tensorboard", "--save-every", "2", *FAST)
     after_step = Trainer._after_step
 
     def interrupt(self, record, epoch, batch_i, bar):
@@ -220,7 +211,7 @@ def test_tensorboard_after_resume_has_each_step_once(root, tmp_path, monkeypatch
 def test_missing_extras_give_one_line_and_exit_2(root, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     out = tmp_path / "run"
-    assert main(["train", os.fspath(root), "--out", os.fspath(out), "--tensorboard", *FAST]) == 2
+    assert main(train_argv(root, out, "--tensorboard", *FAST)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "dgsnet[tensorboard]" in err[0], err
     assert not out.exists()  # checked before anything is built

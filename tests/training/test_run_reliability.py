@@ -17,30 +17,18 @@ import pytest
 from dgsnet.cli import main
 from dgsnet.training.lock import LOCK_NAME, RunLock, RunLockedError, hold_run_lock
 from tests.helpers import make_bench
-from tests.helpers.cli import tiny_train_flags
+from tests.helpers.cli import (
+    REPO,
+    subprocess_env,
+    tiny_train_flags,
+    train_argv,
+    train_command,
+    train_in_subprocess,
+)
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = tiny_train_flags(batch_size=2, epochs=None)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.fspath(REPO)}
-
-
-def train_cmd(root: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dgsnet.cli",
-        "train",
-        os.fspath(root),
-        "--out",
-        os.fspath(out),
-        *TINY,
-        *extra,
-    ]
 
 
 def records(out: Path) -> list[dict]:
@@ -87,7 +75,7 @@ def test_lock_of_a_killed_holder_is_stale(tmp_path):
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, os.fspath(tmp_path)],
-        env=env(),
+        env=subprocess_env(),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -114,7 +102,7 @@ def test_lock_held_by_the_orphaned_workers_of_a_dead_run_is_replaced(tmp_path):
     )
     out = subprocess.run(
         [sys.executable, "-c", code, os.fspath(tmp_path)],
-        env=env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -134,20 +122,13 @@ def test_lock_held_by_the_orphaned_workers_of_a_dead_run_is_replaced(tmp_path):
 def test_second_train_into_the_same_out_exits_2_and_the_first_is_undisturbed(tmp_path):
     root = make_bench(tmp_path / "train", subsets=("progan", "sd14"), n=2)
     extra = ("--epochs", "2", "--save-every", "1")
-    ref = subprocess.run(
-        train_cmd(root, tmp_path / "ref", *extra),
-        env=env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    ref = train_in_subprocess(root, tmp_path / "ref", *TINY, *extra)
     assert ref.returncode == 0, ref.stderr
 
     out = tmp_path / "run"
     first = subprocess.Popen(
-        train_cmd(root, out, *extra),
-        env=env(),
+        train_command(root, out, *TINY, *extra),
+        env=subprocess_env(),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -161,14 +142,7 @@ def test_second_train_into_the_same_out_exits_2_and_the_first_is_undisturbed(tmp
             time.sleep(0.01)
         os.kill(first.pid, signal.SIGSTOP)  # the first run holds the lock mid-epoch
         try:
-            second = subprocess.run(
-                train_cmd(root, out, *extra),
-                env=env(),
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
+            second = train_in_subprocess(root, out, *TINY, *extra)
         finally:
             os.kill(first.pid, signal.SIGCONT)
         _, err = first.communicate(timeout=300)
@@ -192,19 +166,7 @@ def test_a_diverged_last_step_exits_1_and_commits_nothing_non_finite(tmp_path, c
     # 4 images, batch 4: stage 2 has one step, whose update (lr 1e308) overflows the weights
     root = make_bench(tmp_path / "train", subsets=("progan",), n=2)
     out = tmp_path / "out"
-    args = [
-        "train",
-        os.fspath(root),
-        "--out",
-        os.fspath(out),
-        *TINY,
-        "--batch-size",
-        "4",
-        "--epochs",
-        "1",
-        "--lr",
-        "1e308",
-    ]
+    args = train_argv(root, out, *TINY, "--batch-size", "4", "--epochs", "1", "--lr", "1e308")
     assert main(args) == 1
     lines = err_lines(capsys)
     assert len(lines) == 1 and "non-finite" in lines[0] and "final" not in lines[0].split(";")[0]
@@ -260,11 +222,11 @@ def test_no_loader_worker_outlives_a_crash_mid_epoch(tmp_path):
 
     root = make_bench(tmp_path / "train", subsets=("progan",), n=6)
     write_truncated(root / "progan" / "1_fake" / "003.png")  # a decode error inside a worker
-    cmd = train_cmd(root, tmp_path / "out", "--epochs", "1")
+    cmd = train_command(root, tmp_path / "out", *TINY, "--epochs", "1")
     cmd[cmd.index("--workers") + 1] = "2"
     proc = subprocess.Popen(
         cmd,
-        env=env(),
+        env=subprocess_env(),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -316,7 +278,7 @@ def test_disk_full_mid_run_is_one_line_exit_2_and_last_stays_intact(tmp_path, mo
     root = make_bench(tmp_path / "train", subsets=("progan",), n=2)
     out = tmp_path / "out"
     commits = _full_disk_after_first_checkpoint(monkeypatch, tmp_path)
-    code = main(["train", os.fspath(root), "--out", os.fspath(out), *TINY, "--epochs", "2"])
+    code = main(train_argv(root, out, *TINY, "--epochs", "2"))
     lines = err_lines(capsys)
     assert code == 2, lines
     assert len(lines) == 1 and lines[0].startswith("dgsnet: error: ")
@@ -342,7 +304,7 @@ def test_tmpfs_disk_full_is_one_line_exit_2(tmp_path, capsys):
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:
         root = make_bench(tmp_path / "train", subsets=("progan",), n=2)
-        code = main(["train", os.fspath(root), "--out", os.fspath(mnt / "out"), *TINY])
+        code = main(train_argv(root, mnt / "out", *TINY))
         lines = err_lines(capsys)
         assert code == 2, lines
         assert len(lines) == 1 and "ENOSPC" in lines[0] and os.fspath(mnt / "out") in lines[0]
@@ -382,17 +344,7 @@ def test_log_write_error_names_the_log(tmp_path):
 )
 def test_train_usage_errors_name_the_flag(tmp_path, capsys, flag, value):
     root = make_bench(tmp_path / "train", subsets=("progan",), n=1)
-    code = main(
-        [
-            "train",
-            os.fspath(root),
-            "--out",
-            os.fspath(tmp_path / "o"),
-            "--model",
-            "tiny",
-            f"{flag}={value}",
-        ]
-    )
+    code = main(train_argv(root, tmp_path / "o", "--model", "tiny", f"{flag}={value}"))
     lines = err_lines(capsys)
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith(f"dgsnet: error: {flag} must be"), lines[0]

@@ -34,10 +34,9 @@ from dgsnet.training import (
     find_resume_checkpoint,
     load_trained,
     open_datasets,
-    seed_everything,
-    train,
 )
-from tests.helpers import make_bench, tiny_hf_clip, write_image
+from tests.helpers import make_bench, write_image, write_tiny_hf_base
+from tests.helpers.training import Boom, assert_same_weights, train_tiny, weights
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,57 +60,7 @@ def test_bench(tmp_path_factory) -> Path:
     )
 
 
-def setup(root: Path, flip: bool = True, dropout: float = 0.5, **cfg):
-    seed_everything(0)  # LoRA A and the heads are initialised from the global RNG
-    bundle = build_model("tiny", flip=flip)
-    config = DGSConfig.reference(lora_dropout=dropout, **cfg)
-    wrapper = DGSWrapper(bundle.model, bundle.tokenizer, config)
-    data = open_datasets([root], bundle.train_transform, captions="auto")
-    return bundle, wrapper, data
-
-
-KW = dict(
-    epochs=2,
-    stage1_epochs=2,
-    batch_size=3,
-    lr=1e-3,
-    stage1_lr=1e-2,
-    progress=False,
-    deterministic=True,
-    save_every=2,
-)
-
-
-def run(root: Path, out: Path, callbacks=(), flip: bool = True, **kw):
-    bundle, wrapper, data = setup(root, flip=flip)
-    opts = {**KW, **kw}
-    return train(
-        wrapper,
-        data,
-        out,
-        callbacks=callbacks,
-        model_info=bundle.info(),
-        deterministic_transform=bundle.deterministic_train,
-        **opts,
-    )
-
-
-def weights(wrapper) -> dict[str, torch.Tensor]:
-    out = {n: p.detach().clone() for n, p in wrapper.named_trainable_parameters()}
-    out.update(
-        {f"teacher.{n}": p.detach().clone() for n, p in wrapper.teacher_head.named_parameters()}
-    )
-    return out
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-
-
-class Boom(RuntimeError):
-    pass
+run = train_tiny  # the tiny model; RUN_OPTIONS but for what a test passes
 
 
 def raise_after(k: int, event: str = "step_end"):
@@ -180,31 +129,9 @@ def test_build_model_open_clip_errors_are_clear():
 
 
 def test_build_model_hf_local_folder(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    tokenizers = pytest.importorskip("tokenizers")
-    model = tiny_hf_clip(image_size=32)
-    model.save_pretrained(tmp_path)
-    vocab = {
-        "[PAD]": 1,
-        "[UNK]": 3,
-        "<s>": 0,
-        "</s>": 2,
-        **{
-            w: i + 4
-            for i, w in enumerate(
-                "a photo of cat dog on the grass red car street chair in room".split()
-            )
-        },
-    }
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]"
-    )
-    fast.save_pretrained(tmp_path)
-    transformers.CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(tmp_path)
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    write_tiny_hf_base(tmp_path)
     bundle = build_model(f"hf:{tmp_path}")
     assert bundle.spec.kind == "hf" and bundle.image_size == 32
     x = bundle.eval_transform(Image.new("RGB", (50, 40)))

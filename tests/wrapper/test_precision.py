@@ -204,16 +204,22 @@ def test_alignment_inside_the_hook_would_not_commute_with_loss_scaling():
 # ------------------------------------------------------------------------------------------
 # CUDA
 # ------------------------------------------------------------------------------------------
-@pytest.mark.gpu
-@cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_autocast_matches_float32(dtype):
+def _cuda_float32_step():
+    """The wrapper and a batch on the GPU, the float32 gradients of one step, an SGD."""
     w, _ = build(_cfg())
     w = w.cuda()
     x, caps, y = batch()
     x, y = x.cuda(), y.cuda()
     g32 = _step(w, x, caps, y)
     opt = torch.optim.SGD(w.trainable_parameters(), lr=0.1)
+    return w, x, caps, y, g32, opt
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_matches_float32(dtype):
+    w, x, caps, y, g32, opt = _cuda_float32_step()
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     ga = _step(w, x, caps, y, autocast=dtype, scaler=scaler, opt=opt)
     errs = rel_norm_errors(ga, g32)
@@ -223,12 +229,7 @@ def test_cuda_autocast_matches_float32(dtype):
 @pytest.mark.gpu
 @cuda
 def test_cuda_grad_scaler_float32_is_bit_identical():
-    w, _ = build(_cfg())
-    w = w.cuda()
-    x, caps, y = batch()
-    x, y = x.cuda(), y.cuda()
-    g32 = _step(w, x, caps, y)
-    opt = torch.optim.SGD(w.trainable_parameters(), lr=0.1)
+    w, x, caps, y, g32, opt = _cuda_float32_step()
     gs = _step(w, x, caps, y, scaler=torch.amp.GradScaler("cuda", init_scale=2.0**12), opt=opt)
     for k in g32:
         assert torch.equal(gs[k], g32[k]), k

@@ -14,25 +14,10 @@ import torch.nn.functional as F
 
 from dgsnet import DGSConfig, DGSWrapper
 from dgsnet.wrapper import CONFIG_NAME
-from tests.helpers.models import make_lora_nonzero, open_clip_tokenizer, tiny_open_clip
+from tests.helpers.models import batch, make_lora_nonzero, open_clip_tokenizer, tiny_open_clip
 from tests.helpers.released import QKV, copy_lora_from_wrapper, released_clip, released_layers
 
-CAPTIONS = [
-    "a photo of a cat",
-    "a red car on a road",
-    "two dogs",
-    "a photo of a cat",
-    "a bowl of fruit",
-    "a chair",
-]
 LAYERS = 3
-
-
-def batch(n=6, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, 32, 32, generator=g).to(dtype)
-    y = torch.tensor([0, 1, 1, 0, 1, 0][:n])
-    return x, CAPTIONS[:n], y
 
 
 def build(config, seed=0, dtype=torch.float64):
@@ -118,7 +103,7 @@ def test_released_arithmetic_matches_wrapper_float64(loss_kind):
     w, pristine = build(DGSConfig.reference())
     released = released_clip(pristine, r=6, alpha=6.0, dropout=0.8)
     copy_lora_from_wrapper(released, w)
-    x, _, y = batch()
+    x, _, y = batch(dtype=torch.float64)
     w.eval()
     released.eval()  # our test layers never merge on their own: no hidden state change
     f_w = w.encode_student(x)
@@ -148,7 +133,7 @@ def test_standard_scaling_does_not_match_the_released_arithmetic():
     w, pristine = build(DGSConfig.reference(lora_scaling="standard"))
     released = released_clip(pristine)
     copy_lora_from_wrapper(released, w)
-    x, _, _ = batch()
+    x, _, _ = batch(dtype=torch.float64)
     w.eval()
     released.eval()
     with torch.no_grad():
@@ -161,7 +146,7 @@ def test_released_arithmetic_matches_in_training_mode_with_dropout():
     w, pristine = build(DGSConfig.reference())
     released = released_clip(pristine)
     copy_lora_from_wrapper(released, w)
-    x, _, _ = batch()
+    x, _, _ = batch(dtype=torch.float64)
     w.train()
     released.train()
     torch.manual_seed(11)
@@ -226,7 +211,7 @@ def test_feature_distillation_alone_has_the_analytic_gradient(weight, layers):
         lora_layers=layers,
     )
     w, _ = build(cfg)
-    x, _, y = batch()
+    x, _, y = batch(dtype=torch.float64)
     out = w(x, None, y)  # alone: no captions needed
     assert set(out.losses) == {"image", "distill"}
     with torch.no_grad():
@@ -251,7 +236,7 @@ def test_feature_distillation_with_surgery_bypasses_the_projection(alignment):
     """DGS + FD: the gradient is the DGS gradient plus the un-projected FD gradient
     2 w (f - f_T) / (B D); projecting the FD gradient too would give something else."""
     weight = 2.0
-    x, caps, y = batch()
+    x, caps, y = batch(dtype=torch.float64)
     results = {}
     for fd in (0.0, weight):
         cfg = DGSConfig.reference(alignment=alignment, lora_dropout=0.0, feature_distill=fd)
@@ -283,7 +268,7 @@ def test_feature_distillation_with_index_ignores_the_logit_cache():
     """The teacher cache holds logits only; FD needs the teacher's features every step."""
     cfg = DGSConfig.reference(lora_dropout=0.0, feature_distill=1.0)
     w, _ = build(cfg)
-    x, caps, y = batch()
+    x, caps, y = batch(dtype=torch.float64)
     idx = torch.arange(6)
     first = w(x, caps, y, index=idx)
     assert len(w.teacher_cache) == 6  # alignment's logits were cached
@@ -315,7 +300,7 @@ def test_checkpoint_records_the_scaling(tmp_path):
     )
     layer = again.encoder.image_tower.get_submodule(again.lora_modules[0])
     assert layer.scaling["default"] == pytest.approx(6 / 2)
-    x, _, _ = batch()
+    x, _, _ = batch(dtype=torch.float64)
     assert_close(again.predict(x), w.predict(x), 1e-12)
 
 
@@ -337,7 +322,7 @@ def test_legacy_checkpoint_without_lora_scaling_loads_as_alpha_over_r(tmp_path):
     assert again.config.lora_scaling == "standard" and again.config.feature_distill == 0.0
     for name in again.lora_modules:
         assert again.encoder.image_tower.get_submodule(name).scaling["default"] == 6 / 4
-    x, _, _ = batch()
+    x, _, _ = batch(dtype=torch.float64)
     assert_close(again.predict(x), w.predict(x), 1e-12)
 
 
