@@ -544,8 +544,8 @@ class ConflictProjection(SurgeryRule):
         return {"ref": self.ref}
 
     def forward(self, grad: Tensor, refs: dict[str, Tensor]) -> Tensor:
-        # <g, r>/||r||^2 r == <g, r_hat> r_hat, with r_hat free of under/overflow
         """`g - min(<g, r_hat>, 0) r_hat`: the conflicting component removed, per sample."""
+        # <g, r>/||r||^2 r == <g, r_hat> r_hat, with r_hat free of under/overflow
         r_hat = unit_vector(refs[self.ref])
         dot = (grad * r_hat).sum(dim=-1, keepdim=True).clamp_max(0)
         return grad - dot * r_hat
