@@ -42,7 +42,7 @@ from ..errors import TrainingConfigError
 from ..io import atomic_write_json, atomic_write_text
 from ..wrapper import DGSWrapper
 from .data import iterate_loader
-from .options import TrainOptions
+from .options import BINARY_METRICS, CLASS_METRICS, TrainOptions
 from .precision import Precision
 from .run_folder import commit_dir, save_model_dir, staging_dir
 from .seeding import derive_seed
@@ -66,10 +66,6 @@ VALIDATION_CSV = "validation.csv"
 """One row per validation: step, epoch, every metric, the best value so far."""
 VALIDATION_STATE_NAME = "validation.json"
 """The monitor's state inside a checkpoint folder."""
-BINARY_METRICS = ("acc", "ap", "best_acc", "r_acc", "f_acc")
-"""The validation metrics of a binary real/fake head (the first is the default)."""
-CLASS_METRICS = ("top1", "mean_class_accuracy")
-"""The validation metrics of a head with more than one class (the first is the default)."""
 
 
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
