@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import shutil
 from collections.abc import Sequence
@@ -36,13 +37,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from ..data import collate
 from ..errors import TrainingConfigError
 from ..io import atomic_write_json, atomic_write_text
+from ..metrics import ClassificationReport, compute_metrics
 from ..wrapper import DGSWrapper
 from .data import iterate_loader
-from .options import TrainOptions
+from .options import BINARY_METRICS, CLASS_METRICS, TrainOptions
 from .precision import Precision
 from .run_folder import commit_dir, save_model_dir, staging_dir
 from .seeding import derive_seed
@@ -66,10 +69,6 @@ VALIDATION_CSV = "validation.csv"
 """One row per validation: step, epoch, every metric, the best value so far."""
 VALIDATION_STATE_NAME = "validation.json"
 """The monitor's state inside a checkpoint folder."""
-BINARY_METRICS = ("acc", "ap", "best_acc", "r_acc", "f_acc")
-"""The validation metrics of a binary real/fake head (the first is the default)."""
-CLASS_METRICS = ("top1", "mean_class_accuracy")
-"""The validation metrics of a head with more than one class (the first is the default)."""
 
 
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -177,8 +176,6 @@ def held_out_split(
 def _probabilities(
     wrapper: DGSWrapper, data: Dataset, batch_size: int, num_workers: int, precision: Precision
 ) -> tuple[np.ndarray, np.ndarray]:
-    from ..data import collate
-
     loader = DataLoader(
         data, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate
     )
@@ -220,8 +217,6 @@ def validation_metrics(
     Raises:
         TrainingConfigError: a binary head's validation set lacks real or fake images.
     """
-    from ..metrics import ClassificationReport, compute_metrics
-
     policy = precision or Precision.parse("fp32", wrapper.device)
     probs, labels = _probabilities(wrapper, data, batch_size, num_workers, policy)
     k = wrapper.config.num_classes
@@ -335,8 +330,6 @@ class ValidationMonitor:
             TrainingConfigError: the checkpoint was written with other validation settings,
                 or with validation on where it is off now (or the reverse).
         """
-        import json
-
         self._log, self._main, self._precision = log, main, precision
         out = Path(self.options.out_dir)
         if ckpt is None:
@@ -439,7 +432,5 @@ class ValidationMonitor:
 def _one_dataset(data: Dataset | Sequence[Dataset] | None) -> Dataset | None:
     if data is None or isinstance(data, Dataset):
         return data
-    from torch.utils.data import ConcatDataset
-
     parts = list(data)
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)

@@ -93,7 +93,11 @@ def parse_stage(stage: Any) -> str:
     return s
 
 
-VAL_METRICS = ("auto", "acc", "ap", "best_acc", "r_acc", "f_acc", "top1", "mean_class_accuracy")
+BINARY_METRICS = ("acc", "ap", "best_acc", "r_acc", "f_acc")
+"""The validation metrics of a binary real/fake head (the first is the default)."""
+CLASS_METRICS = ("top1", "mean_class_accuracy")
+"""The validation metrics of a head with more than one class (the first is the default)."""
+VAL_METRICS = ("auto", *BINARY_METRICS, *CLASS_METRICS)
 """The values of `TrainOptions.val_metric`."""
 
 
