@@ -182,6 +182,8 @@ def canonical_json(obj: Any) -> str:
 def optimizer_payload(
     opt: torch.optim.Optimizer, names: list[str]
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split `opt`'s state into its tensors, keyed `"PARAM_NAME/slot"` (detached, on the
+    CPU), and the JSON part: the parameter names, the groups and the non-tensor values."""
     sd = opt.state_dict()
     tensors: dict[str, Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -206,6 +208,12 @@ def restore_optimizer(
     meta: Mapping[str, Any],
     where: Path,
 ) -> None:
+    """Load into `opt` the state `optimizer_payload` split (its tensors and JSON part), read
+    from `where`.
+
+    Raises:
+        CheckpointError: the state was saved for other parameters, or does not fit `opt`.
+    """
     saved = list(meta.get("param_names", []))
     if saved != names:
         raise CheckpointError(
@@ -233,6 +241,8 @@ def restore_optimizer(
 
 
 def write_state_json(path: Path, state: dict[str, Any]) -> None:
+    """Write the training state to `path` atomically, with the sha256 of its canonical JSON
+    as `checksum` (what `read_state_json` verifies)."""
     body = dict(state)
     body.pop("checksum", None)
     body["checksum"] = hashlib.sha256(canonical_json(body).encode()).hexdigest()
@@ -240,6 +250,12 @@ def write_state_json(path: Path, state: dict[str, Any]) -> None:
 
 
 def read_state_json(path: Path) -> dict[str, Any]:
+    """Read a training state written by `write_state_json`; return it without its checksum.
+
+    Raises:
+        CheckpointError: missing, not JSON, not a dgsnet training state, a newer format, or a
+            checksum that does not match.
+    """
     if not path.is_file():
         raise CheckpointError(
             f"{path.parent} holds no {STATE_NAME}: not a complete training checkpoint"
@@ -272,6 +288,14 @@ def load_training_state(
     fingerprint: Mapping[str, Any],
     epochs: int,
 ) -> dict[str, Any]:
+    """Check that the checkpoint folder `ckpt` can resume this run, load its weights and
+    teacher cache into `wrapper`, and return its training state.
+
+    Raises:
+        TrainingConfigError: the run's settings (`resume_key`), its data (`fingerprint`) or
+            `epochs` no longer fit the checkpoint.
+        CheckpointError: a file is missing, damaged or does not match its checksum.
+    """
     state = read_state_json(ckpt / STATE_NAME)
     # a run folder written before the precision option existed trained in float32
     saved_key = {"precision": DEFAULT_PRECISION, **state.get("resume_key", {})}
