@@ -154,8 +154,8 @@ class DGSWrapper(nn.Module):
         """The step's input checks (`BatchChecker`), bound to this model."""
         self._build_heads(image_head)
         self.rule: SurgeryRule | None = suppression_rule(config)
-        """The surgery rule of the step (suppression, alignment, or both composed in the
-        configured order), or `None` when neither is on."""
+        """The step's surgery rule, Orthogonal Suppression (`suppression_rule`), or `None`
+        when suppression is off; Prior Alignment is a loss term (`dgs_terms`), not a rule."""
         self.text_cache = TextCache(config.text_cache_size)
         """Text features by caption (LRU); its capacity is `config.text_cache_size`."""
         self.teacher_cache = TeacherCache()

@@ -52,12 +52,16 @@ class PushResult:
     """What `HfApi.upload_folder` returned (a `CommitInfo`)."""
 
 
+def _model_info(model: str) -> dict[str, str]:
+    """The content of `dgsnet_model.json` for the base model spec `model`, evaluated with its
+    own preprocessing."""
+    return {"format": "dgsnet.model", "spec": model, "transform": "model"}
+
+
 def write_model_info(ckpt: Path, model: str) -> None:
     """Write `ckpt/dgsnet_model.json`: the base model is built from the spec `model` and
     evaluated with its own preprocessing (`transform: "model"`)."""
-    atomic_write_json(
-        ckpt / MODEL_INFO_NAME, {"format": "dgsnet.model", "spec": model, "transform": "model"}
-    )
+    atomic_write_json(ckpt / MODEL_INFO_NAME, _model_info(model))
 
 
 def stage_wrapper(wrapper: Shareable, folder: Path, model: str | None) -> Path:
@@ -146,7 +150,7 @@ def push_wrapper(
     with tempfile.TemporaryDirectory(prefix="dgsnet-push-") as tmp:
         folder = Path(tmp) / "upload"
         ckpt = stage_wrapper(wrapper, folder, model)
-        info = {"spec": model, "transform": "model"} if model is not None else {}
+        info = _model_info(model) if model is not None else {}
         card = model_card(
             repo_id=repo, meta=read_checkpoint_meta(ckpt), model_info=info, license=license
         )

@@ -32,7 +32,7 @@ class TermModel(Protocol):
 
     @property
     def rule(self) -> SurgeryRule | None:
-        """The surgery rule, or `None` when no component is on."""
+        """The Orthogonal Suppression rule, or `None` when suppression is off."""
 
     @property
     def text_head(self) -> nn.Module:
