@@ -14,6 +14,7 @@ from .common import check_positive, check_roots, load_checkpoint, status
 from .errors import EXIT_OK
 from .eval_classes import add_classes_option, evaluation_options
 from .options import Formatter, add_scoring_options, common_parent, wrap
+from .train_flags import flag_error
 
 __all__ = ["NAME", "add_parser", "run"]
 
@@ -96,17 +97,21 @@ def add_parser(sub: Any) -> list[argparse.ArgumentParser]:
     return [p]
 
 
+#: Degrade argument -> the flag that sets it
+_DEGRADATION_FLAGS = {
+    "jpeg_quality": "--jpeg-quality",
+    "blur_sigma": "--blur-sigma",
+    "resize_scale": "--resize-scale",
+}
+
+
 def _degradation_name(args: argparse.Namespace) -> str:
     from ..data import Degrade
 
     try:
         return Degrade(args.jpeg_quality, args.blur_sigma, args.resize_scale).name
     except ValueError as exc:  # name the flag, not the argument
-        text = str(exc)
-        for name in ("jpeg_quality", "blur_sigma", "resize_scale"):
-            if text.startswith(name + " "):
-                text = "--" + name.replace("_", "-") + text[len(name) :]
-        raise UsageError(text) from None
+        raise flag_error(exc, _DEGRADATION_FLAGS) from None
 
 
 def _print_tables(tables: dict[str, Any], degradation: str) -> None:

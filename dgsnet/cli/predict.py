@@ -99,7 +99,7 @@ def skipped_files(folder: Path) -> dict[str, list[str]]:
     `"extension"` (a file without one of `IMAGE_EXTENSIONS`), `"hidden"` (a file or
     folder whose name starts with `.`; a hidden folder is listed, not its files) and
     `"linked folder"` (a symbolic link to a folder, not followed)."""
-    from ..data import IMAGE_EXTENSIONS
+    from ..data import is_image_file
 
     out: dict[str, list[str]] = {reason: [] for reason in _SKIP_REASONS}
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -113,7 +113,7 @@ def skipped_files(folder: Path) -> dict[str, list[str]]:
         for f in sorted(filenames):
             if f.startswith("."):
                 out["hidden"].append(os.path.join(dirpath, f))
-            elif os.path.splitext(f)[1].lower() not in IMAGE_EXTENSIONS:
+            elif not is_image_file(f):
                 out["extension"].append(os.path.join(dirpath, f))
     return {reason: sorted(paths) for reason, paths in out.items() if paths}
 

@@ -2,7 +2,8 @@
 
 `TrainOptions` names its fields (`batch_size must be an integer >=
 1, got 0`); a command-line user typed `--batch-size`. `flag_error` rewrites the
-message's leading field name into the flag that sets it.
+message's leading field name into the flag that sets it (`dgsnet eval` passes it
+the flags of its degradation options).
 
 Examples:
     >>> from dgsnet.errors import TrainingConfigError
@@ -11,6 +12,8 @@ Examples:
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from ..errors import UsageError
 
@@ -40,12 +43,16 @@ FIELD_FLAGS = {
 """TrainOptions field -> the `dgsnet train` flag that sets it."""
 
 
-def flag_error(exc: Exception) -> UsageError:
-    """A `UsageError` (exit 2) with `exc`'s message, its leading
-    TrainOptions field name replaced by the flag (the message unchanged when it starts with
-    no known field)."""
+def flag_error(exc: Exception, flags: Mapping[str, str] = FIELD_FLAGS) -> UsageError:
+    """A `UsageError` (exit 2) with `exc`'s message, its leading field name replaced by the
+    flag that sets it (the message unchanged when it starts with no field of `flags`).
+
+    Args:
+        exc: the error whose message names a field first.
+        flags: field -> flag (default: `FIELD_FLAGS`, the TrainOptions fields).
+    """
     text = str(exc)
     field, sep, rest = text.partition(" ")
-    if sep and field in FIELD_FLAGS:
-        text = f"{FIELD_FLAGS[field]} {rest}"
+    if sep and field in flags:
+        text = f"{flags[field]} {rest}"
     return UsageError(text)

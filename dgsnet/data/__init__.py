@@ -63,7 +63,6 @@ __all__ = [
     "CaptionError",
     "CaptionFallbackWarning",
     "IMAGE_EXTENSIONS",
-    "load_image",
     "REAL_DIR",
     "FAKE_DIR",
     # datasets

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .tables import markdown_grid
+
 __all__ = ["ClassificationReport", "reports_csv", "reports_json"]
 
 
@@ -136,20 +138,15 @@ class ClassificationReport:
         def pct(v: float | None) -> str:
             return "-" if v is None or v != v else f"{100 * v:.1f}"
 
-        rows = [(name, pct(acc), str(n)) for (name, acc), n in zip(
-            self.class_accuracy.items(), self.counts, strict=True
-        )]  # fmt: skip
+        rows = [
+            [name, pct(acc), str(n)]
+            for (name, acc), n in zip(self.class_accuracy.items(), self.counts, strict=True)
+        ]
         rows += [
-            ("top-1", pct(self.top1), str(self.n)),
-            ("mean per class", pct(self.mean_class_accuracy), str(self.n)),
+            ["top-1", pct(self.top1), str(self.n)],
+            ["mean per class", pct(self.mean_class_accuracy), str(self.n)],
         ]
-        w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(("class", "acc", "n"))]
-        lines = [
-            f"| {'class':<{w[0]}} | {'acc':>{w[1]}} | {'n':>{w[2]}} |",
-            f"|:{'-' * (w[0] + 1)}|{'-' * (w[1] + 1)}:|{'-' * (w[2] + 1)}:|",
-        ]
-        lines += [f"| {a:<{w[0]}} | {b:>{w[1]}} | {c:>{w[2]}} |" for a, b, c in rows]
-        return "\n".join(lines) + "\n"
+        return markdown_grid(["class", "acc", "n"], rows) + "\n"
 
     def csv_rows(self) -> list[dict[str, Any]]:
         """One row per class (`class`, `accuracy`, `correct`, `n`), then `top-1` and `mean`."""
